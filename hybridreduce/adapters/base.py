@@ -1,0 +1,113 @@
+"""What an adapter knows about one architecture family.
+
+An adapter maps a stock transformers model onto a flat list of :class:`BlockSpec` entries, one per
+element of the decoder's ``layers`` list. Nothing here changes the model: the specs only hold
+references to the stock submodules that the taps hook (an attention module whose
+``AttentionInterface`` call is wrapped, a Mamba mixer whose ``in_proj`` output is observed).
+
+Block kinds (``BlockSpec.kind``):
+
+=========  ======================================================================================
+``attn``   self-attention mixer (possibly followed by an MLP/MoE inside the same layer)
+``ssm``    Mamba mixer (Mamba-2 or Mamba-1; possibly followed by an MLP/MoE in the same layer)
+``mlp``    dense feed-forward block only (Nemotron-H); does not score
+``moe``    mixture-of-experts block only (Nemotron-H); does not score
+``parallel`` a block holding both an attention and a Mamba mixer on the same input stream:
+           Falcon-H1 (the two run side by side) and Zamba2 hybrid layers (the shared attention
+           block's output is added to the Mamba block's input). Its unified score is the mean of
+           the attention and the Mamba importance vectors.
+=========  ======================================================================================
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from torch import nn
+
+BLOCK_KINDS = ("attn", "ssm", "mlp", "moe", "parallel")
+SSM_TYPES = ("mamba2", "mamba1")
+
+
+@dataclass(frozen=True)
+class BlockSpec:
+    """One decoder block as the taps see it.
+
+    Attributes:
+        index: position of the block in the decoder's ``layers`` list.
+        kind: one of :data:`BLOCK_KINDS`.
+        name: dotted name of the block inside the root model (``model.layers.3``).
+        module: the block itself.
+        attn: the attention module whose ``AttentionInterface`` call is tapped, or ``None``.
+        ssm: the Mamba mixer (it owns ``in_proj``), or ``None``.
+        ssm_type: ``"mamba2"`` (scalar ``A`` per head) or ``"mamba1"`` (diagonal ``A[c, n]``).
+        rope: whether the block's attention applies rotary position embeddings (so that pruned
+            sequences must keep their original position ids).
+    """
+
+    index: int
+    kind: str
+    name: str
+    module: nn.Module = field(repr=False)
+    attn: nn.Module | None = field(default=None, repr=False)
+    ssm: nn.Module | None = field(default=None, repr=False)
+    ssm_type: str | None = None
+    rope: bool = False
+
+    def __post_init__(self) -> None:
+        if self.kind not in BLOCK_KINDS:
+            raise ValueError(f"block kind {self.kind!r} is not one of {BLOCK_KINDS}")
+        if self.ssm is not None and self.ssm_type not in SSM_TYPES:
+            raise ValueError(f"ssm_type {self.ssm_type!r} is not one of {SSM_TYPES}")
+        expected = {"attn": (True, False), "ssm": (False, True), "parallel": (True, True)}
+        has = (self.attn is not None, self.ssm is not None)
+        if expected.get(self.kind, (False, False)) != has:
+            raise ValueError(f"block {self.index} of kind {self.kind!r} has attn={has[0]}, ssm={has[1]}")
+
+    @property
+    def scores(self) -> bool:
+        """Whether the block yields an importance vector (it holds attention or a Mamba mixer)."""
+        return self.attn is not None or self.ssm is not None
+
+
+class FamilyAdapter:
+    """Base class of the per-family adapters.
+
+    A subclass sets ``model_types`` and implements :meth:`block_spec`. The registry calls
+    :meth:`block_spec` once per element of the decoder's ``layers``.
+    """
+
+    model_types: ClassVar[tuple[str, ...]] = ()
+    #: Mamba flavour of the family's mixers.
+    ssm_type: ClassVar[str] = "mamba2"
+
+    def uses_rope(self, config) -> bool:
+        """Whether the family's attention blocks apply RoPE for this config."""
+        return False
+
+    def block_spec(self, index: int, block: nn.Module, config, name: str) -> BlockSpec:
+        raise NotImplementedError
+
+    # Helpers shared by the families whose layers expose ``self_attn`` and/or ``mamba`` attributes.
+    def _from_attrs(self, index, block, config, name, attn_attr="self_attn", ssm_attr="mamba") -> BlockSpec:
+        attn = getattr(block, attn_attr, None)
+        ssm = getattr(block, ssm_attr, None)
+        if attn is not None and ssm is not None:
+            kind = "parallel"
+        elif attn is not None:
+            kind = "attn"
+        elif ssm is not None:
+            kind = "ssm"
+        else:
+            raise ValueError(f"block {index} ({type(block).__name__}) has neither {attn_attr!r} nor {ssm_attr!r}")
+        return BlockSpec(
+            index=index,
+            kind=kind,
+            name=name,
+            module=block,
+            attn=attn,
+            ssm=ssm,
+            ssm_type=self.ssm_type if ssm is not None else None,
+            rope=attn is not None and self.uses_rope(config),
+        )

@@ -1,0 +1,20 @@
+"""Falcon-H1: every layer runs attention (RoPE) and a Mamba-2 mixer side by side.
+
+The mixer multiplies its ``in_proj`` output by a muP vector (``mixer.mup_vector``); the Mamba
+scorer applies it too (see :mod:`hybridreduce.scoring.mamba`).
+"""
+
+from __future__ import annotations
+
+from .base import FamilyAdapter
+
+
+class FalconH1Adapter(FamilyAdapter):
+    model_types = ("falcon_h1",)
+    ssm_type = "mamba2"
+
+    def uses_rope(self, config) -> bool:
+        return True
+
+    def block_spec(self, index, block, config, name):
+        return self._from_attrs(index, block, config, name)

@@ -1,0 +1,13 @@
+"""Jamba: Mamba-1 mixers and RoPE-free attention, each followed by an MLP or MoE in the same layer."""
+
+from __future__ import annotations
+
+from .base import FamilyAdapter
+
+
+class JambaAdapter(FamilyAdapter):
+    model_types = ("jamba",)
+    ssm_type = "mamba1"
+
+    def block_spec(self, index, block, config, name):
+        return self._from_attrs(index, block, config, name, attn_attr="self_attn", ssm_attr="mamba")

@@ -1,0 +1,24 @@
+"""Exceptions raised by hybridreduce.
+
+Each one carries a message that names the problem and the fix; none of them should ever surface
+as a traceback from deep inside torch. They all derive from :class:`HybridReduceError` so that
+command-line entry points can catch them and print just the message.
+"""
+
+from __future__ import annotations
+
+
+class HybridReduceError(Exception):
+    """Base class of every error hybridreduce raises on purpose."""
+
+
+class UnsupportedModelError(HybridReduceError, ValueError):
+    """The model's architecture has no adapter."""
+
+
+class InputError(HybridReduceError, ValueError):
+    """A mask, a schedule or an argument is malformed (wrong shape, dtype, empty, ...)."""
+
+
+class ScoreError(HybridReduceError, RuntimeError):
+    """A scorer produced non-finite values or could not score a block."""

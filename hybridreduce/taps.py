@@ -1,0 +1,457 @@
+"""Hook taps: record language-aware importance for every scoring block during a forward.
+
+``capture(model, visual_mask)`` is a context manager. Inside it, any forward of ``model`` that
+starts from an empty cache and spans the whole masked sequence (a prefill) records one importance
+vector over the visual tokens per scoring block into the returned :class:`ScoreCache`. Later
+forwards that continue from a cache (decode steps of ``generate``) are left alone.
+
+How the taps see the model, without touching its code (DESIGN decisions 1–4):
+
+* attention blocks: a wrapper is installed in transformers' ``AttentionInterface`` under the
+  model's own attention implementation key; it receives ``(module, query, key, value, mask,
+  scaling=…)`` after RoPE and the cache update, scores the query rows, and calls the real
+  function. The model keeps running SDPA (or flash, or eager).
+* Mamba blocks: a forward pre-hook on the mixer keeps its padding mask, and a forward hook on
+  ``in_proj`` rebuilds ``x, B, C, Δ`` from its output (kernel-path independent).
+* the decoder: a forward pre-hook decides whether this forward is a scoring prefill and resolves
+  the query and visual positions; a forward hook closes it.
+
+Every hook is registered in ``__enter__`` and removed in ``finally``.
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .adapters import AdaptedModel, BlockSpec, get_adapter
+from .cache import ScoreCache
+from .errors import InputError, ScoreError
+from .scoring.attention import attention_importance, attention_rows
+from .scoring.config import ScorerConfig
+from .scoring.mamba import mamba1_importance, mamba1_primitives, mamba2_importance, mamba2_primitives
+
+QUERY_MODES = ("after_visual", "last", "all_text")
+
+
+# --------------------------------------------------------------------------------------------------
+# AttentionInterface dispatch
+# --------------------------------------------------------------------------------------------------
+class _AttentionDispatch:
+    """Process-wide wrapper on ``ALL_ATTENTION_FUNCTIONS[impl]`` while at least one tap is active.
+
+    Taps register a callback per attention module instance; modules without a callback (other
+    models, other contexts) pass straight through to the original function.
+    """
+
+    def __init__(self) -> None:
+        self.callbacks: dict[int, Callable] = {}
+        self.owners: dict[str, set[int]] = {}  # impl -> module ids tapped under it
+        self.saved: dict[str, tuple[bool, Callable | None]] = {}  # impl -> (had local override, value)
+
+    @staticmethod
+    def _functions():
+        from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+        return ALL_ATTENTION_FUNCTIONS
+
+    def add(self, impl: str, module: nn.Module, callback: Callable) -> None:
+        fns = self._functions()
+        if impl not in self.saved:
+            had_local = impl in fns._local_mapping
+            original = fns[impl] if impl in fns else None  # None: eager, resolved per module
+            self.saved[impl] = (had_local, fns._local_mapping.get(impl))
+            fns[impl] = self._make_wrapper(original)
+            self.owners[impl] = set()
+        self.callbacks[id(module)] = callback
+        self.owners[impl].add(id(module))
+
+    def remove(self, impl: str, module: nn.Module) -> None:
+        self.callbacks.pop(id(module), None)
+        owners = self.owners.get(impl)
+        if owners is None:
+            return
+        owners.discard(id(module))
+        if not owners:
+            fns = self._functions()
+            had_local, value = self.saved.pop(impl)
+            del self.owners[impl]
+            if had_local:
+                fns[impl] = value
+            else:
+                del fns[impl]
+
+    def _make_wrapper(self, original: Callable | None) -> Callable:
+        callbacks = self.callbacks
+
+        def hybridreduce_attention_tap(module, query, key, value, attention_mask, *args, **kwargs):
+            callback = callbacks.get(id(module))
+            if callback is not None:
+                callback(module, query, key, attention_mask, kwargs)
+            fn = original if original is not None else _eager_function(module)
+            return fn(module, query, key, value, attention_mask, *args, **kwargs)
+
+        return hybridreduce_attention_tap
+
+    def active(self) -> bool:
+        return bool(self.callbacks) or bool(self.saved)
+
+
+def _eager_function(module: nn.Module) -> Callable:
+    """The eager attention function of the module's own modeling file."""
+    fn = getattr(sys.modules[type(module).__module__], "eager_attention_forward", None)
+    if fn is None:
+        raise RuntimeError(f"{type(module).__name__}'s module defines no eager_attention_forward")
+    return fn
+
+
+ATTENTION_DISPATCH = _AttentionDispatch()
+
+
+# --------------------------------------------------------------------------------------------------
+# Input validation and position resolution
+# --------------------------------------------------------------------------------------------------
+def as_bool_mask(mask, name: str) -> torch.Tensor:
+    """Validate a ``(batch, seq)`` mask and return it as a bool tensor (0/1 integers are accepted)."""
+    if not isinstance(mask, torch.Tensor):
+        raise InputError(f"{name} must be a torch.Tensor of shape (batch, seq_len), got {type(mask).__name__}")
+    if mask.dim() == 1:
+        raise InputError(f"{name} has shape {tuple(mask.shape)}; add the batch dimension: {name}[None]")
+    if mask.dim() != 2:
+        raise InputError(f"{name} must have shape (batch, seq_len), got {tuple(mask.shape)}")
+    if mask.dtype == torch.bool:
+        return mask
+    if mask.dtype.is_floating_point or mask.dtype.is_complex:
+        raise InputError(f"{name} must be a bool tensor (True marks a token), got dtype {mask.dtype}; use mask.bool()")
+    if not bool(((mask == 0) | (mask == 1)).all()):
+        raise InputError(f"{name} holds values other than 0 and 1; pass a bool tensor")
+    return mask.bool()
+
+
+@dataclass
+class Positions:
+    """Resolved positions of one scoring forward.
+
+    Shapes: ``q_index (b, Q)`` query rows (ragged samples padded by repeating their last row),
+    ``q_valid (b, Q)`` bool, ``v_index (b, V)`` visual positions in increasing order.
+    """
+
+    q_index: torch.Tensor
+    q_valid: torch.Tensor
+    v_index: torch.Tensor
+
+
+def resolve_positions(
+    visual_mask: torch.Tensor,
+    padding_mask: torch.Tensor | None = None,
+    query_mask: torch.Tensor | None = None,
+    query: str = "after_visual",
+) -> Positions:
+    """Query and visual positions for each sample.
+
+    Args:
+        visual_mask: ``(b, T)`` bool, the visual tokens.
+        padding_mask: ``(b, T)`` the model's 2-D attention mask (1 = real token), or ``None``.
+        query_mask: ``(b, T)`` bool explicit query tokens; overrides ``query``.
+        query: ``"after_visual"`` (text tokens after the last visual token), ``"last"`` (the last
+            real token), or ``"all_text"`` (every real non-visual token).
+    """
+    b, T = visual_mask.shape
+    real = torch.ones_like(visual_mask) if padding_mask is None else padding_mask.to(visual_mask.device).bool()
+    if real.shape != visual_mask.shape:
+        raise InputError(f"attention_mask has shape {tuple(real.shape)} but visual_mask has {tuple(visual_mask.shape)}")
+    if bool((visual_mask & ~real).any()):
+        raise InputError("visual_mask marks padding positions (attention_mask == 0) as visual tokens")
+    counts = visual_mask.sum(dim=1)
+    if bool((counts != counts[0]).any()):
+        raise InputError(
+            f"samples have different numbers of visual tokens ({counts.tolist()}); a batch must share one "
+            "count (pad videos to the same number of frames, or score samples one at a time)"
+        )
+    text = real & ~visual_mask
+    pos = torch.arange(T, device=visual_mask.device).expand(b, T)
+    if query_mask is not None:
+        q = as_bool_mask(query_mask, "query_mask").to(visual_mask.device)
+        if q.shape != visual_mask.shape:
+            raise InputError(f"query_mask has shape {tuple(q.shape)} but visual_mask has {tuple(visual_mask.shape)}")
+        if bool((q & visual_mask).any()):
+            raise InputError("query_mask overlaps visual_mask: query tokens must be text tokens")
+        q = q & real
+        hint = "query_mask marks no real (non-padding) token"
+    elif query == "after_visual":
+        last_visual = torch.where(visual_mask, pos, torch.full_like(pos, -1)).amax(dim=1, keepdim=True)
+        q = text & (pos > last_visual)
+        hint = "there is no text token after the last visual token; use query='last' or 'all_text', or pass query_mask"
+    elif query == "last":
+        last_real = torch.where(real, pos, torch.full_like(pos, -1)).amax(dim=1, keepdim=True)
+        q = pos == last_real
+        if bool((q & visual_mask).any()):
+            raise InputError("query='last' picks a visual token (the sequence ends with one); pass a query_mask")
+        hint = "the sample has no real token"
+    elif query == "all_text":
+        q = text
+        hint = "there is no text token"
+    else:
+        raise InputError(f"query={query!r} is not one of {QUERY_MODES}")
+    n_q = q.sum(dim=1)
+    if bool((n_q == 0).any()):
+        bad = (n_q == 0).nonzero().flatten().tolist()
+        raise InputError(f"no query tokens in sample(s) {bad}: {hint}")
+    Qmax = int(n_q.max())
+    # Sort positions so that query positions come first in order; pad ragged rows with the last one.
+    key = torch.where(q, pos, pos + T)
+    order = key.sort(dim=1).values[:, :Qmax]
+    q_valid = torch.arange(Qmax, device=pos.device)[None, :] < n_q[:, None]
+    last = order.gather(1, (n_q - 1)[:, None])
+    q_index = torch.where(q_valid, order, last) % T
+    v_index = torch.where(visual_mask, pos, pos + T).sort(dim=1).values[:, : int(counts[0])]
+    return Positions(q_index=q_index, q_valid=q_valid, v_index=v_index)
+
+
+# --------------------------------------------------------------------------------------------------
+# The capture session
+# --------------------------------------------------------------------------------------------------
+def _first_tensor(args, kwargs, names) -> torch.Tensor | None:
+    for name in names:
+        value = kwargs.get(name)
+        if isinstance(value, torch.Tensor):
+            return value
+    for value in args:
+        if isinstance(value, torch.Tensor):
+            return value
+    return None
+
+
+def _cache_length(kwargs) -> int | None:
+    """Tokens already in the cache passed to this forward, or ``None`` when there is no cache."""
+    cache = kwargs.get("past_key_values", kwargs.get("cache_params"))
+    if cache is None:
+        return None
+    get_len = getattr(cache, "get_seq_length", None)
+    if get_len is None:
+        return None
+    try:
+        return int(get_len())
+    except Exception:  # some hybrid caches only know their length per layer type
+        return None
+
+
+class ScoringSession:
+    """Installs the taps of one model and routes every score into a :class:`ScoreCache`.
+
+    ``on_block_scored(block_index, scores)`` (optional) is called as soon as a block's unified
+    vector is complete, inside the forward; the reduction engine builds on it.
+    """
+
+    def __init__(
+        self,
+        adapted: AdaptedModel,
+        visual_mask: torch.Tensor,
+        cache: ScoreCache,
+        scorer: ScorerConfig,
+        query_mask: torch.Tensor | None = None,
+        query: str = "after_visual",
+        attention_mask: torch.Tensor | None = None,
+        on_block_scored: Callable[[int, torch.Tensor], None] | None = None,
+    ) -> None:
+        self.adapted = adapted
+        self.visual_mask = visual_mask
+        self.cache = cache
+        self.scorer = scorer
+        self.query_mask = query_mask
+        self.query = query
+        self.attention_mask = attention_mask
+        self.on_block_scored = on_block_scored
+        self.positions: Positions | None = None  # set while a scoring forward runs
+        self.handles: list = []
+        self.attn_modules: list[nn.Module] = []
+        self.mixer_masks: dict[int, torch.Tensor | None] = {}
+        self.pending: dict[int, dict[str, torch.Tensor]] = {}
+
+    # -- install / remove ------------------------------------------------------------------------
+    def install(self) -> None:
+        try:
+            decoder = self.adapted.decoder
+            self.handles.append(decoder.register_forward_pre_hook(self._begin, with_kwargs=True))
+            self.handles.append(decoder.register_forward_hook(self._end, always_call=True))
+            impl = self.adapted.attn_implementation
+            for spec in self.adapted.blocks:
+                if spec.attn is not None:
+                    ATTENTION_DISPATCH.add(impl, spec.attn, self._attention_callback(spec))
+                    self.attn_modules.append(spec.attn)
+                if spec.ssm is not None:
+                    self.handles.append(spec.ssm.register_forward_pre_hook(self._mixer_pre(spec), with_kwargs=True))
+                    self.handles.append(spec.ssm.in_proj.register_forward_hook(self._in_proj_hook(spec)))
+        except BaseException:
+            self.remove()
+            raise
+
+    def remove(self) -> None:
+        impl = self.adapted.attn_implementation
+        while self.handles:
+            self.handles.pop().remove()
+        while self.attn_modules:
+            ATTENTION_DISPATCH.remove(impl, self.attn_modules.pop())
+        self.positions = None
+
+    # -- decoder-level hooks -------------------------------------------------------------------
+    def _begin(self, module, args, kwargs):
+        x = _first_tensor(args, kwargs, ("inputs_embeds", "input_ids"))
+        if x is None:
+            return None
+        b, T = x.shape[0], x.shape[1]
+        cached = _cache_length(kwargs)
+        vb, vT = self.visual_mask.shape
+        if T != vT:
+            if cached:  # a decode step or a continuation: not a scoring forward
+                self.positions = None
+                return None
+            raise InputError(
+                f"visual_mask covers {vT} positions but the language model received {T} tokens; build the mask "
+                "over the exact sequence the language model sees (after any pre-LLM token pruning)"
+            )
+        if b != vb:
+            raise InputError(f"visual_mask has batch size {vb} but the forward has batch size {b}")
+        if cached:
+            self.positions = None
+            return None
+        padding = self.attention_mask
+        if padding is None:
+            am = kwargs.get("attention_mask")
+            padding = am if isinstance(am, torch.Tensor) and am.dim() == 2 else None
+        self.positions = resolve_positions(
+            self.visual_mask.to(x.device), padding, self.query_mask, self.query
+        )
+        self.pending.clear()
+        return None
+
+    def _end(self, module, args, output):
+        self.positions = None
+        self.mixer_masks.clear()
+
+    # -- per-mixer recording -------------------------------------------------------------------
+    def _record(self, spec: BlockSpec, part: str, scores: torch.Tensor) -> None:
+        if not bool(torch.isfinite(scores).all()):
+            raise ScoreError(
+                f"block {spec.index} ({spec.kind}, {part} scorer) produced non-finite importance; the model's "
+                "activations overflow or the query rows see no visual token. Check the input for NaN/inf, run "
+                "in float32, or use the other Mamba scorer."
+            )
+        scores = scores.detach()
+        self.cache.parts.setdefault(spec.index, {})[part] = scores
+        parts = self.pending.setdefault(spec.index, {})
+        parts[part] = scores
+        expected = ("attn", "ssm") if spec.kind == "parallel" else (part,)
+        if all(p in parts for p in expected):
+            unified = torch.stack([parts[p] for p in expected]).mean(dim=0) if len(expected) > 1 else scores
+            self.cache.scores[spec.index] = unified
+            del self.pending[spec.index]
+            if self.on_block_scored is not None:
+                self.on_block_scored(spec.index, unified)
+
+    def _attention_callback(self, spec: BlockSpec):
+        def callback(module, query, key, attention_mask, kwargs):
+            pos = self.positions
+            if pos is None or query.shape[2] != self.visual_mask.shape[1]:
+                return
+            scaling = kwargs.get("scaling")
+            if scaling is None:
+                scaling = getattr(module, "scaling", query.shape[-1] ** -0.5)
+            with torch.no_grad():
+                rows = attention_rows(query, key, attention_mask, scaling, pos.q_index, kwargs.get("softcap"))
+                if self.scorer.record_rows:
+                    self.cache.rows[spec.index] = rows.detach()
+                self._record(spec, "attn", attention_importance(rows, pos.q_valid, pos.v_index, self.scorer))
+
+        return callback
+
+    def _mixer_pre(self, spec: BlockSpec):
+        def hook(module, args, kwargs):
+            mask = kwargs.get("attention_mask")
+            if mask is None and len(args) > 2 and isinstance(args[2], torch.Tensor):
+                mask = args[2]
+            self.mixer_masks[spec.index] = mask if isinstance(mask, torch.Tensor) and mask.dim() == 2 else None
+            return None
+
+        return hook
+
+    def _in_proj_hook(self, spec: BlockSpec):
+        def hook(module, args, output):
+            pos = self.positions
+            if pos is None or output.shape[1] != self.visual_mask.shape[1]:
+                return None
+            mask = self.mixer_masks.get(spec.index)
+            with torch.no_grad():
+                if spec.ssm_type == "mamba1":
+                    prims = mamba1_primitives(spec.ssm, output, mask)
+                    scores = mamba1_importance(prims, pos.q_index, pos.q_valid, pos.v_index, self.scorer)
+                else:
+                    prims = mamba2_primitives(spec.ssm, output, mask)
+                    scores = mamba2_importance(prims, pos.q_index, pos.q_valid, pos.v_index, self.scorer)
+            self._record(spec, "ssm", scores)
+            return None
+
+        return hook
+
+
+@contextmanager
+def capture(
+    model: nn.Module,
+    visual_mask: torch.Tensor,
+    query_mask: torch.Tensor | None = None,
+    scorer: ScorerConfig | str | dict | None = None,
+    query: str = "after_visual",
+    attention_mask: torch.Tensor | None = None,
+):
+    """Record per-block importance of the visual tokens during the forwards run inside the context.
+
+    Args:
+        model: a supported causal LM, decoder, or vision-language wrapper (see
+            :func:`hybridreduce.adapters.supported_model_types`).
+        visual_mask: ``(batch, seq_len)`` bool, ``True`` at the visual tokens of the sequence the
+            language model receives.
+        query_mask: ``(batch, seq_len)`` bool, explicit query tokens (overrides ``query``).
+        scorer: a :class:`ScorerConfig`, ``"decay_free"``/``"exact"``, a dict, or a YAML path.
+        query: default query rows: ``"after_visual"`` (text after the last visual token), ``"last"``
+            (the last real token) or ``"all_text"``.
+        attention_mask: ``(batch, seq_len)`` padding mask; by default the one passed to the forward.
+
+    Yields:
+        A :class:`ScoreCache`, filled by each scoring forward (a later one overwrites an earlier).
+
+    Example::
+
+        with hybridreduce.capture(model, visual_mask) as scores:
+            model(input_ids)
+        scores.stack()  # [layers, batch, n_visual]
+    """
+    adapted = get_adapter(model)
+    cfg = ScorerConfig.parse(scorer)
+    vm = as_bool_mask(visual_mask, "visual_mask")
+    if query not in QUERY_MODES and query_mask is None:
+        raise InputError(f"query={query!r} is not one of {QUERY_MODES}")
+    if query_mask is not None:
+        query_mask = as_bool_mask(query_mask, "query_mask")
+    if attention_mask is not None:
+        attention_mask = as_bool_mask(attention_mask, "attention_mask")
+    n_visual = int(vm.sum(dim=1).max()) if vm.numel() else 0
+    if n_visual == 0:
+        warnings.warn("visual_mask marks no visual tokens: nothing to score, the ScoreCache stays empty", stacklevel=3)
+        yield ScoreCache(adapted.kinds, torch.zeros(vm.shape[0], 0, dtype=torch.long), cfg.to_dict())
+        return
+    cache = ScoreCache(adapted.kinds, None, cfg.to_dict())
+    # Validate the static parts of the masks now, so errors surface before any forward runs.
+    resolved = resolve_positions(vm, attention_mask, query_mask, query)
+    cache.visual_positions = resolved.v_index.cpu()
+    session = ScoringSession(adapted, vm, cache, cfg, query_mask, query, attention_mask)
+    session.install()
+    try:
+        yield cache
+    finally:
+        session.remove()

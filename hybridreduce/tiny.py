@@ -1,0 +1,233 @@
+"""Tiny random configurations, one per supported architecture.
+
+Every check in ``hybridreduce verify`` and every test builds its model from these configs, so
+that each adapter is exercised on CPU in seconds and nothing is ever downloaded. The shapes are
+chosen to hit the interesting code paths: grouped-query attention (fewer KV heads than query
+heads), several SSM groups, a Mamba chunk size smaller than the test sequences (so the chunked
+scan crosses chunk boundaries), MoE blocks, and RoPE where the family has it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+
+VOCAB = 96
+HIDDEN = 32
+
+
+def _nemotron_h() -> dict[str, Any]:
+    return dict(
+        model_type="nemotron_h",
+        vocab_size=VOCAB,
+        hidden_size=HIDDEN,
+        layers_block_type=["linear_attention", "mlp", "full_attention", "moe", "linear_attention", "full_attention"],
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        intermediate_size=48,
+        mamba_num_heads=4,
+        mamba_head_dim=16,
+        ssm_state_size=8,
+        n_groups=2,
+        conv_kernel=4,
+        chunk_size=8,
+        n_routed_experts=4,
+        num_experts_per_tok=2,
+        moe_intermediate_size=16,
+        moe_shared_expert_intermediate_size=16,
+        n_group=1,
+        topk_group=1,
+    )
+
+
+def _jamba() -> dict[str, Any]:
+    return dict(
+        model_type="jamba",
+        vocab_size=VOCAB,
+        hidden_size=HIDDEN,
+        intermediate_size=48,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        attn_layer_period=2,
+        attn_layer_offset=1,
+        num_experts=2,
+        num_experts_per_tok=1,
+        expert_layer_period=2,
+        expert_layer_offset=1,
+        mamba_d_state=8,
+        mamba_d_conv=4,
+        mamba_expand=2,
+        mamba_dt_rank=4,
+    )
+
+
+def _zamba2() -> dict[str, Any]:
+    return dict(
+        model_type="zamba2",
+        vocab_size=VOCAB,
+        hidden_size=HIDDEN,
+        num_hidden_layers=5,
+        layers_block_type=["mamba", "hybrid", "mamba", "hybrid", "mamba"],
+        mamba_d_state=8,
+        mamba_d_conv=4,
+        mamba_expand=2,
+        mamba_ngroups=1,
+        n_mamba_heads=4,
+        mamba_headdim=16,
+        chunk_size=8,
+        intermediate_size=48,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        attention_head_dim=16,
+        num_mem_blocks=1,
+        use_shared_attention_adapter=True,
+        adapter_rank=4,
+        use_mem_rope=True,
+    )
+
+
+def _bamba() -> dict[str, Any]:
+    return dict(
+        model_type="bamba",
+        vocab_size=VOCAB,
+        hidden_size=HIDDEN,
+        intermediate_size=48,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        attn_layer_indices=[1, 3],
+        mamba_n_heads=4,
+        mamba_d_head=16,
+        mamba_n_groups=2,
+        mamba_d_state=8,
+        mamba_d_conv=4,
+        mamba_expand=2,
+        mamba_chunk_size=8,
+    )
+
+
+def _falcon_h1() -> dict[str, Any]:
+    return dict(
+        model_type="falcon_h1",
+        vocab_size=VOCAB,
+        hidden_size=HIDDEN,
+        intermediate_size=48,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        mamba_d_ssm=64,
+        mamba_n_heads=4,
+        mamba_d_head=16,
+        mamba_n_groups=2,
+        mamba_d_state=8,
+        mamba_d_conv=4,
+        mamba_expand=2,
+        mamba_chunk_size=8,
+        mamba_rms_norm=False,
+        # Non-trivial muP multipliers, so that the scorer must apply them like the mixer does.
+        ssm_multipliers=[1.0, 0.5, 2.0, 1.5, 0.75],
+        key_multiplier=0.8,
+        attention_in_multiplier=1.2,
+    )
+
+
+def _granitemoehybrid() -> dict[str, Any]:
+    return dict(
+        model_type="granitemoehybrid",
+        vocab_size=VOCAB,
+        hidden_size=HIDDEN,
+        intermediate_size=48,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        layer_types=["mamba", "attention", "mamba", "attention"],
+        num_local_experts=2,
+        num_experts_per_tok=1,
+        shared_intermediate_size=16,
+        position_embedding_type="rope",
+        mamba_n_heads=4,
+        mamba_d_head=16,
+        mamba_n_groups=2,
+        mamba_d_state=8,
+        mamba_d_conv=4,
+        mamba_expand=2,
+        mamba_chunk_size=8,
+    )
+
+
+def _llama() -> dict[str, Any]:
+    return dict(
+        model_type="llama",
+        vocab_size=VOCAB,
+        hidden_size=HIDDEN,
+        intermediate_size=48,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+    )
+
+
+def _qwen2() -> dict[str, Any]:
+    return dict(
+        model_type="qwen2",
+        vocab_size=VOCAB,
+        hidden_size=HIDDEN,
+        intermediate_size=48,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+    )
+
+
+def _mamba2() -> dict[str, Any]:
+    return dict(
+        model_type="mamba2",
+        vocab_size=VOCAB,
+        hidden_size=HIDDEN,
+        num_hidden_layers=3,
+        num_heads=4,
+        head_dim=16,
+        expand=2,
+        n_groups=2,
+        state_size=8,
+        conv_kernel=4,
+        chunk_size=8,
+    )
+
+
+TINY_CONFIGS: dict[str, Callable[[], dict[str, Any]]] = {
+    "nemotron_h": _nemotron_h,
+    "jamba": _jamba,
+    "zamba2": _zamba2,
+    "bamba": _bamba,
+    "falcon_h1": _falcon_h1,
+    "granitemoehybrid": _granitemoehybrid,
+    "llama": _llama,
+    "qwen2": _qwen2,
+    "mamba2": _mamba2,
+}
+"""Architecture name → keyword arguments of its tiny config (``model_type`` included)."""
+
+
+def tiny_config(arch: str, **overrides: Any):
+    """Return a tiny random ``PretrainedConfig`` for ``arch`` (one of ``TINY_CONFIGS``)."""
+    from transformers import AutoConfig
+
+    if arch not in TINY_CONFIGS:
+        raise ValueError(f"No tiny config for {arch!r}; available: {', '.join(sorted(TINY_CONFIGS))}.")
+    kwargs = TINY_CONFIGS[arch]() | overrides
+    model_type = kwargs.pop("model_type")
+    return AutoConfig.for_model(model_type, **kwargs)
+
+
+def build_tiny_model(arch: str, seed: int = 0, attn_implementation: str | None = None, **overrides: Any):
+    """Build the tiny causal LM for ``arch`` with seeded random weights, in float32, eval mode."""
+    from transformers import AutoModelForCausalLM
+
+    config = tiny_config(arch, **overrides)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, attn_implementation=attn_implementation, dtype=torch.float32)
+    return model.eval()

@@ -1,0 +1,384 @@
+"""``hybridreduce verify``: the invariants of DESIGN.md, run on tiny models or a checkpoint.
+
+Each check returns :class:`CheckResult` rows ``{"arch", "check", "passed", "max_err"}`` (plus a
+human-readable ``detail``). Checks of this module:
+
+``roundtrip``            a tiny random model saved with ``save_pretrained`` and loaded back gives the
+                         same logits (every tiny model is then used in its reloaded form).
+``keep1_exact``          logits under ``capture`` (both Mamba scorers) are bit-identical to the
+                         untouched model's.
+``attention_rows``       the tapped attention rows and importance equal those computed from the eager
+                         attention weights of the same checkpoint (float64 aggregation).
+``mamba_reconstruction`` exact hidden attention rebuilt from ``in_proj`` reproduces the scan output
+                         captured inside the mixer (``Σ_j α[i,j] x_j + D x_i`` at the gated norm's
+                         input, or gated at ``out_proj``'s input); the fast α and both importance
+                         modes equal the float64 loop references.
+``hooks_removed``        no hook and no AttentionInterface override survives a capture, also when
+                         the forward raises inside it.
+``batch_equivalence``    a left-padded batch of two prompts of different lengths gives the same
+                         scores as each prompt alone.
+"""
+
+from __future__ import annotations
+
+import inspect
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from .adapters import AdaptedModel, get_adapter
+from .errors import HybridReduceError, InputError
+from .scoring.config import ScorerConfig
+from .scoring.mamba import mamba1_hidden_attention, mamba1_importance, mamba1_primitives
+from .scoring.mamba import mamba2_hidden_attention, mamba2_importance, mamba2_primitives
+from .scoring.reference import (
+    importance_ref,
+    mamba1_hidden_attention_ref,
+    mamba1_scan_ref,
+    mamba2_hidden_attention_ref,
+    mamba2_scan_ref,
+)
+from .taps import ATTENTION_DISPATCH, capture
+from .tiny import TINY_CONFIGS, build_tiny_model
+
+CHECKS = ("roundtrip", "keep1_exact", "attention_rows", "mamba_reconstruction", "hooks_removed", "batch_equivalence")
+
+# float32 tolerances; errors are printed so that a drift shows before it fails.
+ATOL_SCORES = 2e-5  # importance vectors and attention probabilities (values in [0, 1])
+RTOL_SCAN = 1e-4  # scan reconstruction, relative to the largest |y|
+
+
+@dataclass
+class CheckResult:
+    arch: str
+    check: str
+    passed: bool
+    max_err: float | None
+    detail: str = ""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Prompt:
+    """Token ids of a synthetic prompt: ``[prefix][visual][question]``."""
+
+    input_ids: torch.Tensor  # (1, T)
+    visual_mask: torch.Tensor  # (1, T) bool
+
+
+def make_prompt(vocab: int, prefix: int, visual: int, question: int, seed: int) -> Prompt:
+    g = torch.Generator().manual_seed(seed)
+    T = prefix + visual + question
+    ids = torch.randint(3, vocab, (1, T), generator=g)
+    vm = torch.zeros(1, T, dtype=torch.bool)
+    vm[0, prefix : prefix + visual] = True
+    return Prompt(ids, vm)
+
+
+def left_pad(prompts: list[Prompt], pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Left-pad prompts into ``(input_ids, attention_mask, visual_mask)`` batches."""
+    T = max(p.input_ids.shape[1] for p in prompts)
+    ids = torch.full((len(prompts), T), pad_id, dtype=torch.long)
+    am = torch.zeros(len(prompts), T, dtype=torch.long)
+    vm = torch.zeros(len(prompts), T, dtype=torch.bool)
+    for i, p in enumerate(prompts):
+        n = p.input_ids.shape[1]
+        ids[i, T - n :] = p.input_ids[0]
+        am[i, T - n :] = 1
+        vm[i, T - n :] = p.visual_mask[0]
+    return ids, am, vm
+
+
+def _vocab(model) -> int:
+    return int(model.get_input_embeddings().num_embeddings)
+
+
+def _forward(model, input_ids, attention_mask=None):
+    """First output tensor (logits, or hidden states for a bare decoder) of a forward.
+
+    With padding, RoPE models get position ids that skip the padding, as ``generate`` does.
+    """
+    kwargs = {}
+    if attention_mask is not None:
+        kwargs["attention_mask"] = attention_mask
+        if "position_ids" in inspect.signature(model.forward).parameters:
+            kwargs["position_ids"] = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
+    with torch.no_grad():
+        out = model(input_ids=input_ids, use_cache=False, **kwargs)
+    return out[0]
+
+
+def _hook_state(model) -> tuple:
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    counts = tuple(
+        (name, len(m._forward_hooks), len(m._forward_pre_hooks), len(m._backward_hooks))
+        for name, m in model.named_modules()
+    )
+    return counts, dict(ALL_ATTENTION_FUNCTIONS._local_mapping), len(ATTENTION_DISPATCH.callbacks)
+
+
+# --------------------------------------------------------------------------------------------------
+# Checks
+# --------------------------------------------------------------------------------------------------
+def check_keep1_exact(arch: str, model, prompt: Prompt) -> CheckResult:
+    ids = prompt.input_ids.repeat(2, 1)
+    vm = prompt.visual_mask.repeat(2, 1)
+    ref = _forward(model, ids)
+    worst, ok = 0.0, True
+    for mode in ("decay_free", "exact"):
+        with capture(model, vm, scorer=mode) as cache:
+            out = _forward(model, ids)
+        ok &= torch.equal(ref, out) and len(cache) > 0
+        worst = max(worst, float((ref - out).abs().max()))
+    return CheckResult(arch, "keep1_exact", ok, worst, "logits bit-identical under capture (both Mamba scorers)")
+
+
+def check_attention_rows(arch: str, model, prompt: Prompt, eager_model) -> CheckResult:
+    adapted = get_adapter(model)
+    attn_blocks = [b for b in adapted.blocks if b.attn is not None]
+    if not attn_blocks:
+        return CheckResult(arch, "attention_rows", True, None, "skipped: no attention blocks")
+    ids = prompt.input_ids.repeat(2, 1)
+    ids[1] = ids[1].flip(0)  # two different samples
+    vm = prompt.visual_mask.repeat(2, 1)
+    eager_adapted = get_adapter(eager_model)
+    weights: dict[int, torch.Tensor] = {}
+    handles = [
+        spec.attn.register_forward_hook(lambda m, a, out, i=spec.index: weights.__setitem__(i, out[1].detach()))
+        for spec in eager_adapted.blocks
+        if spec.attn is not None
+    ]
+    try:
+        _forward(eager_model, ids)
+    finally:
+        for h in handles:
+            h.remove()
+    cfg = ScorerConfig(record_rows=True)
+    with capture(model, vm, scorer=cfg) as cache:
+        _forward(model, ids)
+    T = ids.shape[1]
+    q_rows = [[t for t in range(int(vm[b].nonzero().max()) + 1, T)] for b in range(2)]
+    v_cols = [vm[b].nonzero().flatten().tolist() for b in range(2)]
+    worst = 0.0
+    for spec in attn_blocks:
+        w = weights[spec.index].float()  # [b, h, T, T] eager softmax
+        q_index = torch.tensor(q_rows)
+        eager_rows = w.gather(2, q_index[:, None, :, None].expand(2, w.shape[1], len(q_rows[0]), T))
+        worst = max(worst, float((cache.rows[spec.index] - eager_rows).abs().max()))
+        for head_reduce in ("mean", "max"):
+            ref = importance_ref(w, q_rows, v_cols, head_reduce=head_reduce).float()
+            if head_reduce == "mean":
+                got = cache.parts[spec.index]["attn"]
+            else:
+                with capture(model, vm, scorer=ScorerConfig(head_reduce="max")) as c2:
+                    _forward(model, ids)
+                got = c2.parts[spec.index]["attn"]
+            worst = max(worst, float((got - ref).abs().max()))
+    return CheckResult(
+        arch,
+        "attention_rows",
+        worst <= ATOL_SCORES,
+        worst,
+        f"{len(attn_blocks)} attention blocks ({adapted.attn_implementation}) vs eager weights",
+    )
+
+
+def _gated(y: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+    return y * F.silu(gate)
+
+
+def check_mamba_reconstruction(arch: str, model, prompt: Prompt) -> CheckResult:
+    adapted = get_adapter(model)
+    ssm_blocks = [b for b in adapted.blocks if b.ssm is not None]
+    if not ssm_blocks:
+        return CheckResult(arch, "mamba_reconstruction", True, None, "skipped: no Mamba blocks")
+    ids = prompt.input_ids.repeat(2, 1)
+    ids[1] = ids[1].flip(0)
+    vm = prompt.visual_mask.repeat(2, 1)
+    seen: dict[int, dict] = {spec.index: {} for spec in ssm_blocks}
+    handles = []
+    for spec in ssm_blocks:
+        rec = seen[spec.index]
+        mixer = spec.ssm
+        handles.append(mixer.in_proj.register_forward_hook(lambda m, a, out, r=rec: r.__setitem__("proj", out.detach())))
+        # Where the scan output is observable: the gated RMSNorm's input (y before gating), or, for
+        # mixers that gate without a norm (Jamba; Falcon-H1 with mamba_rms_norm=False), out_proj's
+        # input (y · silu(z)).
+        norm = getattr(mixer, "norm", None)
+        if spec.ssm_type == "mamba2" and norm is not None and getattr(mixer, "mamba_rms_norm", True):
+            handles.append(norm.register_forward_pre_hook(lambda m, a, r=rec: r.__setitem__("y", a[0].detach())))
+            rec["gated"] = False
+        else:
+            handles.append(mixer.out_proj.register_forward_pre_hook(lambda m, a, r=rec: r.__setitem__("y", a[0].detach())))
+            rec["gated"] = True
+    try:
+        _forward(model, ids)
+    finally:
+        for h in handles:
+            h.remove()
+    with torch.no_grad():
+        return _compare_reconstruction(arch, ssm_blocks, seen, ids, vm)
+
+
+def _compare_reconstruction(arch, ssm_blocks, seen, ids, vm) -> CheckResult:
+    worst_scan, worst_alpha, worst_imp = 0.0, 0.0, 0.0
+    T = ids.shape[1]
+    all_idx = torch.arange(T).expand(2, T)
+    q_rows = [[t for t in range(int(vm[b].nonzero().max()) + 1, T)] for b in range(2)]
+    v_cols = [vm[b].nonzero().flatten().tolist() for b in range(2)]
+    q_index, v_index = torch.tensor(q_rows), torch.tensor(v_cols)
+    q_valid = torch.ones_like(q_index, dtype=torch.bool)
+    for spec in ssm_blocks:
+        rec = seen[spec.index]
+        if spec.ssm_type == "mamba1":
+            p = mamba1_primitives(spec.ssm, rec["proj"])
+            alpha = mamba1_hidden_attention(p, all_idx, all_idx)  # [b, c, T, T]
+            y = torch.einsum("bcij,bjc->bic", alpha, p.x) + p.D * p.x
+            alpha_ref = mamba1_hidden_attention_ref(p)
+            y_ref = mamba1_scan_ref(p)
+            free_ref = mamba1_hidden_attention_ref(p, decay=False)
+            importance = mamba1_importance
+        else:
+            p = mamba2_primitives(spec.ssm, rec["proj"])
+            alpha = mamba2_hidden_attention(p, all_idx, all_idx)  # [b, h, T, T]
+            y = (torch.einsum("bhij,bjhp->bihp", alpha, p.x) + p.D[:, None] * p.x).flatten(2)
+            alpha_ref = mamba2_hidden_attention_ref(p)
+            y_ref = mamba2_scan_ref(p).flatten(2)
+            free_ref = mamba2_hidden_attention_ref(p, decay=False)
+            importance = mamba2_importance
+        target = rec["y"].float()
+        if rec["gated"]:
+            y, y_ref = _gated(y, p.gate), _gated(y_ref, p.gate.double())
+        scale = float(target.abs().max()) or 1.0
+        worst_scan = max(worst_scan, float((y - target).abs().max()) / scale, float((y_ref - target).abs().max()) / scale)
+        worst_alpha = max(worst_alpha, float((alpha.double() - alpha_ref).abs().max()) / (float(alpha_ref.abs().max()) or 1.0))
+        for mode, ref_w in (("exact", alpha_ref), ("decay_free", free_ref)):
+            for hr in ("mean", "max"):
+                cfg = ScorerConfig(mamba=mode, head_reduce=hr, query_reduce="max" if hr == "max" else "mean")
+                got = importance(p, q_index, q_valid, v_index, cfg)
+                ref = importance_ref(ref_w, q_rows, v_cols, head_reduce=hr, query_reduce=cfg.query_reduce)
+                worst_imp = max(worst_imp, float((got.double() - ref).abs().max()))
+    passed = worst_scan <= RTOL_SCAN and worst_alpha <= RTOL_SCAN and worst_imp <= ATOL_SCORES
+    detail = (
+        f"{len(ssm_blocks)} {ssm_blocks[0].ssm_type} blocks; scan rel err {worst_scan:.1e}, "
+        f"alpha vs float64 ref {worst_alpha:.1e}, importance vs ref {worst_imp:.1e}"
+    )
+    return CheckResult(arch, "mamba_reconstruction", passed, worst_scan, detail)
+
+
+def check_hooks_removed(arch: str, model, prompt: Prompt) -> CheckResult:
+    before = _hook_state(model)
+    ids, vm = prompt.input_ids, prompt.visual_mask
+    with capture(model, vm) as cache:
+        _forward(model, ids)
+    after_ok = _hook_state(model)
+    raised = False
+    try:
+        with capture(model, vm):
+            _forward(model, ids)
+            raise RuntimeError("boom")
+    except RuntimeError:
+        raised = True
+    after_exc = _hook_state(model)
+    raised_in_hook = False
+    try:
+        with capture(model, torch.ones(1, ids.shape[1] + 3, dtype=torch.bool)):
+            _forward(model, ids)  # the mask's length does not match: the decoder pre-hook raises
+    except InputError:
+        raised_in_hook = True
+    after_hook_exc = _hook_state(model)
+    passed = len(cache) > 0 and raised and raised_in_hook and before == after_ok == after_exc == after_hook_exc
+    return CheckResult(arch, "hooks_removed", passed, None, "after a normal exit, an exception in the body and one in a hook")
+
+
+def check_batch_equivalence(arch: str, model) -> CheckResult:
+    vocab = _vocab(model)
+    prompts = [make_prompt(vocab, 3, 24, 9, seed=1), make_prompt(vocab, 6, 24, 3, seed=2)]
+    ids, am, vm = left_pad(prompts)
+    worst = 0.0
+    for mode in ("decay_free", "exact"):
+        with capture(model, vm, scorer=mode) as batched:
+            _forward(model, ids, am)
+        for i, p in enumerate(prompts):
+            with capture(model, p.visual_mask, scorer=mode) as alone:
+                _forward(model, p.input_ids)
+            if batched.layers != alone.layers:
+                return CheckResult(arch, "batch_equivalence", False, None, "different scored blocks")
+            diff = (batched.stack()[:, i] - alone.stack()[:, 0]).abs().max()
+            worst = max(worst, float(diff))
+    return CheckResult(
+        arch, "batch_equivalence", worst <= ATOL_SCORES, worst, "left-padded batch of 2 vs each alone (both scorers)"
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# Runners
+# --------------------------------------------------------------------------------------------------
+def _roundtrip(arch: str, tmp: Path):
+    from transformers import AutoModelForCausalLM
+
+    model = build_tiny_model(arch, seed=0)
+    model.save_pretrained(tmp)
+    loaded = AutoModelForCausalLM.from_pretrained(tmp, dtype=torch.float32).eval()
+    prompt = make_prompt(_vocab(model), 4, 24, 8, seed=0)
+    a, b = _forward(model, prompt.input_ids), _forward(loaded, prompt.input_ids)
+    result = CheckResult(arch, "roundtrip", torch.equal(a, b), float((a - b).abs().max()), "save_pretrained → from_pretrained")
+    return loaded, result
+
+
+def _load_eager(path: Path, model):
+    from transformers import AutoModelForCausalLM
+
+    if get_adapter(model).attn_implementation == "eager":
+        return model
+    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation="eager").eval()
+
+
+def run_checks(arch: str, model, path: Path | None, prompt: Prompt) -> list[CheckResult]:
+    """Run every check but ``roundtrip`` on a loaded model (``path``: its checkpoint directory)."""
+    results = [check_keep1_exact(arch, model, prompt)]
+    has_attn = any(b.attn is not None for b in get_adapter(model).blocks)
+    eager = _load_eager(path, model) if (has_attn and path is not None) else model
+    results.append(check_attention_rows(arch, model, prompt, eager))
+    results.append(check_mamba_reconstruction(arch, model, prompt))
+    results.append(check_hooks_removed(arch, model, prompt))
+    results.append(check_batch_equivalence(arch, model))
+    return results
+
+
+def verify_arch(arch: str) -> list[CheckResult]:
+    """All checks on the tiny random model of ``arch``."""
+    with tempfile.TemporaryDirectory(prefix=f"hybridreduce-{arch}-") as tmp:
+        model, rt = _roundtrip(arch, Path(tmp))
+        prompt = make_prompt(_vocab(model), 4, 24, 8, seed=0)
+        return [rt, *_guarded(arch, lambda: run_checks(arch, model, Path(tmp), prompt))]
+
+
+def verify_model(path: str | Path) -> list[CheckResult]:
+    """All checks on a checkpoint directory (its language model, with a synthetic prompt)."""
+    from transformers import AutoModelForCausalLM
+
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise InputError(f"{path} is not a checkpoint directory (no config.json)")
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    adapted: AdaptedModel = get_adapter(model)
+    prompt = make_prompt(_vocab(adapted.text_model), 4, 24, 8, seed=0)
+    return _guarded(adapted.model_type, lambda: run_checks(adapted.model_type, model, path, prompt))
+
+
+def _guarded(arch: str, fn) -> list[CheckResult]:
+    try:
+        return fn()
+    except HybridReduceError as exc:
+        return [CheckResult(arch, "error", False, None, f"{type(exc).__name__}: {exc}")]
+
+
+def available_archs() -> list[str]:
+    return list(TINY_CONFIGS)
