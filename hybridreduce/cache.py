@@ -112,9 +112,10 @@ class ScoreCache(Mapping):
         from safetensors.torch import save_file
 
         path = Path(path)
-        tensors = {f"scores.{k}": v.detach().cpu().contiguous() for k, v in self.scores.items()}
+        # clone(): a single-mixer block's unified vector is the same tensor as its part.
+        tensors = {f"scores.{k}": v.detach().cpu().clone() for k, v in self.scores.items()}
         for k, d in self.parts.items():
-            tensors.update({f"parts.{k}.{n}": t.detach().cpu().contiguous() for n, t in d.items()})
+            tensors.update({f"parts.{k}.{n}": t.detach().cpu().clone() for n, t in d.items()})
         if self.visual_positions is not None:
             tensors["visual_positions"] = self.visual_positions.detach().cpu().contiguous()
         meta = {"block_kinds": json.dumps(self.block_kinds), "scorer": json.dumps(self.scorer)}

@@ -228,18 +228,16 @@ def _first_tensor(args, kwargs, names) -> torch.Tensor | None:
     return None
 
 
-def _cache_length(kwargs) -> int | None:
-    """Tokens already in the cache passed to this forward, or ``None`` when there is no cache."""
+def _cache_state(kwargs) -> tuple[bool, int]:
+    """``(has_cache, tokens_already_cached)`` of the cache passed to this forward."""
     cache = kwargs.get("past_key_values", kwargs.get("cache_params"))
     if cache is None:
-        return None
+        return False, 0
     get_len = getattr(cache, "get_seq_length", None)
-    if get_len is None:
-        return None
     try:
-        return int(get_len())
+        return True, int(get_len()) if get_len is not None else 0
     except Exception:  # some hybrid caches only know their length per layer type
-        return None
+        return True, 0
 
 
 class ScoringSession:
@@ -306,10 +304,10 @@ class ScoringSession:
         if x is None:
             return None
         b, T = x.shape[0], x.shape[1]
-        cached = _cache_length(kwargs)
+        has_cache, cached = _cache_state(kwargs)
         vb, vT = self.visual_mask.shape
         if T != vT:
-            if cached:  # a decode step or a continuation: not a scoring forward
+            if has_cache:  # a decode step or a continuation: not a scoring forward
                 self.positions = None
                 return None
             raise InputError(

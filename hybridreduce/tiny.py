@@ -231,3 +231,37 @@ def build_tiny_model(arch: str, seed: int = 0, attn_implementation: str | None =
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config, attn_implementation=attn_implementation, dtype=torch.float32)
     return model.eval()
+
+
+TINY_VLMS = ("nemotron_h_omni", "llava_next_video")
+
+
+def build_tiny_vlm(wrapper: str = "nemotron_h_omni", text_arch: str = "nemotron_h", seed: int = 0):
+    """A tiny random vision-language wrapper around the tiny ``text_arch`` language model.
+
+    ``nemotron_h_omni`` (RADIO vision tower, Nemotron-H language model) or ``llava_next_video``
+    (CLIP vision tower, any supported language model as ``text_config``).
+    """
+    from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText
+
+    text = tiny_config(text_arch).to_dict()
+    if wrapper == "nemotron_h_omni":
+        vision = dict(
+            model_type="radio", hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+            intermediate_size=64, patch_size=4, image_size=16, video_temporal_patch_size=2,
+        )
+        config = AutoConfig.for_model(wrapper, text_config=text, vision_config=vision, projector_hidden_size=32)
+    elif wrapper == "llava_next_video":
+        vision = dict(
+            model_type="clip_vision_model", hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+            intermediate_size=64, patch_size=4, image_size=16,
+        )
+        config = AutoConfig.for_model(wrapper, text_config=text, vision_config=vision)
+    else:
+        raise ValueError(f"No tiny VLM {wrapper!r}; available: {', '.join(TINY_VLMS)}.")
+    torch.manual_seed(seed)
+    try:
+        model = AutoModelForImageTextToText.from_config(config, dtype=torch.float32)
+    except ValueError:
+        model = AutoModel.from_config(config, dtype=torch.float32)
+    return model.eval()

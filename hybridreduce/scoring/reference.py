@@ -99,6 +99,8 @@ def attention_rows_ref(
             for i in range(L):
                 logits = [float(q[bi, head, i] @ kh[j]) * scaling for j in range(kh.shape[0])]
                 keep = [j for j in range(kh.shape[0]) if allowed[bi, i, j]]
+                if not keep:  # a padding row that attends to nothing: left at zero
+                    continue
                 m = max(logits[j] for j in keep)
                 z = sum(math.exp(logits[j] - m) for j in keep)
                 for j in keep:

@@ -1,0 +1,102 @@
+"""``hybridreduce verify``: every check passes on every tiny architecture, and the checks can fail."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from hybridreduce import cli, verify
+from hybridreduce.verify import CHECKS, make_prompt
+
+from .conftest import ARCHS
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_every_check_passes(arch):
+    results = verify.verify_arch(arch)
+    for r in results:
+        print(r)
+    assert [r.check for r in results] == list(CHECKS)
+    assert all(r.passed for r in results), [r for r in results if not r.passed]
+
+
+def test_reconstruction_check_catches_a_wrong_primitive(monkeypatch, tiny_models):
+    """Drop Falcon-H1's muP multipliers from the rebuilt primitives: the check must fail."""
+    model = tiny_models("falcon_h1")
+    real = verify.mamba2_primitives
+
+    def without_mup(mixer, projected, mask=None):
+        saved = mixer.mup_vector
+        try:
+            del mixer.mup_vector
+            mixer.mup_vector = None
+            return real(mixer, projected, mask)
+        finally:
+            mixer.mup_vector = saved
+
+    monkeypatch.setattr(verify, "mamba2_primitives", without_mup)
+    result = verify.check_mamba_reconstruction("falcon_h1", model, make_prompt(96, 4, 24, 8, 0))
+    assert not result.passed and result.max_err > 1e-2
+
+
+def test_attention_check_catches_wrong_rows(monkeypatch, tiny_models):
+    """Score with a wrong softmax scale: the comparison with eager weights must fail."""
+    import hybridreduce.taps as taps
+
+    real = taps.attention_rows
+    monkeypatch.setattr(taps, "attention_rows", lambda q, k, m, s, i, c=None: real(q, k, m, s * 3.0, i, c))
+    from hybridreduce.tiny import build_tiny_model
+
+    model = build_tiny_model("llama")
+    model.model.layers[0].self_attn.q_proj.weight.data *= 20  # make attention far from uniform
+    eager = build_tiny_model("llama", attn_implementation="eager")
+    eager.load_state_dict(model.state_dict())
+    result = verify.check_attention_rows("llama", model, make_prompt(96, 4, 24, 8, 0), eager)
+    assert not result.passed
+
+
+def test_cli_json(capsys):
+    code = cli.main(["verify", "--arch", "llama", "--json"])
+    rows = json.loads(capsys.readouterr().out)
+    assert code == 0
+    assert {r["check"] for r in rows} == set(CHECKS)
+    assert all(set(r) == {"arch", "check", "passed", "max_err"} for r in rows)
+
+
+def test_cli_exit_status_is_one_on_failure(monkeypatch, capsys):
+    monkeypatch.setattr(verify, "check_hooks_removed", lambda arch, m, p: verify.CheckResult(arch, "hooks_removed", False, None))
+    assert cli.main(["verify", "--arch", "llama"]) == 1
+    assert "FAIL" in capsys.readouterr().out
+
+
+def test_cli_model_directory(tmp_path, capsys):
+    from hybridreduce.tiny import build_tiny_model
+
+    build_tiny_model("jamba").save_pretrained(tmp_path / "ckpt")
+    assert cli.main(["verify", "--model", str(tmp_path / "ckpt"), "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert {r["arch"] for r in rows} == {"jamba"} and all(r["passed"] for r in rows)
+
+
+def test_cli_bad_arguments(tmp_path, capsys):
+    assert cli.main(["verify", "--arch", "gpt2"]) == 2
+    assert "choose from" in capsys.readouterr().err
+    assert cli.main(["verify", "--model", str(tmp_path)]) == 2
+    assert "no config.json" in capsys.readouterr().err
+
+
+def test_cli_unsupported_checkpoint(tmp_path, capsys):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.for_model("gpt2", n_embd=16, n_layer=1, n_head=2, vocab_size=50)
+    AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path)
+    assert cli.main(["verify", "--model", str(tmp_path)]) == 2
+    assert "no adapter for model_type 'gpt2'" in capsys.readouterr().err
+
+
+def test_demo_runs(capsys):
+    assert cli.main(["demo"]) == 0
+    out = capsys.readouterr().out
+    assert "top 5 visual tokens" in out and "FAIL" not in out
