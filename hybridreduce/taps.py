@@ -62,6 +62,11 @@ class _AttentionDispatch:
         return ALL_ATTENTION_FUNCTIONS
 
     def add(self, impl: str, module: nn.Module, callback: Callable) -> None:
+        if id(module) in self.callbacks:
+            raise InputError(
+                f"a capture or reduction is already active on this model ({type(module).__name__} is tapped); "
+                "one context per model at a time: collect everything inside a single context"
+            )
         fns = self._functions()
         if impl not in self.saved:
             had_local = impl in fns._local_mapping
@@ -145,6 +150,12 @@ class Positions:
     q_index: torch.Tensor
     q_valid: torch.Tensor
     v_index: torch.Tensor
+
+    def to(self, device) -> Positions:
+        """The positions on ``device`` (blocks may sit on different devices under a device map)."""
+        if self.q_index.device == torch.device(device):
+            return self
+        return Positions(self.q_index.to(device), self.q_valid.to(device), self.v_index.to(device))
 
 
 def resolve_positions(
@@ -358,6 +369,7 @@ class ScoringSession:
             pos = self.positions
             if pos is None or query.shape[2] != self.visual_mask.shape[1]:
                 return
+            pos = pos.to(query.device)
             scaling = kwargs.get("scaling")
             if scaling is None:
                 scaling = getattr(module, "scaling", query.shape[-1] ** -0.5)
@@ -385,6 +397,7 @@ class ScoringSession:
             if pos is None or output.shape[1] != self.visual_mask.shape[1]:
                 return None
             mask = self.mixer_masks.get(spec.index)
+            pos = pos.to(output.device)
             with torch.no_grad():
                 if spec.ssm_type == "mamba1":
                     prims = mamba1_primitives(spec.ssm, output, mask)

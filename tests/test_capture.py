@@ -125,6 +125,19 @@ def test_nested_captures_restore_the_attention_interface(tiny_models):
     assert not ATTENTION_DISPATCH.active()
 
 
+def test_a_second_context_on_the_same_model_is_refused(tiny_models):
+    model = tiny_models("bamba")
+    ids, vm = prompt()
+    with capture(model, vm) as outer:
+        with pytest.raises(InputError, match="already active"):
+            with capture(model, vm):
+                pass
+        with torch.no_grad():
+            model(ids)  # the outer context still scores every block
+    assert len(outer) == 4
+    assert not ATTENTION_DISPATCH.active()
+
+
 def test_score_cache_roundtrip_and_messages(tmp_path, tiny_models):
     model = tiny_models("nemotron_h")
     ids, vm = prompt()
