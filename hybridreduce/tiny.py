@@ -89,97 +89,59 @@ def _zamba2() -> dict[str, Any]:
     )
 
 
+# Shared by the families whose configs name the Mamba-2 mixer with ``mamba_*`` keys.
+_MAMBA2_KEYS = dict(
+    mamba_n_heads=4,
+    mamba_d_head=16,
+    mamba_n_groups=2,
+    mamba_d_state=8,
+    mamba_d_conv=4,
+    mamba_expand=2,
+    mamba_chunk_size=8,
+)
+# Grouped-query attention: 4 query heads share 2 KV heads.
+_ATTENTION_KEYS = dict(vocab_size=VOCAB, hidden_size=HIDDEN, intermediate_size=48, num_attention_heads=4, num_key_value_heads=2)
+
+
 def _bamba() -> dict[str, Any]:
-    return dict(
-        model_type="bamba",
-        vocab_size=VOCAB,
-        hidden_size=HIDDEN,
-        intermediate_size=48,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        attn_layer_indices=[1, 3],
-        mamba_n_heads=4,
-        mamba_d_head=16,
-        mamba_n_groups=2,
-        mamba_d_state=8,
-        mamba_d_conv=4,
-        mamba_expand=2,
-        mamba_chunk_size=8,
-    )
+    return dict(model_type="bamba", num_hidden_layers=4, attn_layer_indices=[1, 3], **_ATTENTION_KEYS, **_MAMBA2_KEYS)
 
 
 def _falcon_h1() -> dict[str, Any]:
     return dict(
         model_type="falcon_h1",
-        vocab_size=VOCAB,
-        hidden_size=HIDDEN,
-        intermediate_size=48,
         num_hidden_layers=3,
-        num_attention_heads=4,
-        num_key_value_heads=2,
         mamba_d_ssm=64,
-        mamba_n_heads=4,
-        mamba_d_head=16,
-        mamba_n_groups=2,
-        mamba_d_state=8,
-        mamba_d_conv=4,
-        mamba_expand=2,
-        mamba_chunk_size=8,
         mamba_rms_norm=False,
         # Non-trivial muP multipliers, so that the scorer must apply them like the mixer does.
         ssm_multipliers=[1.0, 0.5, 2.0, 1.5, 0.75],
         key_multiplier=0.8,
         attention_in_multiplier=1.2,
+        **_ATTENTION_KEYS,
+        **_MAMBA2_KEYS,
     )
 
 
 def _granitemoehybrid() -> dict[str, Any]:
     return dict(
         model_type="granitemoehybrid",
-        vocab_size=VOCAB,
-        hidden_size=HIDDEN,
-        intermediate_size=48,
         num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=2,
         layer_types=["mamba", "attention", "mamba", "attention"],
         num_local_experts=2,
         num_experts_per_tok=1,
         shared_intermediate_size=16,
         position_embedding_type="rope",
-        mamba_n_heads=4,
-        mamba_d_head=16,
-        mamba_n_groups=2,
-        mamba_d_state=8,
-        mamba_d_conv=4,
-        mamba_expand=2,
-        mamba_chunk_size=8,
+        **_ATTENTION_KEYS,
+        **_MAMBA2_KEYS,
     )
 
 
 def _llama() -> dict[str, Any]:
-    return dict(
-        model_type="llama",
-        vocab_size=VOCAB,
-        hidden_size=HIDDEN,
-        intermediate_size=48,
-        num_hidden_layers=3,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-    )
+    return dict(model_type="llama", num_hidden_layers=3, **_ATTENTION_KEYS)
 
 
 def _qwen2() -> dict[str, Any]:
-    return dict(
-        model_type="qwen2",
-        vocab_size=VOCAB,
-        hidden_size=HIDDEN,
-        intermediate_size=48,
-        num_hidden_layers=3,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-    )
+    return _llama() | {"model_type": "qwen2"}
 
 
 def _mamba2() -> dict[str, Any]:

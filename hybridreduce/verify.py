@@ -332,12 +332,24 @@ def _roundtrip(arch: str, tmp: Path):
     return loaded, result
 
 
-def _load_eager(path: Path, model):
-    from transformers import AutoModelForCausalLM
+def load_language_model(path: Path, attn_implementation: str | None = None):
+    """Load a checkpoint directory and return its language model (unwrapping a VLM), in float32."""
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
 
+    kwargs = {"dtype": torch.float32}
+    if attn_implementation is not None:
+        kwargs["attn_implementation"] = attn_implementation
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    except ValueError:  # a vision-language checkpoint: no causal-LM mapping for its config
+        model = AutoModelForImageTextToText.from_pretrained(path, **kwargs)
+    return get_adapter(model).text_model.eval()
+
+
+def _load_eager(path: Path, model):
     if get_adapter(model).attn_implementation == "eager":
         return model
-    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation="eager").eval()
+    return load_language_model(path, attn_implementation="eager")
 
 
 def run_checks(arch: str, model, path: Path | None, prompt: Prompt) -> list[CheckResult]:
@@ -361,13 +373,11 @@ def verify_arch(arch: str) -> list[CheckResult]:
 
 
 def verify_model(path: str | Path) -> list[CheckResult]:
-    """All checks on a checkpoint directory (its language model, with a synthetic prompt)."""
-    from transformers import AutoModelForCausalLM
-
+    """All checks on a checkpoint directory: its language model (a VLM is unwrapped), synthetic prompt."""
     path = Path(path)
     if not (path / "config.json").is_file():
         raise InputError(f"{path} is not a checkpoint directory (no config.json)")
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    model = load_language_model(path)
     adapted: AdaptedModel = get_adapter(model)
     prompt = make_prompt(_vocab(adapted.text_model), 4, 24, 8, seed=0)
     return _guarded(adapted.model_type, lambda: run_checks(adapted.model_type, model, path, prompt))

@@ -80,6 +80,16 @@ def test_cli_model_directory(tmp_path, capsys):
     assert {r["arch"] for r in rows} == {"jamba"} and all(r["passed"] for r in rows)
 
 
+def test_cli_vlm_checkpoint_directory(tmp_path, capsys):
+    """A NemotronH-Omni checkpoint: the checks run on its language model."""
+    from hybridreduce.tiny import build_tiny_vlm
+
+    build_tiny_vlm("nemotron_h_omni", "nemotron_h").save_pretrained(tmp_path / "omni")
+    assert cli.main(["verify", "--model", str(tmp_path / "omni"), "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert {r["arch"] for r in rows} == {"nemotron_h"} and all(r["passed"] for r in rows)
+
+
 def test_cli_bad_arguments(tmp_path, capsys):
     assert cli.main(["verify", "--arch", "gpt2"]) == 2
     assert "choose from" in capsys.readouterr().err

@@ -74,25 +74,28 @@ class BlockSpec:
 class FamilyAdapter:
     """Base class of the per-family adapters.
 
-    A subclass sets ``model_types`` and implements :meth:`block_spec`. The registry calls
-    :meth:`block_spec` once per element of the decoder's ``layers``.
+    A subclass sets ``model_types`` and either the class attributes below (for layers that expose
+    their mixers as attributes: ``self_attn`` and/or ``mamba`` on most families) or overrides
+    :meth:`block_spec`. The registry calls :meth:`block_spec` once per element of the decoder's
+    ``layers``.
     """
 
     model_types: ClassVar[tuple[str, ...]] = ()
     #: Mamba flavour of the family's mixers.
     ssm_type: ClassVar[str] = "mamba2"
+    #: Attribute names of the attention module and the Mamba mixer on a layer (absent → not there).
+    attn_attr: ClassVar[str | None] = "self_attn"
+    ssm_attr: ClassVar[str | None] = "mamba"
+    #: Whether the family's attention applies RoPE (override :meth:`uses_rope` when config-dependent).
+    rope: ClassVar[bool] = False
 
     def uses_rope(self, config) -> bool:
         """Whether the family's attention blocks apply RoPE for this config."""
-        return False
+        return self.rope
 
     def block_spec(self, index: int, block: nn.Module, config, name: str) -> BlockSpec:
-        raise NotImplementedError
-
-    # Helpers shared by the families whose layers expose ``self_attn`` and/or ``mamba`` attributes.
-    def _from_attrs(self, index, block, config, name, attn_attr="self_attn", ssm_attr="mamba") -> BlockSpec:
-        attn = getattr(block, attn_attr, None)
-        ssm = getattr(block, ssm_attr, None)
+        attn = getattr(block, self.attn_attr, None) if self.attn_attr else None
+        ssm = getattr(block, self.ssm_attr, None) if self.ssm_attr else None
         if attn is not None and ssm is not None:
             kind = "parallel"
         elif attn is not None:
@@ -100,7 +103,7 @@ class FamilyAdapter:
         elif ssm is not None:
             kind = "ssm"
         else:
-            raise ValueError(f"block {index} ({type(block).__name__}) has neither {attn_attr!r} nor {ssm_attr!r}")
+            raise ValueError(f"block {index} ({type(block).__name__}) has neither {self.attn_attr!r} nor {self.ssm_attr!r}")
         return BlockSpec(
             index=index,
             kind=kind,

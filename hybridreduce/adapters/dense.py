@@ -7,9 +7,5 @@ from .base import FamilyAdapter
 
 class DenseAttentionAdapter(FamilyAdapter):
     model_types = ("llama", "qwen2")
-
-    def uses_rope(self, config) -> bool:
-        return True
-
-    def block_spec(self, index, block, config, name):
-        return self._from_attrs(index, block, config, name, attn_attr="self_attn", ssm_attr="__none__")
+    ssm_attr = None
+    rope = True

@@ -11,10 +11,4 @@ from .base import FamilyAdapter
 
 class FalconH1Adapter(FamilyAdapter):
     model_types = ("falcon_h1",)
-    ssm_type = "mamba2"
-
-    def uses_rope(self, config) -> bool:
-        return True
-
-    def block_spec(self, index, block, config, name):
-        return self._from_attrs(index, block, config, name)
+    rope = True

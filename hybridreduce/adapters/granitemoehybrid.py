@@ -11,10 +11,6 @@ from .base import FamilyAdapter
 
 class GraniteMoeHybridAdapter(FamilyAdapter):
     model_types = ("granitemoehybrid",)
-    ssm_type = "mamba2"
 
     def uses_rope(self, config) -> bool:
         return getattr(config, "position_embedding_type", None) == "rope"
-
-    def block_spec(self, index, block, config, name):
-        return self._from_attrs(index, block, config, name)

@@ -8,6 +8,3 @@ from .base import FamilyAdapter
 class JambaAdapter(FamilyAdapter):
     model_types = ("jamba",)
     ssm_type = "mamba1"
-
-    def block_spec(self, index, block, config, name):
-        return self._from_attrs(index, block, config, name, attn_attr="self_attn", ssm_attr="mamba")

@@ -7,7 +7,5 @@ from .base import FamilyAdapter
 
 class Mamba2Adapter(FamilyAdapter):
     model_types = ("mamba2",)
-    ssm_type = "mamba2"
-
-    def block_spec(self, index, block, config, name):
-        return self._from_attrs(index, block, config, name, attn_attr="__none__", ssm_attr="mixer")
+    attn_attr = None
+    ssm_attr = "mixer"
