@@ -45,8 +45,10 @@ class ScoreCache(Mapping):
     def __getitem__(self, layer: int) -> torch.Tensor:
         if layer not in self.scores:
             kind = self.block_kinds[layer] if 0 <= layer < len(self.block_kinds) else None
-            why = f"block {layer} is of kind {kind!r}, which does not score" if kind in ("mlp", "moe") else (
-                f"block {layer} was not scored"
+            why = (
+                f"block {layer} is of kind {kind!r}, which does not score"
+                if kind in ("mlp", "moe")
+                else (f"block {layer} was not scored")
             )
             raise KeyError(f"{why}; scored blocks: {self.layers}")
         return self.scores[layer]
@@ -91,7 +93,9 @@ class ScoreCache(Mapping):
 
     # Conversions ---------------------------------------------------------------------------------
     def _map(self, fn) -> ScoreCache:
-        out = ScoreCache(self.block_kinds, None if self.visual_positions is None else fn(self.visual_positions), self.scorer)
+        out = ScoreCache(
+            self.block_kinds, None if self.visual_positions is None else fn(self.visual_positions), self.scorer
+        )
         out.scores = {k: fn(v) for k, v in self.scores.items()}
         out.parts = {k: {n: fn(t) for n, t in d.items()} for k, d in self.parts.items()}
         out.rows = {k: fn(v) for k, v in self.rows.items()}
@@ -138,7 +142,9 @@ class ScoreCache(Mapping):
             raise InputError(f"{path} is not a readable safetensors score file ({exc})") from None
         if "block_kinds" not in meta:
             raise InputError(f"{path} has no block_kinds metadata: it was not written by ScoreCache.save")
-        out = cls(json.loads(meta["block_kinds"]), tensors.pop("visual_positions", None), json.loads(meta.get("scorer", "{}")))
+        out = cls(
+            json.loads(meta["block_kinds"]), tensors.pop("visual_positions", None), json.loads(meta.get("scorer", "{}"))
+        )
         for key, t in tensors.items():
             head, _, rest = key.partition(".")
             if head == "scores":

@@ -70,9 +70,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
         with capture(model, prompt.visual_mask, scorer=mode) as scores, torch.no_grad():
             model(prompt.input_ids)
         print(f"\nimportance ({mode} Mamba scorer), top 5 visual tokens per scoring block:")
-        for layer, kind in zip(scores.layers, scores.kinds):
+        for layer, kind in zip(scores.layers, scores.kinds, strict=True):
             top = scores[layer][0].topk(5)
-            tokens = ", ".join(f"{int(i)}:{float(v):.3f}" for v, i in zip(top.values, top.indices))
+            tokens = ", ".join(f"{int(i)}:{float(v):.3f}" for v, i in zip(top.values, top.indices, strict=True))
             print(f"  block {layer:2d} {kind:<8} {tokens}")
     rows = [r.to_dict() for r in verify_arch("nemotron_h")]
     print("\n" + _format_table(rows))

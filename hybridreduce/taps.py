@@ -334,9 +334,7 @@ class ScoringSession:
         if padding is None:
             am = kwargs.get("attention_mask")
             padding = am if isinstance(am, torch.Tensor) and am.dim() == 2 else None
-        self.positions = resolve_positions(
-            self.visual_mask.to(x.device), padding, self.query_mask, self.query
-        )
+        self.positions = resolve_positions(self.visual_mask.to(x.device), padding, self.query_mask, self.query)
         self.pending.clear()
         return None
 

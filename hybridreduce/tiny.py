@@ -9,7 +9,8 @@ scan crosses chunk boundaries), MoE blocks, and RoPE where the family has it.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -100,7 +101,9 @@ _MAMBA2_KEYS = dict(
     mamba_chunk_size=8,
 )
 # Grouped-query attention: 4 query heads share 2 KV heads.
-_ATTENTION_KEYS = dict(vocab_size=VOCAB, hidden_size=HIDDEN, intermediate_size=48, num_attention_heads=4, num_key_value_heads=2)
+_ATTENTION_KEYS = dict(
+    vocab_size=VOCAB, hidden_size=HIDDEN, intermediate_size=48, num_attention_heads=4, num_key_value_heads=2
+)
 
 
 def _bamba() -> dict[str, Any]:
@@ -209,14 +212,25 @@ def build_tiny_vlm(wrapper: str = "nemotron_h_omni", text_arch: str = "nemotron_
     text = tiny_config(text_arch).to_dict()
     if wrapper == "nemotron_h_omni":
         vision = dict(
-            model_type="radio", hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-            intermediate_size=64, patch_size=4, image_size=16, video_temporal_patch_size=2,
+            model_type="radio",
+            hidden_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=64,
+            patch_size=4,
+            image_size=16,
+            video_temporal_patch_size=2,
         )
         config = AutoConfig.for_model(wrapper, text_config=text, vision_config=vision, projector_hidden_size=32)
     elif wrapper == "llava_next_video":
         vision = dict(
-            model_type="clip_vision_model", hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-            intermediate_size=64, patch_size=4, image_size=16,
+            model_type="clip_vision_model",
+            hidden_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=64,
+            patch_size=4,
+            image_size=16,
         )
         config = AutoConfig.for_model(wrapper, text_config=text, vision_config=vision)
     else:

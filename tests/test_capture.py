@@ -31,8 +31,11 @@ def test_scores_are_distributions_over_visual_tokens(arch, tiny_models):
     assert torch.equal(cache.visual_positions, torch.arange(4, 28).expand(2, 24))
     for layer in cache.layers:
         parts = cache.parts[layer]
-        assert set(parts) == ({"attn", "ssm"} if cache.block_kinds[layer] == "parallel" else
-                              {"attn" if cache.block_kinds[layer] == "attn" else "ssm"})
+        assert set(parts) == (
+            {"attn", "ssm"}
+            if cache.block_kinds[layer] == "parallel"
+            else {"attn" if cache.block_kinds[layer] == "attn" else "ssm"}
+        )
         if len(parts) == 2:
             assert torch.allclose(cache[layer], (parts["attn"] + parts["ssm"]) / 2)
 

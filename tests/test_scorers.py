@@ -105,8 +105,12 @@ def test_ragged_queries_ignore_padding_slots():
     for reduce in ("mean", "max"):
         cfg = ScorerConfig(mamba="exact", query_reduce=reduce)
         got = mamba2_importance(p, q_index, q_valid, v_index, cfg)
-        ref = importance_ref(mamba2_hidden_attention_ref(p), [[T - 3, T - 2, T - 1], [T - 1]], [list(range(2, 12))] * 2,
-                             query_reduce=reduce)
+        ref = importance_ref(
+            mamba2_hidden_attention_ref(p),
+            [[T - 3, T - 2, T - 1], [T - 1]],
+            [list(range(2, 12))] * 2,
+            query_reduce=reduce,
+        )
         assert (got.double() - ref).abs().max() < ATOL
 
 
@@ -175,7 +179,9 @@ def test_attention_rows_match_reference(mask_form):
     ref = attention_rows_ref(query, key, allowed, 0.35)
     expected = ref.gather(2, q_index[:, None, :, None].expand(b, 4, 3, S))
     assert (rows.double() - expected).abs().max() < ATOL
-    imp = attention_importance(rows, torch.ones(b, 3, dtype=torch.bool), torch.arange(2, 8).expand(b, 6), ScorerConfig())
+    imp = attention_importance(
+        rows, torch.ones(b, 3, dtype=torch.bool), torch.arange(2, 8).expand(b, 6), ScorerConfig()
+    )
     ref_imp = importance_ref(ref, q_index.tolist(), [list(range(2, 8))] * 2)
     assert (imp.double() - ref_imp).abs().max() < ATOL
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from hybridreduce import cli, verify
 from hybridreduce.verify import CHECKS, make_prompt
@@ -66,7 +65,9 @@ def test_cli_json(capsys):
 
 
 def test_cli_exit_status_is_one_on_failure(monkeypatch, capsys):
-    monkeypatch.setattr(verify, "check_hooks_removed", lambda arch, m, p: verify.CheckResult(arch, "hooks_removed", False, None))
+    monkeypatch.setattr(
+        verify, "check_hooks_removed", lambda arch, m, p: verify.CheckResult(arch, "hooks_removed", False, None)
+    )
     assert cli.main(["verify", "--arch", "llama"]) == 1
     assert "FAIL" in capsys.readouterr().out
 

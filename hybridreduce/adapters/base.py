@@ -103,7 +103,9 @@ class FamilyAdapter:
         elif ssm is not None:
             kind = "ssm"
         else:
-            raise ValueError(f"block {index} ({type(block).__name__}) has neither {self.attn_attr!r} nor {self.ssm_attr!r}")
+            raise ValueError(
+                f"block {index} ({type(block).__name__}) has neither {self.attn_attr!r} nor {self.ssm_attr!r}"
+            )
         return BlockSpec(
             index=index,
             kind=kind,

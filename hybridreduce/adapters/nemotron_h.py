@@ -5,7 +5,14 @@ from __future__ import annotations
 from .base import BlockSpec, FamilyAdapter
 
 # Nemotron-H's ``block_type`` names → our block kinds.
-_KINDS = {"linear_attention": "ssm", "mamba": "ssm", "full_attention": "attn", "attention": "attn", "mlp": "mlp", "moe": "moe"}
+_KINDS = {
+    "linear_attention": "ssm",
+    "mamba": "ssm",
+    "full_attention": "attn",
+    "attention": "attn",
+    "mlp": "mlp",
+    "moe": "moe",
+}
 
 
 class NemotronHAdapter(FamilyAdapter):

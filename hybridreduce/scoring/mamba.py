@@ -123,7 +123,7 @@ def mamba2_hidden_attention(
     if not decay:
         return (CB.abs() * dtk).masked_fill(~causal, 0.0)
     cum = torch.cumsum(p.dt.double(), dim=1)  # [b, T, h]; float64: differences feed exp().
-    seg = (_gather_t(cum, q_index).transpose(1, 2)[..., :, None] - _gather_t(cum, k_index).transpose(1, 2)[..., None, :])
+    seg = _gather_t(cum, q_index).transpose(1, 2)[..., :, None] - _gather_t(cum, k_index).transpose(1, 2)[..., None, :]
     # seg[b, h, i, j] = Σ_{k=j+1..i} Δ_k (negative for j > i, masked below before exp can overflow).
     seg = seg.clamp_min(0).float()
     return (CB * dtk * torch.exp(p.A[None, :, None, None] * seg)).masked_fill(~causal, 0.0)
@@ -184,11 +184,9 @@ def mamba1_primitives(
     ts, B, C = mixer.x_proj(x.to(w_dtype)).float().split([r, n, n], dim=-1)
     norms = [getattr(mixer, name, None) for name in ("dt_layernorm", "b_layernorm", "c_layernorm")]
     if norms[0] is not None:
-        ts, B, C = (norm(t.to(w_dtype)).float() for norm, t in zip(norms, (ts, B, C)))
+        ts, B, C = (norm(t.to(w_dtype)).float() for norm, t in zip(norms, (ts, B, C), strict=True))
     dt = F.softplus(F.linear(ts, mixer.dt_proj.weight.float(), mixer.dt_proj.bias.float()))
-    return Mamba1Primitives(
-        x=x, B=B, C=C, dt=dt, A=-torch.exp(mixer.A_log.float()), D=mixer.D.float(), gate=gate
-    )
+    return Mamba1Primitives(x=x, B=B, C=C, dt=dt, A=-torch.exp(mixer.A_log.float()), D=mixer.D.float(), gate=gate)
 
 
 def mamba1_hidden_attention(

@@ -81,9 +81,7 @@ def mamba1_hidden_attention_ref(p: Mamba1Primitives, decay: bool = True) -> torc
     return out
 
 
-def attention_rows_ref(
-    query: torch.Tensor, key: torch.Tensor, allowed: torch.Tensor, scaling: float
-) -> torch.Tensor:
+def attention_rows_ref(query: torch.Tensor, key: torch.Tensor, allowed: torch.Tensor, scaling: float) -> torch.Tensor:
     """Full attention probabilities ``(b, h, L, S)`` in float64 from an explicit bool mask.
 
     Args:
