@@ -1,0 +1,126 @@
+"""Pruning as pure functions (DESIGN decision 6): choose visual tokens, gather the kept rows.
+
+Nothing here touches a model. The reduction engine calls :func:`select_visual` with the scores of
+the current visual tokens, :func:`keep_index` to merge them with the always-kept text tokens, and
+:func:`prune` to gather hidden states, original position ids and masks.
+
+Shapes: ``b`` batch, ``T`` current sequence length, ``V`` current visual tokens, ``k`` visual
+tokens kept, ``T'`` = ``T − V + k``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .errors import InputError
+
+SELECTIONS = ("topk", "random", "uniform")
+
+
+def select_visual(
+    scores: torch.Tensor | None,
+    k: int,
+    how: str = "topk",
+    n_visual: int | None = None,
+    generator: torch.Generator | None = None,
+    batch: int | None = None,
+) -> torch.Tensor:
+    """Choose ``k`` of the current visual tokens of each sample.
+
+    Args:
+        scores: ``(b, V)`` importance (``topk``); may be ``None`` for ``random``/``uniform``.
+        k: how many to keep, ``1 ≤ k ≤ V``.
+        how: ``"topk"`` (highest scores; ties go to the earlier token), ``"random"`` (uniform
+            without replacement, from ``generator``), ``"uniform"`` (an even stride).
+        n_visual, batch: ``V`` and ``b`` when ``scores`` is ``None``.
+    Returns:
+        ``(b, k)`` long, indices into the current visual tokens, increasing.
+    """
+    if scores is not None:
+        batch, n_visual = scores.shape
+    if n_visual is None or batch is None:
+        raise InputError("select_visual needs scores, or n_visual and batch")
+    if not 1 <= k <= n_visual:
+        raise InputError(f"cannot keep {k} of {n_visual} visual tokens (need 1 ≤ k ≤ {n_visual})")
+    device = scores.device if scores is not None else None
+    if how == "topk":
+        if scores is None:
+            raise InputError("topk selection needs scores")
+        chosen = torch.argsort(scores, dim=1, descending=True, stable=True)[:, :k]
+    elif how == "random":
+        gen_device = generator.device if generator is not None else "cpu"
+        chosen = torch.stack(
+            [torch.randperm(n_visual, generator=generator, device=gen_device)[:k] for _ in range(batch)]
+        )
+    elif how == "uniform":
+        # Centres of k equal bins over [0, V): distinct for k ≤ V.
+        row = ((torch.arange(k, dtype=torch.float64) + 0.5) * n_visual / k).floor().long()
+        chosen = row.expand(batch, k)
+    else:
+        raise InputError(f"selection {how!r} is not one of {SELECTIONS}")
+    return chosen.sort(dim=1).values.to(device if device is not None else chosen.device)
+
+
+def keep_index(visual_mask: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
+    """Sequence indices to keep: every non-visual token plus the chosen visual ones, in order.
+
+    Args:
+        visual_mask: ``(b, T)`` bool, the current visual tokens (the same count ``V`` per sample).
+        chosen: ``(b, k)`` indices into each sample's visual tokens (``0 ≤ chosen < V``).
+    Returns:
+        ``(b, T')`` long, increasing.
+    """
+    b, T = visual_mask.shape
+    counts = visual_mask.sum(dim=1)
+    if bool((counts != counts[0]).any()):
+        raise InputError(f"samples have different numbers of visual tokens ({counts.tolist()})")
+    V = int(counts[0])
+    if chosen.numel() and (int(chosen.min()) < 0 or int(chosen.max()) >= V):
+        raise InputError(f"chosen visual indices must lie in [0, {V}), got [{int(chosen.min())}, {int(chosen.max())}]")
+    pos = torch.arange(T, device=visual_mask.device).expand(b, T)
+    visual_pos = torch.where(visual_mask, pos, pos + T).sort(dim=1).values[:, :V]  # (b, V)
+    keep = ~visual_mask
+    keep = keep.scatter(1, visual_pos.gather(1, chosen.to(visual_pos.device)), True)
+    n_keep = keep.sum(dim=1)
+    return torch.where(keep, pos, pos + T).sort(dim=1).values[:, : int(n_keep[0])]
+
+
+def prune(
+    hidden: torch.Tensor,
+    positions: torch.Tensor,
+    masks: dict[str, torch.Tensor | None],
+    keep_idx: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor | None]]:
+    """Gather the kept rows of the hidden states, their original position ids and the masks.
+
+    Args:
+        hidden: ``(b, T, d)``.
+        positions: ``(b, T)`` original position ids of the current tokens.
+        masks: named masks over the current tokens: ``(b, T)`` padding masks, or ``(b|1, h|1, T, T)``
+            attention masks (bool or additive), sliced on both axes; ``None`` entries stay ``None``.
+        keep_idx: ``(b, T')`` increasing indices from :func:`keep_index`.
+    Returns:
+        ``(hidden[b, T', d], positions[b, T'], masks)``.
+    """
+    b, T, d = hidden.shape
+    if keep_idx.shape[0] != b or keep_idx.dim() != 2:
+        raise InputError(f"keep_idx must have shape ({b}, T'), got {tuple(keep_idx.shape)}")
+    idx = keep_idx.to(hidden.device)
+    out_hidden = hidden.gather(1, idx[..., None].expand(b, idx.shape[1], d))
+    out_pos = positions.to(idx.device).expand(b, T).gather(1, idx)
+    out_masks: dict[str, torch.Tensor | None] = {}
+    for name, mask in masks.items():
+        if mask is None:
+            out_masks[name] = None
+        elif mask.dim() == 2:
+            out_masks[name] = mask.to(idx.device).expand(b, T).gather(1, idx)
+        elif mask.dim() == 4:
+            m = mask.to(idx.device).expand(b, mask.shape[1], T, mask.shape[-1])
+            if m.shape[-1] != T:
+                raise InputError(f"mask {name!r} covers {m.shape[-1]} keys but the sequence has {T} tokens")
+            h, n = m.shape[1], idx.shape[1]
+            m = m.gather(2, idx[:, None, :, None].expand(b, h, n, T))
+            out_masks[name] = m.gather(3, idx[:, None, None, :].expand(b, h, n, n))
+        else:
+            raise InputError(f"mask {name!r} must be 2-D (b, T) or 4-D (b, h, T, T), got {tuple(mask.shape)}")
+    return out_hidden, out_pos, out_masks

@@ -1,0 +1,125 @@
+"""Schedules: the solver meets the budget, presets load, and bad schedules are named."""
+
+from __future__ import annotations
+
+import pytest
+
+from hybridreduce import InputError
+from hybridreduce.schedule import METHODS, Plan, Schedule, preset_dir
+
+
+@pytest.mark.parametrize("shape", ["geometric", "linear"])
+@pytest.mark.parametrize("keep", [0.125, 0.25, 0.5, 0.9])
+@pytest.mark.parametrize("depth", [12, 24, 52])
+def test_solver_meets_the_average_budget(shape, keep, depth):
+    if shape == "linear" and keep < 0.4:
+        # A linear decay over 3 stages carries at least ~1/3 on average: the solver must refuse.
+        with pytest.raises(InputError, match="cannot be met"):
+            Schedule(keep=keep, shape=shape, first_prune=1, stages=3).resolve(depth)
+        return
+    plan = Schedule(keep=keep, shape=shape, first_prune=1, stages=3).resolve(depth)
+    assert plan.average_keep() == pytest.approx(keep, abs=1e-9)
+    # Rounding to whole tokens moves the achieved budget by at most one token per block.
+    assert abs(plan.average_keep(4096) - keep) <= 1 / 4096
+    assert list(plan.ratios) == sorted(plan.ratios, reverse=True), "low-to-high: ratios never grow"
+    assert all(0 < r <= 1 for r in plan.ratios)
+
+
+def test_progressive_is_low_to_high():
+    plan = Schedule(keep=0.3, first_prune=4, stages=4).resolve(24)
+    assert plan.prune_points == (4, 9, 14, 19)
+    counts = plan.block_counts(1000)
+    assert counts[:4] == [1000] * 4
+    assert counts == sorted(counts, reverse=True)
+    drops = [a - b for a, b in zip([1000, *plan.stage_counts(1000)], plan.stage_counts(1000), strict=False)]
+    assert all(d > 0 for d in drops)
+
+
+def test_final_budget_targets_the_last_stage():
+    for shape in ("geometric", "linear"):
+        plan = Schedule(keep=0.2, budget="final", shape=shape, first_prune=2, stages=4).resolve(16)
+        assert plan.ratios[-1] == pytest.approx(0.2)
+        assert plan.average_keep() > 0.2
+
+
+def test_explicit_ratios_and_points():
+    s = Schedule(keep=None, shape="explicit", ratios=[0.8, 0.5, 0.2], stages=[2, 5, 9])
+    plan = s.resolve(12)
+    assert plan == Plan(12, (2, 5, 9), (0.8, 0.5, 0.2))
+    assert plan.block_counts(10) == [10, 10, 8, 8, 8, 5, 5, 5, 5, 2, 2, 2]
+    assert plan.average_keep(10) == pytest.approx(sum(plan.block_counts(10)) / 120)
+
+
+def test_baselines_meet_the_same_budget_as_progressive():
+    depth, keep = 24, 0.3
+    for method in ("progressive", "fastv", "pyramiddrop", "random", "uniform"):
+        plan = Schedule.preset(method, keep=keep).resolve(depth)
+        assert plan.average_keep() == pytest.approx(keep, abs=1e-9), method
+    assert Schedule.preset("fastv", keep=keep).resolve(depth).prune_points == (3,)
+    assert Schedule.preset("pyramiddrop", keep=keep).resolve(depth).prune_points == (6, 12, 18)
+    assert Schedule.preset("random", keep=keep).resolve(depth) == Schedule.preset("progressive", keep=keep).resolve(
+        depth
+    )
+    fastv = Schedule.preset("fastv")
+    assert (fastv.score, fastv.query) == ("attention", "last")
+    assert Schedule.preset("pyramiddrop").score == "attention"
+
+
+def test_presets_load_and_round_trip(tmp_path):
+    names = sorted(p.stem for p in preset_dir().glob("*.yaml"))
+    assert set(names) == set(METHODS)
+    for name in names:
+        s = Schedule.load(name)
+        assert s.method == name and s.name == name
+        s.resolve(24)
+        again = Schedule.from_dict(s.to_dict())
+        assert again == s
+    import yaml
+
+    path = tmp_path / "mine.yaml"
+    path.write_text(yaml.safe_dump({"schedule": {"method": "progressive", "keep": 0.4, "stages": [3, 8]}}))
+    s = Schedule.load(str(path))
+    assert s.stages == (3, 8) and s.name == "mine"
+
+
+def test_none_keeps_everything():
+    plan = Schedule.preset("none").resolve(8)
+    assert plan.prune_points == () and plan.block_counts(7) == [7] * 8 and plan.average_keep(7) == 1.0
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "depth", "match"),
+    [
+        ({"keep": 0.0}, 24, r"keep must lie in \(0, 1\]"),
+        ({"keep": 1.5}, 24, r"keep must lie in \(0, 1\]"),
+        ({"keep": None, "shape": "explicit", "ratios": [0.5, 0.7]}, 24, "non-increasing"),
+        ({"keep": None, "shape": "explicit", "ratios": [0.5, 0.0]}, 24, r"lie in \(0, 1\]"),
+        ({"keep": 0.3, "shape": "explicit", "ratios": [0.5]}, 24, "either explicit ratios or a keep"),
+        ({"stages": [5, 3]}, 24, "strictly increasing"),
+        ({"stages": [3, 30]}, 24, "outside the model"),
+        ({"first_prune": 30}, 24, "past the depth"),
+        ({"first_prune": 12, "keep": 0.2}, 24, "cannot be met"),
+        ({"stages": 0}, 24, "at least 1"),
+        ({"method": "magic"}, 24, "not one of"),
+        ({"shape": "cosine"}, 24, "not one of"),
+        ({"ema": 0.0}, 24, "ema must lie"),
+        ({"stages": 9, "first_prune": 20}, 24, "do not fit"),
+    ],
+)
+def test_bad_schedules_are_named(kwargs, depth, match):
+    with pytest.raises(InputError, match=match):
+        Schedule(**kwargs).resolve(depth)
+
+
+def test_pyramiddrop_cannot_go_below_its_full_first_quarter():
+    with pytest.raises(InputError, match="cannot be met"):
+        Schedule.preset("pyramiddrop", keep=0.25).resolve(24)
+
+
+def test_unknown_names_and_files(tmp_path):
+    with pytest.raises(InputError, match="unknown schedule"):
+        Schedule.load("fancy")
+    with pytest.raises(InputError, match="does not exist"):
+        Schedule.load(str(tmp_path / "x.yaml"))
+    with pytest.raises(InputError, match="unknown schedule settings"):
+        Schedule.from_dict({"method": "progressive", "keeep": 0.2})
