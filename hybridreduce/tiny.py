@@ -210,28 +210,15 @@ def build_tiny_vlm(wrapper: str = "nemotron_h_omni", text_arch: str = "nemotron_
     from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText
 
     text = tiny_config(text_arch).to_dict()
+    # One-layer vision tower on 16×16 images of 4×4 patches (16 visual tokens per image).
+    tower = dict(
+        hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, patch_size=4, image_size=16
+    )
     if wrapper == "nemotron_h_omni":
-        vision = dict(
-            model_type="radio",
-            hidden_size=32,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            intermediate_size=64,
-            patch_size=4,
-            image_size=16,
-            video_temporal_patch_size=2,
-        )
+        vision = dict(model_type="radio", video_temporal_patch_size=2, **tower)
         config = AutoConfig.for_model(wrapper, text_config=text, vision_config=vision, projector_hidden_size=32)
     elif wrapper == "llava_next_video":
-        vision = dict(
-            model_type="clip_vision_model",
-            hidden_size=32,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            intermediate_size=64,
-            patch_size=4,
-            image_size=16,
-        )
+        vision = dict(model_type="clip_vision_model", **tower)
         config = AutoConfig.for_model(wrapper, text_config=text, vision_config=vision)
     else:
         raise ValueError(f"No tiny VLM {wrapper!r}; available: {', '.join(TINY_VLMS)}.")
