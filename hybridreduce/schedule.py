@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import InputError
+from .yamlio import read_yaml_section
 
 METHODS = ("progressive", "fastv", "pyramiddrop", "random", "uniform", "none")
 SHAPES = ("geometric", "linear", "explicit")
@@ -213,16 +214,8 @@ class Schedule:
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> Schedule:
-        import yaml
-
-        path = Path(path)
-        if not path.is_file():
-            raise InputError(f"schedule file {path} does not exist")
-        data = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(data, dict):
-            raise InputError(f"schedule file {path} must hold a mapping, got {type(data).__name__}")
-        schedule = cls.from_dict(data)
-        return replace(schedule, name=schedule.name or path.stem)
+        schedule = cls.from_dict(read_yaml_section(path, "schedule", "schedule file"))
+        return replace(schedule, name=schedule.name or Path(path).stem)
 
     @classmethod
     def load(cls, spec: Schedule | str | Path | dict) -> Schedule:

@@ -209,6 +209,12 @@ def test_scorer_config_parsing(tmp_path):
         ScorerConfig.parse({"mamba_mode": "exact"})
     with pytest.raises(InputError, match="does not exist"):
         ScorerConfig.from_yaml(tmp_path / "missing.yaml")
+    (tmp_path / "list.yaml").write_text("- mamba\n- exact\n")
+    with pytest.raises(InputError, match="must hold a mapping"):
+        ScorerConfig.from_yaml(tmp_path / "list.yaml")
+    (tmp_path / "broken.yaml").write_text("scorer: [unclosed\n")
+    with pytest.raises(InputError, match="not valid YAML"):
+        ScorerConfig.from_yaml(tmp_path / "broken.yaml")
 
 
 def test_shipped_scorer_configs_load():

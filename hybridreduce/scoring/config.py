@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from ..errors import InputError
+from ..yamlio import read_yaml_section
 
 MAMBA_MODES = ("decay_free", "exact")
 REDUCTIONS = ("mean", "max")
@@ -75,16 +76,7 @@ class ScorerConfig:
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> ScorerConfig:
-        import yaml
-
-        path = Path(path)
-        if not path.is_file():
-            raise InputError(f"scorer config {path} does not exist")
-        data = yaml.safe_load(path.read_text()) or {}
-        data = data.get("scorer", data)
-        if not isinstance(data, dict):
-            raise InputError(f"scorer config {path} must hold a mapping of settings, got {type(data).__name__}")
-        return cls.parse(data)
+        return cls.parse(read_yaml_section(path, "scorer", "scorer config"))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
