@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import InputError
+from .prune import keep_index
 
 #: Dissimilarity given to every first-frame token on the embedding path (1 − cos never exceeds 2).
 EMBEDDING_FIRST_FRAME = 255.0
@@ -389,9 +390,8 @@ def apply_retention(
         if bool((visual_mask & (attention_mask == 0)).any()):
             raise InputError("some visual tokens are marked as padding by attention_mask; fix the mask or the prompt")
 
-    keep = ~visual_mask  # (b, L)
-    keep[visual_mask] = retention.reshape(-1)  # boolean indexing visits rows in order, like the reshape
-    kept_index = keep.nonzero()[:, 1].reshape(b, -1)  # (b, L'), increasing per row
+    chosen = retention.nonzero()[:, 1].reshape(b, -1)  # (b, K) indices into each sample's visual tokens
+    kept_index = keep_index(visual_mask, chosen)  # (b, L'), increasing per row
 
     if attention_mask is None:
         positions = torch.arange(L, device=visual_mask.device).expand(b, L)
