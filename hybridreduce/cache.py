@@ -48,7 +48,7 @@ class ScoreCache(Mapping):
             why = (
                 f"block {layer} is of kind {kind!r}, which does not score"
                 if kind in ("mlp", "moe")
-                else (f"block {layer} was not scored")
+                else f"block {layer} was not scored"
             )
             raise KeyError(f"{why}; scored blocks: {self.layers}")
         return self.scores[layer]

@@ -100,6 +100,22 @@ def left_pad(prompts: list[Prompt], pad_id: int = 0) -> tuple[torch.Tensor, torc
     return ids, am, vm
 
 
+def two_sample_batch(prompt: Prompt) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(input_ids, visual_mask)`` of a batch of two different samples sharing ``prompt``'s layout."""
+    ids = prompt.input_ids.repeat(2, 1)
+    ids[1] = ids[1].flip(0)
+    return ids, prompt.visual_mask.repeat(2, 1)
+
+
+def reference_rows(visual_mask: torch.Tensor) -> tuple[list[list[int]], list[list[int]]]:
+    """Query rows (the tokens after the last visual token) and visual columns of each sample, as
+    plain lists: the default query of ``capture``, written out independently of ``resolve_positions``."""
+    T = visual_mask.shape[1]
+    q_rows = [list(range(int(row.nonzero().max()) + 1, T)) for row in visual_mask]
+    v_cols = [row.nonzero().flatten().tolist() for row in visual_mask]
+    return q_rows, v_cols
+
+
 def _vocab(model) -> int:
     return int(model.get_input_embeddings().num_embeddings)
 
@@ -150,9 +166,7 @@ def check_attention_rows(arch: str, model, prompt: Prompt, eager_model) -> Check
     attn_blocks = [b for b in adapted.blocks if b.attn is not None]
     if not attn_blocks:
         return CheckResult(arch, "attention_rows", True, None, "skipped: no attention blocks")
-    ids = prompt.input_ids.repeat(2, 1)
-    ids[1] = ids[1].flip(0)  # two different samples
-    vm = prompt.visual_mask.repeat(2, 1)
+    ids, vm = two_sample_batch(prompt)
     eager_adapted = get_adapter(eager_model)
     weights: dict[int, torch.Tensor] = {}
     handles = [
@@ -171,8 +185,7 @@ def check_attention_rows(arch: str, model, prompt: Prompt, eager_model) -> Check
     with capture(model, vm, scorer=ScorerConfig(head_reduce="max")) as cache_max:
         _forward(model, ids)
     T = ids.shape[1]
-    q_rows = [[t for t in range(int(vm[b].nonzero().max()) + 1, T)] for b in range(2)]
-    v_cols = [vm[b].nonzero().flatten().tolist() for b in range(2)]
+    q_rows, v_cols = reference_rows(vm)
     worst = 0.0
     for spec in attn_blocks:
         w = weights[spec.index].float()  # [b, h, T, T] eager softmax
@@ -200,9 +213,7 @@ def check_mamba_reconstruction(arch: str, model, prompt: Prompt) -> CheckResult:
     ssm_blocks = [b for b in adapted.blocks if b.ssm is not None]
     if not ssm_blocks:
         return CheckResult(arch, "mamba_reconstruction", True, None, "skipped: no Mamba blocks")
-    ids = prompt.input_ids.repeat(2, 1)
-    ids[1] = ids[1].flip(0)
-    vm = prompt.visual_mask.repeat(2, 1)
+    ids, vm = two_sample_batch(prompt)
     seen: dict[int, dict] = {spec.index: {} for spec in ssm_blocks}
     handles = []
     for spec in ssm_blocks:
@@ -236,8 +247,7 @@ def _compare_reconstruction(arch, ssm_blocks, seen, ids, vm) -> CheckResult:
     worst_scan, worst_alpha, worst_imp = 0.0, 0.0, 0.0
     T = ids.shape[1]
     all_idx = torch.arange(T).expand(2, T)
-    q_rows = [[t for t in range(int(vm[b].nonzero().max()) + 1, T)] for b in range(2)]
-    v_cols = [vm[b].nonzero().flatten().tolist() for b in range(2)]
+    q_rows, v_cols = reference_rows(vm)
     q_index, v_index = torch.tensor(q_rows), torch.tensor(v_cols)
     q_valid = torch.ones_like(q_index, dtype=torch.bool)
     for spec in ssm_blocks:
