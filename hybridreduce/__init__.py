@@ -2,13 +2,16 @@
 
 Entry points:
     :func:`capture` — record per-block importance of the visual tokens (a context manager).
+    :func:`reduce` — drop visual tokens between blocks under a :class:`Schedule` (a context manager).
     :func:`get_adapter` — how a model's blocks are laid out (kinds, mixers, RoPE).
     :class:`ScoreCache`, :class:`ScorerConfig`.
 """
 
 from .adapters import get_adapter, supported_model_types
 from .cache import ScoreCache
+from .engine import Reduction, cache_nbytes, reduce
 from .errors import HybridReduceError, InputError, ScoreError, UnsupportedModelError
+from .schedule import Plan, Schedule
 from .scoring.config import ScorerConfig
 from .taps import capture
 
@@ -17,12 +20,17 @@ __version__ = "0.1.0"
 __all__ = [
     "HybridReduceError",
     "InputError",
+    "Plan",
+    "Reduction",
     "ScoreCache",
     "ScoreError",
+    "Schedule",
     "ScorerConfig",
     "UnsupportedModelError",
     "__version__",
+    "cache_nbytes",
     "capture",
     "get_adapter",
+    "reduce",
     "supported_model_types",
 ]

@@ -105,22 +105,40 @@ def prune(
     b, T, d = hidden.shape
     if keep_idx.shape[0] != b or keep_idx.dim() != 2:
         raise InputError(f"keep_idx must have shape ({b}, T'), got {tuple(keep_idx.shape)}")
-    idx = keep_idx.to(hidden.device)
-    out_hidden = hidden.gather(1, idx[..., None].expand(b, idx.shape[1], d))
-    out_pos = positions.to(idx.device).expand(b, T).gather(1, idx)
     out_masks: dict[str, torch.Tensor | None] = {}
     for name, mask in masks.items():
         if mask is None:
             out_masks[name] = None
-        elif mask.dim() == 2:
-            out_masks[name] = mask.to(idx.device).expand(b, T).gather(1, idx)
-        elif mask.dim() == 4:
-            m = mask.to(idx.device).expand(b, mask.shape[1], T, mask.shape[-1])
-            if m.shape[-1] != T:
-                raise InputError(f"mask {name!r} covers {m.shape[-1]} keys but the sequence has {T} tokens")
-            h, n = m.shape[1], idx.shape[1]
-            m = m.gather(2, idx[:, None, :, None].expand(b, h, n, T))
-            out_masks[name] = m.gather(3, idx[:, None, None, :].expand(b, h, n, n))
+        elif mask.dim() == 4 and mask.shape[-1] != T:
+            raise InputError(f"mask {name!r} covers {mask.shape[-1]} keys but the sequence has {T} tokens")
+        elif mask.dim() in (2, 4):
+            out_masks[name] = gather_seq(mask, keep_idx, T)
         else:
             raise InputError(f"mask {name!r} must be 2-D (b, T) or 4-D (b, h, T, T), got {tuple(mask.shape)}")
-    return out_hidden, out_pos, out_masks
+    return gather_seq(hidden, keep_idx, T), gather_seq(positions.expand(b, T), keep_idx, T), out_masks
+
+
+def gather_seq(tensor: torch.Tensor, idx: torch.Tensor, T: int) -> torch.Tensor:
+    """Keep the rows ``idx`` of a sequence-shaped tensor; other tensors come back unchanged.
+
+    Which axes are sequence axes is read off the shape, as transformers lays them out:
+    ``(b|1, h|1, T, T)`` attention masks are gathered on both of their last two axes; any other
+    tensor with ``shape[1] == T`` (``(b, T)`` padding masks and position ids, ``(b, T, d)`` hidden
+    states, ``(b|1, T, d)`` RoPE cos/sin) on axis 1. A leading axis of size 1 is broadcast to ``b``.
+
+    Args:
+        tensor: the tensor to gather.
+        idx: ``(b, n)`` long, increasing indices into the length-``T`` sequence.
+        T: the current sequence length.
+    """
+    b, n = idx.shape
+    idx = idx.to(tensor.device)
+    if tensor.dim() == 4 and tensor.shape[-1] == T and tensor.shape[-2] == T:
+        h = tensor.shape[1]
+        m = tensor.expand(b, h, T, T).gather(2, idx[:, None, :, None].expand(b, h, n, T))
+        return m.gather(3, idx[:, None, None, :].expand(b, h, n, n))
+    if tensor.dim() >= 2 and tensor.shape[1] == T:
+        rest = tensor.shape[2:]
+        full = tensor.expand(b, T, *rest)
+        return full.gather(1, idx.view(b, n, *([1] * len(rest))).expand(b, n, *rest))
+    return tensor

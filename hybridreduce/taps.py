@@ -22,6 +22,7 @@ Every hook is registered in ``__enter__`` and removed in ``finally``.
 from __future__ import annotations
 
 import sys
+import time
 import warnings
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -244,11 +245,13 @@ def _cache_state(kwargs) -> tuple[bool, int]:
     cache = kwargs.get("past_key_values", kwargs.get("cache_params"))
     if cache is None:
         return False, 0
-    get_len = getattr(cache, "get_seq_length", None)
     try:
-        return True, int(get_len()) if get_len is not None else 0
-    except Exception:  # some hybrid caches only know their length per layer type
-        return True, 0
+        return True, int(cache.get_seq_length())
+    except Exception:  # a cache of Mamba layers only knows whether it holds a state, not a length
+        try:
+            return True, int(bool(cache.has_previous_state()))
+        except Exception:
+            return True, 0
 
 
 class ScoringSession:
@@ -256,6 +259,14 @@ class ScoringSession:
 
     ``on_block_scored(block_index, scores)`` (optional) is called as soon as a block's unified
     vector is complete, inside the forward; the reduction engine builds on it.
+
+    Args beyond the obvious:
+        blocks: indices of the blocks to tap (default: every scoring block).
+        mixers: which mixers score: ``("attn", "ssm")`` (unified) or ``("attn",)`` (attention only;
+            a ``parallel`` block then scores by its attention part alone).
+        drive: install the decoder hooks that start and stop a scoring forward. The reduction
+            engine passes ``False`` and calls :meth:`start`/:meth:`stop` itself, because it also
+            moves the positions as tokens are dropped.
     """
 
     def __init__(
@@ -268,7 +279,13 @@ class ScoringSession:
         query: str = "after_visual",
         attention_mask: torch.Tensor | None = None,
         on_block_scored: Callable[[int, torch.Tensor], None] | None = None,
+        blocks: set[int] | None = None,
+        mixers: tuple[str, ...] = ("attn", "ssm"),
+        drive: bool = True,
     ) -> None:
+        bad = set(mixers) - {"attn", "ssm"}
+        if bad or not mixers:
+            raise InputError(f"mixers must be a non-empty subset of ('attn', 'ssm'), got {mixers}")
         self.adapted = adapted
         self.visual_mask = visual_mask
         self.cache = cache
@@ -277,7 +294,12 @@ class ScoringSession:
         self.query = query
         self.attention_mask = attention_mask
         self.on_block_scored = on_block_scored
+        self.blocks = blocks
+        self.mixers = tuple(mixers)
+        self.drive = drive
         self.positions: Positions | None = None  # set while a scoring forward runs
+        self.length: int | None = None  # sequence length the tapped blocks currently see
+        self.seconds = 0.0  # wall time spent inside the scorers (for overhead reports)
         self.handles: list = []
         self.attn_modules: list[nn.Module] = []
         self.mixer_masks: dict[int, torch.Tensor | None] = {}
@@ -287,14 +309,17 @@ class ScoringSession:
     def install(self) -> None:
         try:
             decoder = self.adapted.decoder
-            self.handles.append(decoder.register_forward_pre_hook(self._begin, with_kwargs=True))
-            self.handles.append(decoder.register_forward_hook(self._end, always_call=True))
+            if self.drive:
+                self.handles.append(decoder.register_forward_pre_hook(self._begin, with_kwargs=True))
+                self.handles.append(decoder.register_forward_hook(self._end, always_call=True))
             impl = self.adapted.attn_implementation
             for spec in self.adapted.blocks:
-                if spec.attn is not None:
+                if self.blocks is not None and spec.index not in self.blocks:
+                    continue
+                if spec.attn is not None and "attn" in self.mixers:
                     ATTENTION_DISPATCH.add(impl, spec.attn, self._attention_callback(spec))
                     self.attn_modules.append(spec.attn)
-                if spec.ssm is not None:
+                if spec.ssm is not None and "ssm" in self.mixers:
                     self.handles.append(spec.ssm.register_forward_pre_hook(self._mixer_pre(spec), with_kwargs=True))
                     self.handles.append(spec.ssm.in_proj.register_forward_hook(self._in_proj_hook(spec)))
         except BaseException:
@@ -307,7 +332,24 @@ class ScoringSession:
             self.handles.pop().remove()
         while self.attn_modules:
             ATTENTION_DISPATCH.remove(impl, self.attn_modules.pop())
+        self.stop()
+
+    # -- scoring forwards ------------------------------------------------------------------------
+    def start(self, positions: Positions, length: int) -> None:
+        """Score the blocks that run from now on, over a sequence of ``length`` tokens."""
+        self.positions = positions
+        self.length = length
+        self.pending.clear()
+
+    def stop(self) -> None:
         self.positions = None
+        self.length = None
+        self.mixer_masks.clear()
+
+    def expected_parts(self, spec: BlockSpec) -> tuple[str, ...]:
+        """The mixers whose vectors make up the block's unified score."""
+        have = {"attn": spec.attn is not None, "ssm": spec.ssm is not None}
+        return tuple(p for p in ("attn", "ssm") if have[p] and p in self.mixers)
 
     # -- decoder-level hooks -------------------------------------------------------------------
     def _begin(self, module, args, kwargs):
@@ -328,19 +370,17 @@ class ScoringSession:
         if b != vb:
             raise InputError(f"visual_mask has batch size {vb} but the forward has batch size {b}")
         if cached:
-            self.positions = None
+            self.stop()
             return None
         padding = self.attention_mask
         if padding is None:
             am = kwargs.get("attention_mask")
             padding = am if isinstance(am, torch.Tensor) and am.dim() == 2 else None
-        self.positions = resolve_positions(self.visual_mask.to(x.device), padding, self.query_mask, self.query)
-        self.pending.clear()
+        self.start(resolve_positions(self.visual_mask.to(x.device), padding, self.query_mask, self.query), T)
         return None
 
     def _end(self, module, args, output):
-        self.positions = None
-        self.mixer_masks.clear()
+        self.stop()
 
     # -- per-mixer recording -------------------------------------------------------------------
     def _record(self, spec: BlockSpec, part: str, scores: torch.Tensor) -> None:
@@ -354,7 +394,7 @@ class ScoringSession:
         self.cache.parts.setdefault(spec.index, {})[part] = scores
         parts = self.pending.setdefault(spec.index, {})
         parts[part] = scores
-        expected = ("attn", "ssm") if spec.kind == "parallel" else (part,)
+        expected = self.expected_parts(spec)
         if all(p in parts for p in expected):
             unified = torch.stack([parts[p] for p in expected]).mean(dim=0) if len(expected) > 1 else scores
             self.cache.scores[spec.index] = unified
@@ -365,8 +405,9 @@ class ScoringSession:
     def _attention_callback(self, spec: BlockSpec):
         def callback(module, query, key, attention_mask, kwargs):
             pos = self.positions
-            if pos is None or query.shape[2] != self.visual_mask.shape[1]:
+            if pos is None or query.shape[2] != self.length:
                 return
+            start = time.perf_counter()
             pos = pos.to(query.device)
             scaling = kwargs.get("scaling")
             if scaling is None:
@@ -375,7 +416,9 @@ class ScoringSession:
                 rows = attention_rows(query, key, attention_mask, scaling, pos.q_index, kwargs.get("softcap"))
                 if self.scorer.record_rows:
                     self.cache.rows[spec.index] = rows.detach()
-                self._record(spec, "attn", attention_importance(rows, pos.q_valid, pos.v_index, self.scorer))
+                scores = attention_importance(rows, pos.q_valid, pos.v_index, self.scorer)
+            self.seconds += time.perf_counter() - start
+            self._record(spec, "attn", scores)
 
         return callback
 
@@ -392,8 +435,9 @@ class ScoringSession:
     def _in_proj_hook(self, spec: BlockSpec):
         def hook(module, args, output):
             pos = self.positions
-            if pos is None or output.shape[1] != self.visual_mask.shape[1]:
+            if pos is None or output.shape[1] != self.length:
                 return None
+            start = time.perf_counter()
             mask = self.mixer_masks.get(spec.index)
             pos = pos.to(output.device)
             with torch.no_grad():
@@ -403,6 +447,7 @@ class ScoringSession:
                 else:
                     prims = mamba2_primitives(spec.ssm, output, mask)
                     scores = mamba2_importance(prims, pos.q_index, pos.q_valid, pos.v_index, self.scorer)
+            self.seconds += time.perf_counter() - start
             self._record(spec, "ssm", scores)
             return None
 

@@ -17,6 +17,9 @@ human-readable ``detail``). Checks of this module:
                          the forward raises inside it.
 ``batch_equivalence``    a left-padded batch of two prompts of different lengths gives the same
                          scores as each prompt alone.
+
+The reduction engine's checks (``reduce_keep1_exact``, ``prune_reference``, ``generate_reference``,
+``batch_reduce``) live in :mod:`hybridreduce.verify_reduce` and run after these.
 """
 
 from __future__ import annotations
@@ -50,7 +53,18 @@ from .scoring.reference import (
 from .taps import ATTENTION_DISPATCH, capture
 from .tiny import TINY_CONFIGS, build_tiny_model
 
-CHECKS = ("roundtrip", "keep1_exact", "attention_rows", "mamba_reconstruction", "hooks_removed", "batch_equivalence")
+CHECKS = (
+    "roundtrip",
+    "keep1_exact",
+    "attention_rows",
+    "mamba_reconstruction",
+    "hooks_removed",
+    "batch_equivalence",
+    "reduce_keep1_exact",
+    "prune_reference",
+    "generate_reference",
+    "batch_reduce",
+)
 
 # float32 tolerances; errors are printed so that a drift shows before it fails.
 ATOL_SCORES = 2e-5  # importance vectors and attention probabilities (values in [0, 1])
@@ -313,10 +327,46 @@ def check_hooks_removed(arch: str, model, prompt: Prompt) -> CheckResult:
     except InputError:
         raised_in_hook = True
     after_hook_exc = _hook_state(model)
-    passed = len(cache) > 0 and raised and raised_in_hook and before == after_ok == after_exc == after_hook_exc
-    return CheckResult(
-        arch, "hooks_removed", passed, None, "after a normal exit, an exception in the body and one in a hook"
+    reduced = _reduce_hooks_removed(model, prompt)
+    passed = (
+        len(cache) > 0
+        and raised
+        and raised_in_hook
+        and reduced
+        and before == after_ok == after_exc == after_hook_exc == _hook_state(model)
     )
+    return CheckResult(
+        arch,
+        "hooks_removed",
+        passed,
+        None,
+        "capture and reduce: after a normal exit, an exception in the body and one in a hook",
+    )
+
+
+def _reduce_hooks_removed(model, prompt: Prompt) -> bool:
+    """The same three exits for a reduction context; ``True`` when each left no hook behind."""
+    from .engine import reduce
+
+    before = _hook_state(model)
+    ids, vm = prompt.input_ids, prompt.visual_mask
+    sched = {"method": "progressive", "keep": 0.5, "first_prune": 1, "stages": 1}
+    with reduce(model, sched, visual_mask=vm) as red:
+        _forward(model, ids)
+    ok = red.prefills == 1 and _hook_state(model) == before
+    try:
+        with reduce(model, sched, visual_mask=vm):
+            _forward(model, ids)
+            raise RuntimeError("boom")
+    except RuntimeError:
+        ok &= _hook_state(model) == before
+    try:
+        with reduce(model, sched, visual_mask=vm[:, :-1]):
+            _forward(model, ids)
+        ok = False
+    except InputError:
+        ok &= _hook_state(model) == before
+    return ok
 
 
 def check_batch_equivalence(arch: str, model) -> CheckResult:
@@ -385,6 +435,9 @@ def run_checks(arch: str, model, path: Path | None, prompt: Prompt) -> list[Chec
     results.append(check_mamba_reconstruction(arch, model, prompt))
     results.append(check_hooks_removed(arch, model, prompt))
     results.append(check_batch_equivalence(arch, model))
+    from .verify_reduce import reduction_checks
+
+    results.extend(reduction_checks(arch, model, prompt))
     return results
 
 

@@ -1,0 +1,210 @@
+"""Checks of the reduction engine, run by ``hybridreduce verify`` beside the scoring checks.
+
+``prune_reference``    logits under :func:`~hybridreduce.engine.reduce` equal a reference built
+                       without the engine: for cuts ``p_1 < … < p_S``, run ``i`` feeds the model the
+                       tokens kept at stage ``i`` (original position ids, padding mask gathered, so
+                       the model builds its own masks for the shorter sequence) and replaces the
+                       input of block ``p_i`` with run ``i − 1``'s output of block ``p_i − 1`` at the
+                       kept rows. Checked for a single cut before every block and for the default
+                       progressive schedule, on a left-padded batch.
+``generate_reference`` greedy ``generate`` under reduction (KV and Mamba caches, 16 new tokens)
+                       equals the no-cache loop under the same frozen selection, token by token, and
+                       its logits match.
+``batch_reduce``       a left-padded batch of two prompts under reduction keeps the same tokens and
+                       gives the same next-token logits as each prompt alone.
+``reduce_keep1_exact`` a schedule that keeps every token (cuts at every stage, nothing dropped)
+                       leaves the logits bit-identical.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import torch
+
+from .adapters import get_adapter
+from .engine import reduce
+from .schedule import Schedule
+from .verify import CheckResult, Prompt, _vocab, left_pad, make_prompt
+
+ATOL_LOGITS = 1e-5  # float32 logits of tiny models (|logit| ≲ 1), same ops in another order
+N_NEW = 16
+TIE = 1e-5  # a greedy step whose top-2 logits are this close is a tie, not a divergence
+
+
+def _positions(attention_mask: torch.Tensor) -> torch.Tensor:
+    return (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
+
+
+def _run(model, ids, am, **extra):
+    """Logits of a no-cache forward with an explicit padding mask and original position ids."""
+    kwargs = {"attention_mask": am, "use_cache": False}
+    if "position_ids" in inspect.signature(model.forward).parameters:
+        kwargs["position_ids"] = extra.pop("position_ids", _positions(am))
+    with torch.no_grad():
+        return model(input_ids=ids, **kwargs)[0]
+
+
+def _batch(model) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[Prompt]]:
+    vocab = _vocab(model)
+    prompts = [make_prompt(vocab, 3, 24, 9, seed=1), make_prompt(vocab, 6, 24, 3, seed=2)]
+    ids, am, vm = left_pad(prompts)
+    return ids, am, vm, prompts
+
+
+def pruned_reference(model, ids, am, stages) -> torch.Tensor:
+    """Logits of the hand-built reference for the selection ``stages`` (see the module docstring).
+
+    Args:
+        ids, am: ``(b, T)`` prompt and padding mask.
+        stages: the :class:`~hybridreduce.engine.Stage` list of a prefill (stage 0 = every token).
+    """
+    adapted = get_adapter(model)
+    blocks = adapted.blocks
+    pos = _positions(am)
+    carried: torch.Tensor | None = None  # output of block p_i - 1 over stage i-1's tokens
+    out = None
+    for i, stage in enumerate(stages):
+        idx = stage.index
+        handles = []
+        if i > 0:
+            prev = stages[i - 1].index
+            rel = torch.searchsorted(prev.contiguous(), idx)
+            injected = carried.gather(1, rel[..., None].expand(*rel.shape, carried.shape[-1]))
+
+            def replace(module, args, kwargs, h=injected):
+                if "hidden_states" in kwargs:
+                    kwargs = {**kwargs, "hidden_states": h}
+                    return args, kwargs
+                return (h, *args[1:]), kwargs
+
+            handles.append(blocks[stage.point].module.register_forward_pre_hook(replace, with_kwargs=True))
+        if i + 1 < len(stages):
+            grab = {}
+
+            def keep(module, args, output, g=grab):
+                g["h"] = output[0] if isinstance(output, tuple) else output
+
+            handles.append(blocks[stages[i + 1].point - 1].module.register_forward_hook(keep))
+        try:
+            out = _run(model, ids.gather(1, idx), am.gather(1, idx), position_ids=pos.gather(1, idx))
+        finally:
+            for h in handles:
+                h.remove()
+        if i + 1 < len(stages):
+            carried = grab["h"]
+    return out
+
+
+def check_prune_reference(arch: str, model) -> CheckResult:
+    ids, am, vm, _ = _batch(model)
+    n = get_adapter(model).num_blocks
+    schedules = [Schedule(keep=None, shape="explicit", ratios=(0.5,), stages=(p,)) for p in range(1, n)]
+    schedules.append(Schedule.preset("progressive", keep=0.5, first_prune=1, stages=min(3, n - 1)))
+    worst = 0.0
+    for sched in schedules:
+        with reduce(model, sched, visual_mask=vm) as red:
+            got = _run(model, ids, am)
+        ref = pruned_reference(model, ids, am, red.stages)
+        if got.shape != ref.shape:
+            return CheckResult(arch, "prune_reference", False, None, f"shape {tuple(got.shape)} vs {tuple(ref.shape)}")
+        worst = max(worst, float((got - ref).abs().max()))
+    return CheckResult(
+        arch,
+        "prune_reference",
+        worst <= ATOL_LOGITS,
+        worst,
+        f"{len(schedules) - 1} single cuts + progressive, left-padded batch of 2, vs per-stage reference runs",
+    )
+
+
+def check_generate_reference(arch: str, model) -> CheckResult:
+    from transformers import GenerationConfig
+
+    ids, am, vm, _ = _batch(model)
+    n = get_adapter(model).num_blocks
+    sched = Schedule.preset("progressive", keep=0.5, first_prune=1, stages=min(3, n - 1))
+    config = GenerationConfig(max_new_tokens=N_NEW, do_sample=False, pad_token_id=0)
+    with reduce(model, sched, visual_mask=vm) as red, torch.no_grad():
+        # No end-of-sequence stop, so that every step is compared (generate falls back on the
+        # model's own eos_token_id when the config passed leaves it unset).
+        saved_eos = model.generation_config.eos_token_id
+        model.generation_config.eos_token_id = None
+        try:
+            out = model.generate(
+                ids, attention_mask=am, generation_config=config, output_logits=True, return_dict_in_generate=True
+            )
+        finally:
+            model.generation_config.eos_token_id = saved_eos
+        new = out.sequences[:, ids.shape[1] :]
+        seq, mask = ids, am
+        worst, mismatched, ties = 0.0, 0, 0
+        with red.frozen():
+            for step in range(N_NEW):
+                logits = _run(model, seq, mask)[:, -1]
+                worst = max(worst, float((logits - out.logits[step]).abs().max()))
+                top2 = logits.topk(2, dim=-1).values
+                differs = logits.argmax(-1) != new[:, step]
+                tie = (top2[:, 0] - top2[:, 1]) < TIE
+                mismatched += int((differs & ~tie).sum())
+                ties += int((differs & tie).sum())
+                seq = torch.cat([seq, new[:, step : step + 1]], dim=1)
+                mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+    passed = mismatched == 0 and worst <= ATOL_LOGITS and red.decode_steps == N_NEW - 1
+    detail = (
+        f"{N_NEW} greedy tokens × batch 2 (left-padded) vs frozen no-cache loop; {mismatched} mismatched, "
+        f"{ties} float ties; visual per block {red.block_visual}"
+    )
+    return CheckResult(arch, "generate_reference", passed, worst, detail)
+
+
+def check_batch_reduce(arch: str, model) -> CheckResult:
+    ids, am, vm, prompts = _batch(model)
+    n = get_adapter(model).num_blocks
+    sched = Schedule.preset("progressive", keep=0.5, first_prune=1, stages=min(3, n - 1))
+    with reduce(model, sched, visual_mask=vm) as red:
+        batched = _run(model, ids, am)[:, -1]
+    kept_batch = red.kept_positions
+    worst, same_sets = 0.0, True
+    for i, p in enumerate(prompts):
+        offset = ids.shape[1] - p.input_ids.shape[1]
+        with reduce(model, sched, visual_mask=p.visual_mask) as alone:
+            logits = _run(model, p.input_ids, torch.ones_like(p.input_ids))[:, -1]
+        worst = max(worst, float((batched[i] - logits[0]).abs().max()))
+        for point, kept in alone.kept_positions.items():
+            same_sets &= torch.equal(kept_batch[point][i] - offset, kept[0])
+    return CheckResult(
+        arch,
+        "batch_reduce",
+        same_sets and worst <= ATOL_LOGITS,
+        worst,
+        f"left-padded batch of 2 vs each alone: same kept tokens at {len(kept_batch)} cuts = {same_sets}",
+    )
+
+
+def check_reduce_keep1_exact(arch: str, model, prompt: Prompt) -> CheckResult:
+    ids = prompt.input_ids.repeat(2, 1)
+    vm = prompt.visual_mask.repeat(2, 1)
+    am = torch.ones_like(ids)
+    n = get_adapter(model).num_blocks
+    ref = _run(model, ids, am)
+    sched = Schedule.preset("progressive", keep=1.0, first_prune=1, stages=min(3, n - 1))
+    with reduce(model, sched, visual_mask=vm) as red:
+        out = _run(model, ids, am)
+    cut = len(red.stages) > 1 and all(s.n_visual == red.stages[0].n_visual for s in red.stages)
+    return CheckResult(
+        arch,
+        "reduce_keep1_exact",
+        cut and torch.equal(ref, out),
+        float((ref - out).abs().max()),
+        f"keep-everything schedule with {len(red.stages) - 1} cuts: logits bit-identical",
+    )
+
+
+def reduction_checks(arch: str, model, prompt: Prompt) -> list[CheckResult]:
+    return [
+        check_reduce_keep1_exact(arch, model, prompt),
+        check_prune_reference(arch, model),
+        check_generate_reference(arch, model),
+        check_batch_reduce(arch, model),
+    ]
