@@ -1,4 +1,4 @@
-"""Command line: ``hybridreduce verify`` and ``hybridreduce demo``."""
+"""Command line: ``hybridreduce verify``, ``hybridreduce bench`` and ``hybridreduce demo``."""
 
 from __future__ import annotations
 
@@ -79,6 +79,79 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0 if all(r["passed"] for r in rows) else 1
 
 
+def _parse_keeps(text: str) -> list[float]:
+    try:
+        keeps = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise HybridReduceError(
+            f"--sweep takes comma-separated keep fractions, e.g. 0.125,0.25,0.5; got {text!r}"
+        ) from None
+    if not keeps:
+        raise HybridReduceError("--sweep needs at least one keep fraction")
+    return keeps
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import BenchConfig, build_bench_model, run_bench, write_sweep
+
+    _quiet_transformers()
+    if args.arch != "nemotron_h":
+        raise HybridReduceError(f"the benchmark model is Nemotron-H-shaped; --arch {args.arch!r} is not available")
+    cfg = BenchConfig(visual_tokens=args.visual_tokens)
+
+    def progress(msg: str) -> None:
+        if not args.json:
+            print(f"[bench] {msg}", file=sys.stderr, flush=True)
+
+    if args.sweep:
+        keeps = _parse_keeps(args.sweep)
+        if not args.out:
+            raise HybridReduceError("--sweep writes a CSV and a plot: give --out DIR")
+        model = build_bench_model(cfg)
+        results = []
+        for keep in keeps:
+            progress(f"keep {keep}")
+            results.append(run_bench(cfg, args.schedule, keep, args.repeats, args.decode_steps, model, progress))
+        paths = write_sweep(results, args.out)
+        if args.json:
+            print(json.dumps([r.to_dict() for r in results]))
+        else:
+            for r in results:
+                print(_bench_line(r))
+            print("wrote " + ", ".join(str(p) for p in paths))
+        return 0
+    result = run_bench(cfg, args.schedule, args.keep, args.repeats, args.decode_steps, progress=progress)
+    if args.json:
+        print(json.dumps(result.to_dict()))
+    else:
+        print(_bench_report(result))
+    return 0
+
+
+def _bench_line(r) -> str:
+    return (
+        f"keep {r.keep:<6g} speedup {r.speedup:5.2f}x  ideal {r.ideal_speedup:5.2f}x  efficiency {r.efficiency:4.2f}  "
+        f"scoring {100 * r.scoring_overhead_frac:4.1f}%"
+    )
+
+
+def _bench_report(r) -> str:
+    mib = 1 / 2**20
+    return "\n".join(
+        [
+            f"model      Nemotron-H pattern, {r.blocks} blocks, {r.params_m:.1f} M parameters, {r.threads} threads",
+            f"prompt     {r.visual_tokens} visual + {r.text_tokens} text tokens, schedule {r.schedule}, "
+            f"keep {r.keep:g} (achieved {r.achieved_keep:.4f})",
+            f"prefill    full {r.full_s:.3f} s, reduced {r.reduced_s:.3f} s (median of {r.repeats})",
+            f"speedup    {r.speedup:.2f}x   ideal (FLOP model) {r.ideal_speedup:.2f}x   efficiency {r.efficiency:.2f}",
+            f"scoring    {r.scoring_s * 1000:.1f} ms = {100 * r.scoring_overhead_frac:.1f}% of the reduced prefill",
+            f"KV cache   full {r.kv_bytes_full * mib:.2f} MiB, reduced {r.kv_bytes_reduced * mib:.2f} MiB "
+            f"(Mamba states {r.state_bytes * mib:.2f} MiB in both)",
+            f"decode     full {r.decode_tok_s_full:.1f} tok/s, reduced {r.decode_tok_s_reduced:.1f} tok/s",
+        ]
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hybridreduce", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -90,6 +163,18 @@ def build_parser() -> argparse.ArgumentParser:
     target.add_argument("--model", metavar="PATH", help="a checkpoint directory to check instead of a tiny model")
     v.add_argument("--json", action="store_true", help="print a JSON list of {arch, check, passed, max_err}")
     v.set_defaults(func=cmd_verify)
+
+    b = sub.add_parser("bench", help="time prefill and decode with and without reduction")
+    b.add_argument("--arch", default="nemotron_h", help="benchmark model shape (only nemotron_h)")
+    b.add_argument("--visual-tokens", type=int, default=8192, help="visual tokens in the prompt (default 8192)")
+    b.add_argument("--keep", type=float, default=0.25, help="average fraction of visual tokens kept (default 0.25)")
+    b.add_argument("--schedule", default="progressive", help="schedule name or YAML file (default progressive)")
+    b.add_argument("--repeats", type=int, default=3, help="timed rounds; the median is reported (default 3)")
+    b.add_argument("--decode-steps", type=int, default=16, help="greedy decode steps to time (default 16)")
+    b.add_argument("--sweep", metavar="KEEPS", help="comma-separated keep fractions: write a CSV and a plot")
+    b.add_argument("--out", metavar="DIR", help="output directory of --sweep")
+    b.add_argument("--json", action="store_true", help="print one JSON object (a list with --sweep)")
+    b.set_defaults(func=cmd_bench)
 
     d = sub.add_parser("demo", help="score a tiny Nemotron-H and verify it (the main job)")
     d.set_defaults(func=cmd_demo)

@@ -286,7 +286,11 @@ class _Engine:
                 "under the last selection (the no-cache reference of generate), use `with reduction.frozen():`"
             )
         if b != vb:
-            raise InputError(f"visual_mask has batch size {vb} but the forward has batch size {b}")
+            raise InputError(
+                f"visual_mask has batch size {vb} but the forward has batch size {b} (generate's num_beams and "
+                "num_return_sequences repeat each prompt; reduction supports neither: use greedy or sampled decoding "
+                "with one sequence per prompt)"
+            )
         padding = self.attention_mask
         if padding is None and isinstance(am, torch.Tensor) and am.dim() == 2:
             padding = am

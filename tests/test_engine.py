@@ -1,0 +1,227 @@
+"""The reduction engine: what it keeps, how it chooses, its state in decode, and its errors.
+
+The equalities against hand-built references (pruning, generate, batching, keep-everything) run
+for every architecture in ``test_verify.py`` through ``hybridreduce verify``; here the checks are
+shown to fail when the engine is broken, and the engine's bookkeeping is tested directly.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from hybridreduce import InputError, Schedule, cache_nbytes, reduce, verify_reduce
+from hybridreduce import engine as engine_mod
+from hybridreduce.adapters import get_adapter
+from hybridreduce.engine import scoring_blocks
+
+from .conftest import prompt
+
+
+def _padded(batch=2):
+    ids, vm = prompt(batch=batch)
+    am = torch.ones_like(ids)
+    am[-1, :3] = 0
+    return ids, am, vm
+
+
+def _logits(model, ids, am, **kw):
+    pos = (am.cumsum(-1) - 1).clamp_min(0)
+    with torch.no_grad():
+        return model(ids, attention_mask=am, position_ids=pos, use_cache=False, **kw).logits
+
+
+PROGRESSIVE = Schedule.preset("progressive", keep=0.5, first_prune=1, stages=2)  # fits 3-block models too
+
+
+# --------------------------------------------------------------------------------------------------
+# The checks fail on a broken engine
+# --------------------------------------------------------------------------------------------------
+def test_prune_reference_catches_renumbered_positions(monkeypatch, tiny_models):
+    """Give RoPE the positions 0..T'-1 of the reduced sequence instead of the original ones."""
+    real = engine_mod._Engine._slice
+
+    def renumbered(self, value, key):
+        if isinstance(value, tuple) and all(isinstance(v, torch.Tensor) and v.dim() == 3 for v in value):
+            n = self.cur.shape[1]
+            return tuple(v[:, :n] for v in value)  # cos/sin of the first n positions
+        return real(self, value, key)
+
+    monkeypatch.setattr(engine_mod._Engine, "_slice", renumbered)
+    result = verify_reduce.check_prune_reference("bamba", tiny_models("bamba"))
+    assert not result.passed and result.max_err > 1e-4
+
+
+def test_generate_reference_catches_a_decode_mask_without_padding(monkeypatch, tiny_models):
+    """Forget the prompt's padding in the decode-step masks: generated logits drift."""
+    real = engine_mod._Engine._begin_decode
+
+    def forget_padding(self, *args):
+        out = real(self, *args)
+        self.pad2d = None
+        return out
+
+    monkeypatch.setattr(engine_mod._Engine, "_begin_decode", forget_padding)
+    result = verify_reduce.check_generate_reference("llama", tiny_models("llama"))
+    assert not result.passed
+
+
+# --------------------------------------------------------------------------------------------------
+# Bookkeeping
+# --------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("arch", ["nemotron_h", "zamba2", "falcon_h1"])
+def test_counts_and_positions(arch, tiny_models):
+    model = tiny_models(arch)
+    ids, am, vm = _padded()
+    with reduce(model, PROGRESSIVE, visual_mask=vm) as red:
+        logits = _logits(model, ids, am)
+    plan = red.plan
+    assert red.block_visual == plan.block_counts(24)
+    assert abs(red.average_keep - plan.average_keep(24)) < 1e-12
+    assert logits.shape[1] == red.output_positions.shape[1] == ids.shape[1] - 24 + red.block_visual[-1]
+    text = (~vm).nonzero()
+    for b, t in text.tolist():  # every text token reaches the output
+        assert t in red.output_positions[b].tolist()
+    previous = [set(row.nonzero().flatten().tolist()) for row in vm]
+    for point, kept in red.kept_positions.items():
+        assert kept.shape == (2, red.block_visual[point])
+        for b in range(2):
+            row = kept[b].tolist()
+            assert row == sorted(row) and set(row) <= previous[b]
+            previous[b] = set(row)
+
+
+def test_cut_keeps_the_top_scores_of_the_last_scoring_block(tiny_models):
+    model = tiny_models("nemotron_h")  # blocks: ssm mlp attn moe ssm attn
+    ids, vm = prompt(batch=2)
+    sched = Schedule(keep=None, shape="explicit", ratios=(0.25,), stages=(4,))
+    assert scoring_blocks(get_adapter(model), sched, sched.resolve(6)) == {2}
+    with reduce(model, sched, visual_mask=vm) as red:
+        _logits(model, ids, torch.ones_like(ids))
+    scores, where = red.scores[2], red.score_positions[2]
+    top = scores.topk(6, dim=1).indices
+    assert torch.equal(red.kept_positions[4], where.gather(1, top).sort(dim=1).values)
+
+
+def test_ema_averages_the_blocks_since_the_last_cut(tiny_models):
+    model = tiny_models("nemotron_h")
+    ids, vm = prompt(batch=2)
+    sched = Schedule(keep=None, shape="explicit", ratios=(0.5, 0.25), stages=(1, 5), ema=0.3)
+    assert scoring_blocks(get_adapter(model), sched, sched.resolve(6)) == {0, 2, 4}
+    with reduce(model, sched, visual_mask=vm) as red:
+        _logits(model, ids, torch.ones_like(ids))
+    ema = red.scores[2]
+    ema = 0.3 * red.scores[4] + 0.7 * ema
+    top = ema.topk(6, dim=1).indices
+    assert torch.equal(red.kept_positions[5], red.score_positions[4].gather(1, top).sort(dim=1).values)
+
+
+def test_attention_score_source_needs_an_attention_block_before_the_cut(tiny_models):
+    model = tiny_models("nemotron_h")
+    ids, vm = prompt(batch=1)
+    sched = Schedule.preset("fastv", keep=0.5, first_prune=1)
+    with pytest.raises(InputError, match="no attention block before it"):
+        with reduce(model, sched, visual_mask=vm):
+            pass
+    ok = Schedule.preset("fastv", keep=0.6, first_prune=3)
+    assert scoring_blocks(get_adapter(model), ok, ok.resolve(6)) == {2}
+
+
+def test_random_is_seeded_and_uniform_is_even(tiny_models):
+    model = tiny_models("bamba")
+    ids, vm = prompt(batch=2)
+    kept = {}
+    for name, sched in {
+        "r0": Schedule.preset("random", keep=0.5, first_prune=1, stages=1, seed=0),
+        "r0b": Schedule.preset("random", keep=0.5, first_prune=1, stages=1, seed=0),
+        "r1": Schedule.preset("random", keep=0.5, first_prune=1, stages=1, seed=1),
+        "u": Schedule.preset("uniform", keep=0.5, first_prune=1, stages=1),
+    }.items():
+        with reduce(model, sched, visual_mask=vm) as red:
+            _logits(model, ids, torch.ones_like(ids))
+        assert red.scoring_seconds == 0.0  # no scorer is installed for score-free methods
+        kept[name] = red.kept_positions[1]
+    assert torch.equal(kept["r0"], kept["r0b"]) and not torch.equal(kept["r0"], kept["r1"])
+    stride = kept["u"][0].diff()
+    assert int(stride.max() - stride.min()) <= 1
+
+
+def test_generate_keeps_a_smaller_kv_cache_and_original_positions_without_position_ids(tiny_models):
+    """A manual decode loop that passes no position_ids (RoPE family) matches the frozen reference."""
+    model = tiny_models("llama")
+    ids, vm = prompt(batch=1)
+    with torch.no_grad():
+        full = model(ids, use_cache=True)
+    with reduce(model, PROGRESSIVE, visual_mask=vm) as red, torch.no_grad():
+        out = model(ids, use_cache=True)
+        assert cache_nbytes(out.past_key_values)["kv"] < cache_nbytes(full.past_key_values)["kv"]
+        cache, token, seq, steps = out.past_key_values, out.logits[:, -1:].argmax(-1), ids, []
+        for _ in range(4):
+            seq = torch.cat([seq, token], dim=1)
+            step = model(token, past_key_values=cache, use_cache=True).logits[:, -1]
+            steps.append(step)
+            token = step.argmax(-1, keepdim=True)
+        with red.frozen():
+            for i in range(4):
+                ref = _logits(model, seq[:, : ids.shape[1] + i + 1], torch.ones_like(seq[:, : ids.shape[1] + i + 1]))
+                assert (ref[:, -1] - steps[i]).abs().max() < 1e-5
+    assert red.decode_steps == 4 and red.prefills == 1
+
+
+def test_the_bare_decoder_can_be_reduced(tiny_models):
+    model = tiny_models("nemotron_h")
+    ids, vm = prompt(batch=1)
+    with reduce(model.model, PROGRESSIVE, visual_mask=vm) as red, torch.no_grad():
+        hidden = model.model(ids).last_hidden_state
+    assert hidden.shape[1] == red.output_positions.shape[1] < ids.shape[1]
+
+
+# --------------------------------------------------------------------------------------------------
+# Bad input
+# --------------------------------------------------------------------------------------------------
+def test_generate_with_another_batch_is_refused(tiny_models):
+    model = tiny_models("nemotron_h")
+    ids, vm = prompt(batch=2)
+    with reduce(model, PROGRESSIVE, visual_mask=vm), torch.no_grad():
+        out = model(ids, use_cache=True)
+        with pytest.raises(InputError, match="batch size 2, this decode step has 1"):
+            model(ids[:1, -1:], past_key_values=out.past_key_values, use_cache=True)
+        with pytest.raises(InputError, match="num_beams"):  # beams repeat each prompt before the prefill
+            model.generate(ids, max_new_tokens=2, num_beams=2, do_sample=False)
+
+
+def test_a_cache_filled_outside_the_context_is_refused(tiny_models):
+    model = tiny_models("nemotron_h")
+    ids, vm = prompt(batch=1)
+    with torch.no_grad():
+        out = model(ids, use_cache=True)
+        with reduce(model, PROGRESSIVE, visual_mask=vm):
+            with pytest.raises(InputError, match="not filled under this reduction"):
+                model(ids[:, -1:], past_key_values=out.past_key_values, use_cache=True)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"visual_mask": None}, "needs visual_mask"),
+        ({"visual_mask": torch.zeros(1, 36, dtype=torch.bool)}, "no visual tokens"),
+        ({"query_mask": torch.ones(1, 36, dtype=torch.bool)}, "query tokens must be text tokens"),
+        ({"schedule": {"method": "progressive", "keep": 1.5}}, r"keep must lie in \(0, 1\]"),
+        ({"schedule": {"method": "progressive", "keep": None, "shape": "explicit", "ratios": [0.5, 0.7]}}, "non-inc"),
+        ({"schedule": {"method": "progressive", "keep": 0.5, "stages": [2, 9]}}, "outside the model"),
+    ],
+)
+def test_bad_arguments(kwargs, message, tiny_models):
+    model = tiny_models("nemotron_h")
+    _, vm = prompt(batch=1)
+    args = {"schedule": PROGRESSIVE, "visual_mask": vm, **kwargs}
+    with pytest.raises(InputError, match=message):
+        with reduce(model, **args):
+            pass
+
+
+def test_a_prompt_of_another_length_is_refused(tiny_models):
+    model = tiny_models("nemotron_h")
+    ids, vm = prompt(batch=1)
+    with reduce(model, PROGRESSIVE, visual_mask=vm), pytest.raises(InputError, match="reduction.frozen"):
+        _logits(model, ids[:, :-2], torch.ones_like(ids[:, :-2]))
