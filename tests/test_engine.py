@@ -225,3 +225,25 @@ def test_a_prompt_of_another_length_is_refused(tiny_models):
     ids, vm = prompt(batch=1)
     with reduce(model, PROGRESSIVE, visual_mask=vm), pytest.raises(InputError, match="reduction.frozen"):
         _logits(model, ids[:, :-2], torch.ones_like(ids[:, :-2]))
+
+
+def test_evs_then_progressive(tiny_models):
+    """EVS drops static tokens before the language model; `reduce` then works on what remains."""
+    from hybridreduce.evs import apply_retention, evs_retention_mask
+
+    model = tiny_models("bamba")  # RoPE: EVS's original position ids must survive the engine's slicing
+    ids, vm = prompt(batch=1)  # 24 visual tokens = 6 frames of a 2×2 grid
+    embeds = torch.randn(6, 4, 8, generator=torch.Generator().manual_seed(0))
+    retention = evs_retention_mask(embeds, q=0.5)
+    evs = apply_retention(ids, vm, retention)
+    am = torch.ones_like(evs.inputs)  # explicit: position ids with gaps and no mask read as packed sequences
+    with torch.no_grad():
+        ref = model(evs.inputs, attention_mask=am, position_ids=evs.position_ids).logits
+    keep_all = Schedule.preset("progressive", keep=1.0, first_prune=1, stages=2)
+    with reduce(model, keep_all, visual_mask=evs.visual_mask) as red, torch.no_grad():
+        out = model(evs.inputs, attention_mask=am, position_ids=evs.position_ids).logits
+    assert red.block_visual[-1] == int(retention.sum()) and torch.equal(out, ref)
+    with reduce(model, PROGRESSIVE, visual_mask=evs.visual_mask) as red, torch.no_grad():
+        out = model(evs.inputs, attention_mask=am, position_ids=evs.position_ids).logits
+    assert red.block_visual[0] == int(retention.sum()) > red.block_visual[-1]
+    assert torch.isfinite(out).all()
