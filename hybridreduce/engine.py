@@ -87,6 +87,7 @@ class Reduction:
     prefills: int = 0
     decode_steps: int = 0
     _frozen: bool = field(default=False, repr=False)
+    _visual_mask: torch.Tensor | None = field(default=None, repr=False)  # (b, T) of the last prefill
 
     # -- what happened ------------------------------------------------------------------------
     def _stage_of(self, block: int) -> Stage:
@@ -168,8 +169,6 @@ class Reduction:
         finally:
             self._frozen = False
 
-    _visual_mask: torch.Tensor = field(default=None, repr=False)
-
 
 class _Engine:
     """Hooks of one reduction context (see the module docstring)."""
@@ -209,6 +208,9 @@ class _Engine:
         self.pad2d: torch.Tensor | None = None
         self.seen = 0  # prompt + generated tokens already in the cache
         self.batch: int | None = None
+        self.q = 0  # tokens in the current decode step
+        self.counts: list[int] = []  # visual tokens kept at each cut, for this prefill's visual count
+        self.generator: torch.Generator | None = None  # random selection, re-seeded every prefill
 
     # -- install / remove ------------------------------------------------------------------------
     def install(self) -> None:
@@ -267,7 +269,7 @@ class _Engine:
                 "the model received precomputed per-layer masks (a compiled/static cache): reduction needs the "
                 "dynamic cache of plain generate; drop cache_implementation='static'"
             )
-        has_cache, cached = _cache_state(kwargs)
+        _, cached = _cache_state(kwargs)
         self.memo.clear()
         self.T = T
         if not cached:
@@ -438,10 +440,9 @@ class _Engine:
         """Query and visual positions of the original prompt, moved to the reduced sequence ``idx``."""
         orig = self.orig.to(idx.device)
         q_index = torch.searchsorted(idx.contiguous(), orig.q_index)
-        n = idx.shape[1]
+        n, k = idx.shape[1], int(self.cur_visual[0].sum())
         pos = torch.arange(n, device=idx.device).expand_as(idx)
-        v_index = torch.where(self.cur_visual, pos, pos + n).sort(dim=1).values[:, : orig.v_index.shape[1]]
-        v_index = v_index[:, : int(self.cur_visual[0].sum())]
+        v_index = torch.where(self.cur_visual, pos, pos + n).sort(dim=1).values[:, :k]
         return Positions(q_index=q_index, q_valid=orig.q_valid, v_index=v_index)
 
     def _on_scored(self, block: int, scores: torch.Tensor) -> None:
