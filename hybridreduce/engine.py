@@ -38,7 +38,7 @@ from torch import nn
 from .adapters import AdaptedModel, get_adapter
 from .cache import ScoreCache
 from .errors import InputError
-from .prune import gather_seq, keep_index, select_visual
+from .prune import gather_seq, keep_index, select_visual, true_positions
 from .schedule import Plan, Schedule
 from .scoring.config import ScorerConfig
 from .taps import Positions, ScoringSession, _cache_state, _first_tensor, as_bool_mask, resolve_positions
@@ -188,14 +188,13 @@ class _Engine:
         self.visual_mask = visual_mask
         self.query_mask = query_mask
         self.attention_mask = attention_mask
-        self.points = {p: s + 1 for s, p in enumerate(self.plan.prune_points)}  # point -> stage number
+        self.cuts = set(self.plan.prune_points)
         self.first = self.plan.prune_points[0] if self.plan.prune_points else None
-        # Stage number of every block (0 before the first cut).
+        # Stage number of every block (0 before the first cut; stage s starts at prune point s).
         self.stage_of = [sum(block >= p for p in self.plan.prune_points) for block in range(self.plan.num_blocks)]
         self.handles: list = []
         self.session: ScoringSession | None = None
         self.rope = any(spec.rope for spec in adapted.blocks)
-        self.impl = adapted.attn_implementation
         # Per-forward state.
         self.mode: str | None = None  # "prefill" | "frozen" | "decode" | None (untouched)
         self.T = 0  # sequence length the decoder received in this forward
@@ -244,7 +243,6 @@ class _Engine:
         while self.handles:
             self.handles.pop().remove()
         if self.session is not None:
-            self.result.scoring_seconds = self.session.seconds
             self.session.remove()
             self.session = None
         self._reset()
@@ -274,7 +272,7 @@ class _Engine:
         self.T = T
         if not cached:
             if self.result._frozen:
-                return self._begin_frozen(b, T, kwargs)
+                return self._begin_frozen(b, T)
             self._begin_prefill(x, b, T, am)
             return None
         return self._begin_decode(b, T, am, args, kwargs)
@@ -314,7 +312,7 @@ class _Engine:
         if self.session is not None:
             self.session.start(self.orig, T)
 
-    def _begin_frozen(self, b: int, T: int, kwargs):
+    def _begin_frozen(self, b: int, T: int) -> None:
         T0 = self.result.stages[0].index.shape[1]
         if b != self.batch:
             raise InputError(f"the frozen selection was made for batch size {self.batch}, this forward has {b}")
@@ -373,7 +371,7 @@ class _Engine:
             if self.mode == "decode":
                 return self._decode_block(block, args, kwargs)
             args = list(args)
-            if block in self.points:
+            if block in self.cuts:
                 self._cut(block, args, kwargs)
             key = self.stage_of[block]
             args[1:] = [self._slice(a, key) for a in args[1:]]
@@ -399,7 +397,7 @@ class _Engine:
 
     def _cut(self, block: int, args: list, kwargs: dict) -> None:
         """Choose the keep set at prune point ``block`` (prefill) or reuse it (frozen); gather the stream."""
-        stage = self.points[block]
+        stage = self.stage_of[block]
         if self.mode == "prefill":
             new = self._choose(block, stage)
         else:
@@ -440,9 +438,7 @@ class _Engine:
         """Query and visual positions of the original prompt, moved to the reduced sequence ``idx``."""
         orig = self.orig.to(idx.device)
         q_index = torch.searchsorted(idx.contiguous(), orig.q_index)
-        n, k = idx.shape[1], int(self.cur_visual[0].sum())
-        pos = torch.arange(n, device=idx.device).expand_as(idx)
-        v_index = torch.where(self.cur_visual, pos, pos + n).sort(dim=1).values[:, :k]
+        v_index = true_positions(self.cur_visual, int(self.cur_visual[0].sum()))
         return Positions(q_index=q_index, q_valid=orig.q_valid, v_index=v_index)
 
     def _on_scored(self, block: int, scores: torch.Tensor) -> None:

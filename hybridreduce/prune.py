@@ -61,6 +61,13 @@ def select_visual(
     return chosen.sort(dim=1).values.to(device if device is not None else chosen.device)
 
 
+def true_positions(mask: torch.Tensor, k: int) -> torch.Tensor:
+    """``(b, k)`` long: the increasing indices of the ``k`` True entries of each row of ``mask (b, n)``."""
+    n = mask.shape[1]
+    pos = torch.arange(n, device=mask.device).expand_as(mask)
+    return torch.where(mask, pos, pos + n).sort(dim=1).values[:, :k]
+
+
 def keep_index(visual_mask: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
     """Sequence indices to keep: every non-visual token plus the chosen visual ones, in order.
 
@@ -77,12 +84,9 @@ def keep_index(visual_mask: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
     V = int(counts[0])
     if chosen.numel() and (int(chosen.min()) < 0 or int(chosen.max()) >= V):
         raise InputError(f"chosen visual indices must lie in [0, {V}), got [{int(chosen.min())}, {int(chosen.max())}]")
-    pos = torch.arange(T, device=visual_mask.device).expand(b, T)
-    visual_pos = torch.where(visual_mask, pos, pos + T).sort(dim=1).values[:, :V]  # (b, V)
-    keep = ~visual_mask
-    keep = keep.scatter(1, visual_pos.gather(1, chosen.to(visual_pos.device)), True)
-    n_keep = keep.sum(dim=1)
-    return torch.where(keep, pos, pos + T).sort(dim=1).values[:, : int(n_keep[0])]
+    visual_pos = true_positions(visual_mask, V)  # (b, V)
+    keep = (~visual_mask).scatter(1, visual_pos.gather(1, chosen.to(visual_pos.device)), True)
+    return true_positions(keep, int(keep[0].sum()))
 
 
 def prune(

@@ -34,6 +34,7 @@ from torch import nn
 from .adapters import AdaptedModel, BlockSpec, get_adapter
 from .cache import ScoreCache
 from .errors import InputError, ScoreError
+from .prune import true_positions
 from .scoring.attention import attention_importance, attention_rows
 from .scoring.config import ScorerConfig
 from .scoring.mamba import mamba1_importance, mamba1_primitives, mamba2_importance, mamba2_primitives
@@ -222,7 +223,7 @@ def resolve_positions(
     q_valid = torch.arange(Qmax, device=pos.device)[None, :] < n_q[:, None]
     last = order.gather(1, (n_q - 1)[:, None])
     q_index = torch.where(q_valid, order, last) % T
-    v_index = torch.where(visual_mask, pos, pos + T).sort(dim=1).values[:, : int(counts[0])]
+    v_index = true_positions(visual_mask, int(counts[0]))
     return Positions(q_index=q_index, q_valid=q_valid, v_index=v_index)
 
 
