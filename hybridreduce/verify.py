@@ -134,16 +134,19 @@ def _vocab(model) -> int:
     return int(model.get_input_embeddings().num_embeddings)
 
 
-def _forward(model, input_ids, attention_mask=None):
-    """First output tensor (logits, or hidden states for a bare decoder) of a forward.
+def _forward(model, input_ids, attention_mask=None, position_ids=None):
+    """First output tensor (logits, or hidden states for a bare decoder) of a no-cache forward.
 
-    With padding, RoPE models get position ids that skip the padding, as ``generate`` does.
+    With a padding mask, models that take position ids get ones that skip the padding, as
+    ``generate`` does, unless ``position_ids`` gives them.
     """
     kwargs = {}
     if attention_mask is not None:
         kwargs["attention_mask"] = attention_mask
         if "position_ids" in inspect.signature(model.forward).parameters:
-            kwargs["position_ids"] = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
+            if position_ids is None:
+                position_ids = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
+            kwargs["position_ids"] = position_ids
     with torch.no_grad():
         out = model(input_ids=input_ids, use_cache=False, **kwargs)
     return out[0]

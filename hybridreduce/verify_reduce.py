@@ -18,31 +18,25 @@
 
 from __future__ import annotations
 
-import inspect
-
 import torch
 
 from .adapters import get_adapter
 from .engine import reduce
 from .schedule import Schedule
-from .verify import CheckResult, Prompt, _vocab, left_pad, make_prompt
+from .verify import CheckResult, Prompt, _forward, _vocab, left_pad, make_prompt
 
 ATOL_LOGITS = 1e-5  # float32 logits of tiny models (|logit| ≲ 1), same ops in another order
 N_NEW = 16
 TIE = 1e-5  # a greedy step whose top-2 logits are this close is a tie, not a divergence
 
+# Every forward here passes its padding mask, even when nothing is padded: position ids with gaps
+# (the reference runs' original positions) and no mask would be read as packed sequences.
 
-def _positions(attention_mask: torch.Tensor) -> torch.Tensor:
-    return (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
 
-
-def _run(model, ids, am, **extra):
-    """Logits of a no-cache forward with an explicit padding mask and original position ids."""
-    kwargs = {"attention_mask": am, "use_cache": False}
-    if "position_ids" in inspect.signature(model.forward).parameters:
-        kwargs["position_ids"] = extra.pop("position_ids", _positions(am))
-    with torch.no_grad():
-        return model(input_ids=ids, **kwargs)[0]
+def _progressive(model, keep: float = 0.5) -> Schedule:
+    """Three cuts from block 1 on (two for the three-block models)."""
+    n = get_adapter(model).num_blocks
+    return Schedule.preset("progressive", keep=keep, first_prune=1, stages=min(3, n - 1))
 
 
 def _batch(model) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[Prompt]]:
@@ -61,7 +55,7 @@ def pruned_reference(model, ids, am, stages) -> torch.Tensor:
     """
     adapted = get_adapter(model)
     blocks = adapted.blocks
-    pos = _positions(am)
+    pos = (am.long().cumsum(-1) - 1).clamp_min(0)  # the position ids a full-length forward gets
     carried: torch.Tensor | None = None  # output of block p_i - 1 over stage i-1's tokens
     out = None
     for i, stage in enumerate(stages):
@@ -87,7 +81,7 @@ def pruned_reference(model, ids, am, stages) -> torch.Tensor:
 
             handles.append(blocks[stages[i + 1].point - 1].module.register_forward_hook(keep))
         try:
-            out = _run(model, ids.gather(1, idx), am.gather(1, idx), position_ids=pos.gather(1, idx))
+            out = _forward(model, ids.gather(1, idx), am.gather(1, idx), position_ids=pos.gather(1, idx))
         finally:
             for h in handles:
                 h.remove()
@@ -100,11 +94,11 @@ def check_prune_reference(arch: str, model) -> CheckResult:
     ids, am, vm, _ = _batch(model)
     n = get_adapter(model).num_blocks
     schedules = [Schedule(keep=None, shape="explicit", ratios=(0.5,), stages=(p,)) for p in range(1, n)]
-    schedules.append(Schedule.preset("progressive", keep=0.5, first_prune=1, stages=min(3, n - 1)))
+    schedules.append(_progressive(model))
     worst = 0.0
     for sched in schedules:
         with reduce(model, sched, visual_mask=vm) as red:
-            got = _run(model, ids, am)
+            got = _forward(model, ids, am)
         ref = pruned_reference(model, ids, am, red.stages)
         if got.shape != ref.shape:
             return CheckResult(arch, "prune_reference", False, None, f"shape {tuple(got.shape)} vs {tuple(ref.shape)}")
@@ -122,8 +116,7 @@ def check_generate_reference(arch: str, model) -> CheckResult:
     from transformers import GenerationConfig
 
     ids, am, vm, _ = _batch(model)
-    n = get_adapter(model).num_blocks
-    sched = Schedule.preset("progressive", keep=0.5, first_prune=1, stages=min(3, n - 1))
+    sched = _progressive(model)
     config = GenerationConfig(max_new_tokens=N_NEW, do_sample=False, pad_token_id=0)
     with reduce(model, sched, visual_mask=vm) as red, torch.no_grad():
         # No end-of-sequence stop, so that every step is compared (generate falls back on the
@@ -141,7 +134,7 @@ def check_generate_reference(arch: str, model) -> CheckResult:
         worst, mismatched, ties = 0.0, 0, 0
         with red.frozen():
             for step in range(N_NEW):
-                logits = _run(model, seq, mask)[:, -1]
+                logits = _forward(model, seq, mask)[:, -1]
                 worst = max(worst, float((logits - out.logits[step]).abs().max()))
                 top2 = logits.topk(2, dim=-1).values
                 differs = logits.argmax(-1) != new[:, step]
@@ -160,16 +153,15 @@ def check_generate_reference(arch: str, model) -> CheckResult:
 
 def check_batch_reduce(arch: str, model) -> CheckResult:
     ids, am, vm, prompts = _batch(model)
-    n = get_adapter(model).num_blocks
-    sched = Schedule.preset("progressive", keep=0.5, first_prune=1, stages=min(3, n - 1))
+    sched = _progressive(model)
     with reduce(model, sched, visual_mask=vm) as red:
-        batched = _run(model, ids, am)[:, -1]
+        batched = _forward(model, ids, am)[:, -1]
     kept_batch = red.kept_positions
     worst, same_sets = 0.0, True
     for i, p in enumerate(prompts):
         offset = ids.shape[1] - p.input_ids.shape[1]
         with reduce(model, sched, visual_mask=p.visual_mask) as alone:
-            logits = _run(model, p.input_ids, torch.ones_like(p.input_ids))[:, -1]
+            logits = _forward(model, p.input_ids, torch.ones_like(p.input_ids))[:, -1]
         worst = max(worst, float((batched[i] - logits[0]).abs().max()))
         for point, kept in alone.kept_positions.items():
             same_sets &= torch.equal(kept_batch[point][i] - offset, kept[0])
@@ -186,11 +178,10 @@ def check_reduce_keep1_exact(arch: str, model, prompt: Prompt) -> CheckResult:
     ids = prompt.input_ids.repeat(2, 1)
     vm = prompt.visual_mask.repeat(2, 1)
     am = torch.ones_like(ids)
-    n = get_adapter(model).num_blocks
-    ref = _run(model, ids, am)
-    sched = Schedule.preset("progressive", keep=1.0, first_prune=1, stages=min(3, n - 1))
+    ref = _forward(model, ids, am)
+    sched = _progressive(model, keep=1.0)
     with reduce(model, sched, visual_mask=vm) as red:
-        out = _run(model, ids, am)
+        out = _forward(model, ids, am)
     cut = len(red.stages) > 1 and all(s.n_visual == red.stages[0].n_visual for s in red.stages)
     return CheckResult(
         arch,
