@@ -29,6 +29,7 @@ a stage keeps, ``L`` prompt plus generated tokens, ``q`` tokens in a decode step
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -177,11 +178,13 @@ class _Engine:
         self,
         adapted: AdaptedModel,
         result: Reduction,
-        visual_mask: torch.Tensor,
+        visual_mask: torch.Tensor | None,
         query_mask: torch.Tensor | None,
         attention_mask: torch.Tensor | None,
+        visual_mask_of: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> None:
         self.adapted = adapted
+        self.visual_mask_of = visual_mask_of  # the model's own input_ids → visual mask, used when no mask is given
         self.result = result
         self.schedule = result.schedule
         self.plan = result.plan
@@ -215,6 +218,9 @@ class _Engine:
     def install(self) -> None:
         try:
             decoder = self.adapted.decoder
+            if self.visual_mask_of is not None:
+                root = self.adapted.model
+                self.handles.append(root.register_forward_pre_hook(self._read_visual_mask, with_kwargs=True))
             self.handles.append(decoder.register_forward_pre_hook(self._begin, with_kwargs=True))
             self.handles.append(decoder.register_forward_hook(self._end, always_call=True))
             if self.first is None:
@@ -255,6 +261,20 @@ class _Engine:
         if self.session is not None:
             self.session.stop()
 
+    # -- root hook (visual mask from the model) -----------------------------------------------
+    def _read_visual_mask(self, module, args, kwargs):
+        """Before a prefill of the whole model: the visual mask of its input ids, by the model's own rule."""
+        if _cache_state(kwargs)[1] or self.result._frozen:
+            return None  # decode steps and frozen forwards reuse the prefill's selection
+        ids = args[0] if args and isinstance(args[0], torch.Tensor) else kwargs.get("input_ids")
+        if ids is None:
+            raise InputError(
+                "reduce() was not given visual_mask and this forward has no input_ids to read it from "
+                "(inputs_embeds only): pass visual_mask=... to reduce()"
+            )
+        self.visual_mask = as_bool_mask(self.visual_mask_of(ids), "the model's visual_mask(input_ids)")
+        return None
+
     # -- decoder hooks -------------------------------------------------------------------------
     def _begin(self, module, args, kwargs):
         x = _first_tensor(args, kwargs, ("inputs_embeds", "input_ids"))
@@ -278,6 +298,11 @@ class _Engine:
         return self._begin_decode(b, T, am, args, kwargs)
 
     def _begin_prefill(self, x, b: int, T: int, am) -> None:
+        if self.visual_mask is None:
+            raise InputError(
+                "reduce() was not given visual_mask and the language model ran without the wrapper's forward (which "
+                "reads it from input_ids): call the model itself, or pass visual_mask=... to reduce()"
+            )
         vb, vT = self.visual_mask.shape
         if T != vT:
             raise InputError(
@@ -555,7 +580,9 @@ def reduce(
         schedule: a :class:`~hybridreduce.schedule.Schedule`, a preset name (``"progressive"``,
             ``"fastv"``, ...), a dict, or a YAML path.
         visual_mask: ``(b, T)`` bool, ``True`` at the visual tokens of the prompt the language
-            model receives (after any pre-LLM pruning such as EVS).
+            model receives (after any pre-LLM pruning such as EVS). ``None``: read at every prefill from the
+            model's own ``visual_mask(input_ids)`` method (the embedded :class:`~hybridreduce.toy.ToyVLM` has
+            one), so one context serves prompts of any layout.
         scorer: Mamba scorer settings (``"decay_free"`` by default, or ``"exact"``).
         query_mask: ``(b, T)`` bool explicit query tokens (overrides ``schedule.query``).
         attention_mask: ``(b, T)`` padding mask of the prompt; by default the one passed to the
@@ -574,19 +601,27 @@ def reduce(
     adapted = get_adapter(model)
     sched = Schedule.load(schedule)
     plan = sched.resolve(adapted.num_blocks)
-    if visual_mask is None:
-        raise InputError("reduce() needs visual_mask: (batch, seq_len) bool, True at the visual tokens")
-    vm = as_bool_mask(visual_mask, "visual_mask")
     if query_mask is not None:
         query_mask = as_bool_mask(query_mask, "query_mask")
     if attention_mask is not None:
         attention_mask = as_bool_mask(attention_mask, "attention_mask")
-    positions = resolve_positions(vm, attention_mask, query_mask, sched.query)  # validates before any forward
-    if plan.prune_points and positions.v_index.shape[1] == 0:
-        raise InputError("visual_mask marks no visual tokens: there is nothing to reduce")
+    from_model = None
+    if visual_mask is None:
+        from_model = getattr(adapted.model, "visual_mask", None)
+        if not callable(from_model):
+            raise InputError(
+                "reduce() needs visual_mask: (batch, seq_len) bool, True at the visual tokens (this model has no "
+                "visual_mask(input_ids) method to read it from)"
+            )
+        vm = None
+    else:
+        vm = as_bool_mask(visual_mask, "visual_mask")
+        positions = resolve_positions(vm, attention_mask, query_mask, sched.query)  # validates before any forward
+        if plan.prune_points and positions.v_index.shape[1] == 0:
+            raise InputError("visual_mask marks no visual tokens: there is nothing to reduce")
     cfg = ScorerConfig.parse(scorer)
     result = Reduction(schedule=sched, plan=plan, adapted=adapted, scorer=cfg)
-    engine = _Engine(adapted, result, vm, query_mask, attention_mask)
+    engine = _Engine(adapted, result, vm, query_mask, attention_mask, from_model)
     engine.install()
     try:
         yield result
