@@ -54,29 +54,20 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """Until the embedded trained model lands, the demo scores a tiny random Nemotron-H and verifies it."""
-    import torch
-
-    from . import capture, get_adapter
-    from .tiny import build_tiny_model
-    from .verify import make_prompt, verify_arch
+    """The embedded toy VLM under every reduction method: a table, summary.json, results.csv and plots."""
+    from .toy.demo import KEEPS, format_table, run_demo, write_outputs
 
     _quiet_transformers()
-    model = build_tiny_model("nemotron_h")
-    adapted = get_adapter(model)
-    print(adapted.describe())
-    prompt = make_prompt(model.config.vocab_size, 4, 24, 8, seed=0)
-    for mode in ("decay_free", "exact"):
-        with capture(model, prompt.visual_mask, scorer=mode) as scores, torch.no_grad():
-            model(prompt.input_ids)
-        print(f"\nimportance ({mode} Mamba scorer), top 5 visual tokens per scoring block:")
-        for layer, kind in zip(scores.layers, scores.kinds, strict=True):
-            top = scores[layer][0].topk(5)
-            tokens = ", ".join(f"{int(i)}:{float(v):.3f}" for v, i in zip(top.values, top.indices, strict=True))
-            print(f"  block {layer:2d} {kind:<8} {tokens}")
-    rows = [r.to_dict() for r in verify_arch("nemotron_h")]
-    print("\n" + _format_table(rows))
-    return 0 if all(r["passed"] for r in rows) else 1
+    size = args.size if args.size is not None else (256 if args.quick else 1024)
+    keeps = (0.25,) if args.quick else KEEPS
+    summary = run_demo(args.checkpoint, size=size, keeps=keeps, progress=not args.no_progress)
+    print(format_table(summary))
+    paths = write_outputs(summary, args.out)
+    print(
+        f"\nfull-token accuracy {100 * summary['full_accuracy']:.1f}% on {size} held-out questions; "
+        f"wrote {', '.join(p.name for p in paths)} to {args.out}"
+    )
+    return 0
 
 
 def _parse_keeps(text: str) -> list[float]:
@@ -152,6 +143,21 @@ def _bench_report(r) -> str:
     )
 
 
+def cmd_train_toy(args: argparse.Namespace) -> int:
+    from .toy.train import _eval_line, load_spec, train
+
+    _quiet_transformers()
+    spec = load_spec(args.config)
+    if args.steps is not None:
+        spec.train.steps = args.steps
+        spec.train.__post_init__()
+    command = "hybridreduce " + " ".join(sys.argv[1:]) if args.command_line is None else args.command_line
+    result = train(spec, args.out, progress=not args.no_progress, command=command)
+    print(_eval_line(f"held-out ({result['split']}, full tokens)", result))
+    print(f"wrote {args.out}/model.safetensors, config.json, train_config.yaml, train_log.jsonl, eval.json")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hybridreduce", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -176,7 +182,20 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--json", action="store_true", help="print one JSON object (a list with --sweep)")
     b.set_defaults(func=cmd_bench)
 
-    d = sub.add_parser("demo", help="score a tiny Nemotron-H and verify it (the main job)")
+    t = sub.add_parser("train-toy", help="train the embedded toy video VLM on its synthetic benchmark")
+    t.add_argument("--config", default="configs/toy.yaml", help="training config (default configs/toy.yaml)")
+    t.add_argument("--out", required=True, metavar="DIR", help="output directory of the checkpoint and logs")
+    t.add_argument("--steps", type=int, help="override train.steps (e.g. a short smoke run)")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar (logs still go to train_log.jsonl)")
+    t.add_argument("--command-line", help=argparse.SUPPRESS)
+    t.set_defaults(func=cmd_train_toy)
+
+    d = sub.add_parser("demo", help="every reduction method on the embedded toy video VLM (the main job)")
+    d.add_argument("--out", default="runs/demo", metavar="DIR", help="output directory (default runs/demo)")
+    d.add_argument("--quick", action="store_true", help="256 questions at keep 0.25 only (under a minute)")
+    d.add_argument("--size", type=int, help="held-out questions (default 1024, 256 with --quick)")
+    d.add_argument("--checkpoint", metavar="DIR", help="a train-toy output directory (default: the shipped one)")
+    d.add_argument("--no-progress", action="store_true", help="no progress bar")
     d.set_defaults(func=cmd_demo)
     return parser
 

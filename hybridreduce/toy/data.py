@@ -636,6 +636,51 @@ def make_sample(
     return Sample(video, background, question, qtype, answer, sorted(relevant), events, sample_id)
 
 
+def follow_up_questions(sample: Sample, cfg: ToyConfig, rng: np.random.Generator, n: int) -> list[tuple]:
+    """``n`` more questions about ``sample``'s video, each answerable from the video alone (for training).
+
+    Every question is well defined on the video: ``colour`` asks a random token of a random event;
+    ``when`` / ``where`` ask a colour that appears in exactly one event; ``count`` asks a colour seen in at
+    least two events (and at most ``cfg.count_range[1]``). Types are drawn uniformly among those of ``cfg.qtypes``
+    that the video allows; answers follow the video, so they are not balanced.
+
+    Returns:
+        ``n`` tuples ``(question words, qtype, answer word)``.
+    """
+    per_colour: dict[str, list[Event]] = {}
+    for e in sample.events:
+        per_colour.setdefault(e.colour, []).append(e)
+    single = sorted(c for c, es in per_colour.items() if len(es) == 1)
+    lo, hi = cfg.count_range
+    # Colours seen more than once only: every colour of a non-count video appears once, and asking those
+    # would make "1" the usual count answer.
+    countable = sorted(c for c, es in per_colour.items() if max(lo, 2) <= len(es) <= hi)
+    allowed = [
+        q for q in cfg.qtypes if q == "colour" or (q in ("when", "where") and single) or (q == "count" and countable)
+    ]
+    out = []
+    for _ in range(n):
+        qtype = allowed[rng.integers(len(allowed))]
+        if qtype == "colour":
+            event = sample.events[rng.integers(len(sample.events))]
+            t, r, c = event.tokens[rng.integers(event.length)]
+            words = ["what", "colour", "was", "at", "frame", str(t), "cell", cell_word(r, c), "?"]
+            out.append((words, qtype, event.colour))
+        elif qtype == "count":
+            colour = countable[rng.integers(len(countable))]
+            out.append((["how", "many", colour, "shapes", "appeared", "?"], qtype, str(len(per_colour[colour]))))
+        else:
+            colour = single[rng.integers(len(single))]
+            event = per_colour[colour][0]
+            if qtype == "when":
+                answer = f"bin{time_bin(cfg, event.start)}"
+            else:
+                r, c = event.cells[0]
+                answer = quadrant(cfg, r, c) if cfg.where_answer == "quadrant" else cell_word(r, c)
+            out.append(([qtype, "did", "the", colour, "shape", "appear", "?"], qtype, answer))
+    return out
+
+
 def _render(cfg: ToyConfig, rng: np.random.Generator, background: np.ndarray, events: list[Event]) -> np.ndarray:
     """``(T, H, W, 3)`` uint8: the background in every frame, optional noise, then the shapes."""
     video = np.broadcast_to(background, (cfg.frames, *background.shape))
