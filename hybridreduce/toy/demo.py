@@ -1,0 +1,355 @@
+"""``hybridreduce demo``: every reduction method on the embedded toy video VLM, at several budgets.
+
+The shipped checkpoint (:data:`CHECKPOINT`) answers the held-out questions of its synthetic benchmark at
+full tokens and under each method at each average keep fraction ``k``:
+
+    method                  visual tokens chosen by                                     where
+    full                    —                                                            —
+    progressive             unified scores (attention rows + decay-free Mamba proxy)     low-to-high cuts in the LM
+    progressive-exact       unified scores, exact Mamba hidden attention                  same cuts
+    progressive-attn-only   attention rows only (first cut after the first attention)    same shape
+    fastv                   attention rows of the last token at block 2, one cut after    in the LM
+    pyramiddrop             attention rows, cuts at 1/4, 1/2, 3/4 of the depth           in the LM
+    random                  seeded uniform draws, progressive cuts                        in the LM
+    evs                     temporal change of each patch (pixels), rate 1 − k            before the LM
+    evs+progressive         EVS at keep √k, then progressive at average keep √k           both
+
+Every in-LM method is solved to the same *average* budget (mean share of visual tokens carried per block,
+see :mod:`hybridreduce.schedule`); EVS carries ``k`` of the tokens through every block, so its average is
+``k`` too. A method whose layout keeps every token up to a late first cut cannot carry so few on average:
+FastV (cut after block 2, the first attention block), attention-only progressive (first cut after the
+first attention block) and PyramidDrop (first quarter of the depth) at ``k ≤ 0.25`` on the 12-block toy
+model. Those rows run at *final* keep ``k`` instead (the share kept after the last cut), are marked
+``final`` in the table, and carry more tokens on average than ``k``; the ``avg keep`` column says how many.
+That early cuts need Mamba-derived scores is the point of the hybrid method: a hybrid model has few
+attention blocks, and the first one may sit a quarter of the way down.
+
+Reported per (method, k): multiple-choice accuracy (overall and per question type), prefill speed-up
+(wall time of the same forwards at full tokens over this method's, scoring and EVS selection included;
+CPU timings of a 0.8 M-parameter model, so read them as relative), the average number of visual tokens
+a block carries, and the share of each question's ground-truth relevant tokens still present in the
+last block (``relevant_kept``).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..adapters import get_adapter
+from ..engine import reduce
+from ..errors import InputError
+from ..schedule import Schedule
+from .data import ToyConfig, ToyDataset, chance_level
+from .model import ToyVLM
+from .train import AnswerSheet, accuracy_table, evs_inputs, spec_from_dict
+
+#: The embedded checkpoint (``hybridreduce train-toy --config configs/toy.yaml --out <this>``).
+CHECKPOINT = Path(__file__).parent / "checkpoint"
+
+METHODS = (
+    "progressive",
+    "progressive-exact",
+    "progressive-attn-only",
+    "fastv",
+    "pyramiddrop",
+    "random",
+    "evs",
+    "evs+progressive",
+)
+KEEPS = (0.5, 0.25, 0.125)
+
+
+def load_toy(path: str | Path | None = None) -> tuple[ToyVLM, ToyConfig]:
+    """The toy VLM of a ``train-toy`` output directory (default: the shipped one) and its benchmark config."""
+    path = Path(path) if path is not None else CHECKPOINT
+    if not (path / "config.json").is_file() or not (path / "train_config.yaml").is_file():
+        raise InputError(
+            f"{path} is not a train-toy checkpoint (needs config.json, model.safetensors and train_config.yaml); "
+            "make one with `hybridreduce train-toy --config configs/toy.yaml --out DIR`"
+        )
+    import yaml
+
+    spec = spec_from_dict(yaml.safe_load((path / "train_config.yaml").read_text()), str(path / "train_config.yaml"))
+    model = ToyVLM.from_pretrained(path).eval()
+    return model, spec.data
+
+
+def schedule_for(method: str, keep: float, model: ToyVLM, budget: str = "average") -> Schedule:
+    """The in-LM schedule of a method at keep ``keep`` (an average or a final budget)."""
+    if method in ("progressive", "progressive-exact"):
+        return Schedule.preset("progressive", keep=keep, budget=budget)
+    if method == "progressive-attn-only":
+        first_attn = get_adapter(model).kinds.index("attn")  # attention scores exist only from here on
+        return Schedule.preset("progressive", keep=keep, budget=budget, score="attention", first_prune=first_attn + 1)
+    if method in ("fastv", "pyramiddrop", "random"):
+        return Schedule.preset(method, keep=keep, budget=budget)
+    raise InputError(f"{method!r} has no in-LM schedule; methods: {METHODS}")
+
+
+def feasible_schedule(method: str, keep: float, model: ToyVLM) -> tuple[Schedule, str]:
+    """The method's schedule at average keep ``keep`` or, where its layout cannot carry so few tokens on
+    average (every token passes the blocks before its first cut), at final keep ``keep``; and a note."""
+    blocks = get_adapter(model).num_blocks
+    try:
+        sched = schedule_for(method, keep, model)
+        sched.resolve(blocks)
+        return sched, ""
+    except InputError as exc:
+        sched = schedule_for(method, keep, model, budget="final")
+        sched.resolve(blocks)
+        return sched, f"average budget infeasible ({exc}); run with final keep {keep:g}"
+
+
+@dataclass
+class MethodResult:
+    """One row of the demo table."""
+
+    method: str
+    keep: float
+    accuracy: float | None
+    per_type: dict = field(default_factory=dict)
+    speedup: float | None = None
+    seconds: float | None = None
+    visual_tokens: float | None = None  # visual tokens a block carries, averaged over blocks and samples
+    achieved_keep: float | None = None
+    relevant_kept: float | None = None
+    block_visual: list[float] | None = None
+    n: int = 0
+    note: str = ""
+
+    def to_dict(self) -> dict:
+        return {k: v for k, v in self.__dict__.items()}
+
+
+def _forward_logits(model: ToyVLM, batch: dict, method: str, keep: float, scorer: str | None):
+    """``(logits (b, vocab), block_visual (blocks,), relevant_kept (b,))`` of one batch under one method."""
+    relevant = batch["relevant_mask"]
+    n_blocks = get_adapter(model).num_blocks
+    if method == "full":
+        out = model(batch["input_ids"], pixel_values=batch["pixels"], attention_mask=batch["attention_mask"])
+        V = int(batch["visual_mask"][0].sum())
+        return out.logits[:, -1], [V] * n_blocks, torch.ones(relevant.shape[0])
+    if method in ("evs", "evs+progressive"):
+        stage_keep = keep if method == "evs" else math.sqrt(keep)
+        r = evs_inputs(model, batch, 1.0 - stage_keep)
+        rel = relevant.gather(1, r.kept_index)  # (b, L') relevant flags of the kept rows
+        if method == "evs":
+            out = model(inputs_embeds=r.inputs, attention_mask=r.attention_mask)
+            V = int(r.visual_mask[0].sum())
+            return out.logits[:, -1], [V] * n_blocks, _share(rel, relevant)
+        sched = Schedule.preset("progressive", keep=stage_keep)
+        with reduce(model, sched, visual_mask=r.visual_mask, attention_mask=r.attention_mask) as red:
+            out = model(inputs_embeds=r.inputs, attention_mask=r.attention_mask)
+        last = red.kept_positions[max(red.kept_positions)]  # (b, k) positions in the EVS-reduced sequence
+        return out.logits[:, -1], red.block_visual, _share(rel.gather(1, last), relevant)
+    with reduce(model, feasible_schedule(method, keep, model)[0], scorer=scorer) as red:
+        out = model(batch["input_ids"], pixel_values=batch["pixels"], attention_mask=batch["attention_mask"])
+    last = red.kept_positions[max(red.kept_positions)]
+    return out.logits[:, -1], red.block_visual, _share(relevant.gather(1, last), relevant)
+
+
+def _share(kept: torch.Tensor, relevant: torch.Tensor) -> torch.Tensor:
+    """``(b,)`` relevant tokens kept over relevant tokens in the prompt."""
+    return kept.sum(1).float() / relevant.sum(1).clamp(min=1).float()
+
+
+@torch.no_grad()
+def evaluate_method(
+    model: ToyVLM, batches: list[dict], method: str, keep: float, sheet: AnswerSheet, progress=None
+) -> MethodResult:
+    """Accuracy, time and kept tokens of one method at one budget over pre-built batches."""
+    scorer = "exact" if method == "progressive-exact" else None
+    correct, qtypes, blocks, rel, seconds = [], [], [], [], 0.0
+    for batch in batches:
+        start = time.perf_counter()
+        logits, block_visual, relevant_kept = _forward_logits(model, batch, method, keep, scorer)
+        seconds += time.perf_counter() - start
+        chosen = sheet.choose(logits.float(), batch["qtype"])
+        correct += (chosen == batch["answer_index"]).tolist()
+        qtypes += batch["qtype"]
+        blocks.append(torch.tensor(block_visual, dtype=torch.float64) * len(batch["qtype"]))
+        rel.append(relevant_kept)
+        if progress is not None:
+            progress(len(batch["qtype"]))
+    n = len(correct)
+    table = accuracy_table(correct, qtypes)
+    block_visual = (torch.stack(blocks).sum(0) / n).tolist()
+    V = int(batches[0]["visual_mask"][0].sum())
+    mean_visual = sum(block_visual) / len(block_visual)
+    return MethodResult(
+        method=method,
+        keep=keep,
+        accuracy=table["accuracy"],
+        per_type={q: r["accuracy"] for q, r in table["per_type"].items()},
+        seconds=seconds,
+        visual_tokens=mean_visual,
+        achieved_keep=mean_visual / V,
+        relevant_kept=float(torch.cat(rel).mean()),
+        block_visual=block_visual,
+        n=n,
+    )
+
+
+def run_demo(
+    checkpoint: str | Path | None = None,
+    size: int = 1024,
+    keeps: tuple[float, ...] = KEEPS,
+    methods: tuple[str, ...] = METHODS,
+    batch_size: int = 64,
+    progress: bool = True,
+) -> dict:
+    """Evaluate every method at every keep on ``size`` questions of the test split.
+
+    Returns:
+        ``{"results": [MethodResult.to_dict(), ...], "full_accuracy", "chance", "n_visual", "config"}``; the
+        first result is ``full`` (keep 1.0), whose seconds every speed-up divides.
+    """
+    from tqdm.auto import tqdm
+
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise InputError(f"unknown demo methods {unknown}; choose from {METHODS}")
+    bad = [k for k in keeps if not 0 < k < 1]
+    if bad:
+        raise InputError(f"demo keep fractions must lie in (0, 1), got {bad}")
+    model, data = load_toy(checkpoint)
+    dataset = ToyDataset(data, "test", size)
+    sheet = AnswerSheet(dataset.vocab)
+    batches = [dataset.batch(range(s, min(s + batch_size, size))) for s in range(0, size, batch_size)]
+    runs = [("full", 1.0)] + [(m, k) for k in keeps for m in methods]
+    bar = tqdm(total=len(runs) * size, desc="demo", unit="q", disable=not progress, dynamic_ncols=True)
+    evaluate_method(model, batches[:1], "full", 1.0, sheet)  # warm-up: the first forward pays one-off costs
+    results: list[MethodResult] = []
+    for method, keep in runs:
+        bar.set_postfix_str(f"{method} k={keep}")
+        result = evaluate_method(model, batches, method, keep, sheet, progress=bar.update)
+        if method not in ("full", "evs", "evs+progressive"):
+            result.note = feasible_schedule(method, keep, model)[1]
+        results.append(result)
+    bar.close()
+    full = results[0]
+    for r in results:
+        if r.seconds:
+            r.speedup = full.seconds / r.seconds
+    return {
+        "results": [r.to_dict() for r in results],
+        "full_accuracy": full.accuracy,
+        "chance": chance_level(data),
+        "n_visual": data.n_visual,
+        "n_questions": size,
+        "block_kinds": get_adapter(model).kinds,
+        "checkpoint": str(checkpoint or CHECKPOINT),
+    }
+
+
+# --- reporting ------------------------------------------------------------------------------------------------
+
+COLUMNS = ("method", "keep", "accuracy", "speedup", "achieved_keep", "visual_tokens", "relevant_kept")
+
+
+def format_table(summary: dict) -> str:
+    """The demo table as aligned text (accuracy in %, relative to full tokens in brackets)."""
+    full = summary["full_accuracy"]
+    head = f"{'method':<22} {'keep':>6} {'budget':>7} {'accuracy':>14} {'speed-up':>9} {'avg keep':>9}"
+    head += f" {'relevant kept':>14}"
+    lines = [head, "-" * len(head)]
+    for r in summary["results"]:
+        budget = "final" if r["note"].startswith("average budget infeasible") else "average"
+        acc = f"{100 * r['accuracy']:.1f}% ({100 * r['accuracy'] / full:.0f}%)"
+        lines.append(
+            f"{r['method']:<22} {r['keep']:>6.3f} {budget:>7} {acc:>14} {r['speedup']:>8.2f}x "
+            f"{r['achieved_keep']:>9.3f} {100 * r['relevant_kept']:>13.1f}%"
+        )
+    return "\n".join(lines)
+
+
+def write_outputs(summary: dict, out_dir: str | Path) -> list[Path]:
+    """``summary.json``, ``results.csv`` and the plots (PNG + PDF) into ``out_dir``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [out / "summary.json", out / "results.csv"]
+    paths[0].write_text(json.dumps(summary, indent=2) + "\n")
+    qtypes = sorted({q for r in summary["results"] for q in r["per_type"]})
+    with paths[1].open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow([*COLUMNS, *(f"accuracy_{q}" for q in qtypes), "note"])
+        for r in summary["results"]:
+            w.writerow(
+                [r[c] for c in COLUMNS] + [r["achieved_keep"], *(r["per_type"].get(q) for q in qtypes), r["note"]]
+            )
+    paths += plot_summary(summary, out)
+    return paths
+
+
+def plot_summary(summary: dict, out: Path) -> list[Path]:
+    """Accuracy vs keep, relevant tokens kept vs keep, and visual tokens per block at one keep."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in summary["results"] if r["method"] != "full"]
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    colours = {m: plt.cm.tab10(i % 10) for i, m in enumerate(methods)}
+    paths = []
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for ax, key, label in (
+        (axes[0], "accuracy", "held-out accuracy"),
+        (axes[1], "relevant_kept", "ground-truth relevant tokens kept (last block)"),
+    ):
+        for m in methods:
+            pts = sorted((r["keep"], r[key]) for r in rows if r["method"] == m)
+            ax.plot(*zip(*pts, strict=True), marker="o", label=m, color=colours[m])
+        if key == "accuracy":
+            ax.axhline(summary["full_accuracy"], color="black", ls="--", lw=1, label="full tokens")
+            chance = sum(summary["chance"].values()) / len(summary["chance"])
+            ax.axhline(chance, color="grey", ls=":", lw=1, label="chance")
+        ax.set_xscale("log", base=2)
+        keeps = sorted({r["keep"] for r in rows})
+        ax.set_xticks(keeps, [f"{k:g}" for k in keeps])
+        ax.set_xlabel("average share of visual tokens kept per block")
+        ax.set_ylabel(label)
+        ax.set_ylim(0, 1.02)
+        ax.grid(alpha=0.3)
+    axes[0].set_title("Accuracy vs budget")
+    axes[1].set_title("Relevant tokens that survive to the last block")
+    axes[1].legend(fontsize=8, loc="lower right")
+    n, V = summary["n_questions"], summary["n_visual"]
+    fig.suptitle(f"Toy hybrid video VLM, {n} held-out questions, {V} visual tokens per video")
+    fig.tight_layout()
+    paths += _save(fig, out / "accuracy_vs_keep")
+    plt.close(fig)
+
+    keep = 0.25 if any(r["keep"] == 0.25 for r in rows) else sorted({r["keep"] for r in rows})[0]
+    fig, ax = plt.subplots(figsize=(8, 4))
+    for r in rows:
+        if r["keep"] == keep:
+            blocks = range(len(r["block_visual"]))
+            ax.step(blocks, r["block_visual"], where="mid", label=r["method"], color=colours[r["method"]])
+    kinds = summary.get("block_kinds")
+    if kinds:
+        ax.set_xticks(range(len(kinds)), [f"{i}\n{k}" for i, k in enumerate(kinds)], fontsize=7)
+    ax.set_xlabel("block (index and kind)")
+    ax.set_ylabel("visual tokens carried")
+    ax.set_title(f"Visual tokens per block at average keep {keep:g}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    paths += _save(fig, out / "tokens_per_block")
+    plt.close(fig)
+    return paths
+
+
+def _save(fig, stem: Path) -> list[Path]:
+    paths = [stem.with_suffix(".png"), stem.with_suffix(".pdf")]
+    fig.savefig(paths[0], dpi=130)
+    fig.savefig(paths[1])
+    return paths

@@ -1,0 +1,223 @@
+"""train-toy and the demo on a tiny toy model: training batches, a few steps, the run files, the demo table."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from hybridreduce import InputError, reduce
+from hybridreduce.cli import main
+from hybridreduce.toy import PALETTE, ToyDataset
+from hybridreduce.toy.data import follow_up_questions, quadrant, time_bin
+from hybridreduce.toy.demo import METHODS, format_table, load_toy, run_demo, write_outputs
+from hybridreduce.toy.model import ToyVLM
+from hybridreduce.toy.train import (
+    AnswerSheet,
+    build_model,
+    spec_from_dict,
+    train,
+    training_batch,
+    training_loss,
+)
+
+TINY = {
+    "data": {"frames": 16, "height": 16, "width": 16, "n_events": [4, 5], "event_len": [2, 2], "seed": 3},
+    "model": {
+        "vision_hidden": 16,
+        "text": {
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "head_dim": 16,
+            "num_attention_heads": 2,
+            "num_key_value_heads": 1,
+            "mamba_num_heads": 2,
+            "mamba_head_dim": 16,
+            "ssm_state_size": 8,
+            "chunk_size": 16,
+        },
+    },
+    "train": {"steps": 3, "batch_size": 4, "follow_ups": 2, "evs_prob": 0.5, "warmup": 1, "log_every": 1},
+}
+
+
+def _spec(**train):
+    raw = json.loads(json.dumps(TINY))
+    raw["train"].update(train)
+    return spec_from_dict(raw)
+
+
+@pytest.fixture(scope="module")
+def spec():
+    return _spec()
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, spec):
+    out = tmp_path_factory.mktemp("toy_run")
+    spec.train.eval_every, spec.train.eval_size, spec.train.test_size = 2, 8, 8
+    train(spec, out, progress=False, command="pytest")
+    return out
+
+
+def test_follow_up_questions_are_answered_by_the_video(spec):
+    ds = ToyDataset(spec.data, "train", 24)
+    rng = np.random.default_rng(0)
+    p = spec.data.patch
+    seen = set()
+    for sample in ds:
+        for words, qtype, answer in follow_up_questions(sample, spec.data, rng, 6):
+            seen.add(qtype)
+            events = [e for e in sample.events if e.colour in words]
+            if qtype == "colour":
+                t, cell = int(words[5]), words[7]
+                r, c = int(cell[1]), int(cell[3])
+                centre = sample.video[t, r * p + p // 2, c * p + p // 2]
+                assert tuple(centre) == PALETTE[answer]
+            elif qtype == "count":
+                assert int(answer) == len(events) >= 2
+            else:
+                assert len(events) == 1
+                e = events[0]
+                expected = f"bin{time_bin(spec.data, e.start)}" if qtype == "when" else "r{}c{}".format(*e.cells[0])
+                if qtype == "where" and spec.data.where_answer == "quadrant":
+                    expected = quadrant(spec.data, *e.cells[0])
+                assert answer == expected
+    assert seen == {"colour", "when", "where", "count"}
+
+
+def test_training_batch_layout(spec):
+    ds = ToyDataset(spec.data, "train", 8)
+    batch = training_batch(ds, [0, 1, 2], follow_ups=3, rng=np.random.default_rng(0))
+    marker = ds.vocab.answer_marker_id
+    ids = batch["input_ids"]
+    assert batch["targets"].shape == (3, 4)
+    assert ((ids == marker).sum(1) == 4).all() and (ids[:, -1] == marker).all()
+    for k in range(3):
+        enc = ds.encoded(k)
+        real = ids[k][batch["attention_mask"][k].bool()]
+        n = int(enc["attention_mask"].sum())
+        assert torch.equal(real[:n], enc["input_ids"][-n:])  # the dataset's own question comes first
+        assert batch["targets"][k, 0] == enc["answer_id"]
+        # the token after each non-final <answer> is that question's target
+        after = real[1:][real[:-1] == marker]
+        assert torch.equal(after, batch["targets"][k, :-1])
+    assert torch.equal(batch["visual_mask"], ids == ds.vocab.video_id)
+
+
+def test_a_few_training_steps_lower_the_loss(spec):
+    model = build_model(spec).train()
+    ds = ToyDataset(spec.data, "train", 16)
+    batch = training_batch(ds, range(16), follow_ups=2, rng=np.random.default_rng(0))
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(8):
+        loss = training_loss(model, batch)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.85 * losses[0], losses
+    assert torch.isfinite(training_loss(model, batch, evs_rate=0.6))  # the EVS-uptraining path runs
+
+
+def test_train_writes_a_loadable_run(run_dir, spec):
+    names = {p.name for p in run_dir.iterdir()}
+    assert {"model.safetensors", "config.json", "train_config.yaml", "train_log.jsonl", "eval.json"} <= names
+    log = [json.loads(line) for line in (run_dir / "train_log.jsonl").read_text().splitlines()]
+    assert log[0]["event"] == "start" and log[0]["command"] == "pytest"
+    steps = [r["step"] for r in log if r["event"] == "train"]
+    assert steps == [1, 2, 3] and all(np.isfinite(r["loss"]) for r in log if r["event"] == "train")
+    assert [r["step"] for r in log if r["event"] == "eval" and r.get("split") == "val"] == [2, 3]
+    final = json.loads((run_dir / "eval.json").read_text())
+    assert final["split"] == "test" and final["n"] == 8 and 0 <= final["accuracy"] <= 1
+    model, data = load_toy(run_dir)
+    assert data == spec.data and isinstance(model, ToyVLM)
+
+
+def test_train_is_seeded(tmp_path, run_dir):
+    spec = _spec()
+    spec.train.eval_every, spec.train.eval_size, spec.train.test_size = 2, 8, 8
+    train(spec, tmp_path, progress=False, command="pytest")
+    assert (tmp_path / "model.safetensors").read_bytes() == (run_dir / "model.safetensors").read_bytes()
+
+
+def test_bad_training_configs():
+    with pytest.raises(InputError, match="unknown sections"):
+        spec_from_dict({"optim": {}})
+    with pytest.raises(InputError, match="unknown settings"):
+        spec_from_dict({"train": {"stepz": 3}})
+    with pytest.raises(InputError, match="follow_ups"):
+        spec_from_dict({"train": {"follow_ups": -1}})
+    with pytest.raises(InputError, match="evs_max_rate"):
+        spec_from_dict({"train": {"evs_max_rate": 1.0}})
+    with pytest.raises(InputError, match="not a train-toy checkpoint"):
+        load_toy("/nonexistent")
+
+
+def test_reduce_reads_the_visual_mask_from_the_model(run_dir):
+    model, data = load_toy(run_dir)
+    batch = ToyDataset(data, "test", 4).batch(range(4))
+    args = dict(pixel_values=batch["pixels"], attention_mask=batch["attention_mask"])
+    with torch.no_grad():
+        with reduce(model, "progressive") as implicit:
+            a = model(batch["input_ids"], **args).logits
+        with reduce(model, "progressive", visual_mask=batch["visual_mask"]) as explicit:
+            b = model(batch["input_ids"], **args).logits
+        assert torch.equal(a, b)
+        assert all(torch.equal(implicit.kept_positions[p], explicit.kept_positions[p]) for p in explicit.kept_positions)
+        embeds = model.embed(batch["input_ids"], batch["pixels"])
+        with reduce(model, "progressive"), pytest.raises(InputError, match="no input_ids"):
+            model(inputs_embeds=embeds, attention_mask=batch["attention_mask"])
+
+
+def test_answer_sheet_is_multiple_choice(spec):
+    ds = ToyDataset(spec.data, "test", 4)
+    sheet = AnswerSheet(ds.vocab)
+    batch = ds.batch(range(4))
+    logits = torch.zeros(4, ds.vocab.size)
+    logits[:, ds.vocab.pad_id] = 10.0  # a non-candidate word is never chosen
+    for i, q in enumerate(batch["qtype"]):
+        logits[i, sheet.candidates[q][batch["answer_index"][i]]] = 1.0
+    assert torch.equal(sheet.choose(logits, batch["qtype"]), batch["answer_index"])
+
+
+def test_demo_runs_every_method(run_dir, tmp_path):
+    summary = run_demo(run_dir, size=8, keeps=(0.5, 0.25), batch_size=4, progress=False)
+    rows = summary["results"]
+    assert rows[0]["method"] == "full" and rows[0]["speedup"] == 1.0 and rows[0]["relevant_kept"] == 1.0
+    assert [(r["method"], r["keep"]) for r in rows[1:]] == [(m, k) for k in (0.5, 0.25) for m in METHODS]
+    for r in rows[1:]:
+        assert 0 <= r["accuracy"] <= 1 and r["speedup"] > 0 and 0 <= r["relevant_kept"] <= 1
+        if r["note"]:  # a layout that cannot meet the average budget runs at the final budget, and says so
+            assert r["method"] in ("fastv", "pyramiddrop", "progressive-attn-only") and r["keep"] == 0.25, r
+            assert r["achieved_keep"] > r["keep"] + 0.05
+        else:
+            assert abs(r["achieved_keep"] - r["keep"]) < 0.05, r  # every other method meets the average budget
+    assert {r["method"] for r in rows if r["note"]} == {"fastv", "pyramiddrop", "progressive-attn-only"}
+    table = format_table(summary)
+    assert "evs+progressive" in table and "final" in table
+    paths = write_outputs(summary, tmp_path)
+    for p in paths:
+        assert p.stat().st_size > 1000, p
+    assert json.loads((tmp_path / "summary.json").read_text())["results"][0]["method"] == "full"
+
+
+def test_cli_train_toy_and_demo(tmp_path, capsys):
+    cfg = tmp_path / "toy.yaml"
+    import yaml
+
+    raw = json.loads(json.dumps(TINY))
+    raw["train"].update({"eval_every": 1, "eval_size": 4, "test_size": 4})
+    cfg.write_text(yaml.safe_dump(raw))
+    run = tmp_path / "run"
+    assert main(["train-toy", "--config", str(cfg), "--out", str(run), "--steps", "1", "--no-progress"]) == 0
+    assert "held-out" in capsys.readouterr().out
+    out = tmp_path / "demo"
+    code = main(["demo", "--checkpoint", str(run), "--quick", "--size", "4", "--out", str(out), "--no-progress"])
+    assert code == 0
+    text = capsys.readouterr().out
+    assert "progressive" in text and (out / "summary.json").is_file() and (out / "accuracy_vs_keep.png").is_file()
+    assert main(["train-toy", "--config", str(tmp_path / "missing.yaml"), "--out", str(run)]) == 2
