@@ -66,7 +66,7 @@ class ToyVisionEncoder(nn.Module):
         super().__init__()
         dv, p = config.vision_hidden, config.patch
         self.patch = p
-        self.patch_embed = nn.Linear(3 * p * p, dv)
+        self.patch_embed = nn.Linear(2 * 3 * p * p, dv)  # the patch and its change from the video's median frame
         self.frame_embed = nn.Embedding(config.frames, dv)
         self.row_embed = nn.Embedding(config.rows, dv)
         self.col_embed = nn.Embedding(config.cols, dv)
@@ -75,8 +75,15 @@ class ToyVisionEncoder(nn.Module):
         self.rows, self.cols = config.rows, config.cols
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        """pixels: ``(b, T, 3, H, W)`` in ``[0, 1]`` → ``(b, V, d_v)``."""
-        x = self.patch_embed(patchify(pixels, self.patch))
+        """pixels: ``(b, T, 3, H, W)`` in ``[0, 1]`` → ``(b, V, d_v)``.
+
+        Each patch is embedded together with its difference from the same patch of the video's per-pixel
+        temporal median (the static background, in a video whose events are short): background patches
+        then look alike whatever the video's texture, and what moves or appears stands out.
+        """
+        background = pixels.median(dim=1, keepdim=True).values  # (b, 1, 3, H, W)
+        x = torch.cat([patchify(pixels, self.patch), patchify(pixels - background, self.patch)], dim=-1)
+        x = self.patch_embed(x)
         # (t, r, c) of each visual token in frame-major order (computed here, not kept as a buffer:
         # from_pretrained materialises modules from the meta device and never fills non-persistent buffers).
         idx = torch.arange(x.shape[1], device=x.device)
@@ -116,7 +123,13 @@ class ToyVLM(PreTrainedModel, GenerationMixin):
             return embeds
         mask = self.visual_mask(input_ids)
         counts = mask.sum(dim=1)
-        V = self.config.n_visual
+        frames = pixel_values.shape[1]  # a video may be shorter than config.frames (the frame embeddings it has)
+        if frames > self.config.frames:
+            raise InputError(
+                f"the video has {frames} frames but the model has frame embeddings for {self.config.frames}; "
+                f"sample at most {self.config.frames} frames"
+            )
+        V = frames * self.config.rows * self.config.cols
         if bool((counts != V).any()):
             raise InputError(
                 f"every sample needs {V} <video> tokens (frames × rows × cols) for its pixel_values, got "
