@@ -74,11 +74,11 @@ def oracle(sample: Sample, cfg: ToyConfig) -> str:
 
 def test_config_derived_fields():
     assert (CFG.rows, CFG.cols, CFG.tokens_per_frame, CFG.n_visual) == (4, 4, 16, 512)
-    assert CFG.max_question_len == 9
-    assert CFG.seq_len == 1 + 32 * (1 + 16) + 9 + 1
+    assert CFG.max_question_len == 8
+    assert CFG.seq_len == 1 + 32 * (1 + 16) + 8 + 1
     assert (SMALL.rows, SMALL.cols, SMALL.n_visual) == (3, 4, 16 * 12)
     assert ToyConfig(qtypes=["count"]).qtypes == ("count",)  # lists become tuples
-    assert ToyConfig(qtypes=["count"]).max_question_len == 6
+    assert ToyConfig(qtypes=["count"]).max_question_len == 5
 
 
 @pytest.mark.parametrize(
@@ -407,7 +407,7 @@ def test_vocab():
     vocab = Vocab(CFG)
     assert [vocab.pad_id, vocab.bos_id, vocab.video_id, vocab.frame_id, vocab.answer_marker_id] == [0, 1, 2, 3, 4]
     assert vocab.decode([0, 1, 2, 3, 4]) == ["<pad>", "<bos>", "<video>", "<frame>", "<answer>"]
-    words = ["how", "many", "red", "shapes", "appeared", "?"]
+    words = ["how", "many", "red", "shapes", "appeared"]
     assert vocab.decode(torch.tensor(vocab.encode(words))) == words
     assert vocab.size == len(vocab) == len(set(vocab.words))
     assert "31" in vocab.words and "r3c3" in vocab.words and "bin3" in vocab.words

@@ -15,10 +15,10 @@ Question types, their answers and their relevant tokens (the chance level is one
 candidates; answers are drawn uniformly, and :class:`ToyDataset` balances them exactly)::
 
     type    question (words)                               answer                   candidates    chance
-    colour  what colour was at frame 17 cell r1c2 ?        colour word              len(colours)  1/8
-    when    when did the red shape appear ?                time bin of first frame  time_bins     1/4
-    where   where did the red shape appear ?               cell of first frame      R·C (or 4)    1/16 (1/4)
-    count   how many red shapes appeared ?                 number                   count_range   1/4
+    colour  what colour was at frame 17 cell r1c2          colour word              len(colours)  1/8
+    when    when did the red shape appear                  time bin of first frame  time_bins     1/4
+    where   where did the red shape appear                 cell of first frame      R·C (or 4)    1/16 (1/4)
+    count   how many red shapes appeared                   number                   count_range   1/4
 
     relevant tokens: colour → the one asked (t, r, c); when / where → every token of that shape (its
     first token alone suffices); count → every token of every shape of that colour.
@@ -26,6 +26,10 @@ candidates; answers are drawn uniformly, and :class:`ToyDataset` balances them e
 Chance is for a model that knows only the question (defaults in brackets: ``where_answer="quadrant"``).
 A model that sees which colours are present but not where does better on ``colour`` (about one over
 the number of events, ~1/4.5 at defaults): the asked cell always holds one of the present colours.
+
+Questions end on their key words (no question mark), so the words that name what to look for — the
+colour, the frame and cell — sit within the last four tokens before ``<answer>``, inside the reach of a
+Mamba block's short convolution at that position.
 
 Sequence layout (:func:`encode_sample`), every sample of one config has the same length ``L``::
 
@@ -89,7 +93,7 @@ QUESTION_WORDS = (
     "?",
 )
 #: Longest question of each type, in words.
-QUESTION_LEN = {"colour": 9, "when": 7, "where": 7, "count": 6}
+QUESTION_LEN = {"colour": 8, "when": 6, "where": 6, "count": 5}
 
 #: A distractor event that finds no free place after this many draws is dropped (never at the defaults).
 MAX_PLACEMENT_TRIES = 200
@@ -593,7 +597,7 @@ def make_sample(
         if any(e is None for e in targets):  # unreachable: targets never overlap in time
             raise AssertionError("a count target did not fit")
         relevant = [tok for e in targets for tok in e.tokens]
-        question = ["how", "many", colour, "shapes", "appeared", "?"]
+        question = ["how", "many", colour, "shapes", "appeared"]
     else:
         total = int(rng.integers(lo_ev, hi_ev + 1))
         if qtype == "colour":
@@ -625,10 +629,10 @@ def make_sample(
             i = int(rng.integers(target.length))
             t, r, c = target.tokens[i]
             relevant = [(t, r, c)]
-            question = ["what", "colour", "was", "at", "frame", str(t), "cell", cell_word(r, c), "?"]
+            question = ["what", "colour", "was", "at", "frame", str(t), "cell", cell_word(r, c)]
         else:
             relevant = target.tokens
-            question = [qtype, "did", "the", colour, "shape", "appear", "?"]
+            question = [qtype, "did", "the", colour, "shape", "appear"]
 
     events = sorted(canvas.events, key=lambda e: (e.start, e.colour, e.cells))
     background = _background(cfg, rng)
@@ -664,11 +668,11 @@ def follow_up_questions(sample: Sample, cfg: ToyConfig, rng: np.random.Generator
         if qtype == "colour":
             event = sample.events[rng.integers(len(sample.events))]
             t, r, c = event.tokens[rng.integers(event.length)]
-            words = ["what", "colour", "was", "at", "frame", str(t), "cell", cell_word(r, c), "?"]
+            words = ["what", "colour", "was", "at", "frame", str(t), "cell", cell_word(r, c)]
             out.append((words, qtype, event.colour))
         elif qtype == "count":
             colour = countable[rng.integers(len(countable))]
-            out.append((["how", "many", colour, "shapes", "appeared", "?"], qtype, str(len(per_colour[colour]))))
+            out.append((["how", "many", colour, "shapes", "appeared"], qtype, str(len(per_colour[colour]))))
         else:
             colour = single[rng.integers(len(single))]
             event = per_colour[colour][0]
@@ -677,7 +681,7 @@ def follow_up_questions(sample: Sample, cfg: ToyConfig, rng: np.random.Generator
             else:
                 r, c = event.cells[0]
                 answer = quadrant(cfg, r, c) if cfg.where_answer == "quadrant" else cell_word(r, c)
-            out.append(([qtype, "did", "the", colour, "shape", "appear", "?"], qtype, answer))
+            out.append(([qtype, "did", "the", colour, "shape", "appear"], qtype, answer))
     return out
 
 
@@ -716,9 +720,13 @@ class ToyDataset:
         split: ``"train"``, ``"val"`` or ``"test"``.
         size: number of items, ``≥ 1``.
         balanced: stratify question types and answers (see above).
+        vocab: the vocabulary to encode with (default ``Vocab(cfg)``); a superset, such as the vocabulary of a
+            longer-video config, keeps the ids of a model trained on it (train-toy's short-video curriculum).
     """
 
-    def __init__(self, cfg: ToyConfig, split: str = "train", size: int = 1000, balanced: bool = True):
+    def __init__(
+        self, cfg: ToyConfig, split: str = "train", size: int = 1000, balanced: bool = True, vocab: Vocab | None = None
+    ):
         if not isinstance(cfg, ToyConfig):
             raise InputError(f"ToyDataset needs a ToyConfig, got {type(cfg).__name__}")
         if split not in SPLITS:
@@ -726,7 +734,10 @@ class ToyDataset:
         if isinstance(size, bool) or not isinstance(size, numbers.Integral) or size < 1:
             raise InputError(f"size must be a positive integer (the number of samples), got {size!r}")
         self.cfg, self.split, self.size, self.balanced = cfg, split, int(size), bool(balanced)
-        self.vocab = Vocab(cfg)
+        self.vocab = Vocab(cfg) if vocab is None else vocab
+        missing = [w for w in Vocab(cfg).words if w not in vocab.words] if vocab is not None else []
+        if missing:
+            raise InputError(f"the given vocab lacks words of this config: {missing[:5]}; use Vocab(cfg)")
 
     def __len__(self) -> int:
         return self.size
