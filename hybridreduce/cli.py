@@ -152,7 +152,12 @@ def cmd_train_toy(args: argparse.Namespace) -> int:
         spec.train.steps = args.steps
         spec.train.__post_init__()
     command = "hybridreduce " + " ".join(sys.argv[1:]) if args.command_line is None else args.command_line
-    result = train(spec, args.out, progress=not args.no_progress, command=command)
+    result = train(
+        spec, args.out, progress=not args.no_progress, command=command, resume=args.resume, max_minutes=args.max_minutes
+    )
+    if result is None:
+        print(f"stopped after --max-minutes {args.max_minutes}; continue with the same command plus --resume")
+        return 0
     print(_eval_line(f"held-out ({result['split']}, full tokens)", result))
     print(f"wrote {args.out}/model.safetensors, config.json, train_config.yaml, train_log.jsonl, eval.json")
     return 0
@@ -187,6 +192,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", required=True, metavar="DIR", help="output directory of the checkpoint and logs")
     t.add_argument("--steps", type=int, help="override train.steps (e.g. a short smoke run)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar (logs still go to train_log.jsonl)")
+    t.add_argument("--resume", action="store_true", help="continue the run saved in --out (same config)")
+    t.add_argument("--max-minutes", type=float, help="stop (state saved) at the first evaluation after this long")
     t.add_argument("--command-line", help=argparse.SUPPRESS)
     t.set_defaults(func=cmd_train_toy)
 

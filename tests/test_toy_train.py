@@ -20,7 +20,7 @@ from hybridreduce.toy.train import (
     spec_from_dict,
     train,
     training_batch,
-    training_loss,
+    training_losses,
 )
 
 TINY = {
@@ -114,13 +114,47 @@ def test_a_few_training_steps_lower_the_loss(spec):
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     losses = []
     for _ in range(8):
-        loss = training_loss(model, batch)
+        answer, content = training_losses(model, batch)
+        loss = answer + content
         opt.zero_grad()
         loss.backward()
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < 0.85 * losses[0], losses
-    assert torch.isfinite(training_loss(model, batch, evs_rate=0.6))  # the EVS-uptraining path runs
+    answer, content = training_losses(model, batch, evs_rate=0.6)  # the EVS-uptraining path runs
+    assert torch.isfinite(answer) and torch.isfinite(content) and content > 0
+
+
+def test_content_targets_follow_the_video(spec):
+    ds = ToyDataset(spec.data, "train", 4)
+    batch = training_batch(ds, range(4), follow_ups=0, rng=np.random.default_rng(0))
+    v = ds.vocab
+    for k in range(4):
+        sample = ds[k]
+        expected = torch.full((spec.data.n_visual,), v.video_id)
+        R, C = spec.data.rows, spec.data.cols
+        for e in sample.events:
+            for t, r, c in e.tokens:
+                expected[t * R * C + r * C + c] = v.token_id(e.colour)
+        assert torch.equal(batch["contents"][k], expected)
+
+
+def test_resume_continues_exactly(tmp_path):
+    spec = _spec(steps=4, eval_every=2)
+    spec.train.eval_size = spec.train.test_size = 4
+    whole = train(spec, tmp_path / "whole", progress=False)
+    assert train(spec, tmp_path / "parts", progress=False, max_minutes=0) is None  # stops at the first eval
+    log = [json.loads(line) for line in (tmp_path / "parts" / "train_log.jsonl").read_text().splitlines()]
+    assert log[-1] == {"event": "stop", "step": 2, "reason": "max_minutes=0"}
+    resumed = train(spec, tmp_path / "parts", progress=False, resume=True)
+    assert resumed["accuracy"] == whole["accuracy"]
+    a = ToyVLM.from_pretrained(tmp_path / "whole").state_dict()
+    b = ToyVLM.from_pretrained(tmp_path / "parts").state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(InputError, match="nothing to resume"):
+        train(spec, tmp_path / "fresh", progress=False, resume=True)
+    with pytest.raises(InputError, match="differs"):
+        train(_spec(steps=5, eval_every=2), tmp_path / "parts", progress=False, resume=True)
 
 
 def test_train_writes_a_loadable_run(run_dir, spec):
@@ -129,7 +163,7 @@ def test_train_writes_a_loadable_run(run_dir, spec):
     log = [json.loads(line) for line in (run_dir / "train_log.jsonl").read_text().splitlines()]
     assert log[0]["event"] == "start" and log[0]["command"] == "pytest"
     steps = [r["step"] for r in log if r["event"] == "train"]
-    assert steps == [1, 2, 3] and all(np.isfinite(r["loss"]) for r in log if r["event"] == "train")
+    assert steps == [1, 2, 3] and all(np.isfinite(r["answer_loss"]) for r in log if r["event"] == "train")
     assert [r["step"] for r in log if r["event"] == "eval" and r.get("split") == "val"] == [2, 3]
     final = json.loads((run_dir / "eval.json").read_text())
     assert final["split"] == "test" and final["n"] == 8 and 0 <= final["accuracy"] <= 1
@@ -221,3 +255,28 @@ def test_cli_train_toy_and_demo(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "progressive" in text and (out / "summary.json").is_file() and (out / "accuracy_vs_keep.png").is_file()
     assert main(["train-toy", "--config", str(tmp_path / "missing.yaml"), "--out", str(run)]) == 2
+
+
+def test_curriculum_trains_on_shorter_videos_first(tmp_path, monkeypatch):
+    raw = json.loads(json.dumps(TINY))
+    raw["data"]["frames"] = 24
+    stages = [{"steps": 1, "data": {"frames": 16}}, {"steps": 1, "data": {"frames": 20}}]
+    raw["train"].update({"steps": 3, "curriculum": stages, "eval_every": 3, "eval_size": 4, "test_size": 4})
+    spec = spec_from_dict(raw)
+    seen = []
+    import hybridreduce.toy.train as train_module
+
+    real = train_module.training_batch
+
+    def spy(dataset, indices, follow_ups, rng):
+        batch = real(dataset, indices, follow_ups, rng)
+        seen.append(batch["pixels"].shape[1])
+        return batch
+
+    monkeypatch.setattr(train_module, "training_batch", spy)
+    train(spec, tmp_path, progress=False)
+    assert seen == [16, 20, 24]
+    with pytest.raises(InputError, match="curriculum"):
+        spec_from_dict({"train": {"steps": 4, "curriculum": [{"steps": 4, "data": {"frames": 16}}]}})
+    with pytest.raises(InputError, match="curriculum"):
+        spec_from_dict({"train": {"curriculum": [[16, 4]]}})

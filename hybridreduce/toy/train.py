@@ -27,7 +27,7 @@ import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -83,6 +83,16 @@ class TrainConfig:
         follow_ups: extra questions about each training video, appended after its answer (``video q1
             <answer> a1 q2 <answer> a2 ...``, see :func:`training_batch`); every ``<answer>`` is supervised,
             so a video forward teaches ``1 + follow_ups`` answers. Evaluation always asks one question.
+        curriculum: optional list of stages ``{"steps": n, "data": {ToyConfig overrides}}`` run first, in
+            order (e.g. ``{"steps": 200, "data": {"frames": 4, "qtypes": ["colour", "where"]}}``): the benchmark
+            with those fields changed, encoded with the full config's vocabulary; the remaining steps use the
+            full config. Short videos make the first retrieval gradients strong (a needle among 64 tokens
+            rather than 512); a model that has learnt to look up a (frame, cell) keeps doing so as the videos
+            grow.
+        content_weight: weight of an auxiliary loss that reads every visual token's content (its shape's
+            colour word, or ``<video>`` for background) from the language model's logits at that token. It
+            is dense supervision (512 labels per video against 8 answers): without it a small model sits at
+            the answer prior for hundreds of steps, because no gradient yet says which tokens matter.
         evs_prob: share of batches trained under EVS (0: never).
         evs_max_rate: the EVS pruning rate of such a batch is uniform in ``[0, evs_max_rate]``.
         log_every: steps between training-loss log lines.
@@ -101,6 +111,8 @@ class TrainConfig:
     weight_decay: float = 0.01
     grad_clip: float = 1.0
     follow_ups: int = 0
+    curriculum: list | None = None
+    content_weight: float = 0.0
     evs_prob: float = 0.0
     evs_max_rate: float = 0.9
     log_every: int = 10
@@ -117,6 +129,23 @@ class TrainConfig:
                 raise InputError(f"train.{name} must be a positive integer, got {value!r}")
         if isinstance(self.follow_ups, bool) or not isinstance(self.follow_ups, int) or self.follow_ups < 0:
             raise InputError(f"train.follow_ups must be an integer >= 0, got {self.follow_ups!r}")
+        stages = self.curriculum or []
+        if not isinstance(stages, list) or any(
+            not isinstance(st, dict)
+            or set(st) - {"steps", "data"}
+            or not isinstance(st.get("steps"), int)
+            or st["steps"] < 1
+            or not isinstance(st.get("data", {}), dict)
+            for st in stages
+        ):
+            raise InputError(
+                f"train.curriculum must be a list of {{steps: n, data: {{ToyConfig overrides}}}} stages, "
+                f"got {self.curriculum!r}"
+            )
+        if sum(st["steps"] for st in stages) >= self.steps:
+            raise InputError(
+                f"train.curriculum stages take all of train.steps = {self.steps}; leave steps for the full config"
+            )
         if not (isinstance(self.lr, (int, float)) and self.lr > 0):
             raise InputError(f"train.lr must be a positive number, got {self.lr!r}")
         if not 0.0 <= self.evs_prob <= 1.0 or not 0.0 <= self.evs_max_rate < 1.0:
@@ -323,10 +352,16 @@ def training_batch(dataset: ToyDataset, indices, follow_ups: int, rng: np.random
         ``(b, L')`` and ``targets`` ``(b, 1 + follow_ups)`` — the answer ids in marker order.
     """
     vocab, cfg = dataset.vocab, dataset.cfg
-    rows, targets, pixels = [], [], []
+    rows, targets, pixels, contents = [], [], [], []
+    tpf = cfg.tokens_per_frame
     for i in indices:
         sample = dataset[int(i)]
         enc = encode_sample(sample, vocab, cfg)
+        content = torch.full((cfg.n_visual,), vocab.video_id, dtype=torch.long)  # background: "<video>"
+        for event in sample.events:
+            for t, r, c in event.tokens:
+                content[t * tpf + r * cfg.cols + c] = vocab.token_id(event.colour)
+        contents.append(content)
         ids = enc["input_ids"][enc["attention_mask"].bool()].tolist()  # without the left padding
         answers = [enc["answer_id"]]
         for words, _, answer in follow_up_questions(sample, cfg, rng, follow_ups):
@@ -347,21 +382,41 @@ def training_batch(dataset: ToyDataset, indices, follow_ups: int, rng: np.random
         "pixels": torch.stack(pixels),
         "visual_mask": input_ids == vocab.video_id,
         "targets": torch.tensor(targets, dtype=torch.long),
+        "contents": torch.stack(contents),
     }
 
 
-def training_loss(model: ToyVLM, batch: dict, evs_rate: float = 0.0) -> torch.Tensor:
-    """Mean cross-entropy of every answer of a :func:`training_batch` (after EVS at ``evs_rate`` if > 0)."""
+def training_losses(
+    model: ToyVLM, batch: dict, evs_rate: float = 0.0, with_content: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(answer, content)`` mean cross-entropies of a :func:`training_batch` (after EVS at ``evs_rate`` if > 0).
+
+    ``answer``: every answer after its ``<answer>`` marker. ``content``: every visual token's content (its
+    shape's colour word or ``<video>``) read from the logits at that token (0 when ``with_content`` is False).
+    """
     marker = model.config.text_config.eos_token_id  # <answer>, see build_model
+    contents = batch["contents"]  # (b, V)
     if evs_rate > 0:
         r = evs_inputs(model, batch, evs_rate)
         ids = batch["input_ids"].gather(1, r.kept_index)
+        kept_visual = r.kept_index[r.visual_mask].view(len(ids), -1)  # (b, K) positions in the full prompt
+        contents = contents.gather(1, _visual_rank(batch["visual_mask"], kept_visual))
         out = model(inputs_embeds=r.inputs, attention_mask=r.attention_mask, use_cache=False)
     else:
         ids = batch["input_ids"]
         out = model(ids, pixel_values=batch["pixels"], attention_mask=batch["attention_mask"], use_cache=False)
     logits = out.logits[ids == marker]  # (b · n_questions, vocab), sample-major, in sequence order
-    return F.cross_entropy(logits.float(), batch["targets"].reshape(-1))
+    answer = F.cross_entropy(logits.float(), batch["targets"].reshape(-1))
+    if not with_content:
+        return answer, torch.zeros(())
+    visual = out.logits[ids == model.config.video_token_id].float()  # (b · V', vocab)
+    return answer, F.cross_entropy(visual, contents.reshape(-1))
+
+
+def _visual_rank(visual_mask: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """``(b, K)`` index among the visual tokens of each of ``positions`` ``(b, K)`` (prompt positions)."""
+    rank = visual_mask.long().cumsum(dim=1) - 1  # (b, L): visual index at visual positions
+    return rank.gather(1, positions)
 
 
 # --- training -------------------------------------------------------------------------------------------------
@@ -390,21 +445,29 @@ def train(
     out_dir: str | Path,
     progress: bool = True,
     command: str | None = None,
-) -> dict:
+    resume: bool = False,
+    max_minutes: float | None = None,
+) -> dict | None:
     """Train a :class:`ToyVLM` on the spec's benchmark and write the run into ``out_dir``.
 
     Training items are ``ToyDataset(spec.data, "train", steps · batch_size)`` in a seeded random order
-    (every question is new); validation uses the ``val`` split, the final held-out evaluation the
-    ``test`` split (different seeds, so different videos).
+    (every question is new; curriculum stages have their own datasets); validation uses the ``val``
+    split, the final held-out evaluation the ``test`` split (different seeds, so different videos).
+
+    At every evaluation the model, the optimiser state and the random state are saved
+    (``trainer_state.pt``), so a run stopped by ``max_minutes`` (or killed) continues with
+    ``resume=True`` exactly where it was saved: resumed and uninterrupted runs give the same weights.
 
     Args:
         spec: the run (see :func:`load_spec`).
         out_dir: where the checkpoint, config, log and final evaluation go (created if needed).
         progress: show a tqdm bar.
         command: the command line to record in the log (what made the checkpoint).
+        resume: continue the run saved in ``out_dir`` (its ``train_config.yaml`` must equal ``spec``).
+        max_minutes: stop at the first evaluation after this much wall time (state saved; resume later).
     Returns:
         The final evaluation (:func:`evaluate` on the test split) with ``steps``, ``seconds`` and
-        ``parameters`` added; the same dict is written to ``eval.json``.
+        ``parameters`` added, also written to ``eval.json``; ``None`` when stopped by ``max_minutes``.
     """
     import yaml
     from tqdm.auto import tqdm
@@ -414,53 +477,75 @@ def train(
     out.mkdir(parents=True, exist_ok=True)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    (out / "train_config.yaml").write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False))
+    state_path = out / "trainer_state.pt"
+    if resume:
+        if not state_path.is_file():
+            raise InputError(f"nothing to resume in {out}: no trainer_state.pt (start the run without --resume)")
+        saved = yaml.safe_load((out / "train_config.yaml").read_text())
+        if saved != yaml.safe_load(yaml.safe_dump(spec.to_dict(), sort_keys=False)):
+            raise InputError(f"{out}/train_config.yaml differs from the given config; resume with the run's own config")
+    else:
+        (out / "train_config.yaml").write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False))
 
     model = build_model(spec)
-    model.train()
     n_params = sum(p.numel() for p in model.parameters())
-    train_set = ToyDataset(spec.data, "train", cfg.steps * cfg.batch_size)
+    stages = _stages(spec)
     val_set = ToyDataset(spec.data, "val", cfg.eval_size)
     rng = np.random.default_rng((cfg.seed, 7))
-    order = rng.permutation(len(train_set))
+    orders = [rng.permutation(len(ds)) for _, ds in stages]
     opt = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.95))
+    done = 0
+    if resume:
+        state = torch.load(state_path, weights_only=False)
+        model.load_state_dict(ToyVLM.from_pretrained(out).state_dict())
+        opt.load_state_dict(state["optimizer"])
+        rng.bit_generator.state = state["rng"]
+        torch.set_rng_state(state["torch_rng"])
+        done = state["step"]
+    model.train()
 
-    log_path = out / "train_log.jsonl"
-    log = log_path.open("w")
+    log = (out / "train_log.jsonl").open("a" if resume else "w")
 
     def write(record: dict) -> None:
         log.write(json.dumps(record) + "\n")
         log.flush()
 
-    write({"event": "start", "command": command, "parameters": n_params, "config": spec.to_dict()})
+    write({"event": "resume" if resume else "start", "step": done, "command": command, "parameters": n_params,
+           "config": spec.to_dict()})  # fmt: skip
     start = time.perf_counter()
-    bar = tqdm(total=cfg.steps, desc="train-toy", disable=not progress, dynamic_ncols=True)
-    running = []
-    for step in range(cfg.steps):
+    bar = tqdm(total=cfg.steps, initial=done, desc="train-toy", disable=not progress, dynamic_ncols=True)
+    running: list[tuple[float, float]] = []
+    for step in range(done, cfg.steps):
         lr = lr_at(step, cfg)
         for group in opt.param_groups:
             group["lr"] = lr
-        idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
+        k = max(i for i, (begin, _) in enumerate(stages) if step >= begin)
+        (first_step, train_set), order = stages[k], orders[k]
+        idx = order[(step - first_step) * cfg.batch_size : (step - first_step + 1) * cfg.batch_size]
         batch = training_batch(train_set, idx, cfg.follow_ups, rng)
         rate = float(rng.uniform(0, cfg.evs_max_rate)) if rng.random() < cfg.evs_prob else 0.0
-        loss = training_loss(model, batch, evs_rate=rate)
+        answer, content = training_losses(model, batch, evs_rate=rate, with_content=cfg.content_weight > 0)
+        loss = answer + cfg.content_weight * content
         if not torch.isfinite(loss):
             raise RuntimeError(f"training loss became {loss.item()} at step {step}; lower train.lr (now {cfg.lr})")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))
         opt.step()
-        running.append(loss.item())
+        running.append((answer.item(), content.item()))
         bar.update(1)
-        bar.set_postfix(loss=f"{np.mean(running[-cfg.log_every :]):.3f}")
+        recent = np.mean(running[-cfg.log_every :], axis=0)
+        bar.set_postfix(answer_loss=f"{recent[0]:.3f}")
         if (step + 1) % cfg.log_every == 0:
             write(
                 {
                     "event": "train",
                     "step": step + 1,
-                    "loss": float(np.mean(running[-cfg.log_every :])),
+                    "answer_loss": float(recent[0]),
+                    "content_loss": float(recent[1]),
                     "lr": lr,
                     "grad_norm": float(grad_norm),
+                    "frames": int(train_set.cfg.frames),
                     "seconds": round(time.perf_counter() - start, 1),
                 }
             )
@@ -469,6 +554,13 @@ def train(
             write({"event": "eval", "split": "val", "step": step + 1, **result})
             bar.write(_eval_line(f"step {step + 1} val", result))
             model.save_pretrained(out)
+            state = {"step": step + 1, "optimizer": opt.state_dict(), "rng": rng.bit_generator.state}
+            torch.save({**state, "torch_rng": torch.get_rng_state()}, state_path)
+            if max_minutes is not None and step + 1 < cfg.steps and time.perf_counter() - start > 60 * max_minutes:
+                write({"event": "stop", "step": step + 1, "reason": f"max_minutes={max_minutes}"})
+                bar.close()
+                log.close()
+                return None
     bar.close()
 
     test_set = ToyDataset(spec.data, "test", cfg.test_size)
@@ -481,6 +573,25 @@ def train(
     (out / "eval.json").write_text(json.dumps(final, indent=2) + "\n")
     model.save_pretrained(out)
     return final
+
+
+def _stages(spec: ToySpec) -> list[tuple[int, ToyDataset]]:
+    """``(first step, training set)`` of every curriculum stage and of the full config, in order."""
+    cfg = spec.train
+    vocab = Vocab(spec.data)
+    stages, first = [], 0
+    for k, stage in enumerate(cfg.curriculum or []):
+        overrides = stage.get("data", {})
+        if overrides.get("frames", 0) > spec.data.frames:
+            raise InputError(f"train.curriculum[{k}] asks for more frames than the benchmark has ({spec.data.frames})")
+        try:
+            short = replace(spec.data, **overrides)
+        except TypeError as exc:
+            raise InputError(f"train.curriculum[{k}].data: {exc}; use ToyConfig fields") from None
+        stages.append((first, ToyDataset(short, "train", stage["steps"] * cfg.batch_size, vocab=vocab)))
+        first += stage["steps"]
+    stages.append((first, ToyDataset(spec.data, "train", (cfg.steps - first) * cfg.batch_size)))
+    return stages
 
 
 def _eval_line(prefix: str, result: dict) -> str:
