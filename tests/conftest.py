@@ -2,12 +2,50 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
 from hybridreduce.tiny import TINY_CONFIGS, build_tiny_model
+from hybridreduce.toy.train import ToySpec, spec_from_dict
 
 ARCHS = list(TINY_CONFIGS)
+
+#: A tiny toy benchmark (12 frames of 2×2 patches: V = 48) and toy VLM (width 32, the default 12-block Nemotron-H
+#: pattern) that trains for a few steps in about a second: the test suite's stand-in for the shipped checkpoint.
+TINY_TOY = {
+    "data": {"frames": 12, "height": 16, "width": 16, "n_events": [4, 5], "event_len": [2, 2], "seed": 3},
+    "model": {
+        "vision_hidden": 16,
+        "text": {
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "head_dim": 16,
+            "num_attention_heads": 2,
+            "num_key_value_heads": 1,
+            "mamba_num_heads": 2,
+            "mamba_head_dim": 16,
+            "ssm_state_size": 8,
+            "chunk_size": 16,
+        },
+    },
+    "train": {"steps": 3, "batch_size": 4, "warmup": 1, "log_every": 1},
+}
+
+
+def tiny_toy_raw(**train) -> dict:
+    """A fresh copy of :data:`TINY_TOY` with ``train`` settings overridden."""
+    raw = copy.deepcopy(TINY_TOY)
+    raw["train"].update(train)
+    return raw
+
+
+def tiny_toy_spec(**train) -> ToySpec:
+    """The :class:`ToySpec` of :data:`TINY_TOY` with ``train`` settings overridden."""
+    return spec_from_dict(tiny_toy_raw(**train))
+
+
 HYBRID_ARCHS = ["nemotron_h", "jamba", "zamba2", "bamba", "falcon_h1", "granitemoehybrid"]
 
 

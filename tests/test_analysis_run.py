@@ -21,31 +21,14 @@ from analysis.relevance import random_recall, recall_at_k, relevance_report, rel
 from hybridreduce.cache import ScoreCache
 from hybridreduce.errors import InputError, ScoreError
 from hybridreduce.toy import ToyDataset
-from hybridreduce.toy.train import spec_from_dict, train
+from hybridreduce.toy.train import train
+
+from .conftest import tiny_toy_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_YAML = ROOT / "configs" / "analysis" / "tiny_nemotron_h.yaml"
 TOY_YAML = ROOT / "configs" / "analysis" / "toy.yaml"
 
-# A small toy benchmark (12 frames of 2×2 cells: V = 48) and language model, as in test_toy_train.
-TOY_SPEC = {
-    "data": {"frames": 12, "height": 16, "width": 16, "n_events": [4, 5], "event_len": [2, 2], "seed": 3},
-    "model": {
-        "vision_hidden": 16,
-        "text": {
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "head_dim": 16,
-            "num_attention_heads": 2,
-            "num_key_value_heads": 1,
-            "mamba_num_heads": 2,
-            "mamba_head_dim": 16,
-            "ssm_state_size": 8,
-            "chunk_size": 16,
-        },
-    },
-    "train": {"steps": 3, "batch_size": 4, "follow_ups": 2, "warmup": 1, "log_every": 1, "eval_every": 3},
-}
 TABLES = ("sparsity.csv", "stability_spearman.csv", "stability_kendall.csv", "stability_iou_0.1.csv")
 FIGURES = ("sparsity", "stability", "survival", "schedule")
 
@@ -74,8 +57,7 @@ def tiny_run(tmp_path_factory):
 @pytest.fixture(scope="module")
 def toy_checkpoint(tmp_path_factory):
     out = tmp_path_factory.mktemp("toy_ckpt")
-    spec = spec_from_dict(json.loads(json.dumps(TOY_SPEC)))
-    spec.train.eval_size, spec.train.test_size = 4, 4
+    spec = tiny_toy_spec(follow_ups=2, eval_every=3, eval_size=4, test_size=4)
     train(spec, out, progress=False, command="pytest")
     return out
 
@@ -158,7 +140,7 @@ def test_toy_relevance_matches_brute_force(toy_run, toy_checkpoint):
     out, metrics = toy_run
     rel = metrics["relevance"]
     _, caches, relevant = load_run(out)
-    data = spec_from_dict(json.loads(json.dumps(TOY_SPEC))).data
+    data = tiny_toy_spec().data
     assert torch.equal(relevant, ToyDataset(data, "test", 8).batch(range(8))["relevant_visual"])
     assert rel["series"] == ["mamba_decay_free", "mamba_exact", "attention"]
     assert rel["attention_max_diff"] == 0.0

@@ -23,30 +23,13 @@ from hybridreduce.toy.train import (
     training_losses,
 )
 
-TINY = {
-    "data": {"frames": 16, "height": 16, "width": 16, "n_events": [4, 5], "event_len": [2, 2], "seed": 3},
-    "model": {
-        "vision_hidden": 16,
-        "text": {
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "head_dim": 16,
-            "num_attention_heads": 2,
-            "num_key_value_heads": 1,
-            "mamba_num_heads": 2,
-            "mamba_head_dim": 16,
-            "ssm_state_size": 8,
-            "chunk_size": 16,
-        },
-    },
-    "train": {"steps": 3, "batch_size": 4, "follow_ups": 2, "evs_prob": 0.5, "warmup": 1, "log_every": 1},
-}
+from .conftest import tiny_toy_raw, tiny_toy_spec
+
+TRAIN = {"follow_ups": 2, "evs_prob": 0.5}
 
 
 def _spec(**train):
-    raw = json.loads(json.dumps(TINY))
-    raw["train"].update(train)
-    return spec_from_dict(raw)
+    return tiny_toy_spec(**(TRAIN | train))
 
 
 @pytest.fixture(scope="module")
@@ -243,8 +226,7 @@ def test_cli_train_toy_and_demo(tmp_path, capsys):
     cfg = tmp_path / "toy.yaml"
     import yaml
 
-    raw = json.loads(json.dumps(TINY))
-    raw["train"].update({"eval_every": 1, "eval_size": 4, "test_size": 4})
+    raw = tiny_toy_raw(**TRAIN, eval_every=1, eval_size=4, test_size=4)
     cfg.write_text(yaml.safe_dump(raw))
     run = tmp_path / "run"
     assert main(["train-toy", "--config", str(cfg), "--out", str(run), "--steps", "1", "--no-progress"]) == 0
@@ -258,7 +240,7 @@ def test_cli_train_toy_and_demo(tmp_path, capsys):
 
 
 def test_curriculum_trains_on_shorter_videos_first(tmp_path, monkeypatch):
-    raw = json.loads(json.dumps(TINY))
+    raw = tiny_toy_raw(**TRAIN)
     raw["data"]["frames"] = 24
     stages = [{"steps": 1, "data": {"frames": 16}}, {"steps": 1, "data": {"frames": 20}}]
     raw["train"].update({"steps": 3, "curriculum": stages, "eval_every": 3, "eval_size": 4, "test_size": 4})
