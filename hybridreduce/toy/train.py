@@ -6,10 +6,12 @@ One YAML file (``configs/toy.yaml``) holds everything a run depends on, in three
     model:  vision_hidden, and ``text`` — NemotronHConfig fields of the language model
     train:  TrainConfig fields (steps, batch size, learning rate, ...)
 
-The objective is next-token cross-entropy on the answer word at the last position (the ``<answer>``
-marker), over the whole vocabulary. Accuracy is multiple choice: the answer is the arg-max of the
-logits restricted to the question type's candidate words (:func:`predict`), so a model can never be
-marked wrong for naming a word that is not an option.
+The objective is cross-entropy on answer words: every training video is followed by ``1 + follow_ups``
+questions, each answer after its ``<answer>`` marker (:func:`training_batch`), plus, with
+``content_weight``, an auxiliary cross-entropy that reads each visual token's content (its shape's colour,
+or background) from the logits at that token. A curriculum can start on shorter videos. Accuracy is
+multiple choice: the arg-max of the ``<answer>`` logits restricted to the question type's candidate words
+(:class:`AnswerSheet`), so a model is never marked wrong for naming a word that is not an option.
 
 Optional EVS uptraining (``train.evs_prob``): that share of the batches is trained with Efficient
 Video Sampling applied before the language model at a pruning rate drawn uniformly from
@@ -18,7 +20,8 @@ the visual tokens.
 
 A run writes, into its output directory: ``model.safetensors`` + ``config.json`` (``from_pretrained``
 loads them), ``train_config.yaml`` (the resolved settings), ``train_log.jsonl`` (one JSON object per
-logged step and per evaluation) and ``eval.json`` (held-out accuracy at full tokens on the test split).
+logged step and per evaluation), ``trainer_state.pt`` (optimiser and random state, for ``--resume``) and
+``eval.json`` (held-out accuracy at full tokens on the test split).
 """
 
 from __future__ import annotations
@@ -290,20 +293,27 @@ def evs_inputs(model: ToyVLM, batch: dict, rate: float):
     return apply_retention(embeds, batch["visual_mask"], retention, batch["attention_mask"])
 
 
-def answer_logits(model: ToyVLM, batch: dict, evs_rate: float = 0.0) -> torch.Tensor:
-    """``(b, vocab)`` logits at the last position (the ``<answer>`` marker), optionally after EVS."""
+def _lm_forward(model: ToyVLM, batch: dict, evs_rate: float, logits_to_keep: int = 0):
+    """``(output, input ids of the rows the model saw, EVSResult or None)`` of one batch, after EVS if > 0."""
     if evs_rate > 0:
         r = evs_inputs(model, batch, evs_rate)
-        out = model(inputs_embeds=r.inputs, attention_mask=r.attention_mask, logits_to_keep=1, use_cache=False)
-    else:
         out = model(
-            batch["input_ids"],
-            pixel_values=batch["pixels"],
-            attention_mask=batch["attention_mask"],
-            logits_to_keep=1,
-            use_cache=False,
+            inputs_embeds=r.inputs, attention_mask=r.attention_mask, logits_to_keep=logits_to_keep, use_cache=False
         )
-    return out.logits[:, -1].float()
+        return out, batch["input_ids"].gather(1, r.kept_index), r
+    out = model(
+        batch["input_ids"],
+        pixel_values=batch["pixels"],
+        attention_mask=batch["attention_mask"],
+        logits_to_keep=logits_to_keep,
+        use_cache=False,
+    )
+    return out, batch["input_ids"], None
+
+
+def answer_logits(model: ToyVLM, batch: dict, evs_rate: float = 0.0) -> torch.Tensor:
+    """``(b, vocab)`` logits at the last position (the ``<answer>`` marker), optionally after EVS."""
+    return _lm_forward(model, batch, evs_rate, logits_to_keep=1)[0].logits[:, -1].float()
 
 
 def accuracy_table(correct: list[bool], qtypes: list[str]) -> dict:
@@ -396,15 +406,10 @@ def training_losses(
     """
     marker = model.config.text_config.eos_token_id  # <answer>, see build_model
     contents = batch["contents"]  # (b, V)
-    if evs_rate > 0:
-        r = evs_inputs(model, batch, evs_rate)
-        ids = batch["input_ids"].gather(1, r.kept_index)
+    out, ids, r = _lm_forward(model, batch, evs_rate)
+    if r is not None:
         kept_visual = r.kept_index[r.visual_mask].view(len(ids), -1)  # (b, K) positions in the full prompt
         contents = contents.gather(1, _visual_rank(batch["visual_mask"], kept_visual))
-        out = model(inputs_embeds=r.inputs, attention_mask=r.attention_mask, use_cache=False)
-    else:
-        ids = batch["input_ids"]
-        out = model(ids, pixel_values=batch["pixels"], attention_mask=batch["attention_mask"], use_cache=False)
     logits = out.logits[ids == marker]  # (b · n_questions, vocab), sample-major, in sequence order
     answer = F.cross_entropy(logits.float(), batch["targets"].reshape(-1))
     if not with_content:
