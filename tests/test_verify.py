@@ -107,7 +107,10 @@ def test_cli_unsupported_checkpoint(tmp_path, capsys):
     assert "no adapter for model_type 'gpt2'" in capsys.readouterr().err
 
 
-def test_demo_runs(capsys):
-    assert cli.main(["demo"]) == 0
+def test_demo_runs_on_the_shipped_checkpoint(capsys, tmp_path):
+    from hybridreduce.toy.demo import CHECKPOINT, METHODS
+
+    assert (CHECKPOINT / "model.safetensors").stat().st_size < 10 * 2**20  # the size limit
+    assert cli.main(["demo", "--quick", "--size", "8", "--out", str(tmp_path), "--no-progress"]) == 0
     out = capsys.readouterr().out
-    assert "top 5 visual tokens" in out and "FAIL" not in out
+    assert all(f"\n{m} " in out for m in METHODS) and (tmp_path / "summary.json").is_file()
