@@ -13,7 +13,7 @@ import sys
 import warnings
 
 from hybridreduce.cli import _quiet_transformers, build_parser
-from hybridreduce.errors import HybridReduceError
+from hybridreduce.cli import main as hybridreduce_main
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
@@ -70,12 +70,7 @@ def add_subcommands(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = add_subcommands(build_parser())
     parser.description = __doc__
-    args = parser.parse_args(argv)
-    try:
-        return args.func(args)
-    except HybridReduceError as exc:
-        print(f"hybridreduce {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+    return hybridreduce_main(argv, parser)
 
 
 if __name__ == "__main__":

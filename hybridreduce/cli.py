@@ -207,8 +207,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+def main(argv: list[str] | None = None, parser: argparse.ArgumentParser | None = None) -> int:
+    """Run one subcommand; a :class:`HybridReduceError` becomes one line on stderr and exit status 2.
+
+    ``parser`` (default :func:`build_parser`) lets a front end add subcommands (``analysis.cli``).
+    """
+    parser = parser or build_parser()
     args = parser.parse_args(argv)
     try:
         return args.func(args)
