@@ -16,6 +16,7 @@ from hybridreduce.toy.demo import METHODS, format_table, load_toy, run_demo, wri
 from hybridreduce.toy.model import ToyVLM
 from hybridreduce.toy.train import (
     AnswerSheet,
+    PositionHeads,
     build_model,
     spec_from_dict,
     train,
@@ -25,7 +26,7 @@ from hybridreduce.toy.train import (
 
 from .conftest import tiny_toy_raw, tiny_toy_spec
 
-TRAIN = {"follow_ups": 2, "evs_prob": 0.5}
+TRAIN = {"follow_ups": 2, "evs_prob": 0.5, "content_weight": 1.0, "position_weight": 1.0}
 
 
 def _spec(**train):
@@ -94,18 +95,20 @@ def test_a_few_training_steps_lower_the_loss(spec):
     model = build_model(spec).train()
     ds = ToyDataset(spec.data, "train", 16)
     batch = training_batch(ds, range(16), follow_ups=2, rng=np.random.default_rng(0))
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    heads = PositionHeads(model.config)
+    opt = torch.optim.AdamW([*model.parameters(), *heads.parameters()], lr=3e-3)
     losses = []
     for _ in range(8):
-        answer, content = training_losses(model, batch)
-        loss = answer + content
+        answer, content, position = training_losses(model, batch, heads=heads)
+        loss = answer + content + position
         opt.zero_grad()
         loss.backward()
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < 0.85 * losses[0], losses
-    answer, content = training_losses(model, batch, evs_rate=0.6)  # the EVS-uptraining path runs
-    assert torch.isfinite(answer) and torch.isfinite(content) and content > 0
+    answer, content, position = training_losses(model, batch, evs_rate=0.6, heads=heads)  # EVS uptraining runs
+    assert torch.isfinite(answer) and content > 0 and position > 0
+    assert training_losses(model, batch, with_content=False)[1:] == (0, 0)  # no content loss, no heads
 
 
 def test_content_targets_follow_the_video(spec):
