@@ -41,6 +41,7 @@ from transformers import NemotronHConfig
 
 from ..errors import InputError
 from ..evs import apply_retention, evs_retention_mask
+from ..yamlio import read_yaml
 from .data import QTYPES, ToyConfig, ToyDataset, Vocab, encode_sample, follow_up_questions
 from .model import ToyVLM, ToyVLMConfig
 
@@ -222,16 +223,8 @@ def spec_from_dict(raw: dict, path: str = "<dict>") -> ToySpec:
 
 def load_spec(path: str | Path) -> ToySpec:
     """Read a training config (see the module docstring)."""
-    import yaml
-
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"training config {path} does not exist; the default is configs/toy.yaml")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise InputError(f"training config {path} is not valid YAML: {exc}") from None
-    return spec_from_dict(raw or {}, str(path))
+    raw = read_yaml(path, "training config", hint="the default is configs/toy.yaml")
+    return spec_from_dict(raw, str(path))
 
 
 def build_model(spec: ToySpec, seed: int | None = None) -> ToyVLM:
