@@ -46,6 +46,7 @@ from ..adapters import get_adapter
 from ..engine import reduce
 from ..errors import InputError
 from ..schedule import Schedule
+from ..yamlio import read_yaml
 from .data import ToyConfig, ToyDataset, chance_level
 from .model import ToyVLM
 from .train import AnswerSheet, accuracy_table, evs_inputs, spec_from_dict
@@ -74,9 +75,8 @@ def load_toy(path: str | Path | None = None) -> tuple[ToyVLM, ToyConfig]:
             f"{path} is not a train-toy checkpoint (needs config.json, model.safetensors and train_config.yaml); "
             "make one with `hybridreduce train-toy --config configs/toy.yaml --out DIR`"
         )
-    import yaml
-
-    spec = spec_from_dict(yaml.safe_load((path / "train_config.yaml").read_text()), str(path / "train_config.yaml"))
+    config = path / "train_config.yaml"
+    spec = spec_from_dict(read_yaml(config, "training config"), str(config))
     model = ToyVLM.from_pretrained(path).eval()
     return model, spec.data
 
@@ -128,10 +128,14 @@ class MethodResult:
         return {k: v for k, v in self.__dict__.items()}
 
 
-def _forward_logits(model: ToyVLM, batch: dict, method: str, keep: float, scorer: str | None):
-    """``(logits (b, vocab), block_visual (blocks,), relevant_kept (b,))`` of one batch under one method."""
+def _forward_logits(
+    model: ToyVLM, batch: dict, method: str, keep: float, schedule: Schedule | None, scorer: str | None, n_blocks: int
+):
+    """``(logits (b, vocab), block_visual (blocks,), relevant_kept (b,))`` of one batch under one method.
+
+    ``schedule`` is the in-LM schedule of the method (:func:`feasible_schedule`; None for full and EVS).
+    """
     relevant = batch["relevant_mask"]
-    n_blocks = get_adapter(model).num_blocks
     if method == "full":
         out = model(batch["input_ids"], pixel_values=batch["pixels"], attention_mask=batch["attention_mask"])
         V = int(batch["visual_mask"][0].sum())
@@ -149,7 +153,7 @@ def _forward_logits(model: ToyVLM, batch: dict, method: str, keep: float, scorer
             out = model(inputs_embeds=r.inputs, attention_mask=r.attention_mask)
         last = red.kept_positions[max(red.kept_positions)]  # (b, k) positions in the EVS-reduced sequence
         return out.logits[:, -1], red.block_visual, _share(rel.gather(1, last), relevant)
-    with reduce(model, feasible_schedule(method, keep, model)[0], scorer=scorer) as red:
+    with reduce(model, schedule, scorer=scorer) as red:
         out = model(batch["input_ids"], pixel_values=batch["pixels"], attention_mask=batch["attention_mask"])
     last = red.kept_positions[max(red.kept_positions)]
     return out.logits[:, -1], red.block_visual, _share(relevant.gather(1, last), relevant)
@@ -166,10 +170,14 @@ def evaluate_method(
 ) -> MethodResult:
     """Accuracy, time and kept tokens of one method at one budget over pre-built batches."""
     scorer = "exact" if method == "progressive-exact" else None
+    schedule, note = None, ""
+    if method not in ("full", "evs", "evs+progressive"):
+        schedule, note = feasible_schedule(method, keep, model)
+    n_blocks = get_adapter(model).num_blocks
     correct, qtypes, blocks, rel, seconds = [], [], [], [], 0.0
     for batch in batches:
         start = time.perf_counter()
-        logits, block_visual, relevant_kept = _forward_logits(model, batch, method, keep, scorer)
+        logits, block_visual, relevant_kept = _forward_logits(model, batch, method, keep, schedule, scorer, n_blocks)
         seconds += time.perf_counter() - start
         chosen = sheet.choose(logits.float(), batch["qtype"])
         correct += (chosen == batch["answer_index"]).tolist()
@@ -194,6 +202,7 @@ def evaluate_method(
         relevant_kept=float(torch.cat(rel).mean()),
         block_visual=block_visual,
         n=n,
+        note=note,
     )
 
 
@@ -229,10 +238,7 @@ def run_demo(
     results: list[MethodResult] = []
     for method, keep in runs:
         bar.set_postfix_str(f"{method} k={keep}")
-        result = evaluate_method(model, batches, method, keep, sheet, progress=bar.update)
-        if method not in ("full", "evs", "evs+progressive"):
-            result.note = feasible_schedule(method, keep, model)[1]
-        results.append(result)
+        results.append(evaluate_method(model, batches, method, keep, sheet, progress=bar.update))
     bar.close()
     full = results[0]
     for r in results:
