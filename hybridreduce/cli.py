@@ -150,7 +150,9 @@ def cmd_train_toy(args: argparse.Namespace) -> int:
     spec = load_spec(args.config)
     if args.steps is not None:
         spec.train.steps = args.steps
-        spec.train.__post_init__()
+    if args.init_from is not None:
+        spec.train.init_from = args.init_from
+    spec.train.__post_init__()
     command = "hybridreduce " + " ".join(sys.argv[1:]) if args.command_line is None else args.command_line
     result = train(
         spec, args.out, progress=not args.no_progress, command=command, resume=args.resume, max_minutes=args.max_minutes
@@ -194,6 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--no-progress", action="store_true", help="no progress bar (logs still go to train_log.jsonl)")
     t.add_argument("--resume", action="store_true", help="continue the run saved in --out (same config)")
     t.add_argument("--max-minutes", type=float, help="stop (state saved) at the first evaluation after this long")
+    t.add_argument("--init-from", metavar="DIR", help="warm restart from this train-toy run (sets train.init_from)")
     t.add_argument("--command-line", help=argparse.SUPPRESS)
     t.set_defaults(func=cmd_train_toy)
 

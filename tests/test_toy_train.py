@@ -234,6 +234,11 @@ def test_cli_train_toy_and_demo(tmp_path, capsys):
     run = tmp_path / "run"
     assert main(["train-toy", "--config", str(cfg), "--out", str(run), "--steps", "1", "--no-progress"]) == 0
     assert "held-out" in capsys.readouterr().out
+    warm = ["train-toy", "--config", str(cfg), "--out", str(tmp_path / "warm"), "--steps", "1", "--no-progress"]
+    assert main([*warm, "--init-from", str(run)]) == 0
+    assert f"init_from: {run}" in (tmp_path / "warm" / "train_config.yaml").read_text()
+    assert main([*warm, "--init-from", str(tmp_path / "missing")]) == 2
+    capsys.readouterr()
     out = tmp_path / "demo"
     code = main(["demo", "--checkpoint", str(run), "--quick", "--size", "4", "--out", str(out), "--no-progress"])
     assert code == 0
@@ -265,3 +270,41 @@ def test_curriculum_trains_on_shorter_videos_first(tmp_path, monkeypatch):
         spec_from_dict({"train": {"steps": 4, "curriculum": [{"steps": 4, "data": {"frames": 16}}]}})
     with pytest.raises(InputError, match="curriculum"):
         spec_from_dict({"train": {"curriculum": [[16, 4]]}})
+
+
+def test_warm_start_loads_the_previous_run_and_trains_on_new_items(tmp_path, run_dir, monkeypatch):
+    import hybridreduce.toy.train as train_module
+
+    spec = _spec(steps=1, eval_every=1, init_from=str(run_dir), data_offset=40)
+    spec.train.eval_size = spec.train.test_size = 4
+    first = {}
+    real_batch, real_warm = train_module.training_batch, train_module._warm_start
+
+    def spy_batch(dataset, indices, follow_ups, rng):
+        first.setdefault("indices", [int(i) for i in indices])
+        return real_batch(dataset, indices, follow_ups, rng)
+
+    def spy_warm(model, heads, source):
+        real_warm(model, heads, source)
+        first["model"] = {k: v.clone() for k, v in model.state_dict().items()}
+        first["heads"] = {k: v.clone() for k, v in heads.state_dict().items()}
+
+    monkeypatch.setattr(train_module, "training_batch", spy_batch)
+    monkeypatch.setattr(train_module, "_warm_start", spy_warm)
+    train(spec, tmp_path / "warm", progress=False)
+    previous = ToyVLM.from_pretrained(run_dir).state_dict()
+    assert all(torch.equal(first["model"][k], previous[k]) for k in previous)  # before the first step
+    saved = torch.load(run_dir / "trainer_state.pt", weights_only=False)["position_heads"]
+    assert all(torch.equal(first["heads"][k], saved[k]) for k in saved)
+    n = spec.train.batch_size
+    assert sorted(first["indices"]) == list(range(40, 40 + n))  # one step: exactly the items after the offset
+    assert "init_from" in (tmp_path / "warm" / "train_config.yaml").read_text()
+
+    other = tiny_toy_raw(**TRAIN, steps=1, init_from=str(run_dir))
+    other["model"]["text"]["intermediate_size"] = 48
+    with pytest.raises(InputError, match="differs from this config"):
+        train(spec_from_dict(other), tmp_path / "other", progress=False)
+    with pytest.raises(InputError, match="not a train-toy output directory"):
+        train(_spec(steps=1, init_from=str(tmp_path / "nothing")), tmp_path / "none", progress=False)
+    with pytest.raises(InputError, match="data_offset"):
+        spec_from_dict({"train": {"data_offset": -1}})

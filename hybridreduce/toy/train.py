@@ -111,6 +111,12 @@ class TrainConfig:
         test_size: held-out questions of the final evaluation (split ``test``).
         seed: seeds the weights, the order of the training samples and the EVS draws.
         threads: torch CPU threads (None: torch's default).
+        init_from: a previous ``train-toy`` output directory to start from (a warm restart): its weights,
+            and its position heads when its ``trainer_state.pt`` has them, replace the fresh ones; the
+            optimiser and the learning-rate schedule start anew. Its model config must equal this spec's.
+        data_offset: index of the first training item of the full config in the ``train`` split. A warm
+            restart sets it past the items its first run used (``steps − curriculum steps`` ×
+            ``batch_size``), so it trains on videos it has not seen.
     """
 
     steps: int = 2000
@@ -132,12 +138,18 @@ class TrainConfig:
     test_size: int = 1024
     seed: int = 0
     threads: int | None = None
+    init_from: str | None = None
+    data_offset: int = 0
 
     def __post_init__(self):
         for name in ("steps", "batch_size", "log_every", "eval_every", "eval_size", "test_size"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise InputError(f"train.{name} must be a positive integer, got {value!r}")
+        if isinstance(self.data_offset, bool) or not isinstance(self.data_offset, int) or self.data_offset < 0:
+            raise InputError(f"train.data_offset must be an integer >= 0, got {self.data_offset!r}")
+        if self.init_from is not None and not isinstance(self.init_from, str):
+            raise InputError(f"train.init_from must be a train-toy output directory, got {self.init_from!r}")
         if isinstance(self.follow_ups, bool) or not isinstance(self.follow_ups, int) or self.follow_ups < 0:
             raise InputError(f"train.follow_ups must be an integer >= 0, got {self.follow_ups!r}")
         stages = self.curriculum or []
@@ -519,13 +531,16 @@ def train(
     stages = _stages(spec)
     val_set = ToyDataset(spec.data, "val", cfg.eval_size)
     rng = np.random.default_rng((cfg.seed, 7))
-    orders = [rng.permutation(len(ds)) for _, ds in stages]
+    orders = [rng.permutation(len(ds)) for _, ds in stages[:-1]]
+    orders.append(cfg.data_offset + rng.permutation(len(stages[-1][1]) - cfg.data_offset))
     heads = PositionHeads(model.config) if cfg.position_weight > 0 else None  # seeded after build_model's weights
     groups = _param_groups(model, cfg.weight_decay)
     if heads is not None:
         groups.append({"params": list(heads.parameters()), "weight_decay": 0.0})
     opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95))
     done = 0
+    if cfg.init_from is not None and not resume:
+        _warm_start(model, heads, cfg.init_from)
     if resume:
         state = torch.load(state_path, weights_only=False)
         model.load_state_dict(ToyVLM.from_pretrained(out).state_dict())
@@ -614,8 +629,38 @@ def train(
     return final
 
 
+def _architecture(config: dict) -> dict:
+    """A config dict without the entries that say how it was saved rather than what the model is."""
+    drop = ("transformers_version", "architectures", "dtype", "torch_dtype", "_name_or_path")
+    return {k: _architecture(v) if isinstance(v, dict) else v for k, v in config.items() if k not in drop}
+
+
+def _warm_start(model: ToyVLM, heads: PositionHeads | None, source: str) -> None:
+    """Load the weights (and position heads, when saved) of the train-toy run in ``source`` into ``model``."""
+    src = Path(source)
+    if not (src / "config.json").is_file() or not (src / "model.safetensors").is_file():
+        raise InputError(f"train.init_from: {src} is not a train-toy output directory (no model.safetensors)")
+    previous = ToyVLM.from_pretrained(src)
+    mine, theirs = _architecture(model.config.to_dict()), _architecture(previous.config.to_dict())
+    if mine != theirs:
+        differ = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+        raise InputError(
+            f"train.init_from: the model in {src} differs from this config's in {differ}; "
+            "a warm restart needs the same data geometry and model sections"
+        )
+    model.load_state_dict(previous.state_dict())
+    state_path = src / "trainer_state.pt"
+    if heads is not None and state_path.is_file():
+        saved = torch.load(state_path, weights_only=False).get("position_heads")
+        if saved is not None:
+            heads.load_state_dict(saved)
+
+
 def _stages(spec: ToySpec) -> list[tuple[int, ToyDataset]]:
-    """``(first step, training set)`` of every curriculum stage and of the full config, in order."""
+    """``(first step, training set)`` of every curriculum stage and of the full config, in order.
+
+    The full config's set holds items ``data_offset ..`` of the train split (see :class:`TrainConfig`).
+    """
     cfg = spec.train
     vocab = Vocab(spec.data)
     stages, first = [], 0
@@ -629,7 +674,7 @@ def _stages(spec: ToySpec) -> list[tuple[int, ToyDataset]]:
             raise InputError(f"train.curriculum[{k}].data: {exc}; use ToyConfig fields") from None
         stages.append((first, ToyDataset(short, "train", stage["steps"] * cfg.batch_size, vocab=vocab)))
         first += stage["steps"]
-    stages.append((first, ToyDataset(spec.data, "train", (cfg.steps - first) * cfg.batch_size)))
+    stages.append((first, ToyDataset(spec.data, "train", cfg.data_offset + (cfg.steps - first) * cfg.batch_size)))
     return stages
 
 
