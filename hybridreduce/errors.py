@@ -20,5 +20,9 @@ class InputError(HybridReduceError, ValueError):
     """A mask, a schedule or an argument is malformed (wrong shape, dtype, empty, ...)."""
 
 
+class VideoError(InputError):
+    """A video cannot be read: missing, corrupt, unsupported, or with too few frames."""
+
+
 class ScoreError(HybridReduceError, RuntimeError):
     """A scorer produced non-finite values or could not score a block."""
