@@ -9,6 +9,7 @@ scan crosses chunk boundaries), MoE blocks, and RoPE where the family has it.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -214,12 +215,21 @@ def build_tiny_vlm(wrapper: str = "nemotron_h_omni", text_arch: str = "nemotron_
     tower = dict(
         hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, patch_size=4, image_size=16
     )
+    ids = {name: TINY_SPECIAL_TOKENS.index(token) for name, token in (("image_token_id", "<image>"),
+                                                                      ("video_token_id", "<video>"))}  # fmt: skip
     if wrapper == "nemotron_h_omni":
         vision = dict(model_type="radio", video_temporal_patch_size=2, **tower)
-        config = AutoConfig.for_model(wrapper, text_config=text, vision_config=vision, projector_hidden_size=32)
+        config = AutoConfig.for_model(
+            wrapper,
+            text_config=text,
+            vision_config=vision,
+            vision_hidden_size=32,
+            projector_hidden_size=32,
+            image_token_id=ids["image_token_id"],
+        )
     elif wrapper == "llava_next_video":
         vision = dict(model_type="clip_vision_model", **tower)
-        config = AutoConfig.for_model(wrapper, text_config=text, vision_config=vision)
+        config = AutoConfig.for_model(wrapper, text_config=text, vision_config=vision, **ids)
     else:
         raise ValueError(f"No tiny VLM {wrapper!r}; available: {', '.join(TINY_VLMS)}.")
     torch.manual_seed(seed)
@@ -228,3 +238,72 @@ def build_tiny_vlm(wrapper: str = "nemotron_h_omni", text_arch: str = "nemotron_
     except ValueError:
         model = AutoModel.from_config(config, dtype=torch.float32)
     return model.eval()
+
+
+#: The tiny tokenizer's special tokens, at ids 0, 1, 2, ... (``<image>`` and ``<video>`` are the VLM placeholders).
+TINY_SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>", "<image>", "<video>", "<img>", "</img>")
+_TINY_WORDS = (
+    "A B C D E . , : ? ( ) 0 1 2 3 4 5 6 7 8 9 Frame frame sampled at seconds the a what which is of in on did "
+    "how many colour color shape video answer with option letter from given choices directly USER ASSISTANT"
+).split()
+
+
+def tiny_tokenizer():
+    """A word-level tokenizer over :data:`TINY_SPECIAL_TOKENS` and a few dozen words (fits the tiny vocabulary)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = list(dict.fromkeys([*TINY_SPECIAL_TOKENS, *_TINY_WORDS]))
+    if len(words) > VOCAB:
+        raise AssertionError(f"the tiny tokenizer has {len(words)} words for a vocabulary of {VOCAB}")
+    backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        pad_token="<pad>",
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        additional_special_tokens=list(TINY_SPECIAL_TOKENS[4:]),
+    )
+
+
+def save_tiny_vlm(path, wrapper: str = "nemotron_h_omni", text_arch: str = "nemotron_h", seed: int = 0, **config):
+    """Write a complete tiny video-VLM checkpoint directory: weights, config, tokenizer and video processor config.
+
+    It loads with :func:`hybridreduce.vlm.load` exactly as a downloaded checkpoint does. The video processor
+    makes 16×16-pixel frames (4×4 patches of 4 pixels): ``nemotron_h_omni`` gives 4 tokens per tubelet of 2
+    frames, ``llava_next_video`` 4 tokens per frame (2×2 pooling). ``config`` sets wrapper config fields
+    (e.g. ``video_pruning_rate=0.5``).
+    """
+    from pathlib import Path
+
+    out = Path(path)
+    model = build_tiny_vlm(wrapper, text_arch, seed)
+    for key, value in config.items():
+        if not hasattr(model.config, key):
+            raise ValueError(f"{wrapper} config has no field {key!r}")
+        setattr(model.config, key, value)
+        if hasattr(model, key):
+            setattr(model, key, value)
+    model.save_pretrained(out)
+    tiny_tokenizer().save_pretrained(out)
+    if wrapper == "nemotron_h_omni":
+        from transformers.models.nemotron_h_omni.video_processing_nemotron_h_omni import (
+            NemotronH_Omni_Reasoning_V3VideoProcessor,
+        )
+
+        NemotronH_Omni_Reasoning_V3VideoProcessor(
+            patch_size=4, video_target_num_patches=16, downsample_ratio=0.5, norm_mean=[0.5] * 3, norm_std=[0.5] * 3
+        ).save_pretrained(out)
+    else:
+        from transformers.models.llava_next_video.video_processing_llava_next_video import (
+            LlavaNextVideoVideoProcessor,
+        )
+
+        LlavaNextVideoVideoProcessor(size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16}).save_pretrained(
+            out
+        )
+        settings = {"patch_size": 4, "vision_feature_select_strategy": "default"}
+        (out / "processor_config.json").write_text(json.dumps(settings) + "\n")
+    return out

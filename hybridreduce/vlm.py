@@ -1,0 +1,552 @@
+"""Real hybrid video VLMs: load a checkpoint directory, turn a video and a question into its inputs, answer.
+
+:func:`load` returns a :class:`VLM` — the model, its tokenizer, the video family that knows how the
+model's processor lays out a video, and the adapter. Two families are supported, keyed by the
+checkpoint's ``model_type``:
+
+``nemotron_h_omni``
+    transformers' ``NemotronH_Omni_Reasoning_V3`` (RADIO tower, Nemotron-H language model). Frames are
+    packed in tubelets of ``video_temporal_patch_size`` frames; each tubelet becomes one
+    ``<img> <image>×n </img>`` chunk labelled "Frame i sampled at s seconds". The model has EVS built in
+    (``config.video_pruning_rate``).
+``llava_next_video``
+    LLaVA-NeXT-Video with a hybrid ``text_config`` (``nemotron_h``, ``jamba``, ``bamba``, ...): every frame
+    is CLIP-preprocessed and average-pooled 2×2, ``<video>`` repeated once per pooled patch of every frame.
+
+Frames go through the checkpoint's own processor when it loads (``AutoProcessor``; transformers' video
+processors need torchvision). Without it, the prompt is built from the pieces that do run: the family's
+own video processor class or transformers' PIL image processor with the checkpoint's settings, and the
+processor class's own placeholder expansion (``replace_video_token``) — borrowed, not rewritten.
+
+Answering (:meth:`VLM.answer`) runs in three steps, each timed:
+
+1. *embed*: the wrapper's own forward builds the language model's input embeddings (vision tower,
+   projector, placeholder scatter); a pre-hook on the decoder takes them and stops the forward there. The
+   model's built-in EVS is switched off for this step, so the visual tokens arrive in full.
+2. *EVS* (optional, rate ``q``): :func:`hybridreduce.evs.evs_retention_mask` on those visual embeddings —
+   for ``nemotron_h_omni`` exactly the tokens its own ``video_pruning_rate`` path keeps (same features,
+   same cosine, same stable top-k). Kept tokens keep their original position ids.
+3. *prefill and greedy decode* on the language model, under ``reduce(model, schedule)`` when a schedule
+   is given. The decode loop passes original position ids and its own attention mask, so what the
+   language model sees is the same with and without reduction except for the dropped tokens.
+
+Glossary: ``T`` sampled frames, ``U`` temporal units (tubelets or frames) of the visual grid, ``n`` visual
+tokens per unit, ``L`` prompt length, ``V`` visual tokens.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+from torch import nn
+
+from .adapters import AdaptedModel, get_adapter
+from .errors import InputError, UnsupportedModelError
+from .evs import apply_retention, evs_retention_mask
+from .schedule import Schedule
+
+#: Video-VLM ``model_type`` values :func:`load` handles.
+VIDEO_FAMILIES = ("nemotron_h_omni", "llava_next_video")
+
+
+@dataclass
+class Prompt:
+    """One video and one question, as the model takes them.
+
+    Attributes:
+        inputs: the wrapper's forward arguments (``input_ids``, ``attention_mask``, ``pixel_values_videos``).
+        visual_mask: ``(1, L)`` bool, the video placeholder tokens.
+        units: ``U``, temporal units of the visual grid (tubelets or frames).
+        tokens_per_unit: ``n``; ``U · n = V``.
+        text: the prompt text before tokenisation (placeholders expanded).
+    """
+
+    inputs: dict
+    visual_mask: torch.Tensor
+    units: int
+    tokens_per_unit: int
+    text: str
+
+    @property
+    def n_visual(self) -> int:
+        return int(self.visual_mask.sum())
+
+
+@dataclass
+class Answer:
+    """What :meth:`VLM.answer` produced and how long each step took.
+
+    Attributes:
+        text: the generated text (special tokens removed).
+        tokens: generated token ids.
+        n_visual: visual tokens of the prompt; ``evs_visual``: how many entered the language model.
+        block_visual: visual tokens each block carried (all ``evs_visual`` without a schedule).
+        embed_s, evs_s, prefill_s: wall time of the three steps; ``ttft_s``: their sum plus the first
+            token's arg-max (time to first token from the processed inputs).
+        decode_s: wall time of the remaining decode steps.
+    """
+
+    text: str
+    tokens: list[int]
+    n_visual: int
+    evs_visual: int
+    block_visual: list[int]
+    embed_s: float
+    evs_s: float
+    prefill_s: float
+    ttft_s: float
+    decode_s: float
+
+    @property
+    def average_keep(self) -> float:
+        """Mean over blocks of the share of the prompt's visual tokens each block carried."""
+        return float(np.mean(self.block_visual)) / self.n_visual if self.n_visual else 1.0
+
+
+class _Captured(Exception):
+    """Raised by the decoder pre-hook once the input embeddings are taken (stops the forward)."""
+
+
+# --- families -------------------------------------------------------------------------------------------------
+
+
+class VideoFamily:
+    """How one wrapper type lays out a video in its prompt."""
+
+    model_type: str = ""
+
+    def __init__(self, path: Path, config, tokenizer, processor=None) -> None:
+        self.path, self.config, self.tokenizer, self.processor = path, config, tokenizer, processor
+
+    @property
+    def placeholder_id(self) -> int:
+        """Token id of the video placeholders in ``input_ids``."""
+        raise NotImplementedError
+
+    @property
+    def video_token(self) -> str:
+        """The string a prompt uses for "the video goes here"."""
+        return "<video>"
+
+    def prompt_text(self, question: str) -> str:
+        """The question with the video placeholder, through the chat template when the checkpoint has one."""
+        content = f"{self.video_token}\n{question}"
+        template = getattr(self.processor, "chat_template", None) or getattr(self.tokenizer, "chat_template", None)
+        if template:
+            messages = [{"role": "user", "content": content}]
+            return self.tokenizer.apply_chat_template(
+                messages, chat_template=template, tokenize=False, add_generation_prompt=True
+            )
+        return content + "\n"
+
+    def prompt(self, video, question: str) -> Prompt:
+        """The model's inputs for ``video`` (a :class:`hybridreduce.video.Video`) and ``question``."""
+        text = self.prompt_text(question)
+        if self.processor is not None:
+            inputs = dict(self._with_processor(video, text))
+        else:
+            inputs = self._without_processor(video, text)
+        ids = inputs["input_ids"]
+        visual = ids == self.placeholder_id
+        units = self.units(video, inputs)
+        V = int(visual.sum())
+        if V == 0 or V % units:
+            raise InputError(
+                f"{self.path}: the prompt has {V} video placeholder tokens for {units} temporal units; the tokenizer "
+                f"and the processor settings do not match this model"
+            )
+        return Prompt(inputs=inputs, visual_mask=visual, units=units, tokens_per_unit=V // units, text=text)
+
+    def units(self, video, inputs: dict) -> int:
+        raise NotImplementedError
+
+    def embed(self, model: nn.Module, decoder: nn.Module, inputs: dict) -> torch.Tensor:
+        """``(1, L, d)`` input embeddings of the decoder: the wrapper's own forward, stopped at the decoder.
+
+        A pre-hook on ``decoder`` takes its ``inputs_embeds`` and stops the forward; the wrapper's built-in
+        EVS (``video_pruning_rate``) is off meanwhile, so every visual token arrives.
+        """
+        taken = {}
+
+        def take(module, args, kwargs):
+            taken["inputs_embeds"] = kwargs.get("inputs_embeds")
+            raise _Captured
+
+        handle = decoder.register_forward_pre_hook(take, with_kwargs=True)
+        saved = getattr(model, "video_pruning_rate", None)
+        try:
+            if saved is not None:
+                model.video_pruning_rate = 0.0
+            model(**inputs, use_cache=False)
+        except _Captured:
+            pass
+        finally:
+            handle.remove()
+            if saved is not None:
+                model.video_pruning_rate = saved
+        if taken.get("inputs_embeds") is None:
+            raise InputError(f"{self.model_type}: the forward did not reach the language model with inputs_embeds")
+        return taken["inputs_embeds"]
+
+    def _with_processor(self, video, text: str):
+        raise NotImplementedError
+
+    def _without_processor(self, video, text: str) -> dict:
+        raise NotImplementedError
+
+    def _tokenize(self, text: str) -> dict:
+        enc = self.tokenizer(text, return_tensors="pt", add_special_tokens=True)
+        return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+
+
+class OmniFamily(VideoFamily):
+    """``nemotron_h_omni``: tubelets of ``video_temporal_patch_size`` frames, one ``<img>…</img>`` chunk each."""
+
+    model_type = "nemotron_h_omni"
+
+    @property
+    def placeholder_id(self) -> int:
+        return int(self.config.image_token_id)  # video chunks use the image token (the model's own rule)
+
+    def units(self, video, inputs: dict) -> int:
+        return math.ceil(len(video.frames) / int(self.config.video_temporal_patch_size))
+
+    def embed(self, model: nn.Module, decoder: nn.Module, inputs: dict) -> torch.Tensor:
+        """The model's own pieces: text embeddings, ``get_video_features`` scattered onto the placeholders.
+
+        This is what ``NemotronH_Omni_Reasoning_V3.forward`` does before its language model; the forward
+        itself cannot be used for videos in transformers 5.23 (it calls ``torch.cat`` on the projected
+        features, a tensor, and raises a TypeError).
+        """
+        ids = inputs["input_ids"]
+        embeds = model.get_input_embeddings()(ids)
+        features = model.get_video_features(inputs["pixel_values_videos"], return_dict=True).pooler_output
+        features = features.reshape(-1, features.shape[-1]).to(embeds.device, embeds.dtype)
+        mask = ids == self.placeholder_id
+        if int(mask.sum()) != features.shape[0]:
+            raise InputError(
+                f"{self.path}: {int(mask.sum())} video placeholders for {features.shape[0]} video features; the "
+                "tokenizer's image token or the video processor settings do not match the model"
+            )
+        return embeds.masked_scatter(mask[..., None].expand_as(embeds), features)
+
+    def _metadata(self, video):
+        return SimpleNamespace(fps=float(video.fps), frames_indices=[int(i) for i in video.indices])
+
+    def _with_processor(self, video, text: str):
+        return self.processor(
+            text=text,
+            videos=[video.frames],
+            videos_kwargs={"video_metadata": self._metadata(video)},
+            return_tensors="pt",
+        )
+
+    def _without_processor(self, video, text: str) -> dict:
+        from transformers.models.nemotron_h_omni.processing_nemotron_h_omni import (
+            NemotronH_Omni_Reasoning_V3Processor as Processor,
+        )
+        from transformers.models.nemotron_h_omni.video_processing_nemotron_h_omni import (
+            NemotronH_Omni_Reasoning_V3VideoProcessor as VideoProcessor,
+        )
+
+        video_processor = _from_pretrained(VideoProcessor, self.path, "video processor")
+        pixels = video_processor(videos=[video.frames], return_tensors="pt")
+        tok = self.tokenizer
+        shim = SimpleNamespace(  # the attributes the processor's replace_video_token reads
+            image_token=getattr(tok, "image_token", "<image>"),
+            image_start_token=getattr(tok, "image_start_token", "<img>"),
+            image_end_token=getattr(tok, "image_end_token", "</img>"),
+            video_temporal_patch_dim=int(self.config.video_temporal_patch_size),
+        )
+        expansion = Processor.replace_video_token(
+            shim, pixels, 0, num_frames=len(video.frames), video_metadata=self._metadata(video)
+        )
+        return {**self._tokenize(text.replace(self.video_token, expansion, 1)),
+                "pixel_values_videos": pixels["pixel_values_videos"]}  # fmt: skip
+
+
+class LlavaVideoFamily(VideoFamily):
+    """``llava_next_video``: CLIP-preprocessed frames, ``<video>`` once per 2×2-pooled patch of every frame."""
+
+    model_type = "llava_next_video"
+
+    @property
+    def placeholder_id(self) -> int:
+        return int(self.config.video_token_id)
+
+    def units(self, video, inputs: dict) -> int:
+        return len(video.frames)
+
+    def _with_processor(self, video, text: str):
+        return self.processor(text=text, videos=[video.frames], return_tensors="pt")
+
+    def _without_processor(self, video, text: str) -> dict:
+        from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+        from transformers.models.llava_next_video.processing_llava_next_video import LlavaNextVideoProcessor
+
+        settings = _read_json(self.path / "video_preprocessor_config.json", "video processor config")
+        known = ("do_resize", "size", "resample", "do_center_crop", "crop_size", "do_rescale", "rescale_factor",
+                 "do_normalize", "image_mean", "image_std", "do_convert_rgb")  # fmt: skip
+        image_processor = CLIPImageProcessorPil(**{k: settings[k] for k in known if k in settings})
+        frames = image_processor(images=list(video.frames), return_tensors="pt")["pixel_values"]
+        pixels = {"pixel_values_videos": frames.unsqueeze(0)}
+        processor_settings = _read_json(self.path / "processor_config.json", "processor config", required=False)
+        patch = processor_settings.get("patch_size") or self.config.vision_config.patch_size
+        shim = SimpleNamespace(patch_size=patch, video_token=getattr(self.tokenizer, "video_token", self.video_token))
+        expansion = LlavaNextVideoProcessor.replace_video_token(shim, pixels, 0)
+        return {**self._tokenize(text.replace(self.video_token, expansion, 1)), **pixels}
+
+
+FAMILIES: dict[str, type[VideoFamily]] = {f.model_type: f for f in (OmniFamily, LlavaVideoFamily)}
+
+
+def _read_json(path: Path, what: str, required: bool = True) -> dict:
+    if not path.is_file():
+        if required:
+            raise InputError(f"{path.parent}: no {path.name} ({what}); save the processor with the checkpoint")
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+
+
+def _from_pretrained(cls, path: Path, what: str):
+    try:
+        return cls.from_pretrained(path)
+    except OSError as exc:
+        raise InputError(f"{path}: cannot load the {what} ({exc}); save it with the checkpoint") from None
+
+
+# --- loading --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class VLM:
+    """A loaded video VLM (see :func:`load`).
+
+    Attributes:
+        model: the transformers model (in eval mode).
+        tokenizer: its tokenizer.
+        family: the :class:`VideoFamily` that builds its prompts.
+        adapted: the language model seen through its hybridreduce adapter.
+        path: the checkpoint directory.
+        processor_source: ``"processor"`` (the checkpoint's own) or ``"fallback"`` (see the module docstring).
+    """
+
+    model: nn.Module
+    tokenizer: object
+    family: VideoFamily
+    adapted: AdaptedModel = field(repr=False)
+    path: Path
+    processor_source: str
+
+    @property
+    def model_type(self) -> str:
+        return self.family.model_type
+
+    @property
+    def builtin_evs(self) -> float:
+        """The checkpoint's own pre-LLM pruning rate (``video_pruning_rate``), 0 when it has none."""
+        return float(getattr(self.model.config, "video_pruning_rate", 0.0) or 0.0)
+
+    def prompt(self, video, question: str) -> Prompt:
+        return self.family.prompt(video, question)
+
+    # -- answering -----------------------------------------------------------------------------------------
+    def embed(self, prompt: Prompt) -> dict:
+        """The language model's inputs for ``prompt``: ``inputs_embeds`` ``(1, L, d)`` and ``attention_mask``.
+
+        The wrapper's own vision tower, projector and placeholder scatter, with its built-in EVS off (see
+        :meth:`VideoFamily.embed`).
+        """
+        device = _input_device(self.model)
+        inputs = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in prompt.inputs.items()}
+        with torch.no_grad():
+            embeds = self.family.embed(self.model, self.adapted.decoder, inputs)
+        return {"inputs_embeds": embeds, "attention_mask": inputs["attention_mask"]}
+
+    def evs(self, prompt: Prompt, embeds: dict, q: float):
+        """EVS at rate ``q`` on the visual embeddings: an :class:`hybridreduce.evs.EVSResult` (original positions)."""
+        x, vm = embeds["inputs_embeds"], prompt.visual_mask.to(embeds["inputs_embeds"].device)
+        # (U, 1, n, d): dissimilarity is per position and the top-k is global, so a one-row grid of n tokens
+        # gives the same keep set as the true h × w grid, whatever its aspect ratio.
+        video = x[vm].view(prompt.units, 1, prompt.tokens_per_unit, x.shape[-1])
+        keep = evs_retention_mask(video, q, mode="embedding")
+        return apply_retention(x, vm, keep, embeds["attention_mask"])
+
+    @torch.no_grad()
+    def answer(
+        self,
+        prompt: Prompt,
+        schedule: Schedule | str | dict | None = None,
+        evs: float = 0.0,
+        max_new_tokens: int = 8,
+        scorer=None,
+    ) -> Answer:
+        """Greedy answer to ``prompt``, optionally with EVS before and ``schedule`` inside the language model.
+
+        Args:
+            prompt: from :meth:`prompt`.
+            schedule: a schedule name, dict, file or :class:`Schedule`; ``None`` answers with every token.
+            evs: EVS pruning rate ``q`` in ``[0, 1)`` (0: off).
+            max_new_tokens: most tokens to generate (stops earlier at the end-of-sequence token).
+            scorer: Mamba scorer settings for the schedule (default decay-free).
+        """
+        from .engine import reduce
+
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+            raise InputError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
+        t0 = time.perf_counter()
+        embeds = self.embed(prompt)
+        t1 = time.perf_counter()
+        x, am = embeds["inputs_embeds"], embeds["attention_mask"].to(embeds["inputs_embeds"].device)
+        vm = prompt.visual_mask.to(x.device)
+        positions = torch.arange(x.shape[1], device=x.device)[None]
+        if evs:
+            kept = self.evs(prompt, embeds, evs)
+            x, am, vm, positions = kept.inputs, kept.attention_mask, kept.visual_mask, kept.kept_index
+        t2 = time.perf_counter()
+        context = reduce(self.model, schedule, visual_mask=vm, scorer=scorer) if schedule is not None else nullcontext()
+        eos = _eos_ids(self.model, self.tokenizer)
+        tokens: list[int] = []
+        with context as red:
+            out = self.model(
+                inputs_embeds=x, attention_mask=am, position_ids=positions, use_cache=True, logits_to_keep=1
+            )
+            t3 = time.perf_counter()
+            token = int(out.logits[0, -1].argmax())
+            t4 = time.perf_counter()
+            tokens.append(token)
+            cache, last = out.past_key_values, int(positions[0, -1])
+            while len(tokens) < max_new_tokens and token not in eos:
+                am = torch.cat([am, am.new_ones((1, 1))], dim=1)
+                last += 1
+                step = torch.tensor([[token]], device=x.device)
+                out = self.model(
+                    input_ids=step, attention_mask=am, position_ids=torch.tensor([[last]], device=x.device),
+                    past_key_values=cache, use_cache=True,
+                )  # fmt: skip
+                cache, token = out.past_key_values, int(out.logits[0, -1].argmax())
+                tokens.append(token)
+        t5 = time.perf_counter()
+        n_in = int(vm.sum())
+        blocks = red.block_visual if red is not None else [n_in] * self.adapted.num_blocks
+        return Answer(
+            text=self.tokenizer.decode(tokens, skip_special_tokens=True).strip(),
+            tokens=tokens,
+            n_visual=prompt.n_visual,
+            evs_visual=n_in,
+            block_visual=list(blocks),
+            embed_s=t1 - t0,
+            evs_s=t2 - t1,
+            prefill_s=t3 - t2,
+            ttft_s=t4 - t0,
+            decode_s=t5 - t4,
+        )
+
+
+def _input_device(model: nn.Module) -> torch.device:
+    """Where the model's inputs go: the device of the input embeddings (first shard under a device map)."""
+    return model.get_input_embeddings().weight.device
+
+
+def _eos_ids(model: nn.Module, tokenizer) -> set[int]:
+    ids = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if ids is None:
+        ids = getattr(tokenizer, "eos_token_id", None)
+    if ids is None:
+        return set()
+    return {int(i) for i in (ids if isinstance(ids, (list, tuple)) else [ids])}
+
+
+def load(
+    path: str | Path,
+    dtype: str | torch.dtype = "auto",
+    device_map: str | dict | None = None,
+    device: str | torch.device | None = None,
+    trust_remote_code: bool = False,
+) -> VLM:
+    """Load a video VLM checkpoint directory with its tokenizer and processor.
+
+    Args:
+        path: a local checkpoint directory (``config.json``, weights, tokenizer, processor configs).
+        dtype: ``"auto"`` (the checkpoint's), a name (``"float32"``, ``"bfloat16"``, ...) or a torch dtype.
+        device_map: passed to ``from_pretrained`` (``"auto"`` spreads a large model over the GPUs with
+            accelerate); exclusive with ``device``.
+        device: where to put the whole model (default: CPU, or what ``device_map`` chose).
+        trust_remote_code: allow the checkpoint's own Python code (off unless asked).
+    Returns:
+        A :class:`VLM`.
+    Raises:
+        InputError: not a directory, no ``config.json``, a bad dtype, or ``device`` with ``device_map``.
+        UnsupportedModelError: a ``model_type`` that is not a supported video VLM, or whose language model
+            has no adapter.
+    """
+    from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText, AutoTokenizer
+
+    root = Path(path)
+    if not root.is_dir():
+        raise InputError(f"{root}: not a checkpoint directory (hybridreduce.load reads local directories only)")
+    if not (root / "config.json").is_file():
+        raise InputError(f"{root}: no config.json; point to the directory save_pretrained wrote")
+    if device is not None and device_map is not None:
+        raise InputError("give either device or device_map, not both")
+    raw = _read_json(root / "config.json", "model config")
+    model_type = raw.get("model_type")
+    if model_type not in FAMILIES:
+        raise UnsupportedModelError(
+            f"{root}: model_type {model_type!r} is not a supported video VLM; supported: {', '.join(VIDEO_FAMILIES)}. "
+            "For a text-only hybrid language model use hybridreduce.reduce on the model directly"
+        )
+    torch_dtype = _dtype(dtype)
+    config = AutoConfig.from_pretrained(root, trust_remote_code=trust_remote_code)
+    kwargs = {"dtype": torch_dtype, "trust_remote_code": trust_remote_code}
+    if device_map is not None:
+        kwargs["device_map"] = device_map
+    try:
+        model = AutoModelForImageTextToText.from_pretrained(root, **kwargs)
+    except ValueError:
+        model = AutoModel.from_pretrained(root, **kwargs)
+    if device is not None:
+        model = model.to(device)
+    model.eval()
+    adapted = get_adapter(model)  # UnsupportedModelError when the language model has no adapter
+    tokenizer = AutoTokenizer.from_pretrained(root, trust_remote_code=trust_remote_code)
+    processor = _try_processor(root, trust_remote_code)
+    family = FAMILIES[model_type](root, config, tokenizer, processor)
+    return VLM(
+        model=model,
+        tokenizer=tokenizer,
+        family=family,
+        adapted=adapted,
+        path=root,
+        processor_source="processor" if processor is not None else "fallback",
+    )
+
+
+def _try_processor(root: Path, trust_remote_code: bool):
+    """The checkpoint's own processor, or None where it cannot load here (no torchvision, no processor files)."""
+    from transformers import AutoProcessor
+
+    try:
+        return AutoProcessor.from_pretrained(root, trust_remote_code=trust_remote_code)
+    except (ImportError, OSError, ValueError, TypeError, KeyError, AttributeError):
+        return None
+
+
+def _dtype(dtype: str | torch.dtype):
+    if dtype == "auto" or isinstance(dtype, torch.dtype):
+        return dtype
+    value = getattr(torch, str(dtype), None)
+    if not isinstance(value, torch.dtype):
+        raise InputError(f"dtype {dtype!r} is not a torch dtype; use auto, float32, bfloat16 or float16")
+    return value
