@@ -1,4 +1,4 @@
-"""Command line: ``hybridreduce verify``, ``hybridreduce bench`` and ``hybridreduce demo``."""
+"""Command line: ``verify``, ``bench``, ``train-toy``, ``demo``, and ``run`` / ``generate`` / ``merge`` on real VLMs."""
 
 from __future__ import annotations
 
@@ -165,6 +165,110 @@ def cmd_train_toy(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load_vlm(args: argparse.Namespace, device: str | None = None):
+    from .vlm import load
+
+    _quiet_transformers()
+    return load(
+        args.model,
+        dtype=args.dtype,
+        device_map=args.device_map,
+        device=device if args.device_map is None else None,
+        trust_remote_code=args.trust_remote_code,
+    )
+
+
+def _frames_kwargs(args: argparse.Namespace) -> dict:
+    if args.fps is not None:
+        return {"frames": None, "fps": args.fps, "max_frames": args.max_frames}
+    return {"frames": args.frames, "fps": None, "max_frames": args.max_frames}
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import os
+
+    from .manifest import read_manifest
+    from .runner import format_summary, merge, parse_shard, run, settings_for
+
+    shard = parse_shard(args.shard)
+    distributed = args.shard is None and shard[1] > 1  # launched by torchrun: ranks meet at the end
+    items = read_manifest(args.data)
+    settings = settings_for(args.schedule, evs=args.evs or 0.0, full=not args.no_full, keep=args.keep)
+    device = args.device
+    if device == "cuda" and "LOCAL_RANK" in os.environ:
+        device = f"cuda:{os.environ['LOCAL_RANK']}"
+    vlm = _load_vlm(args, device)
+    path = run(
+        vlm, items, args.out, settings, max_new_tokens=args.max_new_tokens, shard=shard,
+        progress=not args.no_progress, **_frames_kwargs(args),
+    )  # fmt: skip
+    print(f"wrote {path}")
+    if distributed:
+        import torch.distributed as dist
+
+        dist.init_process_group("gloo")
+        try:
+            dist.barrier()
+            if shard[0] == 0:
+                print(format_summary(merge(args.out)))
+            dist.barrier()
+        finally:
+            dist.destroy_process_group()
+    elif shard[1] == 1:
+        print(format_summary(merge(args.out)))
+    else:
+        print(f"shard {shard[0]}/{shard[1]} done; when every shard is, run: hybridreduce merge {args.out}")
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from .manifest import Item, parse_choice, prompt_text
+    from .runner import settings_for
+    from .video import read_video
+
+    vlm = _load_vlm(args, args.device)
+    kw = _frames_kwargs(args)
+    video = read_video(args.video, num_frames=kw["frames"], fps=kw["fps"], max_frames=kw["max_frames"])
+    item = Item(id="cli", video=str(args.video), question=args.question, options=tuple(args.option or ()))
+    prompt = vlm.prompt(video, prompt_text(item))
+    settings = settings_for(args.schedule, evs=args.evs or 0.0, full=args.schedule in (None, "none"), keep=args.keep)
+    for setting in settings:
+        ans = vlm.answer(prompt, setting.schedule, evs=setting.evs, max_new_tokens=args.max_new_tokens)
+        choice = f" (choice {parse_choice(ans.text, item.letters)})" if item.options else ""
+        print(f"[{setting.name}] {ans.text!r}{choice}")
+        print(
+            f"  {len(video.frames)} frames, {ans.n_visual} visual tokens, {ans.evs_visual} after EVS, average keep "
+            f"{ans.average_keep:.3f}; prefill {1000 * ans.prefill_s:.1f} ms, time to first token "
+            f"{1000 * ans.ttft_s:.1f} ms"
+        )
+    return 0
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    from .runner import format_summary, merge
+
+    print(format_summary(merge(args.out)))
+    print(f"wrote {args.out}/predictions.jsonl, summary.json, results.csv")
+    return 0
+
+
+def _model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, metavar="DIR", help="a video VLM checkpoint directory")
+    p.add_argument("--dtype", default="auto", help="auto (the checkpoint's), float32, bfloat16, float16")
+    p.add_argument(
+        "--device", default=None, help="cpu, cuda, cuda:1, ... (default cpu; under torchrun cuda:LOCAL_RANK)"
+    )
+    p.add_argument("--device-map", default=None, help="e.g. auto: spread a large model over the GPUs (accelerate)")
+    p.add_argument("--trust-remote-code", action="store_true", help="allow the checkpoint's own Python code")
+    p.add_argument("--frames", type=int, default=32, help="frames sampled uniformly (default 32)")
+    p.add_argument("--fps", type=float, help="sample at this rate instead of --frames")
+    p.add_argument("--max-frames", type=int, help="cap on the frames --fps samples")
+    p.add_argument("--schedule", default="progressive", help="preset name, YAML file, or none (default progressive)")
+    p.add_argument("--keep", type=float, help="override the schedule's keep budget")
+    p.add_argument("--evs", type=float, help="EVS pruning rate q before the language model (default off)")
+    p.add_argument("--max-new-tokens", type=int, default=8, help="greedy answer length (default 8)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hybridreduce", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -207,6 +311,28 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--checkpoint", metavar="DIR", help="a train-toy output directory (default: the shipped one)")
     d.add_argument("--no-progress", action="store_true", help="no progress bar")
     d.set_defaults(func=cmd_demo)
+
+    r = sub.add_parser("run", help="answer a video-QA manifest with a VLM checkpoint, with and without reduction")
+    _model_args(r)
+    r.add_argument(
+        "--data", required=True, metavar="FILE", help="JSONL manifest {id, video, question, options, answer}"
+    )
+    r.add_argument("--out", required=True, metavar="DIR", help="output directory (predictions, summary)")
+    r.add_argument("--no-full", action="store_true", help="skip the full-token setting")
+    r.add_argument("--shard", metavar="I/N", help="answer items i, i+N, ... (default: torchrun's RANK/WORLD_SIZE)")
+    r.add_argument("--no-progress", action="store_true", help="no progress bar")
+    r.set_defaults(func=cmd_run)
+
+    g = sub.add_parser("generate", help="answer one question about one video")
+    _model_args(g)
+    g.add_argument("--video", required=True, metavar="FILE", help="a video file or a folder of frames")
+    g.add_argument("--question", required=True, help="the question")
+    g.add_argument("--option", action="append", help="a multiple-choice option (repeat: A, B, ...)")
+    g.set_defaults(func=cmd_generate)
+
+    m = sub.add_parser("merge", help="combine the shards of a run into predictions.jsonl and its summary")
+    m.add_argument("out", metavar="DIR", help="the run's output directory")
+    m.set_defaults(func=cmd_merge)
     return parser
 
 
