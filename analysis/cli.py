@@ -1,9 +1,11 @@
 """Command line: every ``hybridreduce`` subcommand plus ``analyze`` and ``plot``.
 
-``hybridreduce analyze --config FILE --out DIR`` scores a model over a dataset and writes the run
-directory (:func:`analysis.collect.collect`); ``hybridreduce plot DIR`` draws its figures
-(:func:`analysis.plots.plot_run`). The other subcommands come unchanged from
-:func:`hybridreduce.cli.build_parser`, so this ``main`` can serve as the console script.
+``hybridreduce analyze --config FILE --out DIR [--shard i/N]`` scores a model over a dataset and writes
+the run directory (:func:`analysis.collect.collect`). Shards are combined by ``hybridreduce merge DIR``;
+under ``torchrun`` each rank takes its shard from ``RANK``/``WORLD_SIZE`` and rank 0 merges.
+``hybridreduce plot DIR`` draws a run's figures (:func:`analysis.plots.plot_run`). The other subcommands
+come from :func:`hybridreduce.cli.build_parser`, ``merge`` extended to analysis shards, so this ``main``
+serves as the console script.
 """
 
 from __future__ import annotations
@@ -23,17 +25,58 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     from .collect import AnalysisConfig, collect
 
     _quiet_transformers()
+    from hybridreduce.runner import parse_shard
+
     config = AnalysisConfig.from_yaml(args.config)
     if args.samples is not None:
         config = replace(config, samples=args.samples)
+    shard = parse_shard(args.shard)
+    if shard[1] > 1:
+        collect(config, args.out, progress=not args.no_progress, shard=shard)
+        print(f"wrote {args.out}/shard-{shard[0]}-of-{shard[1]}")
+        if args.shard is not None:
+            print(f"when every shard is done, run: hybridreduce merge {args.out}")
+            return 0
+        return _merge_after_barrier(args.out, shard[0])  # under torchrun
     metrics = collect(config, args.out, progress=not args.no_progress)
+    return _report(metrics, args.out)
+
+
+def _merge_after_barrier(out: str, rank: int) -> int:
+    """torchrun: every rank has written its shard once all pass the barrier; rank 0 then merges them."""
+    import torch.distributed as dist
+
+    from .collect import merge_shards
+
+    dist.init_process_group("gloo")
+    try:
+        dist.barrier()
+        code = _report(merge_shards(out), out) if rank == 0 else 0
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+    return code
+
+
+def _report(metrics: dict, out: str) -> int:
     ok = [name for name, s in metrics["scorers"].items() if s["status"] == "ok"]
-    print(f"scored {metrics['model']['samples']} samples with scorers {', '.join(ok)}; wrote {args.out}/metrics.json")
+    print(f"scored {metrics['model']['samples']} samples with scorers {', '.join(ok)}; wrote {out}/metrics.json")
     for err in metrics["errors"]:
         where = f"{err['stage']}" + (f" ({err['scorer']})" if err["scorer"] else "")
         print(f"hybridreduce analyze: warning: {where} failed: {err['type']}: {err['message']}", file=sys.stderr)
-    print(f"draw the figures with: hybridreduce plot {args.out}")
+    print(f"draw the figures with: hybridreduce plot {out}")
     return 1 if metrics["errors"] else 0
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    """Merge the shards of an analysis run directory, or else of a `hybridreduce run` directory."""
+    from hybridreduce.cli import cmd_merge as merge_run
+
+    from .collect import is_sharded_run, merge_shards
+
+    if is_sharded_run(args.out):
+        return _report(merge_shards(args.out), args.out)
+    return merge_run(args)
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
@@ -57,8 +100,11 @@ def add_subcommands(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     a.add_argument("--config", required=True, metavar="FILE", help="analysis config (configs/analysis/*.yaml)")
     a.add_argument("--out", required=True, metavar="DIR", help="run directory to write")
     a.add_argument("--samples", type=int, help="override the config's number of samples")
+    a.add_argument("--shard", metavar="I/N", help="score the i-th of N slices of the samples (then: merge DIR)")
     a.add_argument("--no-progress", action="store_true", help="no progress bar")
     a.set_defaults(func=cmd_analyze)
+    # `merge DIR` also combines analysis shards (hybridreduce itself knows only run shards).
+    sub.choices["merge"].set_defaults(func=cmd_merge)
 
     p = sub.add_parser("plot", help="draw the figures of an analysis run directory (PNG and PDF)")
     p.add_argument("run_dir", metavar="DIR", help="a directory written by `hybridreduce analyze`")

@@ -54,6 +54,8 @@ from .stability import KeepRatios, StabilityReport, layer_stability
 
 SCHEMA = 1
 NO_SCORES_KINDS = ("mlp", "moe")
+#: Per-batch ground truth kept next to the scores (toy model only).
+META_KEYS = ("relevant_visual", "index", "frame_index", "row_index", "col_index")
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "analysis"
 
 __all__ = [
@@ -247,25 +249,30 @@ def load_model(config: AnalysisConfig) -> LoadedModel:
     return LoadedModel(model, info, data)
 
 
-def iter_batches(config: AnalysisConfig, loaded: LoadedModel) -> Iterator[dict[str, Any]]:
+def iter_batches(config: AnalysisConfig, loaded: LoadedModel, samples: range | None = None) -> Iterator[dict[str, Any]]:
     """Batches of ``input_ids, attention_mask, visual_mask (b, T)``, ``index (b,)``, and for the toy model
-    ``pixels (b, T_f, 3, H, W)``, ``relevant_visual (b, V)``, ``frame_index/row_index/col_index (b, V)``."""
+    ``pixels (b, T_f, 3, H, W)``, ``relevant_visual (b, V)``, ``frame_index/row_index/col_index (b, V)``.
+
+    ``samples``: the sample indices to batch (a shard's range); all ``config.samples`` by default.
+    """
     n, bs = config.samples, config.batch_size
+    samples = range(n) if samples is None else samples
+    starts = range(samples.start, samples.stop, bs)
     if loaded.data is not None:
         from hybridreduce.toy import ToyDataset
 
         dataset = ToyDataset(loaded.data, config.split, n)
-        for start in range(0, n, bs):
-            batch = dataset.batch(range(start, min(start + bs, n)))
-            batch["index"] = torch.arange(start, min(start + bs, n))
+        for start in starts:
+            batch = dataset.batch(range(start, min(start + bs, samples.stop)))
+            batch["index"] = torch.arange(start, min(start + bs, samples.stop))
             yield batch
         return
     from hybridreduce.verify import make_prompt
 
     vocab = int(loaded.model.config.vocab_size)
     p = config.prompt
-    for start in range(0, n, bs):
-        idx = range(start, min(start + bs, n))
+    for start in starts:
+        idx = range(start, min(start + bs, samples.stop))
         prompts = [
             make_prompt(vocab, p["prefix"], p["visual"], p["question"], seed=config.seed * 1_000_003 + i) for i in idx
         ]
@@ -552,17 +559,19 @@ def _score_into(
     status["seconds"] += time.perf_counter() - start
 
 
-def _run_forwards(config: AnalysisConfig, loaded: LoadedModel, progress: bool) -> _Collected:
+def _run_forwards(
+    config: AnalysisConfig, loaded: LoadedModel, progress: bool, samples: range | None = None
+) -> _Collected:
     """Every batch once per scorer; a scorer that fails is dropped (its error recorded), the others go on."""
     from tqdm.auto import tqdm
 
+    samples = range(config.samples) if samples is None else samples
     run = _Collected({}, {s: {"status": "ok", "seconds": 0.0} for s in config.scorers}, [], [])
     parts: dict[str, list[ScoreCache]] = {s: [] for s in config.scorers}
-    keys = ("relevant_visual", "index", "frame_index", "row_index", "col_index")
-    bar = tqdm(total=config.samples * len(config.scorers), desc="analyze", unit="sample", disable=not progress)
+    bar = tqdm(total=len(samples) * len(config.scorers), desc="analyze", unit="sample", disable=not progress)
     try:
-        for batch in iter_batches(config, loaded):
-            run.meta.append({k: batch[k] for k in keys if k in batch})
+        for batch in iter_batches(config, loaded, samples):
+            run.meta.append({k: batch[k] for k in META_KEYS if k in batch})
             for scorer in config.scorers:
                 bar.set_postfix_str(scorer)
                 if run.scorers[scorer]["status"] == "ok":
@@ -576,32 +585,58 @@ def _run_forwards(config: AnalysisConfig, loaded: LoadedModel, progress: bool) -
     return run
 
 
-def collect(config: AnalysisConfig, out_dir: str | Path, progress: bool = True) -> dict[str, Any]:
+def collect(
+    config: AnalysisConfig, out_dir: str | Path, progress: bool = True, shard: tuple[int, int] = (0, 1)
+) -> dict[str, Any]:
     """Score the configured model and write the run directory (see the module docstring).
 
     Args:
         config: the run.
         out_dir: output directory (created if needed).
         progress: show a tqdm bar over samples × scorers.
+        shard: ``(i, N)``: score only the ``i``-th of ``N`` runs of whole batches and write the raw
+            scores into ``out_dir/shard-i-of-N/`` (see :func:`write_shard`); :func:`merge_shards` then
+            writes the run directory from all ``N``. ``(0, 1)``: the whole run here.
 
     Returns:
-        The metrics dict written to ``metrics.json``.
+        The metrics dict written to ``metrics.json`` (for a shard: what ``shard.json`` holds).
 
     Raises:
-        InputError: a bad config, model or overlay block (before any forward runs).
+        InputError: a bad config, model, shard or overlay block (before any forward runs).
         ScoreError: every scorer failed (metrics.json with the errors is written first).
     """
     if not isinstance(config, AnalysisConfig):
         raise InputError(f"collect needs an AnalysisConfig, got {type(config).__name__}")
+    i, n = shard
+    if not (isinstance(i, int) and isinstance(n, int) and n >= 1 and 0 <= i < n):
+        raise InputError(f"shard must be (i, N) with 0 <= i < N, got {shard!r}")
+    batches = math.ceil(config.samples / config.batch_size)
+    if n > batches:
+        raise InputError(
+            f"{n} shards for {batches} batches of {config.batch_size}: every shard needs a batch; use fewer shards "
+            "or a smaller batch_size"
+        )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     loaded = load_model(config)
     kinds = get_adapter(loaded.model).kinds
-    overlay = check_overlay_blocks(config.overlay_blocks or default_overlay_blocks(kinds), kinds)
+    check_overlay_blocks(config.overlay_blocks or default_overlay_blocks(kinds), kinds)
     if config.schedule is not None:
         Schedule.load(config.schedule)  # a bad schedule name fails before any forward
+    # Shards are runs of whole batches, so every sample is scored in the same batch as in one process and the
+    # merged run is bit-identical to it.
+    bs = config.batch_size
+    samples = range(i * batches // n * bs, min((i + 1) * batches // n * bs, config.samples))
+    run = _run_forwards(config, loaded, progress, samples)
+    if n > 1:
+        return write_shard(config, run, out, shard, samples)
+    return _finish(config, loaded, run, out)
 
-    run = _run_forwards(config, loaded, progress)
+
+def _finish(config: AnalysisConfig, loaded: LoadedModel, run: _Collected, out: Path) -> dict[str, Any]:
+    """Measure the collected caches and write the run directory; returns metrics.json's content."""
+    kinds = get_adapter(loaded.model).kinds
+    overlay = check_overlay_blocks(config.overlay_blocks or default_overlay_blocks(kinds), kinds)
     metrics: dict[str, Any] = {
         "schema": SCHEMA,
         "name": config.name,
@@ -648,6 +683,81 @@ def collect(config: AnalysisConfig, out_dir: str | Path, progress: bool = True) 
         detail = "; ".join(f"{e['scorer']}: {e['type']}: {e['message']}" for e in run.errors)
         raise ScoreError(f"every scorer failed ({detail}); the errors are in {out / 'metrics.json'}")
     return metrics
+
+
+# Shards -------------------------------------------------------------------------------------------
+def shard_dir(out: Path, shard: tuple[int, int]) -> Path:
+    return out / f"shard-{shard[0]}-of-{shard[1]}"
+
+
+def write_shard(config: AnalysisConfig, run: _Collected, out: Path, shard: tuple[int, int], samples: range) -> dict:
+    """The raw output of one shard: ``scores_<scorer>.safetensors``, ``meta.safetensors`` and ``shard.json``."""
+    from safetensors.torch import save_file
+
+    folder = shard_dir(out, shard)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, cache in run.caches.items():
+        cache.save(folder / f"scores_{name}.safetensors")
+    if run.meta:
+        keys = [k for k in META_KEYS if k in run.meta[0]]
+        save_file({k: torch.cat([m[k] for m in run.meta]).contiguous() for k in keys}, str(folder / "meta.safetensors"))
+    info = {
+        "shard": list(shard),
+        "samples": [samples.start, samples.stop],
+        "config": config.to_dict(),
+        "scorers": run.scorers,
+        "errors": run.errors,
+    }
+    (folder / "shard.json").write_text(json.dumps(_json_clean(info), indent=1) + "\n")
+    return info
+
+
+def is_sharded_run(out_dir: str | Path) -> bool:
+    """Whether ``out_dir`` holds shards written by ``collect(..., shard=(i, N))``."""
+    return any(Path(out_dir).glob("shard-*-of-*/shard.json"))
+
+
+def merge_shards(out_dir: str | Path) -> dict[str, Any]:
+    """Write the run directory from the shards in ``out_dir`` (all ``N`` must be there, of one config).
+
+    The caches and ground truth are concatenated in sample order, so the result is the one
+    :func:`collect` writes in one process (the scorers' ``seconds`` are summed over the shards).
+    """
+    from safetensors.torch import load_file
+
+    out = Path(out_dir)
+    infos = [json.loads(p.read_text()) for p in sorted(out.glob("shard-*-of-*/shard.json"))]
+    if not infos:
+        raise InputError(f"{out}: no shard-i-of-N/shard.json; run `hybridreduce analyze ... --shard i/N` first")
+    n = infos[0]["shard"][1]
+    infos.sort(key=lambda info: info["shard"][0])
+    have = [info["shard"] for info in infos]
+    if have != [[i, n] for i in range(n)]:
+        missing = sorted(set(range(n)) - {i for i, m in have if m == n})
+        raise InputError(f"{out}: shards {missing} of {n} are missing (or shards of another N are mixed in)")
+    if any(info["config"] != infos[0]["config"] for info in infos):
+        raise InputError(f"{out}: the shards were run with different configs; rerun them with one config")
+    config = AnalysisConfig.from_dict(infos[0]["config"])
+    scorers = {s: {"status": "ok", "seconds": 0.0} for s in config.scorers}
+    errors: list[dict[str, Any]] = []
+    for info in infos:
+        errors += info["errors"]
+        for s, status in info["scorers"].items():
+            if status["status"] != "ok":
+                scorers[s] = status
+            elif scorers[s]["status"] == "ok":
+                scorers[s]["seconds"] += status["seconds"]
+    folders = [shard_dir(out, (i, n)) for i in range(n)]
+    caches = {
+        s: concat_caches([ScoreCache.load(f / f"scores_{s}.safetensors") for f in folders])
+        for s in config.scorers
+        if scorers[s]["status"] == "ok"
+    }
+    for s, cache in caches.items():
+        scorers[s]["scorer"] = cache.scorer
+    meta = [load_file(str(f / "meta.safetensors")) for f in folders if (f / "meta.safetensors").is_file()]
+    run = _Collected(caches, scorers, meta, errors)
+    return _finish(config, load_model(config), run, out)
 
 
 # Reading a run back --------------------------------------------------------------------------------

@@ -310,3 +310,73 @@ def test_cli_keeps_the_existing_subcommands(command, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main([command, "--help"])
     assert exit_info.value.code == 0 and f"usage: hybridreduce {command}" in capsys.readouterr().out
+
+
+def _same_run(a: Path, b: Path) -> None:
+    """Two run directories hold the same scores, ground truth and metrics (up to timings)."""
+    from safetensors.torch import load_file
+
+    ma, mb = read_metrics(a), read_metrics(b)
+    for m in (ma, mb):
+        for status in m["scorers"].values():
+            status.pop("seconds", None)
+    assert ma == mb
+    for name in ma["files"]:
+        if name.endswith(".safetensors"):
+            ta, tb = load_file(str(a / name)), load_file(str(b / name))
+            assert ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta), name
+        elif name.endswith(".csv"):
+            assert (a / name).read_text() == (b / name).read_text(), name
+
+
+def test_shards_merge_to_the_single_process_run(toy_checkpoint, tmp_path):
+    config = AnalysisConfig(model={"checkpoint": str(toy_checkpoint)}, samples=8, batch_size=5, examples=2)
+    config = replace(config, batch_size=2)  # 4 batches in 3 shards of 1, 1 and 2 batches
+    single = tmp_path / "single"
+    collect(config, single, progress=False)
+    for i in range(3):
+        info = collect(config, tmp_path, progress=False, shard=(i, 3))
+        assert info["shard"] == [i, 3] and info["samples"] == [[0, 2], [2, 4], [4, 8]][i]
+    assert not (tmp_path / "metrics.json").exists()
+    assert main(["merge", str(tmp_path)]) == 0
+    _same_run(single, tmp_path)
+
+
+def test_shard_errors(toy_checkpoint, tmp_path):
+    from analysis.collect import merge_shards
+
+    config = AnalysisConfig(model={"checkpoint": str(toy_checkpoint)}, samples=4, batch_size=2, examples=0)
+    with pytest.raises(InputError, match="shard must be"):
+        collect(config, tmp_path, progress=False, shard=(2, 2))
+    with pytest.raises(InputError, match="every shard needs a batch"):
+        collect(config, tmp_path, progress=False, shard=(0, 3))
+    collect(config, tmp_path, progress=False, shard=(1, 2))
+    with pytest.raises(InputError, match=r"shards \[0\] of 2 are missing"):
+        merge_shards(tmp_path)
+    with pytest.raises(InputError, match="no shard"):
+        merge_shards(tmp_path / "nothing")
+
+
+def test_torchrun_analyze_merges_on_rank_zero(tiny_run, tmp_path):
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    import yaml
+
+    single, _ = tiny_run
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump({"analysis": tiny_config().to_dict()}))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "run"
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(port)]
+    command = [*torchrun, "-m", "analysis.cli", "analyze", "--config", str(config), "--out", str(out), "--no-progress"]
+    done = subprocess.run(
+        command, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert {p.name for p in out.glob("shard-*")} == {"shard-0-of-2", "shard-1-of-2"}
+    _same_run(single, out)
