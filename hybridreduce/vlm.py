@@ -239,14 +239,18 @@ class OmniFamily(VideoFamily):
         return embeds.masked_scatter(mask[..., None].expand_as(embeds), features)
 
     def _metadata(self, video):
-        return SimpleNamespace(fps=float(video.fps), frames_indices=[int(i) for i in video.indices])
+        """What the processor's frame labels read: the source frame rate and each frame's index in the source."""
+        from transformers.video_utils import VideoMetadata
+
+        T, H, W = video.frames.shape[:3]
+        return VideoMetadata(
+            total_num_frames=int(video.source_frames), fps=float(video.fps), width=int(W), height=int(H),
+            frames_indices=[int(i) for i in video.indices],
+        )  # fmt: skip
 
     def _with_processor(self, video, text: str):
         return self.processor(
-            text=text,
-            videos=[video.frames],
-            videos_kwargs={"video_metadata": self._metadata(video)},
-            return_tensors="pt",
+            text=text, videos=[video.frames], video_metadata=self._metadata(video), return_tensors="pt"
         )
 
     def _without_processor(self, video, text: str) -> dict:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from importlib.util import find_spec
+
 import numpy as np
 import pytest
 import torch
@@ -34,6 +36,34 @@ def make_video(T: int = 8, H: int = 32, W: int = 32, seed: int = 0) -> Video:
     return Video(frames, np.arange(T) / 4.0, np.arange(T), T, 4.0, "<test>")
 
 
+def _processor(wrapper: str, path, tokenizer):
+    """The checkpoint's full transformers processor (needs torchvision), built from its saved parts."""
+    if wrapper == "nemotron_h_omni":
+        from transformers.models.nemotron_h_omni.image_processing_nemotron_h_omni import (
+            NemotronH_Omni_Reasoning_V3ImageProcessor,
+        )
+        from transformers.models.nemotron_h_omni.processing_nemotron_h_omni import (
+            NemotronH_Omni_Reasoning_V3Processor,
+        )
+        from transformers.models.nemotron_h_omni.video_processing_nemotron_h_omni import (
+            NemotronH_Omni_Reasoning_V3VideoProcessor,
+        )
+
+        video = NemotronH_Omni_Reasoning_V3VideoProcessor.from_pretrained(path)
+        image = NemotronH_Omni_Reasoning_V3ImageProcessor(patch_size=4, norm_mean=[0.5] * 3, norm_std=[0.5] * 3)
+        return NemotronH_Omni_Reasoning_V3Processor(image_processor=image, video_processor=video, tokenizer=tokenizer)
+    from transformers import LlavaNextImageProcessor
+    from transformers.models.llava_next_video import LlavaNextVideoProcessor, LlavaNextVideoVideoProcessor
+
+    return LlavaNextVideoProcessor(
+        video_processor=LlavaNextVideoVideoProcessor.from_pretrained(path),
+        image_processor=LlavaNextImageProcessor(),
+        tokenizer=tokenizer,
+        patch_size=4,
+        vision_feature_select_strategy="default",
+    )
+
+
 @pytest.mark.parametrize("wrapper", WRAPPERS)
 def test_load_and_prompt_layout(wrapper, vlms):
     vlm = vlms[wrapper]
@@ -48,6 +78,28 @@ def test_load_and_prompt_layout(wrapper, vlms):
     if wrapper == "nemotron_h_omni":  # one <img> … </img> chunk per tubelet, labelled with its frames' times
         text = vlm.tokenizer.decode(ids[0])
         assert text.count("<img>") == units and text.count("</img>") == units and "Frame 1 sampled at" in text
+
+
+@pytest.mark.skipif(find_spec("torchvision") is None, reason="transformers' video processors need torchvision")
+@pytest.mark.parametrize("wrapper", WRAPPERS)
+def test_fallback_prompt_matches_the_checkpoints_processor(wrapper, vlms, checkpoints):
+    """Where the processor runs, the prompt built without it has the same tokens and (nearly) the same pixels."""
+    from hybridreduce.vlm import FAMILIES
+
+    vlm = vlms[wrapper]
+    config = vlm.family.config
+    processor = _processor(wrapper, checkpoints[wrapper], vlm.tokenizer)
+    with_processor = FAMILIES[wrapper](checkpoints[wrapper], config, vlm.tokenizer, processor)
+    fallback = FAMILIES[wrapper](checkpoints[wrapper], config, vlm.tokenizer, None)
+    video = make_video(T=8, H=32, W=48)
+    a, b = with_processor.prompt(video, "what ?"), fallback.prompt(video, "what ?")
+    assert torch.equal(a.inputs["input_ids"], b.inputs["input_ids"])
+    pa, pb = a.inputs["pixel_values_videos"], b.inputs["pixel_values_videos"]
+    assert pa.shape == pb.shape
+    if wrapper == "nemotron_h_omni":  # the same video processor class on both paths
+        assert torch.equal(pa, pb)
+    else:  # torchvision's and PIL's bicubic resampling differ by a few levels
+        assert (pa - pb).abs().mean() < 0.05
 
 
 def test_omni_embeddings_are_the_models_own_pieces(vlms):
