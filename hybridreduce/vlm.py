@@ -515,6 +515,10 @@ def load(
     config = AutoConfig.from_pretrained(root, trust_remote_code=trust_remote_code)
     kwargs = {"dtype": torch_dtype, "trust_remote_code": trust_remote_code}
     if device_map is not None:
+        from importlib.util import find_spec
+
+        if find_spec("accelerate") is None:
+            raise InputError("device_map needs accelerate: pip install accelerate (or hybridreduce[cuda])")
         kwargs["device_map"] = device_map
     try:
         model = AutoModelForImageTextToText.from_pretrained(root, **kwargs)

@@ -210,3 +210,13 @@ def test_load_errors(tmp_path, checkpoints):
 def test_load_dtype(checkpoints):
     vlm = load(checkpoints["llava_next_video"], dtype="bfloat16")
     assert next(vlm.model.parameters()).dtype == torch.bfloat16
+
+
+@pytest.mark.skipif(find_spec("accelerate") is None, reason="device_map needs accelerate (the dev extra has it)")
+def test_device_map_load_answers_like_a_plain_load(vlms, checkpoints):
+    mapped = load(checkpoints["nemotron_h_omni"], device_map={"": "cpu"})
+    prompt = mapped.prompt(make_video(seed=3), "what ?")
+    for schedule in (None, "progressive"):
+        a = mapped.answer(prompt, schedule, max_new_tokens=4)
+        b = vlms["nemotron_h_omni"].answer(prompt, schedule, max_new_tokens=4)
+        assert (a.tokens, a.block_visual) == (b.tokens, b.block_visual)
