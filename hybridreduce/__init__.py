@@ -4,6 +4,7 @@ Entry points:
     :func:`capture` — record per-block importance of the visual tokens (a context manager).
     :func:`reduce` — drop visual tokens between blocks under a :class:`Schedule` (a context manager).
     :func:`get_adapter` — how a model's blocks are laid out (kinds, mixers, RoPE).
+    :func:`load` — a video VLM checkpoint directory with its tokenizer and prompts (:class:`VLM`).
     :class:`ScoreCache`, :class:`ScorerConfig`.
 """
 
@@ -14,6 +15,7 @@ from .errors import HybridReduceError, InputError, ScoreError, UnsupportedModelE
 from .schedule import Plan, Schedule
 from .scoring.config import ScorerConfig
 from .taps import capture
+from .vlm import VLM, load
 
 __version__ = "0.1.0"
 
@@ -27,10 +29,12 @@ __all__ = [
     "Schedule",
     "ScorerConfig",
     "UnsupportedModelError",
+    "VLM",
     "__version__",
     "cache_nbytes",
     "capture",
     "get_adapter",
+    "load",
     "reduce",
     "supported_model_types",
 ]

@@ -199,14 +199,15 @@ def build_tiny_model(arch: str, seed: int = 0, attn_implementation: str | None =
     return model.eval()
 
 
-TINY_VLMS = ("nemotron_h_omni", "llava_next_video")
+TINY_VLMS = ("nemotron_h_omni", "llava_next_video", "llava_onevision")
 
 
 def build_tiny_vlm(wrapper: str = "nemotron_h_omni", text_arch: str = "nemotron_h", seed: int = 0):
     """A tiny random vision-language wrapper around the tiny ``text_arch`` language model.
 
-    ``nemotron_h_omni`` (RADIO vision tower, Nemotron-H language model) or ``llava_next_video``
-    (CLIP vision tower, any supported language model as ``text_config``).
+    ``nemotron_h_omni`` (RADIO vision tower, Nemotron-H language model), ``llava_next_video`` (CLIP vision
+    tower) or ``llava_onevision`` (SigLIP vision tower), the last two with any supported language model as
+    ``text_config``.
     """
     from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText
 
@@ -229,6 +230,9 @@ def build_tiny_vlm(wrapper: str = "nemotron_h_omni", text_arch: str = "nemotron_
         )
     elif wrapper == "llava_next_video":
         vision = dict(model_type="clip_vision_model", **tower)
+        config = AutoConfig.for_model(wrapper, text_config=text, vision_config=vision, **ids)
+    elif wrapper == "llava_onevision":
+        vision = dict(model_type="siglip_vision_model", **tower)
         config = AutoConfig.for_model(wrapper, text_config=text, vision_config=vision, **ids)
     else:
         raise ValueError(f"No tiny VLM {wrapper!r}; available: {', '.join(TINY_VLMS)}.")
@@ -273,7 +277,8 @@ def save_tiny_vlm(path, wrapper: str = "nemotron_h_omni", text_arch: str = "nemo
 
     It loads with :func:`hybridreduce.vlm.load` exactly as a downloaded checkpoint does. The video processor
     makes 16×16-pixel frames (4×4 patches of 4 pixels): ``nemotron_h_omni`` gives 4 tokens per tubelet of 2
-    frames, ``llava_next_video`` 4 tokens per frame (2×2 pooling). ``config`` sets wrapper config fields
+    frames, ``llava_next_video`` and ``llava_onevision`` 4 tokens per frame (2×2 pooling; OneVision adds one
+    closing newline token). ``config`` sets wrapper config fields
     (e.g. ``video_pruning_rate=0.5``).
     """
     from pathlib import Path
@@ -296,6 +301,14 @@ def save_tiny_vlm(path, wrapper: str = "nemotron_h_omni", text_arch: str = "nemo
         NemotronH_Omni_Reasoning_V3VideoProcessor(
             patch_size=4, video_target_num_patches=16, downsample_ratio=0.5, norm_mean=[0.5] * 3, norm_std=[0.5] * 3
         ).save_pretrained(out)
+    elif wrapper == "llava_onevision":
+        from transformers.models.llava_onevision.video_processing_llava_onevision import LlavaOnevisionVideoProcessor
+
+        LlavaOnevisionVideoProcessor(
+            size={"height": 16, "width": 16}, image_mean=[0.5] * 3, image_std=[0.5] * 3
+        ).save_pretrained(out)
+        settings = {"num_image_tokens": 16, "vision_feature_select_strategy": "full"}
+        (out / "processor_config.json").write_text(json.dumps(settings) + "\n")
     else:
         from transformers.models.llava_next_video.video_processing_llava_next_video import (
             LlavaNextVideoVideoProcessor,

@@ -1,7 +1,7 @@
 """Real hybrid video VLMs: load a checkpoint directory, turn a video and a question into its inputs, answer.
 
 :func:`load` returns a :class:`VLM` — the model, its tokenizer, the video family that knows how the
-model's processor lays out a video, and the adapter. Two families are supported, keyed by the
+model's processor lays out a video, and the adapter. Three families are supported, keyed by the
 checkpoint's ``model_type``:
 
 ``nemotron_h_omni``
@@ -12,6 +12,10 @@ checkpoint's ``model_type``:
 ``llava_next_video``
     LLaVA-NeXT-Video with a hybrid ``text_config`` (``nemotron_h``, ``jamba``, ``bamba``, ...): every frame
     is CLIP-preprocessed and average-pooled 2×2, ``<video>`` repeated once per pooled patch of every frame.
+``llava_onevision``
+    LLaVA-OneVision with a hybrid ``text_config``: frames resized to the tower's input size, features pooled
+    bilinearly to half the side, and one ``image_newline`` token after the last frame (a visual token that
+    is not part of the frame grid: EVS always keeps it).
 
 Frames go through the checkpoint's own processor when it loads (``AutoProcessor``; transformers' video
 processors need torchvision). Without it, the prompt is built from the pieces that do run: the family's
@@ -54,7 +58,7 @@ from .evs import apply_retention, evs_retention_mask
 from .schedule import Schedule
 
 #: Video-VLM ``model_type`` values :func:`load` handles.
-VIDEO_FAMILIES = ("nemotron_h_omni", "llava_next_video")
+VIDEO_FAMILIES = ("nemotron_h_omni", "llava_next_video", "llava_onevision")
 
 
 @dataclass
@@ -65,8 +69,10 @@ class Prompt:
         inputs: the wrapper's forward arguments (``input_ids``, ``attention_mask``, ``pixel_values_videos``).
         visual_mask: ``(1, L)`` bool, the video placeholder tokens.
         units: ``U``, temporal units of the visual grid (tubelets or frames).
-        tokens_per_unit: ``n``; ``U · n = V``.
-        text: the prompt text before tokenisation (placeholders expanded).
+        tokens_per_unit: ``n``: ``U · n`` visual tokens form the grid.
+        text: the prompt text before placeholder expansion.
+        grid_mask: ``(1, L)`` bool, the visual tokens of the ``U × n`` grid (EVS ranks these); the visual mask
+            unless the family adds visual tokens outside the grid (LLaVA-OneVision's closing newline).
     """
 
     inputs: dict
@@ -74,6 +80,11 @@ class Prompt:
     units: int
     tokens_per_unit: int
     text: str
+    grid_mask: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.grid_mask is None:
+            self.grid_mask = self.visual_mask
 
     @property
     def n_visual(self) -> int:
@@ -156,14 +167,21 @@ class VideoFamily:
             inputs = self._without_processor(video, text)
         ids = inputs["input_ids"]
         visual = ids == self.placeholder_id
+        grid = self.grid_mask(visual)
         units = self.units(video, inputs)
-        V = int(visual.sum())
+        V = int(grid.sum())
         if V == 0 or V % units:
             raise InputError(
                 f"{self.path}: the prompt has {V} video placeholder tokens for {units} temporal units; the tokenizer "
                 f"and the processor settings do not match this model"
             )
-        return Prompt(inputs=inputs, visual_mask=visual, units=units, tokens_per_unit=V // units, text=text)
+        return Prompt(
+            inputs=inputs, visual_mask=visual, units=units, tokens_per_unit=V // units, text=text, grid_mask=grid
+        )
+
+    def grid_mask(self, visual: torch.Tensor) -> torch.Tensor:
+        """The visual tokens that form the ``U × n`` grid (all of them unless a family says otherwise)."""
+        return visual
 
     def units(self, video, inputs: dict) -> int:
         raise NotImplementedError
@@ -309,7 +327,39 @@ class LlavaVideoFamily(VideoFamily):
         return {**self._tokenize(text.replace(self.video_token, expansion, 1)), **pixels}
 
 
-FAMILIES: dict[str, type[VideoFamily]] = {f.model_type: f for f in (OmniFamily, LlavaVideoFamily)}
+class OnevisionFamily(LlavaVideoFamily):
+    """``llava_onevision``: frames resized to the tower's size, features pooled to ``⌈s/2⌉²`` per frame, and one
+    ``image_newline`` embedding closing the video (a ``<video>`` placeholder outside the frame grid)."""
+
+    model_type = "llava_onevision"
+
+    def grid_mask(self, visual: torch.Tensor) -> torch.Tensor:
+        grid = visual.clone()
+        last = int(visual[0].nonzero()[-1])  # the newline: always the last video placeholder
+        grid[0, last] = False
+        return grid
+
+    def _without_processor(self, video, text: str) -> dict:
+        from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+        from transformers.models.llava_onevision.processing_llava_onevision import LlavaOnevisionProcessor
+
+        settings = _read_json(self.path / "video_preprocessor_config.json", "video processor config")
+        known = ("do_resize", "size", "resample", "do_rescale", "rescale_factor", "do_normalize", "image_mean",
+                 "image_std", "do_convert_rgb")  # fmt: skip
+        image_processor = CLIPImageProcessorPil(
+            do_center_crop=False, **{k: settings[k] for k in known if k in settings}
+        )
+        frames = image_processor(images=list(video.frames), return_tensors="pt")["pixel_values"]
+        pixels = {"pixel_values_videos": frames.unsqueeze(0)}
+        processor_settings = _read_json(self.path / "processor_config.json", "processor config", required=False)
+        vision = self.config.vision_config
+        tokens = processor_settings.get("num_image_tokens") or (vision.image_size // vision.patch_size) ** 2
+        shim = SimpleNamespace(num_image_tokens=tokens, video_token=getattr(self.tokenizer, "video_token", "<video>"))
+        expansion = LlavaOnevisionProcessor.replace_video_token(shim, pixels, 0)
+        return {**self._tokenize(text.replace(self.video_token, expansion, 1)), **pixels}
+
+
+FAMILIES: dict[str, type[VideoFamily]] = {f.model_type: f for f in (OmniFamily, LlavaVideoFamily, OnevisionFamily)}
 
 
 def _read_json(path: Path, what: str, required: bool = True) -> dict:
@@ -380,11 +430,13 @@ class VLM:
 
     def evs(self, prompt: Prompt, embeds: dict, q: float):
         """EVS at rate ``q`` on the visual embeddings: an :class:`hybridreduce.evs.EVSResult` (original positions)."""
-        x, vm = embeds["inputs_embeds"], prompt.visual_mask.to(embeds["inputs_embeds"].device)
+        x = embeds["inputs_embeds"]
+        vm, grid = prompt.visual_mask.to(x.device), prompt.grid_mask.to(x.device)
         # (U, 1, n, d): dissimilarity is per position and the top-k is global, so a one-row grid of n tokens
         # gives the same keep set as the true h × w grid, whatever its aspect ratio.
-        video = x[vm].view(prompt.units, 1, prompt.tokens_per_unit, x.shape[-1])
-        keep = evs_retention_mask(video, q, mode="embedding")
+        video = x[grid].view(prompt.units, 1, prompt.tokens_per_unit, x.shape[-1])
+        keep = torch.ones(int(vm.sum()), dtype=torch.bool, device=x.device)  # visual tokens off the grid stay
+        keep[grid[vm]] = evs_retention_mask(video, q, mode="embedding")
         return apply_retention(x, vm, keep, embeds["attention_mask"])
 
     @torch.no_grad()

@@ -9,18 +9,19 @@ import pytest
 import torch
 from transformers.models.nemotron_h_omni.modeling_nemotron_h_omni import compute_retention_mask
 
-from hybridreduce import InputError, UnsupportedModelError
+from hybridreduce import InputError, UnsupportedModelError, load
 from hybridreduce.tiny import build_tiny_model, save_tiny_vlm
 from hybridreduce.video import Video
-from hybridreduce.vlm import VideoFamily, load
+from hybridreduce.vlm import VideoFamily
 
-WRAPPERS = ["nemotron_h_omni", "llava_next_video"]
+WRAPPERS = ["nemotron_h_omni", "llava_next_video", "llava_onevision"]
+TEXT = {"nemotron_h_omni": "nemotron_h", "llava_next_video": "nemotron_h", "llava_onevision": "jamba"}
 
 
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory):
     root = tmp_path_factory.mktemp("vlms")
-    return {w: save_tiny_vlm(root / w, w) for w in WRAPPERS}
+    return {w: save_tiny_vlm(root / w, w, TEXT[w]) for w in WRAPPERS}
 
 
 @pytest.fixture(scope="module")
@@ -52,6 +53,20 @@ def _processor(wrapper: str, path, tokenizer):
         video = NemotronH_Omni_Reasoning_V3VideoProcessor.from_pretrained(path)
         image = NemotronH_Omni_Reasoning_V3ImageProcessor(patch_size=4, norm_mean=[0.5] * 3, norm_std=[0.5] * 3)
         return NemotronH_Omni_Reasoning_V3Processor(image_processor=image, video_processor=video, tokenizer=tokenizer)
+    if wrapper == "llava_onevision":
+        from transformers.models.llava_onevision import (
+            LlavaOnevisionImageProcessor,
+            LlavaOnevisionProcessor,
+            LlavaOnevisionVideoProcessor,
+        )
+
+        return LlavaOnevisionProcessor(
+            image_processor=LlavaOnevisionImageProcessor(),
+            video_processor=LlavaOnevisionVideoProcessor.from_pretrained(path),
+            tokenizer=tokenizer,
+            num_image_tokens=16,
+            vision_feature_select_strategy="full",
+        )
     from transformers import LlavaNextImageProcessor
     from transformers.models.llava_next_video import LlavaNextVideoProcessor, LlavaNextVideoVideoProcessor
 
@@ -72,9 +87,13 @@ def test_load_and_prompt_layout(wrapper, vlms):
     prompt = vlm.prompt(make_video(T=8), "what colour is the shape ?")
     per_frame = 4  # 16×16 px frames, 4-px patches, 2×2 merge (omni) or 2×2 pooling (llava)
     units = 4 if wrapper == "nemotron_h_omni" else 8  # tubelets of 2 frames vs frames
-    assert (prompt.units, prompt.tokens_per_unit, prompt.n_visual) == (units, per_frame, units * per_frame)
+    newline = int(wrapper == "llava_onevision")  # OneVision closes the video with one newline token
+    assert (prompt.units, prompt.tokens_per_unit) == (units, per_frame)
+    assert (int(prompt.grid_mask.sum()), prompt.n_visual) == (units * per_frame, units * per_frame + newline)
     ids = prompt.inputs["input_ids"]
     assert torch.equal(prompt.visual_mask, ids == vlm.family.placeholder_id)
+    last = int(prompt.visual_mask[0].nonzero()[-1])
+    assert bool(prompt.grid_mask[0, last]) == (not newline) and bool((prompt.grid_mask <= prompt.visual_mask).all())
     if wrapper == "nemotron_h_omni":  # one <img> … </img> chunk per tubelet, labelled with its frames' times
         text = vlm.tokenizer.decode(ids[0])
         assert text.count("<img>") == units and text.count("</img>") == units and "Frame 1 sampled at" in text
@@ -123,8 +142,9 @@ def test_omni_embeddings_are_the_models_own_pieces(vlms):
     assert torch.equal(generic, embeds)
 
 
-def test_llava_embeddings_give_the_wrappers_logits(vlms):
-    vlm = vlms["llava_next_video"]
+@pytest.mark.parametrize("wrapper", ["llava_next_video", "llava_onevision"])
+def test_llava_embeddings_give_the_wrappers_logits(wrapper, vlms):
+    vlm = vlms[wrapper]
     prompt = vlm.prompt(make_video(), "what ?")
     embeds = vlm.embed(prompt)
     with torch.no_grad():
@@ -181,12 +201,15 @@ def test_keep_one_answers_exactly_like_no_reduction(wrapper, vlms):
 def test_reduction_and_evs_shrink_what_the_blocks_carry(wrapper, vlms):
     vlm = vlms[wrapper]
     prompt = vlm.prompt(make_video(seed=2), "how many ?")
-    red = vlm.answer(prompt, "progressive", max_new_tokens=3)
+    half = {"method": "progressive", "keep": 0.5}  # feasible on the 4-block Jamba of the OneVision model too
+    red = vlm.answer(prompt, half, max_new_tokens=3)
     assert red.block_visual[0] == prompt.n_visual and red.block_visual[-1] < prompt.n_visual
     assert red.block_visual == sorted(red.block_visual, reverse=True) and 0 < red.average_keep < 1
     evs = vlm.answer(prompt, None, evs=0.5, max_new_tokens=3)
-    assert evs.evs_visual == prompt.n_visual // 2 and evs.block_visual == [evs.evs_visual] * vlm.adapted.num_blocks
-    both = vlm.answer(prompt, "progressive", evs=0.5, max_new_tokens=3)
+    grid = int(prompt.grid_mask.sum())
+    assert evs.evs_visual == grid // 2 + (prompt.n_visual - grid)  # tokens off the grid (a newline) all stay
+    assert evs.block_visual == [evs.evs_visual] * vlm.adapted.num_blocks
+    both = vlm.answer(prompt, half, evs=0.5, max_new_tokens=3)
     assert both.block_visual[0] == evs.evs_visual and both.average_keep < evs.average_keep
     with pytest.raises(InputError, match="max_new_tokens"):
         vlm.answer(prompt, max_new_tokens=0)
@@ -220,3 +243,18 @@ def test_device_map_load_answers_like_a_plain_load(vlms, checkpoints):
         a = mapped.answer(prompt, schedule, max_new_tokens=4)
         b = vlms["nemotron_h_omni"].answer(prompt, schedule, max_new_tokens=4)
         assert (a.tokens, a.block_visual) == (b.tokens, b.block_visual)
+
+
+def test_onevision_evs_ranks_the_frame_grid_and_keeps_the_newline(vlms):
+    vlm = vlms["llava_onevision"]
+    prompt = vlm.prompt(make_video(T=6), "what ?")
+    embeds = vlm.embed(prompt)
+    kept = vlm.evs(prompt, embeds, 0.5)
+    x = embeds["inputs_embeds"]
+    frames = x[prompt.grid_mask].view(prompt.units, 2, 2, -1)  # the 2×2 pooled grid of each frame
+    expected = compute_retention_mask(video_embeds=frames.reshape(-1, x.shape[-1]), thw=(6, 2, 2),
+                                      spatial_merge_size=1, q=0.5)  # fmt: skip
+    grid_rows = prompt.grid_mask[0].nonzero().squeeze(1)
+    newline = int(prompt.visual_mask[0].nonzero()[-1])
+    kept_rows = kept.kept_index[kept.visual_mask]
+    assert torch.equal(kept_rows[:-1], grid_rows[expected]) and int(kept_rows[-1]) == newline
