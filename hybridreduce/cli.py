@@ -178,6 +178,15 @@ def _load_vlm(args: argparse.Namespace, device: str | None = None):
     )
 
 
+def _evs_rate(args: argparse.Namespace, vlm) -> float:
+    """``--evs``, or by default the checkpoint's own pre-LLM pruning rate (the model as it ships)."""
+    if args.evs is not None:
+        return args.evs
+    if vlm.builtin_evs:
+        print(f"EVS at the checkpoint's video_pruning_rate {vlm.builtin_evs:g} (--evs 0 turns it off)", file=sys.stderr)
+    return vlm.builtin_evs
+
+
 def _frames_kwargs(args: argparse.Namespace) -> dict:
     if args.fps is not None:
         return {"frames": None, "fps": args.fps, "max_frames": args.max_frames}
@@ -193,11 +202,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     shard = parse_shard(args.shard)
     distributed = args.shard is None and shard[1] > 1  # launched by torchrun: ranks meet at the end
     items = read_manifest(args.data)
-    settings = settings_for(args.schedule, evs=args.evs or 0.0, full=not args.no_full, keep=args.keep)
+    settings_for(args.schedule, keep=args.keep)  # a bad schedule fails before the model loads
     device = args.device
     if device == "cuda" and "LOCAL_RANK" in os.environ:
         device = f"cuda:{os.environ['LOCAL_RANK']}"
     vlm = _load_vlm(args, device)
+    settings = settings_for(args.schedule, evs=_evs_rate(args, vlm), full=not args.no_full, keep=args.keep)
     path = run(
         vlm, items, args.out, settings, max_new_tokens=args.max_new_tokens, shard=shard,
         progress=not args.no_progress, **_frames_kwargs(args),
@@ -231,7 +241,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     video = read_video(args.video, num_frames=kw["frames"], fps=kw["fps"], max_frames=kw["max_frames"])
     item = Item(id="cli", video=str(args.video), question=args.question, options=tuple(args.option or ()))
     prompt = vlm.prompt(video, prompt_text(item))
-    settings = settings_for(args.schedule, evs=args.evs or 0.0, full=args.schedule in (None, "none"), keep=args.keep)
+    full = args.schedule in (None, "none")
+    settings = settings_for(args.schedule, evs=_evs_rate(args, vlm), full=full, keep=args.keep)
     for setting in settings:
         ans = vlm.answer(prompt, setting.schedule, evs=setting.evs, max_new_tokens=args.max_new_tokens)
         choice = f" (choice {parse_choice(ans.text, item.letters)})" if item.options else ""
@@ -265,7 +276,11 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-frames", type=int, help="cap on the frames --fps samples")
     p.add_argument("--schedule", default="progressive", help="preset name, YAML file, or none (default progressive)")
     p.add_argument("--keep", type=float, help="override the schedule's keep budget")
-    p.add_argument("--evs", type=float, help="EVS pruning rate q before the language model (default off)")
+    p.add_argument(
+        "--evs",
+        type=float,
+        help="EVS pruning rate q before the language model (default: the checkpoint's video_pruning_rate, else off)",
+    )
     p.add_argument("--max-new-tokens", type=int, default=8, help="greedy answer length (default 8)")
 
 

@@ -182,3 +182,17 @@ def test_cli_run_generate_merge(setup, tmp_path, capsys):
     assert main(["merge", str(tmp_path / "empty")]) == 2
     assert main([*args, "--shard", "3/2"]) == 2
     assert "shard" in capsys.readouterr().err
+
+
+def test_the_checkpoints_own_evs_rate_is_the_default(setup, tmp_path, capsys):
+    model = save_tiny_vlm(tmp_path / "omni_evs", "nemotron_h_omni", video_pruning_rate=0.5)
+    assert load(model).builtin_evs == 0.5
+    video = str(setup["root"] / "videos" / "a.mp4")
+    base = ["generate", "--model", str(model), "--video", video, "--question", "what ?", "--frames", "4",
+            "--schedule", "none"]  # fmt: skip
+    assert main(base) == 0
+    captured = capsys.readouterr()
+    assert "[full+evs0.5]" in captured.out and "8 visual tokens, 4 after EVS" in captured.out
+    assert "video_pruning_rate 0.5" in captured.err
+    assert main([*base, "--evs", "0"]) == 0
+    assert "[full]" in capsys.readouterr().out
