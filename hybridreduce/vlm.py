@@ -461,26 +461,28 @@ class VLM:
 
         if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
             raise InputError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
-        t0 = time.perf_counter()
+        device = _input_device(self.model)
+        t0 = _clock(device)
         embeds = self.embed(prompt)
-        t1 = time.perf_counter()
+        t1 = _clock(device)
         x, am = embeds["inputs_embeds"], embeds["attention_mask"].to(embeds["inputs_embeds"].device)
         vm = prompt.visual_mask.to(x.device)
         positions = torch.arange(x.shape[1], device=x.device)[None]
         if evs:
             kept = self.evs(prompt, embeds, evs)
             x, am, vm, positions = kept.inputs, kept.attention_mask, kept.visual_mask, kept.kept_index
-        t2 = time.perf_counter()
+        t2 = _clock(device)
         context = reduce(self.model, schedule, visual_mask=vm, scorer=scorer) if schedule is not None else nullcontext()
         eos = _eos_ids(self.model, self.tokenizer)
         tokens: list[int] = []
         with context as red:
+            t2p = _clock(device)  # the hooks are installed: what follows is the prefill alone
             out = self.model(
                 inputs_embeds=x, attention_mask=am, position_ids=positions, use_cache=True, logits_to_keep=1
             )
-            t3 = time.perf_counter()
+            t3 = _clock(device)
             token = int(out.logits[0, -1].argmax())
-            t4 = time.perf_counter()
+            t4 = _clock(device)
             tokens.append(token)
             cache, last = out.past_key_values, int(positions[0, -1])
             while len(tokens) < max_new_tokens and token not in eos:
@@ -493,7 +495,7 @@ class VLM:
                 )  # fmt: skip
                 cache, token = out.past_key_values, int(out.logits[0, -1].argmax())
                 tokens.append(token)
-        t5 = time.perf_counter()
+        t5 = _clock(device)
         n_in = int(vm.sum())
         blocks = red.block_visual if red is not None else [n_in] * self.adapted.num_blocks
         return Answer(
@@ -504,10 +506,17 @@ class VLM:
             block_visual=list(blocks),
             embed_s=t1 - t0,
             evs_s=t2 - t1,
-            prefill_s=t3 - t2,
+            prefill_s=t3 - t2p,
             ttft_s=t4 - t0,
             decode_s=t5 - t4,
         )
+
+
+def _clock(device: torch.device) -> float:
+    """``time.perf_counter()`` after the device's queued work is done (CUDA kernels run asynchronously)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
 
 
 def _input_device(model: nn.Module) -> torch.device:
