@@ -51,7 +51,7 @@ from .data import ToyConfig, ToyDataset, chance_level
 from .model import ToyVLM
 from .train import AnswerSheet, accuracy_table, evs_inputs, spec_from_dict
 
-#: The embedded checkpoint (``hybridreduce train-toy --config configs/toy.yaml --out <this>``).
+#: The embedded checkpoint (``configs/toy.yaml``, then its warm restart ``configs/toy_continue.yaml``; see its README).
 CHECKPOINT = Path(__file__).parent / "checkpoint"
 
 METHODS = (

@@ -18,6 +18,11 @@ Video Sampling applied before the language model at a pruning rate drawn uniform
 ``[0, evs_max_rate]``, as EVS-uptrained models are; it teaches the model to answer from a subset of
 the visual tokens.
 
+A warm restart (``train.init_from`` or ``--init-from DIR``) starts from a previous run's weights and
+position heads with a fresh optimiser and learning-rate schedule, on training items from
+``train.data_offset`` on (videos the first run did not see); ``configs/toy_continue.yaml`` is the second
+stage of the shipped checkpoint.
+
 A run writes, into its output directory: ``model.safetensors`` + ``config.json`` (``from_pretrained``
 loads them), ``train_config.yaml`` (the resolved settings), ``train_log.jsonl`` (one JSON object per
 logged step and per evaluation), ``trainer_state.pt`` (optimiser and random state, for ``--resume``) and
