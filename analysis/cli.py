@@ -22,11 +22,11 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     """Collect scores and metrics; 0 when everything ran, 1 when some part failed (see metrics.json)."""
     from dataclasses import replace
 
-    from .collect import AnalysisConfig, collect
+    from hybridreduce.runner import on_rank_zero_after_all, parse_shard
+
+    from .collect import AnalysisConfig, collect, merge_shards
 
     _quiet_transformers()
-    from hybridreduce.runner import parse_shard
-
     config = AnalysisConfig.from_yaml(args.config)
     if args.samples is not None:
         config = replace(config, samples=args.samples)
@@ -37,28 +37,14 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         if args.shard is not None:
             print(f"when every shard is done, run: hybridreduce merge {args.out}")
             return 0
-        return _merge_after_barrier(args.out, shard[0])  # under torchrun
+        code = on_rank_zero_after_all(shard[0], lambda: _report(merge_shards(args.out), args.out))  # torchrun
+        return code or 0
     metrics = collect(config, args.out, progress=not args.no_progress)
     return _report(metrics, args.out)
 
 
-def _merge_after_barrier(out: str, rank: int) -> int:
-    """torchrun: every rank has written its shard once all pass the barrier; rank 0 then merges them."""
-    import torch.distributed as dist
-
-    from .collect import merge_shards
-
-    dist.init_process_group("gloo")
-    try:
-        dist.barrier()
-        code = _report(merge_shards(out), out) if rank == 0 else 0
-        dist.barrier()
-    finally:
-        dist.destroy_process_group()
-    return code
-
-
 def _report(metrics: dict, out: str) -> int:
+    """Print what a run wrote and its failures; 1 when some part failed, else 0."""
     ok = [name for name, s in metrics["scorers"].items() if s["status"] == "ok"]
     print(f"scored {metrics['model']['samples']} samples with scorers {', '.join(ok)}; wrote {out}/metrics.json")
     for err in metrics["errors"]:

@@ -197,7 +197,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     import os
 
     from .manifest import read_manifest
-    from .runner import format_summary, merge, parse_shard, run, settings_for
+    from .runner import format_summary, merge, on_rank_zero_after_all, parse_shard, run, settings_for
 
     shard = parse_shard(args.shard)
     distributed = args.shard is None and shard[1] > 1  # launched by torchrun: ranks meet at the end
@@ -214,16 +214,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     )  # fmt: skip
     print(f"wrote {path}")
     if distributed:
-        import torch.distributed as dist
-
-        dist.init_process_group("gloo")
-        try:
-            dist.barrier()
-            if shard[0] == 0:
-                print(format_summary(merge(args.out)))
-            dist.barrier()
-        finally:
-            dist.destroy_process_group()
+        on_rank_zero_after_all(shard[0], lambda: print(format_summary(merge(args.out))))
     elif shard[1] == 1:
         print(format_summary(merge(args.out)))
     else:

@@ -82,6 +82,26 @@ def parse_shard(spec: str | None, env: dict | None = None) -> tuple[int, int]:
     return i, n
 
 
+def on_rank_zero_after_all(rank: int, work):
+    """Under torchrun: wait until every rank gets here (a gloo barrier), then run ``work()`` on rank 0 only.
+
+    Returns ``work()``'s result on rank 0 and None elsewhere. The barrier waits up to two days, since ranks
+    whose shards are lighter may finish hours apart (the default gloo timeout is 30 minutes).
+    """
+    from datetime import timedelta
+
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", timeout=timedelta(days=2))
+    try:
+        dist.barrier()
+        result = work() if rank == 0 else None
+        dist.barrier()  # no rank exits while rank 0 still reads their files
+    finally:
+        dist.destroy_process_group()
+    return result
+
+
 def predictions_path(out: Path, shard: tuple[int, int]) -> Path:
     i, n = shard
     return out / ("predictions.jsonl" if n == 1 else f"predictions.shard-{i}-of-{n}.jsonl")
