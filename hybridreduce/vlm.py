@@ -311,20 +311,31 @@ class LlavaVideoFamily(VideoFamily):
         return self.processor(text=text, videos=[video.frames], return_tensors="pt")
 
     def _without_processor(self, video, text: str) -> dict:
+        """Frames through transformers' PIL image processor with the checkpoint's video settings, then the
+        processor class's own placeholder expansion (:meth:`_expand`)."""
         from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
-        from transformers.models.llava_next_video.processing_llava_next_video import LlavaNextVideoProcessor
 
         settings = _read_json(self.path / "video_preprocessor_config.json", "video processor config")
-        known = ("do_resize", "size", "resample", "do_center_crop", "crop_size", "do_rescale", "rescale_factor",
-                 "do_normalize", "image_mean", "image_std", "do_convert_rgb")  # fmt: skip
-        image_processor = CLIPImageProcessorPil(**{k: settings[k] for k in known if k in settings})
+        image_processor = CLIPImageProcessorPil(**self._pil_settings(settings))
         frames = image_processor(images=list(video.frames), return_tensors="pt")["pixel_values"]
         pixels = {"pixel_values_videos": frames.unsqueeze(0)}
         processor_settings = _read_json(self.path / "processor_config.json", "processor config", required=False)
+        expansion = self._expand(pixels, processor_settings)
+        return {**self._tokenize(text.replace(self.video_token, expansion, 1)), **pixels}
+
+    def _pil_settings(self, settings: dict) -> dict:
+        """The video processor config's fields that the PIL image processor takes."""
+        known = ("do_resize", "size", "resample", "do_center_crop", "crop_size", "do_rescale", "rescale_factor",
+                 "do_normalize", "image_mean", "image_std", "do_convert_rgb")  # fmt: skip
+        return {k: settings[k] for k in known if k in settings}
+
+    def _expand(self, pixels: dict, processor_settings: dict) -> str:
+        """The ``<video>`` run of ``pixels``, by ``LlavaNextVideoProcessor.replace_video_token``."""
+        from transformers.models.llava_next_video.processing_llava_next_video import LlavaNextVideoProcessor
+
         patch = processor_settings.get("patch_size") or self.config.vision_config.patch_size
         shim = SimpleNamespace(patch_size=patch, video_token=getattr(self.tokenizer, "video_token", self.video_token))
-        expansion = LlavaNextVideoProcessor.replace_video_token(shim, pixels, 0)
-        return {**self._tokenize(text.replace(self.video_token, expansion, 1)), **pixels}
+        return LlavaNextVideoProcessor.replace_video_token(shim, pixels, 0)
 
 
 class OnevisionFamily(LlavaVideoFamily):
@@ -339,24 +350,19 @@ class OnevisionFamily(LlavaVideoFamily):
         grid[0, last] = False
         return grid
 
-    def _without_processor(self, video, text: str) -> dict:
-        from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+    def _pil_settings(self, settings: dict) -> dict:
+        """No centre crop: OneVision resizes frames to the tower's size."""
+        kept = {k: v for k, v in super()._pil_settings(settings).items() if k not in ("do_center_crop", "crop_size")}
+        return {**kept, "do_center_crop": False}
+
+    def _expand(self, pixels: dict, processor_settings: dict) -> str:
+        """The ``<video>`` run of ``pixels`` (frames, then the newline), by ``LlavaOnevisionProcessor``."""
         from transformers.models.llava_onevision.processing_llava_onevision import LlavaOnevisionProcessor
 
-        settings = _read_json(self.path / "video_preprocessor_config.json", "video processor config")
-        known = ("do_resize", "size", "resample", "do_rescale", "rescale_factor", "do_normalize", "image_mean",
-                 "image_std", "do_convert_rgb")  # fmt: skip
-        image_processor = CLIPImageProcessorPil(
-            do_center_crop=False, **{k: settings[k] for k in known if k in settings}
-        )
-        frames = image_processor(images=list(video.frames), return_tensors="pt")["pixel_values"]
-        pixels = {"pixel_values_videos": frames.unsqueeze(0)}
-        processor_settings = _read_json(self.path / "processor_config.json", "processor config", required=False)
         vision = self.config.vision_config
         tokens = processor_settings.get("num_image_tokens") or (vision.image_size // vision.patch_size) ** 2
         shim = SimpleNamespace(num_image_tokens=tokens, video_token=getattr(self.tokenizer, "video_token", "<video>"))
-        expansion = LlavaOnevisionProcessor.replace_video_token(shim, pixels, 0)
-        return {**self._tokenize(text.replace(self.video_token, expansion, 1)), **pixels}
+        return LlavaOnevisionProcessor.replace_video_token(shim, pixels, 0)
 
 
 FAMILIES: dict[str, type[VideoFamily]] = {f.model_type: f for f in (OmniFamily, LlavaVideoFamily, OnevisionFamily)}
