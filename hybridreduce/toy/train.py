@@ -151,12 +151,12 @@ class TrainConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise InputError(f"train.{name} must be a positive integer, got {value!r}")
-        if isinstance(self.data_offset, bool) or not isinstance(self.data_offset, int) or self.data_offset < 0:
-            raise InputError(f"train.data_offset must be an integer >= 0, got {self.data_offset!r}")
+        for name in ("follow_ups", "data_offset"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise InputError(f"train.{name} must be an integer >= 0, got {value!r}")
         if self.init_from is not None and not isinstance(self.init_from, str):
             raise InputError(f"train.init_from must be a train-toy output directory, got {self.init_from!r}")
-        if isinstance(self.follow_ups, bool) or not isinstance(self.follow_ups, int) or self.follow_ups < 0:
-            raise InputError(f"train.follow_ups must be an integer >= 0, got {self.follow_ups!r}")
         stages = self.curriculum or []
         if not isinstance(stages, list) or any(
             not isinstance(st, dict)
