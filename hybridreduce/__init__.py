@@ -8,6 +8,7 @@ Entry points:
     :class:`ScoreCache`, :class:`ScorerConfig`.
 """
 
+from . import compat
 from .adapters import get_adapter, supported_model_types
 from .cache import ScoreCache
 from .engine import Reduction, cache_nbytes, reduce
@@ -18,6 +19,9 @@ from .taps import capture
 from .vlm import VLM, load
 
 __version__ = "0.1.0"
+
+# The hooks read transformers' internal call signatures: say so once if the installed release is untested.
+compat.warn_if_untested()
 
 __all__ = [
     "HybridReduceError",

@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from . import compat
 from .engine import cache_nbytes, reduce
 from .errors import InputError
 from .schedule import Schedule
@@ -144,14 +145,16 @@ def _prefill(model, ids):
 
 def _decode(model, out, ids, steps: int) -> float:
     """Greedy decode ``steps`` tokens from a prefill's cache; returns tokens per second."""
-    cache = out.past_key_values
+    cache = compat.output_cache(out)
     token = out.logits[:, -1:].argmax(-1)
     T = ids.shape[1]
     start = time.perf_counter()
     with torch.no_grad():
         for i in range(steps):
             pos = torch.tensor([[T + i]])
-            step = model(token, past_key_values=cache, use_cache=True, position_ids=pos, logits_to_keep=1)
+            step = model(
+                token, **{compat.cache_kwarg(model): cache}, use_cache=True, position_ids=pos, logits_to_keep=1
+            )
             token = step.logits[:, -1:].argmax(-1)
     return steps / (time.perf_counter() - start)
 
@@ -241,11 +244,11 @@ def run_bench(
                 scoring.append(red.scoring_seconds)
     say("decode")
     out_full = _prefill(model, ids)
-    kv_full = cache_nbytes(out_full.past_key_values)
+    kv_full = cache_nbytes(compat.output_cache(out_full))
     decode_full = _decode(model, out_full, ids, decode_steps) if decode_steps else float("nan")
     with reduce(model, sched, visual_mask=vm) as red_decode:
         out_red = _prefill(model, ids)
-        kv_red = cache_nbytes(out_red.past_key_values)
+        kv_red = cache_nbytes(compat.output_cache(out_red))
         decode_red = _decode(model, out_red, ids, decode_steps) if decode_steps else float("nan")
     full_s, reduced_s = statistics.median(full_times), statistics.median(reduced_times)
     scoring_s = statistics.median(scoring)

@@ -36,13 +36,14 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from . import compat
 from .adapters import AdaptedModel, get_adapter
 from .cache import ScoreCache
 from .errors import InputError
 from .prune import gather_seq, keep_index, select_visual, true_positions
 from .schedule import Plan, Schedule
 from .scoring.config import ScorerConfig
-from .taps import Positions, ScoringSession, _cache_state, _first_tensor, as_bool_mask, resolve_positions
+from .taps import Positions, ScoringSession, as_bool_mask, resolve_positions
 
 
 @dataclass
@@ -198,6 +199,7 @@ class _Engine:
         self.handles: list = []
         self.session: ScoringSession | None = None
         self.rope = any(spec.rope for spec in adapted.blocks)
+        self.sequence_args = adapted.family.sequence_args  # name -> "tokens" | "mask"
         # Per-forward state.
         self.mode: str | None = None  # "prefill" | "frozen" | "decode" | None (untouched)
         self.T = 0  # sequence length the decoder received in this forward
@@ -264,7 +266,7 @@ class _Engine:
     # -- root hook (visual mask from the model) -----------------------------------------------
     def _read_visual_mask(self, module, args, kwargs):
         """Before a prefill of the whole model: the visual mask of its input ids, by the model's own rule."""
-        if _cache_state(kwargs)[1] or self.result._frozen:
+        if compat.cache_state(kwargs)[1] or self.result._frozen:
             return None  # decode steps and frozen forwards reuse the prefill's selection
         ids = args[0] if args and isinstance(args[0], torch.Tensor) else kwargs.get("input_ids")
         if ids is None:
@@ -277,27 +279,27 @@ class _Engine:
 
     # -- decoder hooks -------------------------------------------------------------------------
     def _begin(self, module, args, kwargs):
-        x = _first_tensor(args, kwargs, ("inputs_embeds", "input_ids"))
+        x = compat.first_input(args, kwargs)
         if x is None:
             return None
         b, T = x.shape[0], x.shape[1]
-        am = kwargs.get("attention_mask")
+        am = kwargs.get(compat.MASK_ARG)
         if isinstance(am, dict):
             raise InputError(
                 "the model received precomputed per-layer masks (a compiled/static cache): reduction needs the "
                 "dynamic cache of plain generate; drop cache_implementation='static'"
             )
-        _, cached = _cache_state(kwargs)
+        _, cached = compat.cache_state(kwargs)
         self.memo.clear()
         self.T = T
         if not cached:
             if self.result._frozen:
                 return self._begin_frozen(b, T)
-            self._begin_prefill(x, b, T, am)
+            self._begin_prefill(x, b, T, am, kwargs)
             return None
         return self._begin_decode(b, T, am, args, kwargs)
 
-    def _begin_prefill(self, x, b: int, T: int, am) -> None:
+    def _begin_prefill(self, x, b: int, T: int, am, kwargs: dict) -> None:
         if self.visual_mask is None:
             raise InputError(
                 "reduce() was not given visual_mask and the language model ran without the wrapper's forward (which "
@@ -308,7 +310,8 @@ class _Engine:
             raise InputError(
                 f"visual_mask covers {vT} positions but the language model received {T} tokens without a cache. "
                 "Build the mask over the exact prompt the language model sees; to run the prompt plus a continuation "
-                "under the last selection (the no-cache reference of generate), use `with reduction.frozen():`"
+                "under the last selection (the no-cache reference of generate), use `with reduction.frozen():`. "
+                + compat.unclassified_forward_hint(kwargs)
             )
         if b != vb:
             raise InputError(
@@ -370,10 +373,10 @@ class _Engine:
         else:
             self.pad2d = None
         self.q = T
-        if self.rope and kwargs.get("position_ids") is None:
+        if self.rope and kwargs.get(compat.POSITION_ARG) is None:
             # The decoder would count positions from its cache's length, which is the reduced one.
             kwargs = dict(kwargs)
-            kwargs["position_ids"] = (torch.arange(T, device=_device(args, kwargs)) + self.seen)[None]
+            kwargs[compat.POSITION_ARG] = (torch.arange(T, device=_device(args, kwargs)) + self.seen)[None]
             return args, kwargs
         return None
 
@@ -393,30 +396,56 @@ class _Engine:
         def hook(module, args, kwargs):
             if self.mode is None:
                 return None
+            names = compat.positional_names(module, len(args))
             if self.mode == "decode":
-                return self._decode_block(block, args, kwargs)
+                return self._decode_block(block, module, names, args, kwargs)
             args = list(args)
             if block in self.cuts:
                 self._cut(block, args, kwargs)
             key = self.stage_of[block]
-            args[1:] = [self._slice(a, key) for a in args[1:]]
-            kwargs = {k: (v if k == "hidden_states" else self._slice(v, key)) for k, v in kwargs.items()}
+            args[1:] = [self._slice(name, a, key, module) for name, a in zip(names[1:], args[1:], strict=True)]
+            kwargs = {k: (v if k == "hidden_states" else self._slice(k, v, key, module)) for k, v in kwargs.items()}
             return tuple(args), kwargs
 
         return hook
 
-    def _slice(self, value, key):
-        """``value`` restricted to the tokens of the current stage (memoised per tensor and stage)."""
+    def _slice(self, name: str, value, key: int, block: nn.Module):
+        """Block argument ``name`` restricted to the tokens of the current stage (memoised per tensor and stage).
+
+        Only the arguments the adapter declares (:attr:`FamilyAdapter.sequence_args`) are sliced; an undeclared
+        tensor of sequence length raises (:func:`compat.check_undeclared`)."""
+        kind = self.sequence_args.get(name)
+        if kind is None:
+            compat.check_undeclared(name, value, self.T, block, self.adapted.model_type, "prefill")
+            return value
+        if value is None:
+            return None
         if isinstance(value, tuple):
-            return tuple(self._slice(v, key) for v in value)
-        if not isinstance(value, torch.Tensor) or value.dim() < 2:
-            return value
-        if value.shape[1] != self.T and not (value.dim() == 4 and value.shape[-1] == self.T):
-            return value
+            return tuple(self._slice_tensor(name, v, kind, key, block) for v in value)
+        return self._slice_tensor(name, value, kind, key, block)
+
+    def _slice_tensor(self, name: str, value, kind: str, key: int, block: nn.Module) -> torch.Tensor:
+        T = self.T
+        shape = tuple(value.shape) if isinstance(value, torch.Tensor) else None
+        if kind == "mask":
+            fits = shape is not None and (
+                (len(shape) == 2 and shape[1] == T) or (len(shape) == 4 and shape[-2:] == (T, T))
+            )
+            expected = f"(b, {T}) or (b|1, h|1, {T}, {T})"
+        else:
+            fits = shape is not None and len(shape) >= 2 and shape[1] == T
+            expected = f"(b|1, {T}, ...)"
+        if not fits:
+            raise compat.CompatibilityError(
+                f"{type(block).__name__} received {name!r} with shape {shape or type(value).__name__}; the "
+                f"{self.adapted.model_type} adapter declares it a {kind} argument of shape {expected} over the "
+                f"{T}-token sequence. transformers {compat.VERSION} lays it out differently from the tested releases "
+                f"({', '.join(compat.TESTED_VERSIONS)}): run scripts/check_transformers.sh {compat.VERSION}"
+            )
         memo_key = (id(value), key)
         hit = self.memo.get(memo_key)
         if hit is None:
-            hit = (value, gather_seq(value, self.cur, self.T))  # keep `value` alive so its id stays unique
+            hit = (value, gather_seq(value, self.cur, T))  # keep `value` alive so its id stays unique
             self.memo[memo_key] = hit
         return hit[1]
 
@@ -486,26 +515,43 @@ class _Engine:
         return torch.cat([prompt_idx, tail], dim=1)
 
     # -- decode steps ----------------------------------------------------------------------------
-    def _decode_block(self, block: int, args, kwargs):
+    def _decode_block(self, block: int, module: nn.Module, names: tuple[str, ...], args, kwargs):
         """Give a reduced block masks over its own cache: kept prompt tokens, then generated ones."""
         stage = self.stage_of[block]
         L = self.seen + self.q
         keys = self._with_tail(self.result.stages[stage].index, L)  # (b, K) original positions
-        new_args = [self._decode_value(a, keys, stage, L) for a in args]
-        new_kwargs = {k: self._decode_value(v, keys, stage, L) for k, v in kwargs.items()}
+        new_args = [args[0]] + [
+            self._decode_value(name, a, keys, stage, L, module) for name, a in zip(names[1:], args[1:], strict=True)
+        ]
+        new_kwargs = {
+            k: (v if k == "hidden_states" else self._decode_value(k, v, keys, stage, L, module))
+            for k, v in kwargs.items()
+        }
         return tuple(new_args), new_kwargs
 
-    def _decode_value(self, value, keys: torch.Tensor, stage: int, L: int):
-        if not isinstance(value, torch.Tensor):
+    def _decode_value(self, name: str, value, keys: torch.Tensor, stage: int, L: int, block: nn.Module):
+        """A declared mask over all ``L`` keys becomes one over the block's own keys; the rest is the new tokens'."""
+        kind = self.sequence_args.get(name)
+        if kind is None:
+            compat.check_undeclared(name, value, L, block, self.adapted.model_type, "decode step")
             return value
-        if value.dim() == 4 and value.shape[-2] == self.q:
+        if kind != "mask" or not isinstance(value, torch.Tensor):
+            return value  # positions and RoPE tables of the new tokens, or no mask
+        if value.dim() == 4 and value.shape[-2] == self.q:  # built over the cache's (reduced) length: rebuilt here
             memo_key = ("mask", stage, value.dtype)
             if memo_key not in self.memo:
                 self.memo[memo_key] = self._decode_mask(keys, value.dtype, value.device)
             return self.memo[memo_key]
-        if value.dim() == 2 and value.shape[1] == L and value.shape[1] != self.q:  # 2-D key padding (flash)
+        if value.dim() == 2 and value.shape[1] == L:  # 2-D key padding (flash attention)
             return value.gather(1, keys.to(value.device))
-        return value
+        if value.dim() == 2 and value.shape[1] == self.q:  # a Mamba mixer's padding of the new tokens
+            return value
+        raise compat.CompatibilityError(
+            f"{type(block).__name__} received the mask {name!r} with shape {tuple(value.shape)} in a decode step of "
+            f"{self.q} token(s) over {L} keys; expected (b|1, h|1, {self.q}, keys), (b, {L}) or (b, {self.q}). "
+            f"transformers {compat.VERSION} may build decode masks differently from the tested releases "
+            f"({', '.join(compat.TESTED_VERSIONS)}): run scripts/check_transformers.sh {compat.VERSION}"
+        )
 
     def _decode_mask(self, keys: torch.Tensor, dtype: torch.dtype, device) -> torch.Tensor:
         """``(b, 1, q, K)`` mask of a decode step: padding of the kept keys, causal among the new tokens."""
@@ -524,7 +570,7 @@ class _Engine:
 
 
 def _device(args, kwargs):
-    x = _first_tensor(args, kwargs, ("inputs_embeds", "input_ids"))
+    x = compat.first_input(args, kwargs)
     return x.device if x is not None else "cpu"
 
 

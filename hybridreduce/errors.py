@@ -26,3 +26,8 @@ class VideoError(InputError):
 
 class ScoreError(HybridReduceError, RuntimeError):
     """A scorer produced non-finite values or could not score a block."""
+
+
+class CompatibilityError(HybridReduceError, RuntimeError):
+    """The installed transformers calls its modules in a way hybridreduce does not know (a renamed or new
+    argument); the message names the argument, the module and the installed version."""

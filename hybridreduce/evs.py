@@ -19,7 +19,13 @@ position ids: :func:`retention_mask` returns a boolean mask in the original ``(T
 while returning the original sequence positions of what is left.
 
 The embedding path is bit-for-bit the one of transformers' ``compute_retention_mask``
-(``models/nemotron_h_omni``): same cosine, same dtype, same sentinel, same stable sort.
+(``models/nemotron_h_omni``): same cosine, same dtype, same sentinel, same budget, same stable sort. Its
+signature changed in transformers 5.24, from ``(*, video_embeds, thw, spatial_merge_size, q)`` to
+``(video_embeds, num_tubelets, q)``, without changing the mask: both take one row per language-model token
+(``T·(H/s)·(W/s)`` rows; 5.23's ``thw`` and ``spatial_merge_size`` only reshape them to ``(T, H/s, W/s)``,
+5.24 reshapes them to ``(num_tubelets, rows per tubelet)``), so both rank the same positions of consecutive
+frames (tubelets, for that model) with the same budget. :func:`hybridreduce.compat.retention_mask_reference`
+calls whichever is installed; the tests hold this module equal to it on every tested release.
 
 Dimension letters: ``T`` frames, ``H``, ``W`` the patch grid, ``C`` channels (or hidden size), ``p`` the
 patch size in pixels, ``s`` the spatial merge size, ``b`` batch, ``L`` sequence length, ``V`` visual
@@ -227,16 +233,20 @@ def evs_retention_mask(
     """EVS retention mask of one video, from embeddings or from pixels.
 
     Args:
-        video: ``mode="embedding"``: vision-encoder embeddings ``(T, H, W, C)`` or ``(T, H*W, C)`` (a
-            square grid, ``H = W = sqrt(H*W)``, as transformers assumes). ``mode="pixel"``: frames
-            ``(T, 3, Himg, Wimg)``, float or uint8.
+        video: ``mode="embedding"``: vision-encoder embeddings ``(T, H, W, C)`` or ``(T, H*W, C)`` (read as a
+            square grid, ``H = W = sqrt(H*W)``, as transformers 5.23's Omni forward did; without a spatial merge
+            the mask depends only on the order of each frame's tokens, so any ``(T, H, W, C)`` with the same rows
+            gives the same mask).
+            ``mode="pixel"``: frames ``(T, 3, Himg, Wimg)``, float or uint8.
         q: pruning rate, ``0 ≤ q < 1``.
         mode: ``"embedding"`` (``1 − cos``) or ``"pixel"`` (mean absolute RGB difference).
         patch_size: ``p``, pixels per patch side; required for ``mode="pixel"``, not allowed otherwise.
         spatial_merge_size: ``s``; the LLM sees one token per ``s × s`` block of the patch grid. Embedding
             mode: ``video`` is the encoder grid before merging and each block's embeddings are
-            concatenated (:func:`merge_patches`) — the tensor transformers' ``compute_retention_mask``
-            expects together with ``thw = (T, H, W)`` and this ``s``, and the result equals its output.
+            concatenated (:func:`merge_patches`) — the rows transformers' ``compute_retention_mask`` ranks, and
+            the result equals its output: with ``thw = (T, H, W)`` and this ``s`` up to transformers 5.23, with
+            ``num_tubelets = T`` from 5.24 (:func:`hybridreduce.compat.retention_mask_reference` takes the same
+            ``(T, H, W, s)`` on both).
             Pixel mode: the dissimilarity is taken over ``(p·s) × (p·s)`` pixel blocks.
     Returns:
         ``(T * H/s * W/s,)`` bool (pixel mode: ``(T * Himg/(p·s) * Wimg/(p·s),)``), True for kept tokens, in

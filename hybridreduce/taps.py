@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from . import compat
 from .adapters import AdaptedModel, BlockSpec, get_adapter
 from .cache import ScoreCache
 from .errors import InputError, ScoreError
@@ -57,23 +58,16 @@ class _AttentionDispatch:
         self.owners: dict[str, set[int]] = {}  # impl -> module ids tapped under it
         self.saved: dict[str, tuple[bool, Callable | None]] = {}  # impl -> (had local override, value)
 
-    @staticmethod
-    def _functions():
-        from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-
-        return ALL_ATTENTION_FUNCTIONS
-
     def add(self, impl: str, module: nn.Module, callback: Callable) -> None:
         if id(module) in self.callbacks:
             raise InputError(
                 f"a capture or reduction is already active on this model ({type(module).__name__} is tapped); "
                 "one context per model at a time: collect everything inside a single context"
             )
-        fns = self._functions()
+        fns = compat.attention_functions()
         if impl not in self.saved:
-            had_local = impl in fns._local_mapping
             original = fns[impl] if impl in fns else None  # None: eager, resolved per module
-            self.saved[impl] = (had_local, fns._local_mapping.get(impl))
+            self.saved[impl] = compat.local_attention_override(impl)
             fns[impl] = self._make_wrapper(original)
             self.owners[impl] = set()
         self.callbacks[id(module)] = callback
@@ -86,7 +80,7 @@ class _AttentionDispatch:
             return
         owners.discard(id(module))
         if not owners:
-            fns = self._functions()
+            fns = compat.attention_functions()
             had_local, value = self.saved.pop(impl)
             del self.owners[impl]
             if had_local:
@@ -230,31 +224,6 @@ def resolve_positions(
 # --------------------------------------------------------------------------------------------------
 # The capture session
 # --------------------------------------------------------------------------------------------------
-def _first_tensor(args, kwargs, names) -> torch.Tensor | None:
-    for name in names:
-        value = kwargs.get(name)
-        if isinstance(value, torch.Tensor):
-            return value
-    for value in args:
-        if isinstance(value, torch.Tensor):
-            return value
-    return None
-
-
-def _cache_state(kwargs) -> tuple[bool, int]:
-    """``(has_cache, tokens_already_cached)`` of the cache passed to this forward."""
-    cache = kwargs.get("past_key_values", kwargs.get("cache_params"))
-    if cache is None:
-        return False, 0
-    try:
-        return True, int(cache.get_seq_length())
-    except Exception:  # a cache of Mamba layers only knows whether it holds a state, not a length
-        try:
-            return True, int(bool(cache.has_previous_state()))
-        except Exception:
-            return True, 0
-
-
 class ScoringSession:
     """Installs the taps of one model and routes every score into a :class:`ScoreCache`.
 
@@ -354,19 +323,20 @@ class ScoringSession:
 
     # -- decoder-level hooks -------------------------------------------------------------------
     def _begin(self, module, args, kwargs):
-        x = _first_tensor(args, kwargs, ("inputs_embeds", "input_ids"))
+        x = compat.first_input(args, kwargs)
         if x is None:
             return None
         b, T = x.shape[0], x.shape[1]
-        has_cache, cached = _cache_state(kwargs)
+        has_cache, cached = compat.cache_state(kwargs)
         vb, vT = self.visual_mask.shape
         if T != vT:
             if has_cache:  # a decode step or a continuation: not a scoring forward
                 self.positions = None
                 return None
             raise InputError(
-                f"visual_mask covers {vT} positions but the language model received {T} tokens; build the mask "
-                "over the exact sequence the language model sees (after any pre-LLM token pruning)"
+                f"visual_mask covers {vT} positions but the language model received {T} tokens without a cache; "
+                "build the mask over the exact sequence the language model sees (after any pre-LLM token pruning). "
+                + compat.unclassified_forward_hint(kwargs)
             )
         if b != vb:
             raise InputError(f"visual_mask has batch size {vb} but the forward has batch size {b}")
@@ -375,7 +345,7 @@ class ScoringSession:
             return None
         padding = self.attention_mask
         if padding is None:
-            am = kwargs.get("attention_mask")
+            am = kwargs.get(compat.MASK_ARG)
             padding = am if isinstance(am, torch.Tensor) and am.dim() == 2 else None
         self.start(resolve_positions(self.visual_mask.to(x.device), padding, self.query_mask, self.query), T)
         return None
@@ -425,9 +395,7 @@ class ScoringSession:
 
     def _mixer_pre(self, spec: BlockSpec):
         def hook(module, args, kwargs):
-            mask = kwargs.get("attention_mask")
-            if mask is None and len(args) > 2 and isinstance(args[2], torch.Tensor):
-                mask = args[2]
+            mask = compat.mixer_padding_mask(module, args, kwargs)
             self.mixer_masks[spec.index] = mask if isinstance(mask, torch.Tensor) and mask.dim() == 2 else None
             return None
 

@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from . import compat
 from .adapters import AdaptedModel, get_adapter
 from .errors import HybridReduceError, InputError
 from .scoring.config import ScorerConfig
@@ -153,13 +154,11 @@ def _forward(model, input_ids, attention_mask=None, position_ids=None):
 
 
 def _hook_state(model) -> tuple:
-    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-
     counts = tuple(
         (name, len(m._forward_hooks), len(m._forward_pre_hooks), len(m._backward_hooks))
         for name, m in model.named_modules()
     )
-    return counts, dict(ALL_ATTENTION_FUNCTIONS._local_mapping), len(ATTENTION_DISPATCH.callbacks)
+    return counts, compat.local_attention_registrations(), len(ATTENTION_DISPATCH.callbacks)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -6,7 +6,8 @@ checkpoint's ``model_type``:
 
 ``nemotron_h_omni``
     transformers' ``NemotronH_Omni_Reasoning_V3`` (RADIO tower, Nemotron-H language model). Frames are
-    packed in tubelets of ``video_temporal_patch_size`` frames; each tubelet becomes one
+    packed in tubelets of ``video_temporal_patch_size`` frames (by the model up to transformers 5.23, by the
+    video processor from 5.24: :mod:`hybridreduce.compat` knows both); each tubelet becomes one
     ``<img> <image>×n </img>`` chunk labelled "Frame i sampled at s seconds". The model has EVS built in
     (``config.video_pruning_rate``).
 ``llava_next_video``
@@ -26,7 +27,8 @@ Answering (:meth:`VLM.answer`) runs in three steps, each timed:
 
 1. *embed*: the wrapper's own forward builds the language model's input embeddings (vision tower,
    projector, placeholder scatter); a pre-hook on the decoder takes them and stops the forward there. The
-   model's built-in EVS is switched off for this step, so the visual tokens arrive in full.
+   model's built-in EVS is switched off for this step, so the visual tokens arrive in full. (``nemotron_h_omni``
+   calls the same pieces one by one, :meth:`OmniFamily.embed`: its forward takes videos only from 5.24.)
 2. *EVS* (optional, rate ``q``): :func:`hybridreduce.evs.evs_retention_mask` on those visual embeddings —
    for ``nemotron_h_omni`` exactly the tokens its own ``video_pruning_rate`` path keeps (same features,
    same cosine, same stable top-k). Kept tokens keep their original position ids.
@@ -52,6 +54,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import compat
 from .adapters import AdaptedModel, get_adapter
 from .errors import InputError, UnsupportedModelError
 from .evs import apply_retention, evs_retention_mask
@@ -66,7 +69,8 @@ class Prompt:
     """One video and one question, as the model takes them.
 
     Attributes:
-        inputs: the wrapper's forward arguments (``input_ids``, ``attention_mask``, ``pixel_values_videos``).
+        inputs: the wrapper's forward arguments (``input_ids``, ``attention_mask``, ``pixel_values_videos`` in
+            the layout the installed processor and model use).
         visual_mask: ``(1, L)`` bool, the video placeholder tokens.
         units: ``U``, temporal units of the visual grid (tubelets or frames).
         tokens_per_unit: ``n``: ``U · n`` visual tokens form the grid.
@@ -240,14 +244,14 @@ class OmniFamily(VideoFamily):
     def embed(self, model: nn.Module, decoder: nn.Module, inputs: dict) -> torch.Tensor:
         """The model's own pieces: text embeddings, ``get_video_features`` scattered onto the placeholders.
 
-        This is what ``NemotronH_Omni_Reasoning_V3.forward`` does before its language model; the forward
-        itself cannot be used for videos in transformers 5.23 (it calls ``torch.cat`` on the projected
-        features, a tensor, and raises a TypeError).
+        This is what ``NemotronH_Omni_Reasoning_V3.forward`` does before its language model. The forward itself
+        cannot take videos in transformers 5.23 (it calls ``torch.cat`` on the projected features, a tensor,
+        and raises a TypeError); from 5.24 it can, and the tests hold it equal to this on every release.
         """
         ids = inputs["input_ids"]
         embeds = model.get_input_embeddings()(ids)
-        features = model.get_video_features(inputs["pixel_values_videos"], return_dict=True).pooler_output
-        features = features.reshape(-1, features.shape[-1]).to(embeds.device, embeds.dtype)
+        features = compat.omni_video_features(model, inputs["pixel_values_videos"])  # (V, d)
+        features = features.to(embeds.device, embeds.dtype)
         mask = ids == self.placeholder_id
         if int(mask.sum()) != features.shape[0]:
             raise InputError(
@@ -272,25 +276,17 @@ class OmniFamily(VideoFamily):
         )
 
     def _without_processor(self, video, text: str) -> dict:
-        from transformers.models.nemotron_h_omni.processing_nemotron_h_omni import (
-            NemotronH_Omni_Reasoning_V3Processor as Processor,
-        )
+        """The checkpoint's video processor class and the processor class's own placeholder expansion, called
+        as the full processor calls them (:func:`hybridreduce.compat.omni_video_inputs`,
+        :func:`~hybridreduce.compat.omni_video_placeholder`)."""
         from transformers.models.nemotron_h_omni.video_processing_nemotron_h_omni import (
             NemotronH_Omni_Reasoning_V3VideoProcessor as VideoProcessor,
         )
 
         video_processor = _from_pretrained(VideoProcessor, self.path, "video processor")
-        pixels = video_processor(videos=[video.frames], return_tensors="pt")
-        tok = self.tokenizer
-        shim = SimpleNamespace(  # the attributes the processor's replace_video_token reads
-            image_token=getattr(tok, "image_token", "<image>"),
-            image_start_token=getattr(tok, "image_start_token", "<img>"),
-            image_end_token=getattr(tok, "image_end_token", "</img>"),
-            video_temporal_patch_dim=int(self.config.video_temporal_patch_size),
-        )
-        expansion = Processor.replace_video_token(
-            shim, pixels, 0, num_frames=len(video.frames), video_metadata=self._metadata(video)
-        )
+        p, metadata = int(self.config.video_temporal_patch_size), self._metadata(video)
+        pixels = compat.omni_video_inputs(video_processor, video.frames, metadata, p)
+        expansion = compat.omni_video_placeholder(pixels, video_processor, self.tokenizer, p, metadata)
         return {**self._tokenize(text.replace(self.video_token, expansion, 1)),
                 "pixel_values_videos": pixels["pixel_values_videos"]}  # fmt: skip
 
@@ -480,6 +476,7 @@ class VLM:
         t2 = _clock(device)
         context = reduce(self.model, schedule, visual_mask=vm, scorer=scorer) if schedule is not None else nullcontext()
         eos = _eos_ids(self.model, self.tokenizer)
+        cache_arg = compat.cache_kwarg(self.model)  # ``cache`` from transformers 5.24, ``past_key_values`` before
         tokens: list[int] = []
         with context as red:
             t2p = _clock(device)  # the hooks are installed: what follows is the prefill alone
@@ -490,16 +487,16 @@ class VLM:
             token = int(out.logits[0, -1].argmax())
             t4 = _clock(device)
             tokens.append(token)
-            cache, last = out.past_key_values, int(positions[0, -1])
+            cache, last = compat.output_cache(out), int(positions[0, -1])
             while len(tokens) < max_new_tokens and token not in eos:
                 am = torch.cat([am, am.new_ones((1, 1))], dim=1)
                 last += 1
                 step = torch.tensor([[token]], device=x.device)
                 out = self.model(
                     input_ids=step, attention_mask=am, position_ids=torch.tensor([[last]], device=x.device),
-                    past_key_values=cache, use_cache=True,
+                    use_cache=True, **{cache_arg: cache},
                 )  # fmt: skip
-                cache, token = out.past_key_values, int(out.logits[0, -1].argmax())
+                cache, token = compat.output_cache(out), int(out.logits[0, -1].argmax())
                 tokens.append(token)
         t5 = _clock(device)
         n_in = int(vm.sum())

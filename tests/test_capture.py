@@ -113,9 +113,9 @@ def test_capture_through_vlm_wrapper_equals_language_model():
 
 
 def test_nested_captures_restore_the_attention_interface(tiny_models):
-    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+    from hybridreduce.compat import local_attention_registrations
 
-    before = dict(ALL_ATTENTION_FUNCTIONS._local_mapping)
+    before = local_attention_registrations()
     a, b = tiny_models("llama"), tiny_models("bamba")
     ids, vm = prompt()
     with capture(a, vm) as ca:
@@ -124,7 +124,7 @@ def test_nested_captures_restore_the_attention_interface(tiny_models):
         with torch.no_grad():
             a(ids)
     assert len(ca) == 3 and len(cb) == 4
-    assert dict(ALL_ATTENTION_FUNCTIONS._local_mapping) == before
+    assert local_attention_registrations() == before
     assert not ATTENTION_DISPATCH.active()
 
 

@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from transformers.models.nemotron_h_omni.modeling_nemotron_h_omni import compute_retention_mask
 
+from hybridreduce.compat import retention_mask_reference
 from hybridreduce.errors import InputError
 from hybridreduce.evs import (
     EVSResult,
@@ -44,11 +44,15 @@ def make_video(kind: str, T: int, H: int, W: int, C: int, seed: int = 0) -> torc
 
 
 def reference_mask(video: torch.Tensor, q: float, s: int) -> torch.Tensor:
-    """transformers' mask: its input is one row per LLM token (each s×s block concatenated), thw the encoder grid."""
+    """transformers' mask: its input is one row per LLM token (each s×s block concatenated), (H, W) the encoder grid.
+
+    Through compat.retention_mask_reference: up to 5.23 ``thw=(T, H, W), spatial_merge_size=s``, from 5.24
+    ``num_tubelets=T`` (the same rows either way).
+    """
     T, H, W, C = video.shape
     # Built independently of merge_patches: (dy, dx, c) channel order by strided slicing.
     merged = torch.cat([video[:, dy::s, dx::s, :] for dy in range(s) for dx in range(s)], dim=-1)
-    return compute_retention_mask(video_embeds=merged.reshape(-1, s * s * C), thw=(T, H, W), spatial_merge_size=s, q=q)
+    return retention_mask_reference(merged.reshape(-1, s * s * C), T, H, W, q, spatial_merge_size=s)
 
 
 # --- exact agreement with transformers -------------------------------------------------------------------------
@@ -71,11 +75,12 @@ def test_matches_transformers(kind, shape, s, q):
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("q", QS)
 def test_matches_transformers_model_call(kind, q):
-    """The (T, H*W, C) layout, called exactly as NemotronH_Omni's forward calls it (square grid, s=1)."""
+    """The (T, H*W, C) layout, called as NemotronH_Omni's forward calls it: the (T, H*W, C) features with a square
+    thw and s=1 up to 5.23, the (T*H*W, C) rows with T tubelets from 5.24."""
     T, side, C = 5, 6, 12
     video = make_video(kind, T, side, side, C, seed=7).reshape(T, side * side, C)
     h = w = int(video.shape[1] ** 0.5)
-    ref = compute_retention_mask(video_embeds=video, thw=(video.shape[0], h, w), spatial_merge_size=1, q=q)
+    ref = retention_mask_reference(video, video.shape[0], h, w, q)
     assert torch.equal(evs_retention_mask(video, q), ref)
     # The (T, H, W, C) layout of the same video gives the same mask.
     assert torch.equal(evs_retention_mask(video.reshape(T, side, side, C), q), ref)
@@ -88,6 +93,24 @@ def test_matches_transformers_other_dtypes(dtype, kind):
     for q in QS:
         for s in (1, 2):
             assert torch.equal(evs_retention_mask(video, q, spatial_merge_size=s), reference_mask(video, q, s))
+
+
+def test_retention_mask_reference_checks_rows_and_the_installed_form(monkeypatch):
+    """The compat wrapper knows the installed signature, rejects rows that do not fit the grid, and names an
+    unknown signature with the installed version."""
+    import transformers.models.nemotron_h_omni.modeling_nemotron_h_omni as omni
+
+    from hybridreduce import compat
+
+    assert compat.retention_mask_form() in (compat.RETENTION_MASK_GRID, compat.RETENTION_MASK_TUBELETS)
+    with pytest.raises(InputError, match=r"embeds \(9, 4\) is not 8 rows"):
+        retention_mask_reference(torch.randn(9, 4), 2, 2, 2, 0.5)
+    with pytest.raises(InputError, match=r"embeds \(16, 4\) is not 8 rows .* merged by 2"):
+        retention_mask_reference(torch.randn(16, 4), 2, 4, 4, 0.5, spatial_merge_size=2)
+    monkeypatch.setattr(omni, "compute_retention_mask", lambda embeds, grid, rate: None)
+    unknown = rf"transformers {compat.VERSION}: compute_retention_mask takes \(embeds, grid, rate\)"
+    with pytest.raises(InputError, match=unknown):
+        retention_mask_reference(torch.randn(8, 4), 2, 2, 2, 0.5)
 
 
 def test_merge_patches_layout():

@@ -7,9 +7,9 @@ from importlib.util import find_spec
 import numpy as np
 import pytest
 import torch
-from transformers.models.nemotron_h_omni.modeling_nemotron_h_omni import compute_retention_mask
 
-from hybridreduce import InputError, UnsupportedModelError, load
+from hybridreduce import InputError, UnsupportedModelError, compat, load
+from hybridreduce.compat import retention_mask_reference
 from hybridreduce.tiny import build_tiny_model, save_tiny_vlm
 from hybridreduce.video import Video
 from hybridreduce.vlm import VideoFamily
@@ -130,16 +130,79 @@ def test_omni_embeddings_are_the_models_own_pieces(vlms):
     with torch.no_grad():
         text = vlm.model.get_input_embeddings()(ids)
         video = vlm.model.get_video_features(prompt.inputs["pixel_values_videos"], return_dict=True).pooler_output
+    # pooler_output is a (U, n, d) tensor up to transformers 5.23 and a tuple of one (U·n, d) tensor per video from
+    # 5.24: concatenating its entries gives the (U·n, d) rows either way, independently of compat.omni_video_features.
+    video = torch.cat(list(video))
     assert torch.equal(embeds[~vm], text[~vm])
     assert torch.equal(embeds[vm], video.reshape(-1, video.shape[-1]))
-    # The wrapper's own forward cannot take videos in transformers 5.23 (torch.cat on a tensor); when it can,
-    # the generic path (the forward stopped at the decoder) must give the same embeddings.
+    # The wrapper's own forward cannot take videos in transformers 5.23 (torch.cat on a tensor); from 5.24 it can,
+    # and the generic path (the forward stopped at the decoder) must give the same embeddings.
     try:
         with torch.no_grad():
             generic = VideoFamily.embed(vlm.family, vlm.model, vlm.adapted.decoder, dict(prompt.inputs))
     except TypeError:
         return
     assert torch.equal(generic, embeds)
+
+
+class _Stop(Exception):
+    """Raised by a decoder pre-hook to end a forward once its inputs are taken."""
+
+
+@pytest.mark.parametrize("q", [0.25, 0.5, 0.75])
+def test_evs_equals_the_omni_forwards_own_pruning(vlms, q):
+    """Where the wrapper's forward takes videos (transformers 5.24 on), its video_pruning_rate path hands the language
+    model exactly the rows VLM.evs keeps."""
+    vlm = vlms["nemotron_h_omni"]
+    prompt = vlm.prompt(make_video(T=7, H=32, W=48), "what ?")  # 4 tubelets, the last one padded
+    kept = vlm.evs(prompt, vlm.embed(prompt), q)
+    taken = {}
+
+    def take(module, args, kwargs):
+        taken["inputs_embeds"] = kwargs["inputs_embeds"]
+        raise _Stop
+
+    handle = vlm.adapted.decoder.register_forward_pre_hook(take, with_kwargs=True)
+    saved, vlm.model.video_pruning_rate = vlm.model.video_pruning_rate, q
+    try:
+        with torch.no_grad():
+            vlm.model(**prompt.inputs, use_cache=False)
+    except _Stop:
+        pass
+    except TypeError:  # transformers 5.23: torch.cat on the features tensor
+        pytest.skip(f"transformers {compat.VERSION}'s NemotronH_Omni forward cannot take videos")
+    finally:
+        handle.remove()
+        vlm.model.video_pruning_rate = saved
+    assert torch.equal(taken["inputs_embeds"], kept.inputs)
+
+
+def test_omni_compat_names_an_unknown_api():
+    """Processor outputs and video features of a shape hybridreduce does not know raise with the installed version."""
+    from types import SimpleNamespace
+
+    def model(pooler_output):
+        output = SimpleNamespace(pooler_output=pooler_output)
+        return SimpleNamespace(get_video_features=lambda pixels, return_dict: output)
+
+    pixels = torch.zeros(1, 2, 6, 8, 8)
+    with pytest.raises(InputError, match=rf"transformers {compat.VERSION}: get_video_features.*a tensor \(8, 4\)"):
+        compat.omni_video_features(model(torch.zeros(8, 4)), pixels)
+    with pytest.raises(InputError, match="holds 2 videos; pass one video at a time"):
+        compat.omni_video_features(model((torch.zeros(8, 4), torch.zeros(8, 4))), pixels)
+    assert torch.equal(compat.omni_video_features(model(torch.ones(2, 4, 3)), pixels), torch.ones(8, 3))
+    assert torch.equal(compat.omni_video_features(model((torch.ones(8, 3),)), pixels), torch.ones(8, 3))
+
+    class Processor:  # packs nothing (no temporal_patch_size) but returns 5-D pixels without the per-frame counts
+        valid_kwargs = SimpleNamespace(__annotations__={})
+
+        def __call__(self, videos, **kwargs):
+            return {"pixel_values_videos": torch.zeros(1, 2, 6, 8, 8)}
+
+    with pytest.raises(InputError, match=rf"transformers {compat.VERSION}: Processor returned pixel_values_videos"):
+        compat.omni_video_inputs(Processor(), np.zeros((4, 8, 8, 3), np.uint8), None, 2)
+    with pytest.raises(InputError, match="output has the keys pixel_values_videos"):
+        compat.omni_video_placeholder({"pixel_values_videos": pixels}, None, None, 2, None)
 
 
 @pytest.mark.parametrize("wrapper", ["llava_next_video", "llava_onevision"])
@@ -162,13 +225,14 @@ def test_evs_keeps_what_the_omni_rule_keeps(vlms, H, W, q):
     embeds = vlm.embed(prompt)
     kept = vlm.evs(prompt, embeds, q)
     with torch.no_grad():
-        features = vlm.model.get_video_features(prompt.inputs["pixel_values_videos"], return_dict=True).pooler_output
-    U = features.shape[0]
-    pixels = prompt.inputs["pixel_values_videos"]
+        features = compat.omni_video_features(vlm.model, prompt.inputs["pixel_values_videos"])  # (U·h·w, d)
+    U = prompt.units
+    pixels = prompt.inputs["pixel_values_videos"]  # frames up to 5.23, tubelets from 5.24: (..., height, width)
     h = pixels.shape[-2] // vlm.model.vision_model.patch_size // 2
     w = pixels.shape[-1] // vlm.model.vision_model.patch_size // 2
     assert h * w == prompt.tokens_per_unit and (H == W) == (h == w)
-    ref = compute_retention_mask(video_embeds=features.reshape(U * h * w, -1), thw=(U, h, w), spatial_merge_size=1, q=q)
+    assert features.shape[0] == U * h * w
+    ref = retention_mask_reference(features.reshape(U * h * w, -1), U, h, w, q)
     visual_rows = prompt.visual_mask[0].nonzero().squeeze(1)
     assert torch.equal(kept.kept_index[kept.visual_mask], visual_rows[ref])
     assert torch.equal(kept.inputs[0], embeds["inputs_embeds"][0, kept.kept_index[0]])  # rows unchanged
@@ -252,8 +316,7 @@ def test_onevision_evs_ranks_the_frame_grid_and_keeps_the_newline(vlms):
     kept = vlm.evs(prompt, embeds, 0.5)
     x = embeds["inputs_embeds"]
     frames = x[prompt.grid_mask].view(prompt.units, 2, 2, -1)  # the 2×2 pooled grid of each frame
-    expected = compute_retention_mask(video_embeds=frames.reshape(-1, x.shape[-1]), thw=(6, 2, 2),
-                                      spatial_merge_size=1, q=0.5)  # fmt: skip
+    expected = retention_mask_reference(frames.reshape(-1, x.shape[-1]), 6, 2, 2, 0.5)
     grid_rows = prompt.grid_mask[0].nonzero().squeeze(1)
     newline = int(prompt.visual_mask[0].nonzero()[-1])
     kept_rows = kept.kept_index[kept.visual_mask]

@@ -21,13 +21,25 @@ Block kinds (``BlockSpec.kind``):
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import ClassVar
 
 from torch import nn
 
 BLOCK_KINDS = ("attn", "ssm", "mlp", "moe", "parallel")
 SSM_TYPES = ("mamba2", "mamba1")
+
+#: How a declared sequence-shaped block argument is sliced to the tokens a block carries:
+#: ``"tokens"``: a tensor ``(b|1, T, ...)`` (or a tuple of them, like RoPE's ``(cos, sin)``) on axis 1;
+#: ``"mask"``: a ``(b, T)`` padding mask on axis 1, or a ``(b|1, h|1, T, T)`` attention mask on its last two axes.
+SEQUENCE_ARG_KINDS = ("tokens", "mask")
+
+#: The sequence-shaped arguments that transformers' decoders pass to the blocks of most families.
+COMMON_SEQUENCE_ARGS = MappingProxyType(
+    {"attention_mask": "mask", "position_ids": "tokens", "position_embeddings": "tokens"}
+)
 
 
 @dataclass(frozen=True)
@@ -88,6 +100,10 @@ class FamilyAdapter:
     ssm_attr: ClassVar[str | None] = "mamba"
     #: Whether the family's attention applies RoPE (override :meth:`uses_rope` when config-dependent).
     rope: ClassVar[bool] = False
+    #: The sequence-shaped arguments the family's blocks receive besides the residual stream
+    #: (``hidden_states``), by name → kind (:data:`SEQUENCE_ARG_KINDS`). The reduction engine slices exactly
+    #: these; a tensor argument of sequence length that is not declared here raises (never guessed).
+    sequence_args: ClassVar[Mapping[str, str]] = COMMON_SEQUENCE_ARGS
 
     def uses_rope(self, config) -> bool:
         """Whether the family's attention blocks apply RoPE for this config."""

@@ -6,9 +6,11 @@ scorer applies it too (see :mod:`hybridreduce.scoring.mamba`).
 
 from __future__ import annotations
 
-from .base import FamilyAdapter
+from .base import COMMON_SEQUENCE_ARGS, FamilyAdapter
 
 
 class FalconH1Adapter(FamilyAdapter):
     model_types = ("falcon_h1",)
     rope = True
+    # The Mamba mixer gets its own 2-D padding mask beside the attention mask.
+    sequence_args = {**COMMON_SEQUENCE_ARGS, "mamba_attention_mask": "mask"}

@@ -8,12 +8,15 @@ attention module instance (weights are tied across them), so the tap can tell th
 
 from __future__ import annotations
 
-from .base import BlockSpec, FamilyAdapter
+from .base import COMMON_SEQUENCE_ARGS, BlockSpec, FamilyAdapter
 
 
 class Zamba2Adapter(FamilyAdapter):
     model_types = ("zamba2",)
     ssm_type = "mamba2"
+    # Every layer also receives the embedding stream (the shared block's second input), a 2-D padding mask for
+    # the Mamba mixer (``attention_mask``) and the 4-D mask of the shared attention (``causal_mask``).
+    sequence_args = {**COMMON_SEQUENCE_ARGS, "original_hidden_states": "tokens", "causal_mask": "mask"}
 
     def uses_rope(self, config) -> bool:
         return bool(getattr(config, "use_mem_rope", False))

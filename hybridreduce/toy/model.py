@@ -144,13 +144,16 @@ class ToyVLM(PreTrainedModel, GenerationMixin):
         pixel_values: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
-        past_key_values=None,
         inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         **kwargs,
     ):
-        """Args as ``NemotronHForCausalLM``'s, plus ``pixel_values (b, T, 3, H, W)`` for the prefill."""
+        """Args as ``NemotronHForCausalLM``'s, plus ``pixel_values (b, T, 3, H, W)`` for the prefill.
+
+        The cache travels in ``kwargs`` under whichever name the installed transformers uses (``cache`` from
+        5.24, ``past_key_values`` before; see :mod:`hybridreduce.compat`) and reaches the language model as is.
+        """
         if inputs_embeds is None:
             if input_ids is None:
                 raise InputError("give input_ids (with pixel_values for the video) or inputs_embeds")
@@ -159,7 +162,6 @@ class ToyVLM(PreTrainedModel, GenerationMixin):
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
             use_cache=use_cache,
             logits_to_keep=logits_to_keep,
             **kwargs,
