@@ -46,12 +46,14 @@ def _batch(model) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[Prompt
     return ids, am, vm, prompts
 
 
-def pruned_reference(model, ids, am, stages) -> torch.Tensor:
+def pruned_reference(model, ids, am, stages, grad: bool = False) -> torch.Tensor:
     """Logits of the hand-built reference for the selection ``stages`` (see the module docstring).
 
     Args:
         ids, am: ``(b, T)`` prompt and padding mask.
         stages: the :class:`~hybridreduce.engine.Stage` list of a prefill (stage 0 = every token).
+        grad: keep the autograd graph (the reference of training under reduction): the carried hidden
+            states link the runs, so a loss on the logits reaches every block that shaped them.
     """
     adapted = get_adapter(model)
     blocks = adapted.blocks
@@ -81,7 +83,11 @@ def pruned_reference(model, ids, am, stages) -> torch.Tensor:
 
             handles.append(blocks[stages[i + 1].point - 1].module.register_forward_hook(keep))
         try:
-            out = _forward(model, ids.gather(1, idx), am.gather(1, idx), position_ids=pos.gather(1, idx))
+            run_ids, run_am, run_pos = ids.gather(1, idx), am.gather(1, idx), pos.gather(1, idx)
+            if grad:
+                out = model(input_ids=run_ids, attention_mask=run_am, position_ids=run_pos, use_cache=False)[0]
+            else:
+                out = _forward(model, run_ids, run_am, position_ids=run_pos)
         finally:
             for h in handles:
                 h.remove()

@@ -13,6 +13,7 @@ import torch
 from hybridreduce import InputError, Schedule, cache_nbytes, reduce, verify_reduce
 from hybridreduce import engine as engine_mod
 from hybridreduce.adapters import get_adapter
+from hybridreduce.compat import cache_kwarg, output_cache
 from hybridreduce.engine import scoring_blocks
 
 from .conftest import prompt
@@ -41,11 +42,11 @@ def test_prune_reference_catches_renumbered_positions(monkeypatch, tiny_models):
     """Give RoPE the positions 0..T'-1 of the reduced sequence instead of the original ones."""
     real = engine_mod._Engine._slice
 
-    def renumbered(self, value, key):
-        if isinstance(value, tuple) and all(isinstance(v, torch.Tensor) and v.dim() == 3 for v in value):
+    def renumbered(self, name, value, key, block):
+        if name == "position_embeddings":
             n = self.cur.shape[1]
             return tuple(v[:, :n] for v in value)  # cos/sin of the first n positions
-        return real(self, value, key)
+        return real(self, name, value, key, block)
 
     monkeypatch.setattr(engine_mod._Engine, "_slice", renumbered)
     result = verify_reduce.check_prune_reference("bamba", tiny_models("bamba"))
@@ -154,11 +155,11 @@ def test_generate_keeps_a_smaller_kv_cache_and_original_positions_without_positi
         full = model(ids, use_cache=True)
     with reduce(model, PROGRESSIVE, visual_mask=vm) as red, torch.no_grad():
         out = model(ids, use_cache=True)
-        assert cache_nbytes(out.past_key_values)["kv"] < cache_nbytes(full.past_key_values)["kv"]
-        cache, token, seq, steps = out.past_key_values, out.logits[:, -1:].argmax(-1), ids, []
+        assert cache_nbytes(output_cache(out))["kv"] < cache_nbytes(output_cache(full))["kv"]
+        cache, token, seq, steps = output_cache(out), out.logits[:, -1:].argmax(-1), ids, []
         for _ in range(4):
             seq = torch.cat([seq, token], dim=1)
-            step = model(token, past_key_values=cache, use_cache=True).logits[:, -1]
+            step = model(token, **{cache_kwarg(model): cache}, use_cache=True).logits[:, -1]
             steps.append(step)
             token = step.argmax(-1, keepdim=True)
         with red.frozen():
@@ -185,7 +186,7 @@ def test_generate_with_another_batch_is_refused(tiny_models):
     with reduce(model, PROGRESSIVE, visual_mask=vm), torch.no_grad():
         out = model(ids, use_cache=True)
         with pytest.raises(InputError, match="batch size 2, this decode step has 1"):
-            model(ids[:1, -1:], past_key_values=out.past_key_values, use_cache=True)
+            model(ids[:1, -1:], **{cache_kwarg(model): output_cache(out)}, use_cache=True)
         with pytest.raises(InputError, match="num_beams"):  # beams repeat each prompt before the prefill
             model.generate(ids, max_new_tokens=2, num_beams=2, do_sample=False)
 
@@ -197,7 +198,7 @@ def test_a_cache_filled_outside_the_context_is_refused(tiny_models):
         out = model(ids, use_cache=True)
         with reduce(model, PROGRESSIVE, visual_mask=vm):
             with pytest.raises(InputError, match="not filled under this reduction"):
-                model(ids[:, -1:], past_key_values=out.past_key_values, use_cache=True)
+                model(ids[:, -1:], **{cache_kwarg(model): output_cache(out)}, use_cache=True)
 
 
 @pytest.mark.parametrize(
@@ -247,3 +248,53 @@ def test_evs_then_progressive(tiny_models):
         out = model(evs.inputs, attention_mask=am, position_ids=evs.position_ids).logits
     assert red.block_visual[0] == int(retention.sum()) > red.block_visual[-1]
     assert torch.isfinite(out).all()
+
+
+# --------------------------------------------------------------------------------------------------
+# Training under reduction (DESIGN decision 11)
+# --------------------------------------------------------------------------------------------------
+def _gradient_gap(arch: str) -> tuple[float, float]:
+    """``(max |grad − reference grad|, max |reference grad|)`` of a cross-entropy on the reduced logits."""
+    from hybridreduce.tiny import build_tiny_model
+    from hybridreduce.verify import left_pad, make_prompt
+
+    model = build_tiny_model(arch, seed=0).train()
+    vocab = model.config.vocab_size
+    ids, am, vm = left_pad([make_prompt(vocab, 3, 24, 9, seed=1), make_prompt(vocab, 6, 24, 3, seed=2)])
+    target = torch.randint(0, vocab, ids.shape, generator=torch.Generator().manual_seed(0))
+
+    def grads_of(logits, rows):
+        model.zero_grad(set_to_none=True)
+        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), target.gather(1, rows).flatten())
+        loss.backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    with reduce(model, PROGRESSIVE, visual_mask=vm) as red:
+        got = model(input_ids=ids, attention_mask=am, use_cache=False).logits
+    assert got.requires_grad and red.block_visual[-1] < red.block_visual[0]
+    rows = red.output_positions
+    got_grads = grads_of(got, rows)
+    ref = verify_reduce.pruned_reference(model, ids, am, red.stages, grad=True)
+    ref_grads = grads_of(ref, rows)
+    assert len(ref_grads) > 10
+    zero = torch.zeros(())  # a parameter without a gradient on one side counts as a zero gradient there
+    worst = max(float((got_grads.get(n, zero) - ref_grads.get(n, zero)).abs().max()) for n in {*got_grads, *ref_grads})
+    scale = max(float(g.abs().max()) for g in ref_grads.values())
+    return worst, scale
+
+
+@pytest.mark.parametrize("arch", ["nemotron_h", "bamba", "jamba", "zamba2"])
+def test_training_under_reduce_has_the_gradient_of_the_hand_built_reference(arch):
+    """A loss on the logits under reduce() back-propagates exactly as through the per-stage reference runs:
+    gathers pass gradients to the kept rows, scores (no gradient) only choose them."""
+    worst, scale = _gradient_gap(arch)
+    print(f"{arch}: max |grad - reference grad| = {worst:.2e} (max |grad| {scale:.2e})")
+    assert worst <= 1e-5 * max(1.0, scale)
+
+
+def test_the_gradient_check_catches_a_cut_that_stops_the_gradient(monkeypatch):
+    """Detach the residual stream at every cut: blocks before the cut get no gradient and the check fails."""
+    real = engine_mod.gather_seq
+    monkeypatch.setattr(engine_mod, "gather_seq", lambda t, idx, T: real(t, idx, T).detach())
+    worst, scale = _gradient_gap("nemotron_h")
+    assert worst > 1e-3 * scale
