@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Create .venv and install hybridreduce for CPU. Usage: scripts/setup.sh [dev]
+# Create .venv and install hybridreduce for CPU at the versions the test suite passed on. Usage: scripts/setup.sh [dev]
 #   dev: also install the test tools (the `dev` extra).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,4 +12,6 @@ python=${PYTHON:-python3}
 .venv/bin/python -m pip install -q torch==2.13.0
 extra=""
 if [ "${1:-}" = "dev" ]; then extra="[dev]"; fi
-.venv/bin/python -m pip install -q -e ".${extra}"
+# constraints.txt pins every package to the version the suite and `hybridreduce verify --all` passed on;
+# the hooks read transformers' internals, so an unpinned install may get a release nobody has tested.
+.venv/bin/python -m pip install -q -c constraints.txt -e ".${extra}"
