@@ -1,9 +1,15 @@
-"""Toy long-video QA benchmark: determinism, balance, relevance, sequence layout, patchify, config errors."""
+"""Toy long-video QA benchmark: determinism, balance, relevance, sequence layout, patchify, config errors;
+the static / clutter variants (static bit-identical to before them), vocabulary prefixes, common lengths, and
+the benchmark statistics of hybridreduce.toy.stats."""
 
 from __future__ import annotations
 
 import collections
+import dataclasses
+import hashlib
 import itertools
+import json
+import time
 
 import numpy as np
 import pytest
@@ -11,24 +17,41 @@ import torch
 
 from hybridreduce.errors import InputError
 from hybridreduce.toy import (
+    ALL_QTYPES,
     PALETTE,
     QTYPES,
+    VARIANTS,
     Sample,
     ToyConfig,
     ToyDataset,
     Vocab,
+    align_lengths,
     answer_words,
     chance_level,
     collate,
     encode_sample,
     make_sample,
     patchify,
+    shared_vocab,
     visual_grid,
 )
-from hybridreduce.toy.data import QUADRANTS, cell_word, quadrant, shape_mask, time_bin
+from hybridreduce.toy import stats as toy_stats
+from hybridreduce.toy.data import (
+    BACKGROUND_MAX,
+    CANVAS_SCALE,
+    ORDER_WORDS,
+    PRESETS,
+    QUADRANTS,
+    cell_word,
+    follow_up_questions,
+    quadrant,
+    shape_mask,
+    time_bin,
+)
 
 CFG = ToyConfig()
 SMALL = ToyConfig(frames=16, height=24, width=32, patch=8, n_events=(2, 4), event_len=(2, 3), seed=3)  # 3x4 grid
+CLUTTER = ToyConfig.preset("clutter")
 
 
 @pytest.fixture(scope="module")
@@ -50,6 +73,12 @@ def centre_colour(patch: np.ndarray) -> str:
     return min(PALETTE, key=lambda name: np.abs(mean - PALETTE[name]).sum())
 
 
+def named_colours(sample: Sample) -> list[str]:
+    """The colours a question names: none (colour), the asked one (when, where, count), both (order)."""
+    q = sample.question
+    return {"colour": [], "when": [q[3]], "where": [q[3]], "count": [q[2]], "order": [q[1], q[4]]}[sample.qtype]
+
+
 def oracle(sample: Sample, cfg: ToyConfig) -> str:
     """Answer from the question and the pixels of the RELEVANT tokens only."""
     patches = {tok: patch_of(sample.video, cfg.patch, *tok) for tok in sample.relevant}
@@ -57,6 +86,12 @@ def oracle(sample: Sample, cfg: ToyConfig) -> str:
     if sample.qtype == "colour":
         (patch,) = patches.values()
         return centre_colour(patch)
+    if sample.qtype == "order":  # the first frame showing each named colour
+        first = {}
+        for tok in sorted(patches):
+            first.setdefault(centre_colour(patches[tok]), tok[0])
+        assert sorted(first) == sorted(named_colours(sample))
+        return "yes" if first[q[1]] < first[q[4]] else "no"
     colour = q[3] if sample.qtype in ("when", "where") else q[2]
     assert all(centre_colour(p) == colour for p in patches.values())
     tokens = sorted(patches)
@@ -112,6 +147,24 @@ def test_config_derived_fields():
         (dict(frames=16, event_len=(2, 4)), ["4 same-colour events", "16 frames"]),
         (dict(frames=8, height=16, width=16, qtypes=["colour"]), ["sparse"]),
         (dict(frame_noise=200), ["frame_noise"]),
+        (dict(camera_step=-1), ["ToyConfig.camera_step", ">= 0"]),
+        (dict(camera_step=True), ["ToyConfig.camera_step"]),
+        (dict(camera_step=2.5), ["ToyConfig.camera_step"]),
+        (dict(camera_step=40), ["camera_step = 40", "at most 32"]),
+        (dict(texture=-5), ["ToyConfig.texture", ">= 0"]),
+        (dict(texture=1.5), ["ToyConfig.texture"]),
+        (dict(distractors=(5, 2)), ["distractors", "min > max"]),
+        (dict(distractors=3), ["distractors", "(min, max)"]),
+        (dict(distractors=(-1, 2)), ["distractors[0]", ">= 0"]),
+        (dict(distractors=(20, 30)), ["36 events (with distractors)", "sparse"]),
+        (dict(distractor_motion=1.5), ["distractor_motion", "[0, 1]"]),
+        (dict(distractor_motion=True), ["distractor_motion"]),
+        (dict(distractor_motion=float("nan")), ["distractor_motion"]),
+        (dict(question_len=-1), ["ToyConfig.question_len", ">= 0"]),
+        (dict(question_len=True), ["ToyConfig.question_len"]),
+        (dict(qtypes=["order"], n_events=(1, 1)), ["n_events max 1", "'order'"]),
+        (dict(qtypes=["order"], frames=8, event_len=(4, 4), n_events=(2, 2)), ["two events", "8 frames"]),
+        (dict(qtypes=["order", "why"]), ["qtypes", "'why'", "'order'"]),
     ],
 )
 def test_config_errors(kwargs, words):
@@ -305,8 +358,14 @@ def test_relevant_tokens_show_the_event(samples):
 
 @pytest.mark.parametrize(
     "cfg",
-    [CFG, SMALL, ToyConfig(where_answer="quadrant", frame_noise=8, shapes=("disc",), seed=9)],
-    ids=["default", "small", "quadrant-noise"],
+    [
+        CFG,
+        SMALL,
+        ToyConfig(where_answer="quadrant", frame_noise=8, shapes=("disc",), seed=9),
+        CLUTTER,
+        ToyConfig.preset("clutter", where_answer="quadrant", event_len=(3, 3), shapes=("disc",), seed=4),
+    ],
+    ids=["default", "small", "quadrant-noise", "clutter", "clutter-quadrant-disc"],
 )
 def test_oracle_on_relevant_tokens_is_perfect(cfg):
     """Each question is answerable from the pixels of its relevant tokens alone."""
@@ -457,3 +516,389 @@ def test_patchify_errors():
         patchify(torch.zeros(2, 3, 8, 10), 4)
     with pytest.raises(InputError, match="patch"):
         patchify(torch.zeros(2, 3, 8, 8), 0)
+
+
+# --- variants: static is unchanged ----------------------------------------------------------------------------
+
+
+def digest(s: Sample) -> str:
+    """A short hash of everything a sample holds (video and background bytes, question, answer, events)."""
+    h = hashlib.sha256()
+    h.update(s.video.tobytes())
+    h.update(s.background.tobytes())
+    events = [(e.colour, e.shape, e.start, e.cells) for e in s.events]
+    h.update(repr((s.question, s.qtype, s.answer, s.relevant, events, s.id)).encode())
+    return h.hexdigest()[:16]
+
+
+def digest_items(ds: ToyDataset, n: int) -> str:
+    return hashlib.sha256("".join(digest(ds[i]) for i in range(n)).encode()).hexdigest()[:16]
+
+
+QNOISE = ToyConfig(where_answer="quadrant", frame_noise=8, shapes=("disc",), seed=9)
+#: Digests computed with the code BEFORE the variants existed (commit 414b652): the static benchmark, the
+#: shipped checkpoint's settings among them, must keep producing exactly these items.
+BEFORE_VARIANTS = [
+    (CFG, "train", 16, "bd5cf7ae435481fe"),
+    (CFG, "val", 16, "a37b1bb57db61e3d"),
+    (CFG, "test", 16, "e13f8ceff01675b8"),
+    (SMALL, "train", 16, "fc0a65cde9285f4c"),
+    (SMALL, "val", 16, "c0eab025f60145e4"),
+    (SMALL, "test", 16, "390eb85d15ca9fa1"),
+    (QNOISE, "train", 16, "b500ee8c1f34a1dc"),
+    (QNOISE, "val", 16, "d298c70356a22b39"),
+    (QNOISE, "test", 16, "7df4f7de7798b779"),
+    (ToyConfig(event_len=(3, 3), where_answer="quadrant", move_prob=0.0, seed=5), "train", 24, "8d9b9ff8fc632b18"),
+    (ToyConfig(event_len=(3, 3), where_answer="quadrant", move_prob=0.0, seed=5), "test", 24, "1accc50362e1d9b1"),
+    (ToyConfig.preset("static", event_len=(3, 3), where_answer="quadrant"), "train", 24, "3520d12246879626"),
+    (ToyConfig.preset("static", event_len=(3, 3), where_answer="quadrant"), "test", 24, "caa63cb05c664168"),
+]
+
+
+@pytest.mark.parametrize("cfg, split, n, expected", BEFORE_VARIANTS)
+def test_static_items_are_bit_identical_to_before_the_variants(cfg, split, n, expected):
+    assert digest_items(ToyDataset(cfg, split, n), n) == expected
+
+
+def test_static_vocab_unbalanced_follow_ups_and_encoding_are_unchanged():
+    vocab = Vocab(CFG)
+    assert len(vocab) == 86
+    assert hashlib.sha256(" ".join(vocab.words).encode()).hexdigest()[:16] == "0247e95221fa7264"
+    assert digest_items(ToyDataset(CFG, "val", 8, balanced=False), 8) == "957882358b8ffc3c"
+    sample = ToyDataset(CFG, "train", 1)[0]
+    follow = follow_up_questions(sample, CFG, np.random.default_rng(4), 6)
+    assert hashlib.sha256(repr(follow).encode()).hexdigest()[:16] == "4d891eada4fe632a"
+    enc = encode_sample(ToyDataset(CFG, "test", 4)[3], vocab, CFG)
+    raw = enc["input_ids"].numpy().tobytes() + enc["relevant_mask"].numpy().tobytes()
+    assert hashlib.sha256(raw).hexdigest()[:16] == "6efd8313e76bbe23"
+    assert (CFG.seq_len, CFG.max_question_len, CFG.qtypes) == (554, 8, QTYPES)
+
+
+def test_static_still_camera():
+    s = ToyDataset(CFG, "train", 3)[2]
+    assert s.background.shape == (CFG.height, CFG.width, 3)
+    assert s.camera.shape == (CFG.frames, 2) and not s.camera.any()
+    assert np.array_equal(s.frame_backgrounds(), np.broadcast_to(s.background, s.video.shape))
+
+
+# --- variants: presets and validation -------------------------------------------------------------------------
+
+
+def test_presets():
+    assert VARIANTS == ("static", "clutter") and set(PRESETS) == set(VARIANTS)
+    assert ToyConfig.preset("static") == ToyConfig() and ToyConfig.preset("static", seed=3) == ToyConfig(seed=3)
+    assert ToyConfig().variant == "static" and "order" not in ToyConfig().qtypes
+    for name, value in PRESETS["clutter"].items():
+        assert getattr(CLUTTER, name) == value, name
+    assert CLUTTER.variant == "clutter" and CLUTTER.qtypes == ALL_QTYPES and "order" in CLUTTER.qtypes
+    assert CLUTTER.camera_step >= CLUTTER.patch  # whole-patch steps happen
+    assert CLUTTER.frame_noise > 0 and CLUTTER.distractors[0] > 0
+    q = ToyConfig.preset("clutter", where_answer="quadrant", event_len=[3, 3])
+    assert (q.where_answer, q.event_len, q.camera_step) == ("quadrant", (3, 3), CLUTTER.camera_step)
+    assert ToyConfig(camera_step=2).variant == "clutter" and ToyConfig(distractors=(1, 2)).variant == "clutter"
+    assert ToyConfig(qtypes=ALL_QTYPES).variant == "static"  # variant describes the video, not the questions
+
+
+@pytest.mark.parametrize(
+    "call, words",
+    [
+        (lambda: ToyConfig.preset("noisy"), ["unknown benchmark variant 'noisy'", "('static', 'clutter')"]),
+        (lambda: ToyConfig.preset(1), ["unknown benchmark variant 1"]),
+        (lambda: ToyConfig.preset("clutter", colour="red"), ["unknown fields ['colour']", "camera_step"]),
+        (lambda: ToyConfig.preset("clutter", rows=3), ["unknown fields ['rows']"]),
+        (lambda: ToyConfig.preset("clutter", camera_step=True), ["ToyConfig.camera_step"]),
+        (lambda: ToyConfig.preset("clutter", distractors=(30, 40)), ["sparse"]),
+    ],
+)
+def test_preset_errors(call, words):
+    with pytest.raises(InputError) as info:
+        call()
+    for word in words:
+        assert word in str(info.value), str(info.value)
+
+
+# --- variants: clutter ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def clutter_samples() -> list[Sample]:
+    """250 balanced test-split samples of the clutter preset (50 per question type)."""
+    return list(ToyDataset(CLUTTER, "test", 250))
+
+
+def test_clutter_deterministic():
+    a, b = ToyDataset(CLUTTER, "val", 5), ToyDataset(ToyConfig.preset("clutter"), "val", 5)
+    for i in range(5):
+        assert_same(a[i], b[i])
+        assert np.array_equal(a[i].camera, b[i].camera)
+    assert not np.array_equal(a[0].video, ToyDataset(ToyConfig.preset("clutter", seed=1), "val", 1)[0].video)
+
+
+def test_clutter_event_invariants(clutter_samples):
+    cfg = CLUTTER
+    lo, hi = cfg.n_events[0] + cfg.distractors[0], cfg.n_events[1] + cfg.distractors[1]
+    moving = still = 0
+    for s in clutter_samples:
+        taken = [tok for e in s.events for tok in e.tokens]
+        assert len(taken) == len(set(taken)), "two events share a (t, cell)"
+        assert lo <= len(s.events) <= hi
+        for e in s.events:
+            assert cfg.event_len[0] <= e.length <= cfg.event_len[1] and 0 <= e.start and e.end <= cfg.frames
+            assert e.colour in cfg.colours and e.shape in cfg.shapes
+            for (r0, c0), (r1, c1) in itertools.pairwise(e.cells):
+                assert abs(r0 - r1) + abs(c0 - c1) <= 1
+            moving += len(set(e.cells)) == e.length
+            still += len(set(e.cells)) == 1
+        for a, b in itertools.combinations(s.events, 2):
+            if a.colour == b.colour:
+                assert a.end < b.start or b.end < a.start, "same-colour events touch in time"
+    assert moving > 0.4 * still > 0, (moving, still)  # distractors: some move in every frame, some stand still
+
+
+def test_clutter_answers_are_unique_and_distractors_avoid_named_colours(clutter_samples):
+    """The named colours appear only in the question's own events; every answer follows from the events."""
+    repeated = colour_answer_repeated = 0
+    for s in clutter_samples:
+        per_colour = collections.Counter(e.colour for e in s.events)
+        named = named_colours(s)
+        repeated += any(n > 1 for c, n in per_colour.items() if c not in named)
+        if s.qtype == "colour":
+            t, r, c = s.relevant[0]
+            (event,) = [e for e in s.events if (t, r, c) in e.tokens]
+            assert event.colour == s.answer
+            colour_answer_repeated += per_colour[s.answer] > 1
+        elif s.qtype == "count":
+            assert per_colour[named[0]] == int(s.answer)
+        else:  # when, where, order: each named colour in exactly one event
+            assert all(per_colour[c] == 1 for c in named), (s.id, named, per_colour)
+            ev = {e.colour: e for e in s.events if e.colour in named}
+            if s.qtype == "when":
+                assert s.answer == f"bin{time_bin(CLUTTER, ev[named[0]].start)}"
+            elif s.qtype == "where":
+                assert s.answer == cell_word(*ev[named[0]].cells[0])
+            else:
+                a, b = ev[named[0]], ev[named[1]]
+                assert a.end < b.start or b.end < a.start  # two distinct times, a frame or more apart
+                assert s.answer == ("yes" if a.start < b.start else "no")
+    assert repeated == len(clutter_samples)  # distractor colours repeat in every video
+    assert colour_answer_repeated > 10  # a colour question's answer is not "the colour seen once"
+
+
+def test_clutter_relevant_tokens_are_exactly_the_asked_shapes(clutter_samples):
+    for s in clutter_samples:
+        assert s.relevant and s.relevant == sorted(s.relevant)
+        if s.qtype == "colour":
+            assert len(s.relevant) == 1
+        else:
+            named = set(named_colours(s))
+            assert set(s.relevant) == {tok for e in s.events if e.colour in named for tok in e.tokens}
+        if s.qtype == "order":
+            assert len({t for t, _, _ in s.relevant}) >= 2
+
+
+def test_clutter_balanced_dataset_is_exact(clutter_samples):
+    by_type = collections.defaultdict(list)
+    for i, s in enumerate(clutter_samples):
+        assert s.qtype == CLUTTER.qtypes[i % len(CLUTTER.qtypes)]
+        by_type[s.qtype].append(s.answer)
+    assert set(by_type) == set(ALL_QTYPES)
+    assert collections.Counter(by_type["order"]) == {"yes": 25, "no": 25}
+    for qtype, answers in by_type.items():
+        n = len(answer_words(CLUTTER, qtype))
+        for start in range(0, len(answers) - n + 1, n):
+            assert sorted(answers[start : start + n]) == sorted(answer_words(CLUTTER, qtype))
+
+
+def test_order_answers_drawn_at_random_are_balanced():
+    rng = np.random.default_rng(21)
+    samples = [make_sample(CLUTTER, rng, qtype="order") for _ in range(300)]
+    counts = collections.Counter(s.answer for s in samples)
+    assert set(counts) == {"yes", "no"} and abs(counts["yes"] - 150) < 45, counts  # > 5 sigma away otherwise
+    assert answer_words(CLUTTER, "order") == ["yes", "no"] and chance_level(CLUTTER)["order"] == 0.5
+    # no shortcut from the first-named colour's start: it is early as often for yes as for no
+    early = collections.Counter(
+        (s.answer, next(e.start for e in s.events if e.colour == s.question[1]) < CLUTTER.frames // 2) for s in samples
+    )
+    assert early[("yes", True)] > early[("no", True)] > 0
+
+
+def test_camera_motion_changes_every_background_patch():
+    cfg = ToyConfig.preset("clutter", frame_noise=0)
+    p, whole, sub = cfg.patch, 0, 0
+    size = np.array([CANVAS_SCALE * cfg.height, CANVAS_SCALE * cfg.width])
+    for s in ToyDataset(cfg, "train", 20):
+        assert s.background.shape == (*size, 3) and s.background.max() <= BACKGROUND_MAX
+        steps = (np.diff(s.camera, axis=0) + cfg.camera_step) % size - cfg.camera_step  # undo the wrap-around
+        assert steps.shape == (cfg.frames - 1, 2) and np.abs(steps).max() <= cfg.camera_step
+        assert np.abs(steps).max(axis=1).min() >= 1  # the camera never stands still
+        whole += int((np.abs(steps) == p).any(axis=1).sum())
+        sub += int(((np.abs(steps) % p) != 0).any(axis=1).sum())
+        on = np.zeros((cfg.frames, cfg.rows, cfg.cols), dtype=bool)
+        for t, r, c in (tok for e in s.events for tok in e.tokens):
+            on[t, r, c] = True
+        backgrounds = s.frame_backgrounds()  # (T, H, W, 3)
+        pixel_on = on.repeat(p, axis=1).repeat(p, axis=2)  # (T, H, W)
+        assert np.array_equal(s.video[~pixel_on], backgrounds[~pixel_on])  # off the shapes: the camera's view
+        for t in range(1, cfg.frames):
+            for r, c in itertools.product(range(cfg.rows), range(cfg.cols)):
+                if not on[t, r, c] and not on[t - 1, r, c]:
+                    assert not np.array_equal(patch_of(s.video, p, t, r, c), patch_of(s.video, p, t - 1, r, c))
+    assert whole > 10 and sub > 100, (whole, sub)
+
+
+def test_clutter_background_stays_darker_than_shapes(clutter_samples):
+    limit = BACKGROUND_MAX + CLUTTER.frame_noise
+    assert min(max(rgb) for rgb in PALETTE.values()) - limit >= 30
+    for s in clutter_samples[:50]:
+        on = np.zeros(s.video.shape[:3], dtype=bool)
+        for t, r, c in (tok for e in s.events for tok in e.tokens):
+            on[t, r * 8 : (r + 1) * 8, c * 8 : (c + 1) * 8] = True
+        assert s.video[~on].max() <= limit
+        assert np.percentile(s.background, 90) - np.percentile(s.background, 10) > 60  # high contrast
+
+
+def test_clutter_follow_up_questions_follow_the_video(clutter_samples):
+    rng = np.random.default_rng(3)
+    seen = collections.Counter()
+    for s in clutter_samples[:60]:
+        per_colour = collections.defaultdict(list)
+        for e in s.events:
+            per_colour[e.colour].append(e)
+        for words, qtype, answer in follow_up_questions(s, CLUTTER, rng, 10):
+            seen[qtype] += 1
+            if qtype == "order":
+                assert words[0] == "did" and words[3] == "before" and len(words) == 5
+                (a,), (b,) = per_colour[words[1]], per_colour[words[4]]
+                assert a.end < b.start or b.end < a.start
+                assert answer == ("yes" if a.start < b.start else "no")
+            elif qtype == "count":
+                assert answer == str(len(per_colour[words[2]]))
+            elif qtype in ("when", "where"):
+                assert len(per_colour[words[3]]) == 1
+    assert set(seen) == set(ALL_QTYPES)
+
+
+def test_clutter_generation_stays_fast():
+    """Training draws thousands of samples a minute on 2 cores: one clutter sample takes a few ms (bound: 25)."""
+    ds = ToyDataset(CLUTTER, "train", 60)
+    ds[0]
+    start = time.perf_counter()
+    for i in range(60):
+        ds[i]
+    assert (time.perf_counter() - start) / 60 < 0.025
+
+
+# --- variants: one model, one vocabulary, one sequence length -------------------------------------------------
+
+
+def test_vocab_of_static_is_a_prefix_of_clutter():
+    static, clutter = Vocab(ToyConfig.preset("static")), Vocab(CLUTTER)
+    assert clutter.words[: len(static)] == static.words
+    assert clutter.words[len(static) :] == list(ORDER_WORDS)
+    assert not set(ORDER_WORDS) & set(static.words)
+    assert Vocab(ToyConfig(qtypes=ALL_QTYPES)).words == clutter.words  # the words follow qtypes, not the camera
+    for a, b in [(static, clutter), (clutter, static)]:
+        assert shared_vocab([a.cfg, b.cfg]).words == clutter.words
+    assert shared_vocab([CFG]).words == static.words
+    # a static dataset encoded with the shared vocabulary has the ids it always had
+    ds, shared = ToyDataset(CFG, "val", 4), ToyDataset(CFG, "val", 4, vocab=shared_vocab([CFG, CLUTTER]))
+    for i in range(4):
+        assert torch.equal(ds.encoded(i)["input_ids"], shared.encoded(i)["input_ids"])
+
+
+def test_shared_vocab_errors():
+    mismatch = "config 1's vocabulary gives id 22 to 'green', another config gives it to 'red'"
+    with pytest.raises(InputError, match=mismatch):
+        shared_vocab([CFG, ToyConfig(colours=("green", "red", "blue", "yellow", "cyan", "white"))])
+    with pytest.raises(InputError, match="frames, colours"):
+        shared_vocab([CFG, ToyConfig.preset("clutter", frames=24, event_len=(2, 3))])
+    with pytest.raises(InputError, match="'where' answers"):
+        shared_vocab([ToyConfig(where_answer="quadrant"), CLUTTER])
+    with pytest.raises(InputError, match="'count' answers"):
+        shared_vocab([ToyConfig(count_range=(2, 5)), CLUTTER])
+    with pytest.raises(InputError, match="non-empty"):
+        shared_vocab([])
+    with pytest.raises(InputError, match="ToyConfigs"):
+        shared_vocab([CFG, "clutter"])
+
+
+def test_align_lengths_gives_one_sequence_length():
+    counting = ToyConfig(qtypes=["count", "order"])  # longest question: 5 words
+    assert counting.seq_len == CFG.seq_len - 3  # its own encoding is unchanged by the variants
+    a, b = align_lengths([counting, CFG])
+    assert (
+        a.seq_len == b.seq_len == CFG.seq_len and a.question_len == 8 and b == dataclasses.replace(CFG, question_len=8)
+    )
+    assert a.qtypes == counting.qtypes and a.max_question_len == 8
+    static, clutter = align_lengths([ToyConfig.preset("static"), CLUTTER])
+    assert static.seq_len == clutter.seq_len == CFG.seq_len
+    vocab = shared_vocab([static, clutter])
+    mixed = [ToyDataset(a, "val", 3, vocab=vocab).encoded(i) for i in range(3)]
+    mixed += [ToyDataset(clutter, "val", 5, vocab=vocab).encoded(4)]  # an order question
+    batch = collate(mixed)
+    assert batch["input_ids"].shape == (4, CFG.seq_len)
+    for enc in mixed:  # left padding: the question ends at the <answer> marker, the video starts after <bos>
+        ids = enc["input_ids"]
+        assert ids[-1] == vocab.answer_marker_id and int(enc["attention_mask"].sum()) == ids.ne(vocab.pad_id).sum()
+    with pytest.raises(InputError, match="different videos"):
+        align_lengths([CFG, SMALL])
+    with pytest.raises(InputError, match="non-empty"):
+        align_lengths([])
+    with pytest.raises(InputError, match="ToyConfigs"):
+        align_lengths([CFG, None])
+
+
+# --- benchmark statistics -------------------------------------------------------------------------------------
+
+
+def test_stats_static_vs_clutter():
+    static = toy_stats.benchmark_stats(CFG, "val", 40, keeps=(1.0, 0.25))
+    assert static["variant"] == "static" and static["size"] == 40 and static["n_visual"] == 512
+    ds = ToyDataset(CFG, "val", 40)
+    pct = [100 * len(s.relevant) / 512 for s in ds]
+    assert static["relevant_pct"]["mean"] == pytest.approx(np.mean(pct)) and static["relevant_pct"]["max"] == max(pct)
+    full = static["evs"]["pixel"]["1"]
+    assert full["share"]["mean"] == full["complete"]["mean"] == full["any"]["mean"] == 1.0  # keep 1: every token
+    # a still camera: EVS keeps a token of every asked shape; clutter: under half of the relevant tokens at 0.25
+    assert all(static["evs"]["pixel"]["0.25"]["any"]["per_type"][q] == 1.0 for q in ("when", "where", "count"))
+    clutter = toy_stats.benchmark_stats(CLUTTER, "val", 100, keeps=(0.25,))
+    assert clutter["variant"] == "clutter" and set(clutter["relevant_pct"]["per_type"]) == set(ALL_QTYPES)
+    assert clutter["relevant_pct"]["max"] < 5.0  # events stay a small share of the tokens
+    assert clutter["evs"]["pixel"]["0.25"]["share"]["mean"] < 0.5
+    assert static["evs"]["pixel"]["0.25"]["share"]["mean"] > clutter["evs"]["pixel"]["0.25"]["share"]["mean"] + 0.1
+    json.dumps(clutter)  # a plain dict
+    assert "relevant % (mean)" in toy_stats.format_stats(clutter)
+
+
+def test_stats_embedding_mode_with_an_encoder():
+    def encoder(pixels):  # (b, T, 3, H, W) -> (b, V, 3p²): the raw patches as "embeddings"
+        return patchify(pixels, 8)
+
+    out = toy_stats.benchmark_stats(CFG, "test", 8, keeps=(0.5,), encoder=encoder)
+    assert set(out["evs"]) == {"pixel", "embedding"} and 0 < out["evs"]["embedding"]["0.5"]["share"]["mean"] <= 1
+    with pytest.raises(InputError, match=r"\(b, V, d\)"):
+        toy_stats.benchmark_stats(CFG, "test", 4, encoder=lambda px: px)
+    with pytest.raises(InputError, match="keep fraction"):
+        toy_stats.benchmark_stats(CFG, "test", 4, keeps=(0.0,))
+    with pytest.raises(InputError, match="keep fraction"):
+        toy_stats.benchmark_stats(CFG, "test", 4, keeps=(True,))
+    with pytest.raises(InputError, match="split"):
+        toy_stats.benchmark_stats(CFG, "dev", 4)
+
+
+def test_stats_script(tmp_path, capsys):
+    out = tmp_path / "stats.json"
+    args = ["--variant", "clutter", "--size", "10", "--keep", "0.25", "--set", "where_answer=quadrant"]
+    assert toy_stats.main([*args, "--out", str(out)]) == 0
+    assert "clutter benchmark, val split, 10 questions" in capsys.readouterr().out
+    written = json.loads(out.read_text())
+    assert written["variant"] == "clutter" and list(written["evs"]["pixel"]) == ["0.25"]
+    assert toy_stats.main([*args, "--out", str(out)]) == 2
+    assert "--force" in capsys.readouterr().err
+    assert toy_stats.main([*args, "--out", str(out), "--force"]) == 0
+    assert toy_stats.main(["--size", "4", "--set", "colour=red"]) == 2
+    assert "unknown fields ['colour']" in capsys.readouterr().err
+    assert toy_stats.main(["--size", "4", "--set", "frames"]) == 2
+    assert "KEY=VALUE" in capsys.readouterr().err
+    assert toy_stats.main(["--size", "4", "--checkpoint", "x"]) == 2
+    assert "--embedding" in capsys.readouterr().err
