@@ -27,6 +27,8 @@ from hybridreduce.toy.train import (
 from .conftest import tiny_toy_raw, tiny_toy_spec
 
 TRAIN = {"follow_ups": 2, "evs_prob": 0.5, "content_weight": 1.0, "position_weight": 1.0}
+#: The clutter variant on the tiny 12-frame 2×2 grid: a few distractors (the preset's 20–26 would fill it).
+CLUTTER = {"distractors": [1, 1], "camera_step": 4}
 
 
 def _spec(**train):
@@ -284,8 +286,8 @@ def test_warm_start_loads_the_previous_run_and_trains_on_new_items(tmp_path, run
         first.setdefault("indices", [int(i) for i in indices])
         return real_batch(dataset, indices, follow_ups, rng)
 
-    def spy_warm(model, heads, source):
-        real_warm(model, heads, source)
+    def spy_warm(model, heads, source, layers=None):
+        real_warm(model, heads, source, layers)
         first["model"] = {k: v.clone() for k, v in model.state_dict().items()}
         first["heads"] = {k: v.clone() for k, v in heads.state_dict().items()}
 
@@ -308,3 +310,122 @@ def test_warm_start_loads_the_previous_run_and_trains_on_new_items(tmp_path, run
         train(_spec(steps=1, init_from=str(tmp_path / "nothing")), tmp_path / "none", progress=False)
     with pytest.raises(InputError, match="data_offset"):
         spec_from_dict({"train": {"data_offset": -1}})
+
+
+def test_depth_upscaling_starts_with_the_source_models_function(run_dir):
+    """New blocks start as the identity, so the grown model's logits equal the source's on the source's words;
+    a mixed static + clutter spec grows the vocabulary, whose new rows leave the old ones untouched."""
+    from hybridreduce.toy.train import _warm_start
+
+    source = ToyVLM.from_pretrained(run_dir).eval()
+    kinds = source.config.text_config.layers_block_type
+    grown_kinds, layers = [], []
+    for j, kind in enumerate(kinds):  # after every Mamba or MLP block, a new one of its kind
+        grown_kinds.append(kind)
+        layers.append(j)
+        if kind != "attention":
+            grown_kinds.append(kind)
+            layers.append(None)
+    raw = tiny_toy_raw(**TRAIN, init_from=str(run_dir), init_layers=layers)
+    raw["model"]["text"]["layers_block_type"] = grown_kinds
+    raw["data"]["variants"] = {"static": {}, "clutter": CLUTTER}
+    spec = spec_from_dict(raw)
+    grown = build_model(spec)
+    heads = PositionHeads(grown.config)
+    _warm_start(grown, heads, str(run_dir), layers)
+    grown.eval()
+    assert len(grown_kinds) > len(kinds) and grown.config.text_config.vocab_size > source.config.text_config.vocab_size
+    batch = ToyDataset(source_cfg := spec.configs[0], "val", 3, vocab=spec.vocab).batch(range(3))
+    assert source_cfg.variant == "static"
+    with torch.no_grad():
+        kw = {"pixel_values": batch["pixels"], "attention_mask": batch["attention_mask"], "use_cache": False}
+        a = source(batch["input_ids"], **kw).logits
+        b = grown(batch["input_ids"], **kw).logits[..., : a.shape[-1]]
+    print(f"grown vs source logits: max |diff| = {(a - b).abs().max():.2e}")
+    assert torch.allclose(a, b, atol=1e-5)
+
+    with pytest.raises(InputError, match="init_layers has"):
+        _warm_start(grown, heads, str(run_dir), layers[:-1])
+    bad = list(layers)
+    bad[1] = 2  # an MLP block from an attention block
+    with pytest.raises(InputError, match=r"init_layers\[1\]"):
+        _warm_start(grown, heads, str(run_dir), bad)
+
+
+def test_a_mixed_run_trains_on_both_variants_and_reports_each(tmp_path):
+    raw = tiny_toy_raw(**TRAIN, steps=2, eval_every=2, eval_size=5, test_size=5)
+    raw["data"]["variants"] = {"static": {}, "clutter": CLUTTER}
+    spec = spec_from_dict(raw)
+    final = train(spec, tmp_path / "mix", progress=False)
+    assert set(final["variants"]) == {"static", "clutter"}
+    assert "order" in final["variants"]["clutter"]["per_type"]
+    assert spec_from_dict(__import__("yaml").safe_load((tmp_path / "mix" / "train_config.yaml").read_text())) == spec
+    with pytest.raises(InputError, match="unknown variants"):
+        spec_from_dict({"data": {"variants": ["static", "foggy"]}})
+
+
+def test_random_training_schedules_always_resolve():
+    """Every drawn in-LM schedule is feasible on the depth it was drawn for, with its average keep in range."""
+    from hybridreduce.toy.train import TrainConfig, random_training_schedule
+
+    cfg = TrainConfig(reduce_prob=1.0, reduce_keep=[0.1, 0.6])
+    rng = np.random.default_rng(0)
+    methods = set()
+    for depth in (3, 12, 24):
+        for _ in range(200):
+            sched = random_training_schedule(rng, cfg, depth)
+            plan = sched.resolve(depth)
+            methods.add(sched.method)
+            low = max(0.1, 1.1 / depth)  # the first block carries every token
+            assert plan.prune_points and low - 1e-6 <= plan.average_keep() <= 0.6 + 1e-6
+    assert methods == {"progressive", "random"}
+
+
+def test_training_under_in_lm_reduction(spec):
+    """A batch under in-LM reduction: the query rows are the questions (not the answers), every answer is still
+    supervised, and the content and position losses cover only the visual tokens the last block carried."""
+    from hybridreduce import Schedule
+    from hybridreduce.toy.train import _question_mask
+
+    model = build_model(spec)
+    ds = ToyDataset(spec.data, "train", 4)
+    batch = training_batch(ds, range(4), 2, np.random.default_rng(0))
+    marker = ds.vocab.answer_marker_id
+    q = batch["query_mask"]
+    answers = torch.zeros_like(q)
+    answers[:, 1:] = batch["input_ids"][:, :-1] == marker
+    assert not (q & (answers | batch["visual_mask"])).any() and q.sum(1).min() > 0
+    assert (batch["input_ids"][q] == marker).sum() == 4 * 3  # every marker is a query row
+    assert torch.equal(q, _question_mask(batch["input_ids"], batch["attention_mask"], batch["visual_mask"], marker))
+
+    heads = PositionHeads(model.config)
+    sched = Schedule.preset("progressive", keep=0.3, first_prune=2, stages=2)
+    answer, content, position = training_losses(model, batch, heads=heads, schedule=sched)
+    full = training_losses(model, batch, heads=heads)
+    assert all(torch.isfinite(x) and x > 0 for x in (answer, content, position))
+    assert not torch.equal(answer, full[0])  # the reduction changed what the answers saw
+    (answer + content + position).backward()
+    assert model.language_model.model.layers[0].mixer.in_proj.weight.grad.abs().sum() > 0
+
+
+def test_a_run_with_in_lm_reduction_and_an_old_run_resumes(tmp_path):
+    """reduce_prob trains (and is logged in the config); a run saved before the reduce_* settings existed resumes."""
+    import yaml
+
+    spec = _spec(steps=4, eval_every=2, reduce_prob=0.5, evs_prob=0.25)
+    spec.train.eval_size = spec.train.test_size = 4
+    train(spec, tmp_path / "red", progress=False, max_minutes=0)  # stops at the first evaluation
+    saved = yaml.safe_load((tmp_path / "red" / "train_config.yaml").read_text())
+    assert saved["train"]["reduce_prob"] == 0.5
+    for key in ("reduce_prob", "reduce_keep", "reduce_random"):  # as an earlier version wrote it
+        saved["train"].pop(key)
+    (tmp_path / "red" / "train_config.yaml").write_text(yaml.safe_dump(saved, sort_keys=False))
+    with pytest.raises(InputError, match="differs from the given config"):  # reduce_prob is on: not the same run
+        train(spec, tmp_path / "red", progress=False, resume=True)
+    old = _spec(steps=4, eval_every=2, evs_prob=0.25)
+    old.train.eval_size = old.train.test_size = 4
+    assert train(old, tmp_path / "red", progress=False, resume=True)["n"] == 4
+    with pytest.raises(InputError, match="reduce_prob"):
+        spec_from_dict(tiny_toy_raw(evs_prob=0.6, reduce_prob=0.5))
+    with pytest.raises(InputError, match="reduce_keep"):
+        spec_from_dict(tiny_toy_raw(reduce_keep=[0.0, 1.0]))

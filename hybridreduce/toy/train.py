@@ -35,7 +35,7 @@ import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -44,10 +44,22 @@ from torch import nn
 from torch.nn import functional as F
 from transformers import NemotronHConfig
 
+from ..engine import reduce
 from ..errors import InputError
 from ..evs import apply_retention, evs_retention_mask
+from ..schedule import Schedule
 from ..yamlio import read_yaml
-from .data import QTYPES, ToyConfig, ToyDataset, Vocab, encode_sample, follow_up_questions
+from .data import (
+    ALL_QTYPES,
+    VARIANTS,
+    ToyConfig,
+    ToyDataset,
+    Vocab,
+    align_lengths,
+    encode_sample,
+    follow_up_questions,
+    shared_vocab,
+)
 from .model import ToyVLM, ToyVLMConfig
 
 #: NemotronHConfig fields of the default language model (a 12-block Nemotron-H pattern, width 128).
@@ -110,6 +122,13 @@ class TrainConfig:
             block 3 on) and no answer that needs a place or a time can be learnt.
         evs_prob: share of batches trained under EVS (0: never).
         evs_max_rate: the EVS pruning rate of such a batch is uniform in ``[0, evs_max_rate]``.
+        reduce_prob: share of batches trained under in-LM reduction (:func:`hybridreduce.reduce` inside the
+            language model; DESIGN decision 11), drawn after and exclusive of EVS batches (``evs_prob +
+            reduce_prob <= 1``). Each such batch draws a schedule (:func:`random_training_schedule`): an average
+            keep uniform in ``reduce_keep``, a random layout, and keep sets chosen by the model's own unified
+            scores from the question words (answers excluded), or at random with probability ``reduce_random``.
+        reduce_keep: inclusive ``[min, max]`` average keep of an in-LM reduced batch, in ``(0, 1]``.
+        reduce_random: share of in-LM reduced batches whose keep sets are random drops instead of top scores.
         log_every: steps between training-loss log lines.
         eval_every: steps between validation evaluations (the checkpoint is saved at each).
         eval_size: validation questions per evaluation (split ``val``).
@@ -122,6 +141,12 @@ class TrainConfig:
         data_offset: index of the first training item of the full config in the ``train`` split. A warm
             restart sets it past the items its first run used (``steps − curriculum steps`` ×
             ``batch_size``), so it trains on videos it has not seen.
+        init_layers: depth up-scaling from ``init_from``: for every block of this model, the index of the
+            ``init_from`` block whose weights it starts from, or ``None`` for a new block that starts as the
+            identity (its mixer's output projection is zero, so the residual stream passes unchanged). Blocks
+            must be of the same type as their source. Everything outside the blocks (vision encoder,
+            projector, embeddings, final norm, output head, position heads) is copied; vocabulary rows the
+            source lacks (words of a larger vocabulary, appended at the end) keep their fresh initialisation.
     """
 
     steps: int = 2000
@@ -137,6 +162,9 @@ class TrainConfig:
     position_weight: float = 0.0
     evs_prob: float = 0.0
     evs_max_rate: float = 0.9
+    reduce_prob: float = 0.0
+    reduce_keep: list = field(default_factory=lambda: [0.1, 1.0])
+    reduce_random: float = 0.25
     log_every: int = 10
     eval_every: int = 200
     eval_size: int = 256
@@ -145,6 +173,7 @@ class TrainConfig:
     threads: int | None = None
     init_from: str | None = None
     data_offset: int = 0
+    init_layers: list | None = None
 
     def __post_init__(self):
         for name in ("steps", "batch_size", "log_every", "eval_every", "eval_size", "test_size"):
@@ -157,6 +186,16 @@ class TrainConfig:
                 raise InputError(f"train.{name} must be an integer >= 0, got {value!r}")
         if self.init_from is not None and not isinstance(self.init_from, str):
             raise InputError(f"train.init_from must be a train-toy output directory, got {self.init_from!r}")
+        if self.init_layers is not None:
+            if not isinstance(self.init_layers, list) or any(
+                v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0) for v in self.init_layers
+            ):
+                raise InputError(
+                    "train.init_layers must be a list with one entry per block: a source block index (int >= 0) "
+                    f"or null for a new identity block, got {self.init_layers!r}"
+                )
+            if self.init_from is None:
+                raise InputError("train.init_layers grows the model of train.init_from: set init_from too")
         stages = self.curriculum or []
         if not isinstance(stages, list) or any(
             not isinstance(st, dict)
@@ -181,20 +220,73 @@ class TrainConfig:
                 f"train.evs_prob must be in [0, 1] and train.evs_max_rate in [0, 1), got {self.evs_prob!r} "
                 f"and {self.evs_max_rate!r}"
             )
+        for name in ("reduce_prob", "reduce_random"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+                raise InputError(f"train.{name} must be a probability in [0, 1], got {value!r}")
+        if self.evs_prob + self.reduce_prob > 1.0:
+            raise InputError(
+                f"train.evs_prob + train.reduce_prob = {self.evs_prob + self.reduce_prob} > 1: a batch is trained "
+                "under EVS, under in-LM reduction or at full tokens; lower one of them"
+            )
+        keep = self.reduce_keep
+        if (
+            not isinstance(keep, (list, tuple))
+            or len(keep) != 2
+            or any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in keep)
+            or not 0.0 < keep[0] <= keep[1] <= 1.0
+        ):
+            raise InputError(f"train.reduce_keep must be [min, max] with 0 < min <= max <= 1, got {keep!r}")
 
 
 @dataclass
 class ToySpec:
-    """A whole training run: the benchmark, the model and the optimisation."""
+    """A whole training run: the benchmark, the model and the optimisation.
+
+    Attributes:
+        data: the benchmark config (with ``variants``: the settings every variant shares).
+        variants: benchmark variants (:data:`~hybridreduce.toy.data.VARIANTS`) trained on together, in equal
+            shares, each ``ToyConfig.preset(variant, **data fields, **its overrides)``; empty: ``data`` alone.
+            In YAML a list of names, or a mapping name → ToyConfig overrides of that variant alone.
+        variant_overrides: variant → the ToyConfig fields set for it alone.
+    """
 
     data: ToyConfig
     text: dict
     vision_hidden: int
     train: TrainConfig
+    variants: tuple[str, ...] = ()
+    variant_overrides: dict = field(default_factory=dict)
+    _given_data: dict = field(default_factory=dict, repr=False)  # the data section as written (presets apply to it)
+
+    def __post_init__(self):
+        if isinstance(self.variants, str) or not all(v in VARIANTS for v in self.variants):
+            raise InputError(f"data.variants must be a list drawn from {VARIANTS}, got {self.variants!r}")
+        if len(set(self.variants)) != len(self.variants):
+            raise InputError(f"data.variants lists a variant twice: {list(self.variants)}")
+        self.variants = tuple(self.variants)
+
+    @property
+    def configs(self) -> list[ToyConfig]:
+        """The benchmark config of every variant trained on (``[data]`` without variants), of one length."""
+        if not self.variants:
+            return [self.data]
+        return align_lengths(
+            [ToyConfig.preset(v, **{**self._given_data, **self.variant_overrides.get(v, {})}) for v in self.variants]
+        )
+
+    @property
+    def vocab(self) -> Vocab:
+        """The vocabulary covering every variant (the model's embedding table)."""
+        return shared_vocab(self.configs)
 
     def to_dict(self) -> dict:
-        data = {f.name: getattr(self.data, f.name) for f in fields(ToyConfig) if f.init}
-        data = {k: list(v) if isinstance(v, tuple) else v for k, v in data.items()}
+        if self.variants:
+            data = {k: list(v) if isinstance(v, tuple) else v for k, v in self._given_data.items()}
+            data["variants"] = {v: dict(self.variant_overrides.get(v, {})) for v in self.variants}
+        else:
+            data = {f.name: getattr(self.data, f.name) for f in fields(ToyConfig) if f.init}
+            data = {k: list(v) if isinstance(v, tuple) else v for k, v in data.items()}
         return {
             "data": data,
             "model": {"vision_hidden": self.vision_hidden, "text": dict(self.text)},
@@ -230,11 +322,31 @@ def spec_from_dict(raw: dict, path: str = "<dict>") -> ToySpec:
     model.pop("text", None)
     if model:
         raise InputError(f"{path}: model has unknown settings {sorted(model)}; known: vision_hidden, text")
+    data = dict(_section(raw, "data", path))
+    variants = data.pop("variants", None) or {}
+    if isinstance(variants, (list, tuple)):
+        variants = {v: {} for v in variants}
+    if not isinstance(variants, dict) or any(not isinstance(o, dict) for o in variants.values() if o is not None):
+        raise InputError(
+            f"{path}: data.variants must be a list drawn from {VARIANTS} or a mapping variant -> its own ToyConfig "
+            f"overrides, got {variants!r}"
+        )
+    bad = [v for v in variants if v not in VARIANTS]
+    if bad:
+        raise InputError(f"{path}: data.variants has unknown variants {bad}; choose from {VARIANTS}")
+    overrides = {v: dict(o or {}) for v, o in variants.items()}
+    base = _build(ToyConfig, data, f"{path}: data")
+    for v, o in overrides.items():  # validates every variant's settings now, with the field names in the message
+        _build(ToyConfig, {**data, **o}, f"{path}: data.variants.{v}")
+        base = base if v != next(iter(overrides)) else ToyConfig.preset(v, **{**data, **o})
     return ToySpec(
-        data=_build(ToyConfig, _section(raw, "data", path), f"{path}: data"),
+        data=base,
         text=text,
         vision_hidden=int(vision_hidden),
         train=_build(TrainConfig, _section(raw, "train", path), f"{path}: train"),
+        variants=tuple(overrides),
+        variant_overrides=overrides,
+        _given_data=data,
     )
 
 
@@ -246,7 +358,7 @@ def load_spec(path: str | Path) -> ToySpec:
 
 def build_model(spec: ToySpec, seed: int | None = None) -> ToyVLM:
     """A freshly initialised :class:`ToyVLM` for the spec's benchmark (vocabulary and video geometry)."""
-    vocab = Vocab(spec.data)
+    vocab = spec.vocab
     text = NemotronHConfig(
         vocab_size=vocab.size,
         pad_token_id=vocab.pad_id,
@@ -310,15 +422,56 @@ def evs_inputs(model: ToyVLM, batch: dict, rate: float):
     return apply_retention(embeds, batch["visual_mask"], retention, batch["attention_mask"])
 
 
-def _lm_forward(model: ToyVLM, batch: dict, evs_rate: float, logits_to_keep: int = 0, hidden_states: bool = False):
-    """``(output, input ids of the rows the model saw, EVSResult or None)`` of one batch, after EVS if > 0."""
+def _lm_forward(
+    model: ToyVLM,
+    batch: dict,
+    evs_rate: float,
+    logits_to_keep: int = 0,
+    hidden_states: bool = False,
+    schedule: Schedule | None = None,
+):
+    """``(output, input ids of the rows the model returned, positions of those rows in the prompt or None)``.
+
+    After EVS when ``evs_rate > 0``; under in-LM reduction with ``schedule`` (scores from ``batch["query_mask"]``),
+    whose output covers only the tokens the last block carried.
+    """
     kw = {"logits_to_keep": logits_to_keep, "use_cache": False, "output_hidden_states": hidden_states}
     if evs_rate > 0:
         r = evs_inputs(model, batch, evs_rate)
         out = model(inputs_embeds=r.inputs, attention_mask=r.attention_mask, **kw)
-        return out, batch["input_ids"].gather(1, r.kept_index), r
-    out = model(batch["input_ids"], pixel_values=batch["pixels"], attention_mask=batch["attention_mask"], **kw)
-    return out, batch["input_ids"], None
+        return out, batch["input_ids"].gather(1, r.kept_index), r.kept_index
+    inputs = {"pixel_values": batch["pixels"], "attention_mask": batch["attention_mask"], **kw}
+    if schedule is not None:
+        with reduce(model, schedule, query_mask=batch["query_mask"]) as red:
+            out = model(batch["input_ids"], **inputs)
+        rows = red.output_positions
+        return out, batch["input_ids"].gather(1, rows), rows
+    return model(batch["input_ids"], **inputs), batch["input_ids"], None
+
+
+def random_training_schedule(rng: np.random.Generator, cfg: TrainConfig, num_blocks: int) -> Schedule:
+    """The in-LM reduction of one training batch (see ``TrainConfig.reduce_prob``).
+
+    An average keep ``k`` uniform in ``reduce_keep``; 1 to 3 geometric stages whose first cut lies uniformly
+    in the blocks that an average of ``k`` can afford (a first cut after ``f`` of the depth keeps every token
+    there, so ``f < k``); top-k of the unified scores, or a seeded random keep set with probability
+    ``reduce_random``. The first block always carries every token, so ``k`` is raised to just above
+    ``1 / num_blocks`` on a model too shallow for it.
+    """
+    keep = max(float(rng.uniform(*cfg.reduce_keep)), 1.1 / num_blocks)
+    stages = int(rng.integers(1, 4))
+    latest = max(1, min(num_blocks - stages, int(0.9 * keep * num_blocks)))
+    first = int(rng.integers(1, latest + 1))
+    method = "random" if rng.random() < cfg.reduce_random else "progressive"
+    seed = int(rng.integers(2**31))
+    for first_prune in (first, 1):  # the solver may find no ratios for a late first cut; cut after block 0 then
+        sched = Schedule(method=method, keep=keep, first_prune=first_prune, stages=stages, seed=seed)
+        try:
+            sched.resolve(num_blocks)
+            return sched
+        except InputError:
+            continue
+    return Schedule(method=method, keep=keep, first_prune=1, stages=1, seed=seed)  # feasible for any keep > 1/depth
 
 
 def answer_logits(model: ToyVLM, batch: dict, evs_rate: float = 0.0) -> torch.Tensor:
@@ -329,7 +482,7 @@ def answer_logits(model: ToyVLM, batch: dict, evs_rate: float = 0.0) -> torch.Te
 def accuracy_table(correct: list[bool], qtypes: list[str]) -> dict:
     """``{"accuracy", "n", "per_type": {qtype: {"accuracy", "n"}}}`` of per-sample outcomes."""
     per = {}
-    for q in QTYPES:
+    for q in ALL_QTYPES:
         hits = [c for c, t in zip(correct, qtypes, strict=True) if t == q]
         if hits:
             per[q] = {"accuracy": sum(hits) / len(hits), "n": len(hits)}
@@ -360,7 +513,19 @@ def evaluate(
     return accuracy_table(correct, qtypes)
 
 
-def training_batch(dataset: ToyDataset, indices, follow_ups: int, rng: np.random.Generator) -> dict:
+def evaluate_variants(model: ToyVLM, datasets: list[ToyDataset]) -> dict:
+    """:func:`evaluate` of one dataset, or of several variants: their mean accuracy, each under ``variants``."""
+    if len(datasets) == 1:
+        return evaluate(model, datasets[0])
+    each = {d.cfg.variant: evaluate(model, d) for d in datasets}
+    return {
+        "accuracy": float(np.mean([r["accuracy"] for r in each.values()])),
+        "n": sum(r["n"] for r in each.values()),
+        "variants": each,
+    }
+
+
+def training_batch(dataset: ToyDataset | VariantMix, indices, follow_ups: int, rng: np.random.Generator) -> dict:
     """A training batch whose every video is followed by ``1 + follow_ups`` questions and answers.
 
     Each sample is ``<bos> video q1 <answer> a1 q2 <answer> a2 … qK <answer>`` (q1 the dataset's own
@@ -371,11 +536,13 @@ def training_batch(dataset: ToyDataset, indices, follow_ups: int, rng: np.random
         ``input_ids``, ``attention_mask`` ``(b, L')``, ``pixels`` ``(b, T, 3, H, W)``, ``visual_mask``
         ``(b, L')`` and ``targets`` ``(b, 1 + follow_ups)`` — the answer ids in marker order.
     """
-    vocab, cfg = dataset.vocab, dataset.cfg
+    vocab = dataset.vocab
     rows, targets, pixels, contents = [], [], [], []
-    tpf = cfg.tokens_per_frame
     for i in indices:
-        sample = dataset[int(i)]
+        source, j = _entry(dataset, int(i))
+        cfg = source.cfg
+        tpf = cfg.tokens_per_frame
+        sample = source[j]
         enc = encode_sample(sample, vocab, cfg)
         content = torch.full((cfg.n_visual,), vocab.video_id, dtype=torch.long)  # background: "<video>"
         for event in sample.events:
@@ -396,14 +563,54 @@ def training_batch(dataset: ToyDataset, indices, follow_ups: int, rng: np.random
     for k, r in enumerate(rows):
         input_ids[k, width - len(r) :] = torch.tensor(r)
         attention_mask[k, width - len(r) :] = 1
+    visual_mask = input_ids == vocab.video_id
     return {
         "input_ids": input_ids,
         "attention_mask": attention_mask,
         "pixels": torch.stack(pixels),
-        "visual_mask": input_ids == vocab.video_id,
+        "visual_mask": visual_mask,
+        "query_mask": _question_mask(input_ids, attention_mask, visual_mask, vocab.answer_marker_id),
         "targets": torch.tensor(targets, dtype=torch.long),
         "contents": torch.stack(contents),
     }
+
+
+def _question_mask(ids: torch.Tensor, attention_mask: torch.Tensor, visual_mask: torch.Tensor, marker: int):
+    """``(b, L)`` bool: the question words and markers after the video, not the answers that follow markers.
+
+    The query rows of in-LM reduction while training: scoring from the answer words would choose keep sets
+    with knowledge no question at test time has.
+    """
+    pos = torch.arange(ids.shape[1]).expand_as(ids)
+    after_video = pos > torch.where(visual_mask, pos, -1).amax(dim=1, keepdim=True)
+    follows_marker = torch.zeros_like(visual_mask)
+    follows_marker[:, 1:] = ids[:, :-1] == marker
+    return after_video & attention_mask.bool() & ~follows_marker
+
+
+class VariantMix:
+    """Training items of several benchmark variants of one video geometry, interleaved in equal shares.
+
+    Item ``i`` is item ``i // n`` of ``datasets[i % n]`` (``n`` datasets), so any run of ``n`` consecutive
+    items holds one of each variant. All datasets share one vocabulary (:func:`~hybridreduce.toy.data.shared_vocab`).
+    """
+
+    def __init__(self, datasets: list[ToyDataset]):
+        if not datasets or len({d.vocab.size for d in datasets}) != 1:
+            raise InputError("VariantMix needs datasets that share one vocabulary (ToyDataset(..., vocab=shared))")
+        self.datasets, self.vocab = datasets, datasets[0].vocab
+
+    def __len__(self) -> int:
+        return min(len(d) for d in self.datasets) * len(self.datasets)
+
+    def entry(self, i: int) -> tuple[ToyDataset, int]:
+        """``(dataset, index in it)`` of item ``i``."""
+        n = len(self.datasets)
+        return self.datasets[i % n], i // n
+
+
+def _entry(dataset: ToyDataset | VariantMix, i: int) -> tuple[ToyDataset, int]:
+    return dataset.entry(i) if isinstance(dataset, VariantMix) else (dataset, i)
 
 
 class PositionHeads(nn.Module):
@@ -427,8 +634,11 @@ def training_losses(
     evs_rate: float = 0.0,
     with_content: bool = True,
     heads: PositionHeads | None = None,
+    schedule: Schedule | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(answer, content, position)`` mean cross-entropies of a :func:`training_batch` (after EVS if ``evs_rate``).
+    """``(answer, content, position)`` mean cross-entropies of a :func:`training_batch` (after EVS if ``evs_rate``,
+    under in-LM reduction with ``schedule``; the content and position losses then cover the visual tokens the
+    last block carried).
 
     ``answer``: every answer after its ``<answer>`` marker. ``content``: every visual token's content (its
     shape's colour word or ``<video>``) read from the logits at that token (0 unless ``with_content``).
@@ -436,11 +646,11 @@ def training_losses(
     without heads).
     """
     marker = model.config.text_config.eos_token_id  # <answer>, see build_model
-    out, ids, r = _lm_forward(model, batch, evs_rate, hidden_states=heads is not None)
+    out, ids, rows = _lm_forward(model, batch, evs_rate, hidden_states=heads is not None, schedule=schedule)
     V = batch["contents"].shape[1]
     visual_index = torch.arange(V).expand(len(ids), V)  # (b, V') index of each visual row among the V tokens
-    if r is not None:
-        kept_visual = r.kept_index[r.visual_mask].view(len(ids), -1)  # (b, K) positions in the full prompt
+    if rows is not None:
+        kept_visual = rows[batch["visual_mask"].gather(1, rows)].view(len(ids), -1)  # (b, K) prompt positions
         visual_index = _visual_rank(batch["visual_mask"], kept_visual)
     logits = out.logits[ids == marker]  # (b · n_questions, vocab), sample-major, in sequence order
     answer = F.cross_entropy(logits.float(), batch["targets"].reshape(-1))
@@ -464,6 +674,18 @@ def _visual_rank(visual_mask: torch.Tensor, positions: torch.Tensor) -> torch.Te
 
 
 # --- training -------------------------------------------------------------------------------------------------
+
+
+def _treatment(rng: np.random.Generator, cfg: TrainConfig, model: ToyVLM) -> tuple[float, Schedule | None]:
+    """``(EVS rate, in-LM schedule)`` of one batch: EVS with ``evs_prob``, in-LM reduction with ``reduce_prob``.
+
+    Without in-LM reduction the draws are exactly those of earlier versions (runs stay reproducible)."""
+    u = rng.random()
+    if u < cfg.evs_prob:
+        return float(rng.uniform(0, cfg.evs_max_rate)), None
+    if cfg.reduce_prob and u < cfg.evs_prob + cfg.reduce_prob:
+        return 0.0, random_training_schedule(rng, cfg, model.config.text_config.num_hidden_layers)
+    return 0.0, None
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -526,7 +748,7 @@ def train(
         if not state_path.is_file():
             raise InputError(f"nothing to resume in {out}: no trainer_state.pt (start the run without --resume)")
         saved = yaml.safe_load((out / "train_config.yaml").read_text())
-        if saved != yaml.safe_load(yaml.safe_dump(spec.to_dict(), sort_keys=False)):
+        if saved != _as_saved_by(saved, yaml.safe_load(yaml.safe_dump(spec.to_dict(), sort_keys=False))):
             raise InputError(f"{out}/train_config.yaml differs from the given config; resume with the run's own config")
     else:
         (out / "train_config.yaml").write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False))
@@ -534,7 +756,7 @@ def train(
     model = build_model(spec)
     n_params = sum(p.numel() for p in model.parameters())
     stages = _stages(spec)
-    val_set = ToyDataset(spec.data, "val", cfg.eval_size)
+    val_sets = [ToyDataset(c, "val", cfg.eval_size, vocab=spec.vocab) for c in spec.configs]
     rng = np.random.default_rng((cfg.seed, 7))
     orders = [rng.permutation(len(ds)) for _, ds in stages[:-1]]
     orders.append(cfg.data_offset + rng.permutation(len(stages[-1][1]) - cfg.data_offset))
@@ -545,7 +767,7 @@ def train(
     opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95))
     done = 0
     if cfg.init_from is not None and not resume:
-        _warm_start(model, heads, cfg.init_from)
+        _warm_start(model, heads, cfg.init_from, cfg.init_layers)
     if resume:
         state = torch.load(state_path, weights_only=False)
         model.load_state_dict(ToyVLM.from_pretrained(out).state_dict())
@@ -576,9 +798,9 @@ def train(
         (first_step, train_set), order = stages[k], orders[k]
         idx = order[(step - first_step) * cfg.batch_size : (step - first_step + 1) * cfg.batch_size]
         batch = training_batch(train_set, idx, cfg.follow_ups, rng)
-        rate = float(rng.uniform(0, cfg.evs_max_rate)) if rng.random() < cfg.evs_prob else 0.0
+        rate, schedule = _treatment(rng, cfg, model)
         answer, content, position = training_losses(
-            model, batch, evs_rate=rate, with_content=cfg.content_weight > 0, heads=heads
+            model, batch, evs_rate=rate, with_content=cfg.content_weight > 0, heads=heads, schedule=schedule
         )
         loss = answer + cfg.content_weight * content + cfg.position_weight * position
         if not torch.isfinite(loss):
@@ -602,12 +824,12 @@ def train(
                     "position_loss": float(recent[2]),
                     "lr": lr,
                     "grad_norm": float(grad_norm),
-                    "frames": int(train_set.cfg.frames),
+                    "frames": int(_entry(train_set, 0)[0].cfg.frames),
                     "seconds": round(time.perf_counter() - start, 1),
                 }
             )
         if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
-            result = evaluate(model, val_set)
+            result = evaluate_variants(model, val_sets)
             write({"event": "eval", "split": "val", "step": step + 1, **result})
             bar.write(_eval_line(f"step {step + 1} val", result))
             model.save_pretrained(out)
@@ -622,8 +844,8 @@ def train(
                 return None
     bar.close()
 
-    test_set = ToyDataset(spec.data, "test", cfg.test_size)
-    final = evaluate(model, test_set)
+    test_sets = [ToyDataset(c, "test", cfg.test_size, vocab=spec.vocab) for c in spec.configs]
+    final = evaluate_variants(model, test_sets)
     final.update(
         {"split": "test", "steps": cfg.steps, "seconds": round(time.perf_counter() - start, 1), "parameters": n_params}
     )
@@ -634,31 +856,88 @@ def train(
     return final
 
 
+def _as_saved_by(saved: dict, current: dict) -> dict:
+    """``current`` without the train settings a run saved by an earlier version did not know, when they are at their
+    defaults: such a run trained exactly as with them, so it resumes (a new setting that is on does not)."""
+    defaults = asdict(TrainConfig())
+    train = {k: v for k, v in current.get("train", {}).items() if k in saved.get("train", {}) or v != defaults.get(k)}
+    return {**current, "train": train}
+
+
 def _architecture(config: dict) -> dict:
     """A config dict without the entries that say how it was saved rather than what the model is."""
     drop = ("transformers_version", "architectures", "dtype", "torch_dtype", "_name_or_path")
     return {k: _architecture(v) if isinstance(v, dict) else v for k, v in config.items() if k not in drop}
 
 
-def _warm_start(model: ToyVLM, heads: PositionHeads | None, source: str) -> None:
-    """Load the weights (and position heads, when saved) of the train-toy run in ``source`` into ``model``."""
+#: The parameter that ends each Nemotron-H mixer's residual branch: zero it and the block is the identity.
+_OUTPUT_PROJECTIONS = ("mixer.out_proj.weight", "mixer.o_proj.weight", "mixer.down_proj.weight")
+
+
+def _warm_start(model: ToyVLM, heads: PositionHeads | None, source: str, layers: list | None = None) -> None:
+    """Load the weights (and position heads, when saved) of the train-toy run in ``source`` into ``model``.
+
+    Args:
+        layers: depth up-scaling (``train.init_layers``): block ``i`` of ``model`` starts from block ``layers[i]`` of
+            the source, or as the identity when ``None``. Without it the two models must be the same.
+    """
     src = Path(source)
     if not (src / "config.json").is_file() or not (src / "model.safetensors").is_file():
         raise InputError(f"train.init_from: {src} is not a train-toy output directory (no model.safetensors)")
     previous = ToyVLM.from_pretrained(src)
-    mine, theirs = _architecture(model.config.to_dict()), _architecture(previous.config.to_dict())
-    if mine != theirs:
-        differ = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
-        raise InputError(
-            f"train.init_from: the model in {src} differs from this config's in {differ}; "
-            "a warm restart needs the same data geometry and model sections"
-        )
-    model.load_state_dict(previous.state_dict())
+    if layers is None:
+        mine, theirs = _architecture(model.config.to_dict()), _architecture(previous.config.to_dict())
+        if mine != theirs:
+            differ = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+            raise InputError(
+                f"train.init_from: the model in {src} differs from this config's in {differ}; "
+                "a warm restart needs the same data geometry and model sections (or train.init_layers to grow it)"
+            )
+        model.load_state_dict(previous.state_dict())
+    else:
+        _grow(model, previous, layers, src)
     state_path = src / "trainer_state.pt"
     if heads is not None and state_path.is_file():
         saved = torch.load(state_path, weights_only=False).get("position_heads")
         if saved is not None:
             heads.load_state_dict(saved)
+
+
+def _grow(model: ToyVLM, previous: ToyVLM, layers: list, src: Path) -> None:
+    """Depth up-scaling: copy ``previous`` into the deeper ``model`` block by block (see :func:`_warm_start`)."""
+    ours = model.config.text_config.layers_block_type
+    theirs = previous.config.text_config.layers_block_type
+    if len(layers) != len(ours):
+        raise InputError(
+            f"train.init_layers has {len(layers)} entries for a model of {len(ours)} blocks; give one each"
+        )
+    for i, j in enumerate(layers):
+        if j is not None and (j >= len(theirs) or theirs[j] != ours[i]):
+            what = f"is a {theirs[j]} block" if j < len(theirs) else f"is out of range ({len(theirs)} source blocks)"
+            raise InputError(f"train.init_layers[{i}] = {j}: block {i} is a {ours[i]} block, source block {j} {what}")
+    prefix = "language_model.model.layers."
+    source = previous.state_dict()
+    target = model.state_dict()
+    with torch.no_grad():
+        for name, value in target.items():
+            if name.startswith(prefix):
+                index, rest = name[len(prefix) :].split(".", 1)
+                j = layers[int(index)]
+                if j is None:
+                    if rest in _OUTPUT_PROJECTIONS:
+                        value.zero_()  # a new block adds nothing to the residual stream until it learns to
+                    continue
+                name_src = f"{prefix}{j}.{rest}"
+            else:
+                name_src = name
+            old = source.get(name_src)
+            if old is None or old.shape[1:] != value.shape[1:] or old.shape[0] > value.shape[0]:
+                raise InputError(
+                    f"train.init_from: {src} has {name_src} of shape "
+                    f"{None if old is None else tuple(old.shape)}, this model needs {tuple(value.shape)}; only the "
+                    "depth (train.init_layers) and the vocabulary (appended words) may grow"
+                )
+            value[: old.shape[0]] = old  # vocabulary rows beyond the source's keep their fresh values
 
 
 def _stages(spec: ToySpec) -> list[tuple[int, ToyDataset]]:
@@ -667,7 +946,7 @@ def _stages(spec: ToySpec) -> list[tuple[int, ToyDataset]]:
     The full config's set holds items ``data_offset ..`` of the train split (see :class:`TrainConfig`).
     """
     cfg = spec.train
-    vocab = Vocab(spec.data)
+    vocab = spec.vocab
     stages, first = [], 0
     for k, stage in enumerate(cfg.curriculum or []):
         overrides = stage.get("data", {})
@@ -679,10 +958,14 @@ def _stages(spec: ToySpec) -> list[tuple[int, ToyDataset]]:
             raise InputError(f"train.curriculum[{k}].data: {exc}; use ToyConfig fields") from None
         stages.append((first, ToyDataset(short, "train", stage["steps"] * cfg.batch_size, vocab=vocab)))
         first += stage["steps"]
-    stages.append((first, ToyDataset(spec.data, "train", cfg.data_offset + (cfg.steps - first) * cfg.batch_size)))
+    size = cfg.data_offset + (cfg.steps - first) * cfg.batch_size
+    sets = [ToyDataset(c, "train", -(-size // len(spec.configs)), vocab=vocab) for c in spec.configs]
+    stages.append((first, sets[0] if len(sets) == 1 else VariantMix(sets)))
     return stages
 
 
 def _eval_line(prefix: str, result: dict) -> str:
+    if "variants" in result:
+        return "\n".join(_eval_line(f"{prefix} {name}", r) for name, r in result["variants"].items())
     per = " ".join(f"{q} {r['accuracy']:.3f}" for q, r in result["per_type"].items())
     return f"{prefix}: accuracy {result['accuracy']:.3f} on {result['n']} ({per})"
