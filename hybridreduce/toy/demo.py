@@ -8,6 +8,7 @@ full tokens and under each method at each average keep fraction ``k``:
     progressive             unified scores (attention rows + decay-free Mamba proxy)     low-to-high cuts in the LM
     progressive-exact       unified scores, exact Mamba hidden attention                  same cuts
     progressive-attn-only   attention rows only (first cut after the first attention)    same shape
+    progressive-depth       unified scores, first cut a quarter of the way down          low-to-high cuts in the LM
     fastv                   attention rows of the last token at block 2, one cut after    in the LM
     pyramiddrop             attention rows, cuts at 1/4, 1/2, 3/4 of the depth           in the LM
     random                  seeded uniform draws, progressive cuts                        in the LM
@@ -24,7 +25,10 @@ model. Those rows run at *final* keep ``k`` instead (the share kept after the la
 That early cuts need Mamba-derived scores is the point of the hybrid method: a hybrid model has few
 attention blocks, and the first one may sit a quarter of the way down.
 
-Reported per (method, k): multiple-choice accuracy (overall and per question type), prefill speed-up
+A checkpoint trained on several benchmark variants (``static`` and ``clutter``, see
+:mod:`hybridreduce.toy.data`) is measured on each; every row names its ``variant``.
+
+Reported per (variant, method, k): multiple-choice accuracy (overall and per question type), prefill speed-up
 (wall time of the same forwards at full tokens over this method's, scoring and EVS selection included;
 CPU timings of a 0.8 M-parameter model, so read them as relative), the average number of visual tokens
 a block carries, and the share of each question's ground-truth relevant tokens still present in the
@@ -49,7 +53,7 @@ from ..schedule import Schedule
 from ..yamlio import read_yaml
 from .data import ToyConfig, ToyDataset, chance_level
 from .model import ToyVLM
-from .train import AnswerSheet, accuracy_table, evs_inputs, spec_from_dict
+from .train import AnswerSheet, ToySpec, accuracy_table, evs_inputs, spec_from_dict
 
 #: The embedded checkpoint (``configs/toy.yaml``, then its warm restart ``configs/toy_continue.yaml``; see its README).
 CHECKPOINT = Path(__file__).parent / "checkpoint"
@@ -58,6 +62,7 @@ METHODS = (
     "progressive",
     "progressive-exact",
     "progressive-attn-only",
+    "progressive-depth",
     "fastv",
     "pyramiddrop",
     "random",
@@ -65,10 +70,20 @@ METHODS = (
     "evs+progressive",
 )
 KEEPS = (0.5, 0.25, 0.125)
+#: ``progressive-depth``'s first cut, as a fraction of the depth (where PyramidDrop makes its first cut). Fixed,
+#: not tuned on the test split; ``hybridreduce calibrate`` is the way to choose it per model.
+DEPTH_FIRST_PRUNE = 0.25
 
 
 def load_toy(path: str | Path | None = None) -> tuple[ToyVLM, ToyConfig]:
-    """The toy VLM of a ``train-toy`` output directory (default: the shipped one) and its benchmark config."""
+    """The toy VLM of a ``train-toy`` output directory (default: the shipped one) and its benchmark config
+    (the first variant's, for a checkpoint trained on several: :func:`load_toy_spec` has them all)."""
+    model, spec = load_toy_spec(path)
+    return model, spec.configs[0]
+
+
+def load_toy_spec(path: str | Path | None = None) -> tuple[ToyVLM, ToySpec]:
+    """The toy VLM of a ``train-toy`` output directory (default: the shipped one) and its training spec."""
     path = Path(path) if path is not None else CHECKPOINT
     if not (path / "config.json").is_file() or not (path / "train_config.yaml").is_file():
         raise InputError(
@@ -78,7 +93,7 @@ def load_toy(path: str | Path | None = None) -> tuple[ToyVLM, ToyConfig]:
     config = path / "train_config.yaml"
     spec = spec_from_dict(read_yaml(config, "training config"), str(config))
     model = ToyVLM.from_pretrained(path).eval()
-    return model, spec.data
+    return model, spec
 
 
 def schedule_for(method: str, keep: float, model: ToyVLM, budget: str = "average") -> Schedule:
@@ -88,6 +103,8 @@ def schedule_for(method: str, keep: float, model: ToyVLM, budget: str = "average
     if method == "progressive-attn-only":
         first_attn = get_adapter(model).kinds.index("attn")  # attention scores exist only from here on
         return Schedule.preset("progressive", keep=keep, budget=budget, score="attention", first_prune=first_attn + 1)
+    if method == "progressive-depth":
+        return Schedule.preset("progressive", keep=keep, budget=budget, first_prune=DEPTH_FIRST_PRUNE)
     if method in ("fastv", "pyramiddrop", "random"):
         return Schedule.preset(method, keep=keep, budget=budget)
     raise InputError(f"{method!r} has no in-LM schedule; methods: {METHODS}")
@@ -111,6 +128,7 @@ def feasible_schedule(method: str, keep: float, model: ToyVLM) -> tuple[Schedule
 class MethodResult:
     """One row of the demo table."""
 
+    variant: str
     method: str
     keep: float
     accuracy: float | None
@@ -166,7 +184,13 @@ def _share(kept: torch.Tensor, relevant: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def evaluate_method(
-    model: ToyVLM, batches: list[dict], method: str, keep: float, sheet: AnswerSheet, progress=None
+    model: ToyVLM,
+    batches: list[dict],
+    method: str,
+    keep: float,
+    sheet: AnswerSheet,
+    progress=None,
+    variant: str = "static",
 ) -> MethodResult:
     """Accuracy, time and kept tokens of one method at one budget over pre-built batches."""
     scorer = "exact" if method == "progressive-exact" else None
@@ -192,6 +216,7 @@ def evaluate_method(
     V = int(batches[0]["visual_mask"][0].sum())
     mean_visual = sum(block_visual) / len(block_visual)
     return MethodResult(
+        variant=variant,
         method=method,
         keep=keep,
         accuracy=table["accuracy"],
@@ -213,12 +238,17 @@ def run_demo(
     methods: tuple[str, ...] = METHODS,
     batch_size: int = 64,
     progress: bool = True,
+    variants: tuple[str, ...] | None = None,
 ) -> dict:
-    """Evaluate every method at every keep on ``size`` questions of the test split.
+    """Evaluate every method at every keep on ``size`` questions of the test split of every variant.
 
+    Args:
+        variants: the benchmark variants to measure (default: every variant the checkpoint was trained on).
     Returns:
-        ``{"results": [MethodResult.to_dict(), ...], "full_accuracy", "chance", "n_visual", "config"}``; the
-        first result is ``full`` (keep 1.0), whose seconds every speed-up divides.
+        ``{"results": [MethodResult.to_dict(), ...], "variants": {variant: {"full_accuracy", "chance",
+        "n_visual"}}, "full_accuracy", "chance", "n_visual", ...}``; each variant's results start with
+        ``full`` (keep 1.0), whose seconds that variant's speed-ups divide. The top-level ``full_accuracy``,
+        ``chance`` and ``n_visual`` are the first variant's.
     """
     from tqdm.auto import tqdm
 
@@ -228,27 +258,46 @@ def run_demo(
     bad = [k for k in keeps if not 0 < k < 1]
     if bad:
         raise InputError(f"demo keep fractions must lie in (0, 1), got {bad}")
-    model, data = load_toy(checkpoint)
-    dataset = ToyDataset(data, "test", size)
-    sheet = AnswerSheet(dataset.vocab)
-    batches = [dataset.batch(range(s, min(s + batch_size, size))) for s in range(0, size, batch_size)]
+    model, spec = load_toy_spec(checkpoint)
+    configs = {c.variant: c for c in spec.configs}
+    variants = tuple(configs) if variants is None else tuple(variants)
+    missing = [v for v in variants if v not in configs]
+    if missing:
+        raise InputError(
+            f"the checkpoint was not trained on the variant(s) {missing}; it knows {sorted(configs)} "
+            "(its vocabulary and question types come from them)"
+        )
     runs = [("full", 1.0)] + [(m, k) for k in keeps for m in methods]
-    bar = tqdm(total=len(runs) * size, desc="demo", unit="q", disable=not progress, dynamic_ncols=True)
-    evaluate_method(model, batches[:1], "full", 1.0, sheet)  # warm-up: the first forward pays one-off costs
+    bar = tqdm(total=len(variants) * len(runs) * size, desc="demo", unit="q", disable=not progress, dynamic_ncols=True)
     results: list[MethodResult] = []
-    for method, keep in runs:
-        bar.set_postfix_str(f"{method} k={keep}")
-        results.append(evaluate_method(model, batches, method, keep, sheet, progress=bar.update))
+    per_variant = {}
+    for variant in variants:
+        data = configs[variant]
+        dataset = ToyDataset(data, "test", size, vocab=spec.vocab)
+        sheet = AnswerSheet(dataset.vocab)
+        batches = [dataset.batch(range(s, min(s + batch_size, size))) for s in range(0, size, batch_size)]
+        evaluate_method(model, batches[:1], "full", 1.0, sheet)  # warm-up: the first forward pays one-off costs
+        mine: list[MethodResult] = []
+        for method, keep in runs:
+            bar.set_postfix_str(f"{variant} {method} k={keep}")
+            mine.append(evaluate_method(model, batches, method, keep, sheet, progress=bar.update, variant=variant))
+        for r in mine:
+            if r.seconds:
+                r.speedup = mine[0].seconds / r.seconds
+        results += mine
+        per_variant[variant] = {
+            "full_accuracy": mine[0].accuracy,
+            "chance": chance_level(data),
+            "n_visual": data.n_visual,
+        }
     bar.close()
-    full = results[0]
-    for r in results:
-        if r.seconds:
-            r.speedup = full.seconds / r.seconds
+    first = per_variant[variants[0]]
     return {
         "results": [r.to_dict() for r in results],
-        "full_accuracy": full.accuracy,
-        "chance": chance_level(data),
-        "n_visual": data.n_visual,
+        "variants": per_variant,
+        "full_accuracy": first["full_accuracy"],
+        "chance": first["chance"],
+        "n_visual": first["n_visual"],
         "n_questions": size,
         "block_kinds": get_adapter(model).kinds,
         "checkpoint": str(checkpoint or CHECKPOINT),
@@ -257,20 +306,27 @@ def run_demo(
 
 # --- reporting ------------------------------------------------------------------------------------------------
 
-COLUMNS = ("method", "keep", "accuracy", "speedup", "achieved_keep", "visual_tokens", "relevant_kept")
+COLUMNS = ("variant", "method", "keep", "accuracy", "speedup", "achieved_keep", "visual_tokens", "relevant_kept")
+
+
+def _budget(row: dict) -> str:
+    """``"final"`` for a row run at final keep because its layout cannot carry the average, else ``"average"``."""
+    return "final" if row["note"].startswith("average budget infeasible") else "average"
 
 
 def format_table(summary: dict) -> str:
-    """The demo table as aligned text (accuracy in %, relative to full tokens in brackets)."""
-    full = summary["full_accuracy"]
-    head = f"{'method':<22} {'keep':>6} {'budget':>7} {'accuracy':>14} {'speed-up':>9} {'avg keep':>9}"
+    """The demo table as aligned text (accuracy in %, relative to the variant's full tokens in brackets)."""
+    full = {v: s["full_accuracy"] for v, s in summary.get("variants", {}).items()}
+    head = f"{'variant':<8} {'method':<22} {'keep':>6} {'budget':>7} {'accuracy':>14} {'speed-up':>9} {'avg keep':>9}"
     head += f" {'relevant kept':>14}"
     lines = [head, "-" * len(head)]
     for r in summary["results"]:
-        budget = "final" if r["note"].startswith("average budget infeasible") else "average"
-        acc = f"{100 * r['accuracy']:.1f}% ({100 * r['accuracy'] / full:.0f}%)"
+        variant = r.get("variant", "static")
+        reference = full.get(variant, summary["full_accuracy"])
+        relative = f"{100 * r['accuracy'] / reference:.0f}%" if reference else "n/a"  # an untrained model may score 0
+        acc = f"{100 * r['accuracy']:.1f}% ({relative})"
         lines.append(
-            f"{r['method']:<22} {r['keep']:>6.3f} {budget:>7} {acc:>14} {r['speedup']:>8.2f}x "
+            f"{variant:<8} {r['method']:<22} {r['keep']:>6.3f} {_budget(r):>7} {acc:>14} {r['speedup']:>8.2f}x "
             f"{r['achieved_keep']:>9.3f} {100 * r['relevant_kept']:>13.1f}%"
         )
     return "\n".join(lines)
@@ -294,60 +350,96 @@ def write_outputs(summary: dict, out_dir: str | Path) -> list[Path]:
     return paths
 
 
+#: Line styles and markers cycled over methods, so that methods with identical curves stay distinguishable.
+_STYLES = ("-", "--", "-.", ":")
+_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "h")
+
+
 def plot_summary(summary: dict, out: Path) -> list[Path]:
-    """Accuracy vs keep, relevant tokens kept vs keep, and visual tokens per block at one keep."""
+    """Accuracy and relevant tokens kept vs the keep each method carried, and visual tokens per block at one
+    budget; one row of panels per benchmark variant.
+
+    A row run at *final* keep (its layout cannot carry the average budget) is drawn at the average keep it
+    actually carried, with a hollow marker, so that no method is plotted at a cost it did not pay.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     rows = [r for r in summary["results"] if r["method"] != "full"]
+    variants = list(dict.fromkeys(r.get("variant", "static") for r in summary["results"]))
     methods = list(dict.fromkeys(r["method"] for r in rows))
-    colours = {m: plt.cm.tab10(i % 10) for i, m in enumerate(methods)}
+    style = {
+        m: {"color": plt.cm.tab10(i % 10), "ls": _STYLES[i % len(_STYLES)], "marker": _MARKERS[i % len(_MARKERS)]}
+        for i, m in enumerate(methods)
+    }
+    info = summary.get("variants") or {"static": summary}
     paths = []
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    for ax, key, label in (
-        (axes[0], "accuracy", "held-out accuracy"),
-        (axes[1], "relevant_kept", "ground-truth relevant tokens kept (last block)"),
-    ):
-        for m in methods:
-            pts = sorted((r["keep"], r[key]) for r in rows if r["method"] == m)
-            ax.plot(*zip(*pts, strict=True), marker="o", label=m, color=colours[m])
-        if key == "accuracy":
-            ax.axhline(summary["full_accuracy"], color="black", ls="--", lw=1, label="full tokens")
-            chance = sum(summary["chance"].values()) / len(summary["chance"])
-            ax.axhline(chance, color="grey", ls=":", lw=1, label="chance")
-        ax.set_xscale("log", base=2)
-        keeps = sorted({r["keep"] for r in rows})
-        ax.set_xticks(keeps, [f"{k:g}" for k in keeps])
-        ax.set_xlabel("average share of visual tokens kept per block")
-        ax.set_ylabel(label)
-        ax.set_ylim(0, 1.02)
-        ax.grid(alpha=0.3)
-    axes[0].set_title("Accuracy vs budget")
-    axes[1].set_title("Relevant tokens that survive to the last block")
-    axes[1].legend(fontsize=8, loc="lower right")
-    n, V = summary["n_questions"], summary["n_visual"]
-    fig.suptitle(f"Toy hybrid video VLM, {n} held-out questions, {V} visual tokens per video")
+    fig, axes = plt.subplots(len(variants), 2, figsize=(11, 4.2 * len(variants)), squeeze=False)
+    for (ax_acc, ax_rel), variant in zip(axes, variants, strict=True):
+        mine = [r for r in rows if r.get("variant", "static") == variant]
+        for ax, key, label in (
+            (ax_acc, "accuracy", "held-out accuracy"),
+            (ax_rel, "relevant_kept", "ground-truth relevant tokens kept (last block)"),
+        ):
+            for m in methods:
+                pts = sorted((r["achieved_keep"], r[key], _budget(r) == "final") for r in mine if r["method"] == m)
+                if not pts:
+                    continue
+                x, y, final = zip(*pts, strict=True)
+                ax.plot(x, y, label=m, **style[m])
+                hollow = [(xi, yi) for xi, yi, fi in pts if fi]
+                if hollow:
+                    ax.plot(
+                        *zip(*hollow, strict=True),
+                        ls="none",
+                        marker=style[m]["marker"],
+                        mfc="white",
+                        color=style[m]["color"],
+                    )
+            if key == "accuracy":
+                ax.axhline(info[variant]["full_accuracy"], color="black", ls="--", lw=1, label="full tokens")
+                chance = info[variant]["chance"]
+                ax.axhline(sum(chance.values()) / len(chance), color="grey", ls=":", lw=1, label="chance")
+            ax.set_xscale("log", base=2)
+            ticks = sorted({r["keep"] for r in mine} | {round(r["achieved_keep"], 2) for r in mine})
+            ax.set_xticks(ticks, [f"{k:g}" for k in ticks], fontsize=7)
+            ax.minorticks_off()
+            ax.set_xlabel("average share of visual tokens carried per block (hollow: run at final keep)")
+            ax.set_ylabel(label)
+            ax.set_ylim(0, 1.02)
+            ax.grid(alpha=0.3)
+        ax_acc.set_title(f"{variant}: accuracy vs budget")
+        ax_rel.set_title(f"{variant}: relevant tokens that survive to the last block")
+        ax_acc.legend(fontsize=7, loc="lower right")
+    n = summary["n_questions"]
+    fig.suptitle(f"Toy hybrid video VLM, {n} held-out questions per variant, {summary['n_visual']} visual tokens")
     fig.tight_layout()
     paths += _save(fig, out / "accuracy_vs_keep")
     plt.close(fig)
 
     keep = 0.25 if any(r["keep"] == 0.25 for r in rows) else sorted({r["keep"] for r in rows})[0]
-    fig, ax = plt.subplots(figsize=(8, 4))
-    for r in rows:
-        if r["keep"] == keep:
-            blocks = range(len(r["block_visual"]))
-            ax.step(blocks, r["block_visual"], where="mid", label=r["method"], color=colours[r["method"]])
+    fig, axes = plt.subplots(len(variants), 1, figsize=(9, 4.2 * len(variants)), squeeze=False)
     kinds = summary.get("block_kinds")
-    if kinds:
-        ax.set_xticks(range(len(kinds)), [f"{i}\n{k}" for i, k in enumerate(kinds)], fontsize=7)
-    ax.set_xlabel("block (index and kind)")
-    ax.set_ylabel("visual tokens carried")
-    ax.set_title(f"Visual tokens per block at average keep {keep:g}")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    for ax, variant in zip(axes[:, 0], variants, strict=True):
+        mine = [r for r in rows if r["keep"] == keep and r.get("variant", "static") == variant]
+        for i, r in enumerate(mine):
+            blocks = [b + 0.06 * (i - len(mine) / 2) for b in range(len(r["block_visual"]))]  # offsets: no overlap
+            label = f"{r['method']} (carried {r['achieved_keep']:.2f}{', final keep' if _budget(r) == 'final' else ''})"
+            st = style[r["method"]]
+            ax.step(blocks, r["block_visual"], where="mid", label=label, color=st["color"], ls=st["ls"])
+            ax.plot(blocks, r["block_visual"], ls="none", marker=st["marker"], ms=3, color=st["color"])
+        if kinds:
+            ax.set_xticks(range(len(kinds)), [f"{i}\n{k}" for i, k in enumerate(kinds)], fontsize=6)
+        ax.set_xlabel("block (index and kind)")
+        ax.set_ylabel("visual tokens carried")
+        ax.set_title(
+            f"{variant}: visual tokens per block at budget {keep:g} (each method's carried average in the legend)"
+        )
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
     fig.tight_layout()
     paths += _save(fig, out / "tokens_per_block")
     plt.close(fig)
