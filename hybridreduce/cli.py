@@ -1,4 +1,9 @@
-"""Command line: ``verify``, ``bench``, ``train-toy``, ``demo``, and ``run`` / ``generate`` / ``merge`` on real VLMs."""
+"""Command line: ``verify``, ``bench``, ``train-toy``, ``demo``, and ``run`` / ``generate`` / ``merge`` on real VLMs.
+
+Exit status: 0 done; 1 ``run`` answered nothing (every line an error), ``verify`` found a failing check;
+2 a bad argument or input, refused with one line that names it, the allowed range and the fix. ``run``,
+``generate``, ``merge`` and ``bench`` check every argument before a model loads or a file is written.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,7 @@ import argparse
 import json
 import sys
 
-from .errors import HybridReduceError
+from .errors import HybridReduceError, InputError
 
 
 def _quiet_transformers() -> None:
@@ -58,19 +63,25 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .toy.demo import KEEPS, format_table, run_demo, write_outputs
 
     _quiet_transformers()
-    size = args.size if args.size is not None else (256 if args.quick else 1024)
+    if args.quick and args.full:
+        raise InputError("--quick and --full contradict each other; pick one")
+    size = args.size if args.size is not None else (128 if args.quick else 1024 if args.full else 256)
     keeps = (0.25,) if args.quick else KEEPS
     summary = run_demo(args.checkpoint, size=size, keeps=keeps, progress=not args.no_progress)
     print(format_table(summary))
     paths = write_outputs(summary, args.out)
     print(
-        f"\nfull-token accuracy {100 * summary['full_accuracy']:.1f}% on {size} held-out questions; "
+        "\nfull-token accuracy "
+        + ", ".join(f"{v} {100 * i['full_accuracy']:.1f}%" for v, i in summary["variants"].items())
+        + f" on {size} held-out questions per variant; "
         f"wrote {', '.join(p.name for p in paths)} to {args.out}"
     )
     return 0
 
 
 def _parse_keeps(text: str) -> list[float]:
+    from .runner import check_keep
+
     try:
         keeps = [float(x) for x in text.split(",") if x.strip()]
     except ValueError:
@@ -79,25 +90,86 @@ def _parse_keeps(text: str) -> list[float]:
         ) from None
     if not keeps:
         raise HybridReduceError("--sweep needs at least one keep fraction")
-    return keeps
+    return [check_keep(k, name=f"keep {k:g} of --sweep") for k in keeps]
+
+
+#: Peak memory of the default bench model per prompt token, above a fixed part: measured as the process's peak RSS
+#: above the built model, 485 MiB at 4,096 visual tokens and 1,422 MiB at 16,384 (78 KiB a token; CPU, float32,
+#: transformers 5.24), rounded up.
+BENCH_BYTES_PER_TOKEN = 80 * 2**10
+#: The model, torch and its libraries, with room to spare.
+BENCH_FIXED_BYTES = 2**30
+
+
+def _available_memory() -> int | None:
+    """Bytes of memory available to a new allocation (Linux ``MemAvailable``); None where unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def _check_bench_memory(cfg) -> None:
+    """Refuse a prompt whose estimated peak memory (``BENCH_*_BYTES``) exceeds the memory available now."""
+    available = _available_memory()
+    tokens = cfg.visual_tokens + cfg.text_tokens
+    need = BENCH_FIXED_BYTES + BENCH_BYTES_PER_TOKEN * tokens
+    if available is None or need <= available:
+        return
+    fit = (available - BENCH_FIXED_BYTES) // BENCH_BYTES_PER_TOKEN - cfg.text_tokens
+    gib = 2**30
+    fix = f"use at most --visual-tokens {fit}" if fit >= 16 else "free some memory first"
+    raise InputError(
+        f"visual_tokens (--visual-tokens) {cfg.visual_tokens} needs about {need / gib:,.1f} GiB of memory "
+        f"({BENCH_BYTES_PER_TOKEN // 2**10} KiB a token, measured), but {available / gib:.1f} GiB is available; {fix}"
+    )
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    from . import checks
     from .bench import BenchConfig, build_bench_model, run_bench, write_sweep
+    from .runner import check_keep
+    from .schedule import Schedule
 
-    _quiet_transformers()
+    # Every argument is checked before the model is built.
     if args.arch != "nemotron_h":
         raise HybridReduceError(f"the benchmark model is Nemotron-H-shaped; --arch {args.arch!r} is not available")
+    checks.integer(args.visual_tokens, "visual_tokens (--visual-tokens)", 16, fix="the default is 8192")
+    checks.integer(args.repeats, "repeats (--repeats)", 1, fix="the median of the timed rounds is reported")
+    checks.integer(
+        args.decode_steps, "decode_steps (--decode-steps)", 1,
+        fix="decode cannot be skipped (it is short next to the prefill); --decode-steps 1 times the least",
+    )  # fmt: skip
+    schedule = Schedule.load(args.schedule)
+    if args.sweep:
+        keeps = _parse_keeps(args.sweep)
+        if not args.out:
+            raise HybridReduceError("--sweep writes a CSV and a plot: give --out DIR")
+        if args.keep is not None:
+            raise InputError(f"--keep {args.keep:g} with --sweep: the sweep's keeps replace it; drop --keep")
+        checks.writable_dir(args.out, "out (--out)")
+    else:
+        keep = check_keep(0.25 if args.keep is None else args.keep)
+        if args.out:
+            raise InputError(f"--out {args.out!r} is written only by --sweep; drop --out, or add --sweep KEEPS")
+    if (args.keep is not None or args.sweep) and (schedule.method == "none" or schedule.shape == "explicit"):
+        raise InputError(
+            f"schedule {args.schedule!r} fixes its own budget (method none, or explicit ratios), so --keep and --sweep "
+            "would be ignored; drop them, or give a schedule with a keep target such as progressive"
+        )
     cfg = BenchConfig(visual_tokens=args.visual_tokens)
+    _check_bench_memory(cfg)
+    _quiet_transformers()
 
     def progress(msg: str) -> None:
         if not args.json:
             print(f"[bench] {msg}", file=sys.stderr, flush=True)
 
     if args.sweep:
-        keeps = _parse_keeps(args.sweep)
-        if not args.out:
-            raise HybridReduceError("--sweep writes a CSV and a plot: give --out DIR")
         model = build_bench_model(cfg)
         results = []
         for keep in keeps:
@@ -111,7 +183,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
                 print(_bench_line(r))
             print("wrote " + ", ".join(str(p) for p in paths))
         return 0
-    result = run_bench(cfg, args.schedule, args.keep, args.repeats, args.decode_steps, progress=progress)
+    result = run_bench(cfg, args.schedule, keep, args.repeats, args.decode_steps, progress=progress)
     if args.json:
         print(json.dumps(result.to_dict()))
     else:
@@ -165,6 +237,28 @@ def cmd_train_toy(args: argparse.Namespace) -> int:
     return 0
 
 
+#: The --dtype values: the checkpoint's own, or a floating type a model runs in.
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+#: Frames sampled when neither --frames nor --fps is given.
+DEFAULT_FRAMES = 32
+
+
+def _check_model_args(args: argparse.Namespace, device: str | None) -> None:
+    """Every flag of :func:`_model_args` (``device`` as it will be used), before the model loads."""
+    from . import checks
+    from .runner import check_evs, check_max_new_tokens, check_sampling
+
+    checks.checkpoint_dir(args.model)
+    checks.choice(args.dtype, "dtype (--dtype)", DTYPES)
+    checks.device(device)
+    if device is not None and args.device_map is not None:
+        raise InputError(f"--device {device} and --device-map {args.device_map}: give one of them, not both")
+    check_sampling(**_frames_kwargs(args))
+    if args.evs is not None:
+        check_evs(args.evs)
+    check_max_new_tokens(args.max_new_tokens)
+
+
 def _load_vlm(args: argparse.Namespace, device: str | None = None):
     from .vlm import load
 
@@ -188,52 +282,84 @@ def _evs_rate(args: argparse.Namespace, vlm) -> float:
 
 
 def _frames_kwargs(args: argparse.Namespace) -> dict:
-    if args.fps is not None:
-        return {"frames": None, "fps": args.fps, "max_frames": args.max_frames}
-    return {"frames": args.frames, "fps": None, "max_frames": args.max_frames}
+    """``frames`` / ``fps`` / ``max_frames`` as given; ``frames`` is 32 when neither it nor ``--fps`` is given."""
+    frames = DEFAULT_FRAMES if args.frames is None and args.fps is None else args.frames
+    return {"frames": frames, "fps": args.fps, "max_frames": args.max_frames}
+
+
+def _merged_report(out: str, names: list[str]) -> str | None:
+    """Merge the run in ``out``, print its table; the one-line failure when every answer of ``names`` failed."""
+    from pathlib import Path
+
+    from .runner import failure_line, format_summary, merge, read_predictions
+
+    print(format_summary(merge(out)))
+    return failure_line(read_predictions(Path(out) / "predictions.jsonl"), names)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    """Answer a manifest; exit 0, or 1 when every answer failed (one line says why), or 2 on a bad argument."""
     import os
 
     from .manifest import read_manifest
-    from .runner import format_summary, merge, on_rank_zero_after_all, parse_shard, run, settings_for
+    from .runner import (
+        check_out_dir,
+        failure_line,
+        on_rank_zero_after_all,
+        parse_shard,
+        read_predictions,
+        run,
+        settings_for,
+    )
 
     shard = parse_shard(args.shard)
     distributed = args.shard is None and shard[1] > 1  # launched by torchrun: ranks meet at the end
-    items = read_manifest(args.data)
-    settings_for(args.schedule, keep=args.keep)  # a bad schedule fails before the model loads
     device = args.device
     if device == "cuda" and "LOCAL_RANK" in os.environ:
         device = f"cuda:{os.environ['LOCAL_RANK']}"
+    # Every argument before the model loads (whether its depth can meet --keep is checked by run() after it).
+    _check_model_args(args, device)
+    items = read_manifest(args.data)
+    settings_for(args.schedule, evs=args.evs or 0.0, full=not args.no_full, keep=args.keep)
+    check_out_dir(args.out, shard)
     vlm = _load_vlm(args, device)
     settings = settings_for(args.schedule, evs=_evs_rate(args, vlm), full=not args.no_full, keep=args.keep)
     path = run(
         vlm, items, args.out, settings, max_new_tokens=args.max_new_tokens, shard=shard,
-        progress=not args.no_progress, **_frames_kwargs(args),
+        progress=not args.no_progress, retry_errors=not args.no_retry_errors, **_frames_kwargs(args),
     )  # fmt: skip
     print(f"wrote {path}")
+    names = [s.name for s in settings]
     if distributed:
-        on_rank_zero_after_all(shard[0], lambda: print(format_summary(merge(args.out))))
+        failure = on_rank_zero_after_all(shard[0], lambda: _merged_report(args.out, names))
     elif shard[1] == 1:
-        print(format_summary(merge(args.out)))
+        failure = _merged_report(args.out, names)
     else:
         print(f"shard {shard[0]}/{shard[1]} done; when every shard is, run: hybridreduce merge {args.out}")
+        failure = failure_line(read_predictions(path), names)
+    if failure:
+        print(f"hybridreduce run: error: {failure}", file=sys.stderr)
+        return 1
     return 0
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from .manifest import Item, parse_choice, prompt_text
-    from .runner import settings_for
+    from .manifest import Item, _parse_options, parse_choice, prompt_text
+    from .runner import check_settings, settings_for
     from .video import read_video
 
-    vlm = _load_vlm(args, args.device)
+    # Every argument, then the video, before the model loads.
+    _check_model_args(args, args.device)
+    options = _parse_options(args.option, "--option")  # at most 26: the letters A to Z
+    full = args.schedule in (None, "none")
+    settings_for(args.schedule, evs=args.evs or 0.0, full=full, keep=args.keep)
     kw = _frames_kwargs(args)
     video = read_video(args.video, num_frames=kw["frames"], fps=kw["fps"], max_frames=kw["max_frames"])
-    item = Item(id="cli", video=str(args.video), question=args.question, options=tuple(args.option or ()))
+    vlm = _load_vlm(args, args.device)
+    item = Item(id="cli", video=str(args.video), question=args.question, options=options)
     prompt = vlm.prompt(video, prompt_text(item))
-    full = args.schedule in (None, "none")
     settings = settings_for(args.schedule, evs=_evs_rate(args, vlm), full=full, keep=args.keep)
+    check_settings(settings, vlm.adapted.num_blocks)
     for setting in settings:
         ans = vlm.answer(prompt, setting.schedule, evs=setting.evs, max_new_tokens=args.max_new_tokens)
         choice = f" (choice {parse_choice(ans.text, item.letters)})" if item.options else ""
@@ -249,20 +375,20 @@ def cmd_generate(args: argparse.Namespace) -> int:
 def cmd_merge(args: argparse.Namespace) -> int:
     from .runner import format_summary, merge
 
-    print(format_summary(merge(args.out)))
+    print(format_summary(merge(args.out, allow_partial=args.allow_partial)))
     print(f"wrote {args.out}/predictions.jsonl, summary.json, results.csv")
     return 0
 
 
 def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, metavar="DIR", help="a video VLM checkpoint directory")
-    p.add_argument("--dtype", default="auto", help="auto (the checkpoint's), float32, bfloat16, float16")
+    p.add_argument("--dtype", default="auto", help="auto (the checkpoint's), float32, bfloat16 or float16")
     p.add_argument(
         "--device", default=None, help="cpu, cuda, cuda:1, ... (default cpu; under torchrun cuda:LOCAL_RANK)"
     )
     p.add_argument("--device-map", default=None, help="e.g. auto: spread a large model over the GPUs (accelerate)")
     p.add_argument("--trust-remote-code", action="store_true", help="allow the checkpoint's own Python code")
-    p.add_argument("--frames", type=int, default=32, help="frames sampled uniformly (default 32)")
+    p.add_argument("--frames", type=int, help=f"frames sampled uniformly, 1 to 4096 (default {DEFAULT_FRAMES})")
     p.add_argument("--fps", type=float, help="sample at this rate instead of --frames")
     p.add_argument("--max-frames", type=int, help="cap on the frames --fps samples")
     p.add_argument("--schedule", default="progressive", help="preset name, YAML file, or none (default progressive)")
@@ -290,10 +416,10 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="time prefill and decode with and without reduction")
     b.add_argument("--arch", default="nemotron_h", help="benchmark model shape (only nemotron_h)")
     b.add_argument("--visual-tokens", type=int, default=8192, help="visual tokens in the prompt (default 8192)")
-    b.add_argument("--keep", type=float, default=0.25, help="average fraction of visual tokens kept (default 0.25)")
+    b.add_argument("--keep", type=float, help="average fraction of visual tokens kept (default 0.25)")
     b.add_argument("--schedule", default="progressive", help="schedule name or YAML file (default progressive)")
     b.add_argument("--repeats", type=int, default=3, help="timed rounds; the median is reported (default 3)")
-    b.add_argument("--decode-steps", type=int, default=16, help="greedy decode steps to time (default 16)")
+    b.add_argument("--decode-steps", type=int, default=16, help="greedy decode steps to time, >= 1 (default 16)")
     b.add_argument("--sweep", metavar="KEEPS", help="comma-separated keep fractions: write a CSV and a plot")
     b.add_argument("--out", metavar="DIR", help="output directory of --sweep")
     b.add_argument("--json", action="store_true", help="print one JSON object (a list with --sweep)")
@@ -312,8 +438,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="every reduction method on the embedded toy video VLM (the main job)")
     d.add_argument("--out", default="runs/demo", metavar="DIR", help="output directory (default runs/demo)")
-    d.add_argument("--quick", action="store_true", help="256 questions at keep 0.25 only (under a minute)")
-    d.add_argument("--size", type=int, help="held-out questions (default 1024, 256 with --quick)")
+    d.add_argument("--quick", action="store_true", help="128 questions per variant at keep 0.25 only (under a minute)")
+    d.add_argument("--full", action="store_true", help="the complete table: 1,024 questions per variant")
+    d.add_argument("--size", type=int, help="held-out questions per variant (default 256; --quick 128, --full 1024)")
     d.add_argument("--checkpoint", metavar="DIR", help="a train-toy output directory (default: the shipped one)")
     d.add_argument("--no-progress", action="store_true", help="no progress bar")
     d.set_defaults(func=cmd_demo)
@@ -327,6 +454,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--no-full", action="store_true", help="skip the full-token setting")
     r.add_argument("--shard", metavar="I/N", help="answer items i, i+N, ... (default: torchrun's RANK/WORLD_SIZE)")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
+    r.add_argument(
+        "--no-retry-errors",
+        action="store_true",
+        help="on a rerun, keep the error lines instead of answering them again",
+    )
     r.set_defaults(func=cmd_run)
 
     g = sub.add_parser("generate", help="answer one question about one video")
@@ -338,6 +470,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     m = sub.add_parser("merge", help="combine the shards of a run into predictions.jsonl and its summary")
     m.add_argument("out", metavar="DIR", help="the run's output directory")
+    m.add_argument(
+        "--allow-partial", action="store_true", help="merge although shards are missing (the summary says partial)"
+    )
     m.set_defaults(func=cmd_merge)
     return parser
 

@@ -22,9 +22,8 @@ from hybridreduce.vlm import load
 FRAMES = 8
 
 
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    root = tmp_path_factory.mktemp("run")
+def make_run_files(root) -> dict:
+    """In ``root``: a tiny saved Omni checkpoint, videos good and broken, a manifest of 7 items (4 broken)."""
     model = save_tiny_vlm(root / "omni", "nemotron_h_omni")
     rng = np.random.default_rng(0)
     for name, T in (("a.mp4", 24), ("b.webm", 16), ("short.avi", 4)):
@@ -48,8 +47,17 @@ def setup(tmp_path_factory):
     return {"root": root, "model": model, "manifest": root / "data.jsonl", "vlm": load(model)}
 
 
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    return make_run_files(tmp_path_factory.mktemp("run"))
+
+
 def _strip(rows: list[dict]) -> list[dict]:
     return [{k: v for k, v in r.items() if k not in TIMINGS} for r in rows]
+
+
+def _order(row: dict) -> tuple:
+    return row["index"], row["setting"] != "full"
 
 
 def _run(setup, out, **kw):
@@ -116,7 +124,11 @@ def test_interrupted_run_resumes_where_it_stopped(setup, tmp_path):
         f.write('{"index": 9, "id": "cut-off li')  # a line a kill cut in half
     resumed = read_predictions(_run(setup, tmp_path / "parts"))
     assert _strip(resumed) == _strip(whole)
-    assert _strip(read_predictions(_run(setup, tmp_path / "parts"))) == _strip(whole)  # nothing left to do
+    before = (tmp_path / "parts" / "predictions.jsonl").read_bytes()
+    _run(setup, tmp_path / "parts", retry_errors=False)  # nothing left to do
+    assert (tmp_path / "parts" / "predictions.jsonl").read_bytes() == before
+    again = read_predictions(_run(setup, tmp_path / "parts"))  # the error lines are answered again, at the end
+    assert sorted(_strip(again), key=_order) == _strip(whole)
 
 
 def test_shards_merge_to_the_single_process_result(setup, tmp_path):
@@ -176,8 +188,11 @@ def test_cli_run_generate_merge(setup, tmp_path, capsys):
     assert "[progressive@0.25+evs0.5]" in text and "8 visual tokens, 4 after EVS" in text
     out = tmp_path / "cli"
     args = ["run", "--model", model, "--data", str(setup["manifest"]), "--out", str(out), "--frames", "4"]
-    assert main([*args, "--no-progress", "--no-full", "--schedule", "fastv", "--keep", "0.5"]) == 0
-    assert "fastv@0.5" in capsys.readouterr().out
+    # fastv cuts once, before block 3 of this 6-block model: an average keep of 0.5 or less cannot be met
+    assert main([*args, "--no-progress", "--no-full", "--schedule", "fastv", "--keep", "0.5"]) == 2
+    assert "keep=0.5" in capsys.readouterr().err and not out.exists()
+    assert main([*args, "--no-progress", "--no-full", "--schedule", "fastv", "--keep", "0.75"]) == 0
+    assert "fastv@0.75" in capsys.readouterr().out
     assert main(["merge", str(out)]) == 0
     assert main(["merge", str(tmp_path / "empty")]) == 2
     assert main([*args, "--shard", "3/2"]) == 2

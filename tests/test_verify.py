@@ -113,4 +113,4 @@ def test_demo_runs_on_the_shipped_checkpoint(capsys, tmp_path):
     assert (CHECKPOINT / "model.safetensors").stat().st_size < 10 * 2**20  # the size limit
     assert cli.main(["demo", "--quick", "--size", "8", "--out", str(tmp_path), "--no-progress"]) == 0
     out = capsys.readouterr().out
-    assert all(f"\n{m} " in out for m in METHODS) and (tmp_path / "summary.json").is_file()
+    assert all(f"\nstatic   {m} " in out for m in METHODS) and (tmp_path / "summary.json").is_file()
