@@ -21,7 +21,8 @@ class ScoreCache(Mapping):
     Attributes:
         block_kinds: the kind of every block of the model (``attn``, ``ssm``, ``mlp``, ...), scored or not.
         visual_positions: ``(b, V)`` sequence positions of the visual tokens in the scored forward.
-        scores: block index → ``(b, V)`` float32 unified importance.
+        scores: block index → ``(b, V)`` unified importance: float32, float64 for Mamba blocks scored with the
+            exact hidden attention (whose long-context probabilities fall below float32's range).
         parts: block index → ``{"attn": (b, V), "ssm": (b, V)}`` the per-mixer vectors of every
             scored block (one entry for single-mixer blocks, two for ``parallel`` ones).
         rows: block index → ``(b, h, Q, S)`` raw attention rows (only with ``record_rows``).

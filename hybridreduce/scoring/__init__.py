@@ -7,9 +7,11 @@ from .mamba import (
     Mamba2Primitives,
     mamba1_hidden_attention,
     mamba1_importance,
+    mamba1_log_scores,
     mamba1_primitives,
     mamba2_hidden_attention,
     mamba2_importance,
+    mamba2_log_scores,
     mamba2_primitives,
 )
 
@@ -21,8 +23,10 @@ __all__ = [
     "attention_rows",
     "mamba1_hidden_attention",
     "mamba1_importance",
+    "mamba1_log_scores",
     "mamba1_primitives",
     "mamba2_hidden_attention",
     "mamba2_importance",
+    "mamba2_log_scores",
     "mamba2_primitives",
 ]

@@ -81,6 +81,83 @@ def mamba1_hidden_attention_ref(p: Mamba1Primitives, decay: bool = True) -> torc
     return out
 
 
+def mamba2_log_importance_ref(
+    p: Mamba2Primitives,
+    q_rows: list[list[int]],
+    v_cols: list[list[int]],
+    head_reduce: str = "mean",
+    query_reduce: str = "mean",
+) -> torch.Tensor:
+    """Exact Mamba-2 importance as log-probabilities ``(b, V)``, float64, for prompts of any length.
+
+    Straight from the formula, one query row at a time (all heads and visual tokens at once)::
+
+        log|α_h[i, j]| = log|C_i·B_j| + log Δ_{j,h} + A_h Σ_{k=j+1..i} Δ_{k,h}      (j ≤ i; -inf otherwise)
+
+    then reduced over the rows and the heads in log space (mean: ``logsumexp - log count``; max) and
+    normalised with ``logsumexp``. No reference position, no segments, no chunks: this is what
+    :func:`hybridreduce.scoring.mamba.mamba2_log_scores` factorises. ``q_rows[b]``/``v_cols[b]`` as
+    in :func:`importance_ref`. Memory ``|Q|·V·h`` float64 per sample.
+    """
+    B, C, dt, A = p.B.double(), p.C.double(), p.dt.double(), p.A.double()
+    b, _, g, _ = B.shape
+    h = dt.shape[-1]
+    cum = dt.cumsum(dim=1)  # [b, T, h]  Σ_{k≤t} Δ_k
+    out = torch.zeros(b, len(v_cols[0]), dtype=torch.float64)
+    for bi in range(b):
+        cols = torch.tensor(v_cols[bi])
+        rows = []
+        for i in q_rows[bi]:
+            cb = (C[bi, i][None] * B[bi, cols]).sum(-1).abs().repeat_interleave(h // g, dim=1)  # [V, h]
+            seg = cum[bi, i] - cum[bi, cols]  # [V, h]  Σ_{k=j+1..i} Δ_k
+            log_a = cb.log() + dt[bi, cols].log() + A * seg
+            rows.append(log_a.masked_fill((cols > i)[:, None], float("-inf")))
+        per_row = torch.stack(rows)  # [Q, V, h]
+        r = per_row.amax(0) if query_reduce == "max" else torch.logsumexp(per_row, 0) - math.log(len(rows))
+        s = r.amax(-1) if head_reduce == "max" else torch.logsumexp(r, -1) - math.log(h)  # [V]
+        out[bi] = s - torch.logsumexp(s, 0)
+    return out
+
+
+def mamba1_log_importance_ref(
+    p: Mamba1Primitives,
+    q_rows: list[list[int]],
+    v_cols: list[list[int]],
+    head_reduce: str = "mean",
+    query_reduce: str = "mean",
+) -> torch.Tensor:
+    """Exact Mamba-1 importance as log-probabilities ``(b, V)``, float64, for prompts of any length.
+
+    One query row at a time, all channels and visual tokens at once, with ``e_n = A[c, n] Σ_{k=j+1..i} Δ_k[c]``::
+
+        log|α_c[i, j]| = log Δ_j[c] + max_n e_n + log|Σ_n C_i[n] B_j[n] exp(e_n - max_n e_n)|   (j ≤ i)
+
+    (the signed sum over the state scaled by its largest exponential, so nothing underflows), then
+    reduced over rows and channels in log space and normalised with ``logsumexp``. No reference
+    position, no segments, no matrix products: this is what
+    :func:`hybridreduce.scoring.mamba.mamba1_log_scores` factorises. Memory ``V·c·n`` float64.
+    """
+    B, C, dt, A = p.B.double(), p.C.double(), p.dt.double(), p.A.double()
+    b = B.shape[0]
+    c = A.shape[0]
+    cum = dt.cumsum(dim=1)  # [b, T, c]
+    out = torch.zeros(b, len(v_cols[0]), dtype=torch.float64)
+    for bi in range(b):
+        cols = torch.tensor(v_cols[bi])
+        rows = []
+        for i in q_rows[bi]:
+            e = (cum[bi, i] - cum[bi, cols])[..., None] * A  # [V, c, n]
+            top = e.amax(-1)  # [V, c]
+            terms = (C[bi, i] * B[bi, cols])[:, None, :] * torch.exp(e - top[..., None])  # [V, c, n]
+            log_a = dt[bi, cols].log() + top + terms.sum(-1).abs().log()  # [V, c]
+            rows.append(log_a.masked_fill((cols > i)[:, None], float("-inf")))
+        per_row = torch.stack(rows)  # [Q, V, c]
+        r = per_row.amax(0) if query_reduce == "max" else torch.logsumexp(per_row, 0) - math.log(len(rows))
+        s = r.amax(-1) if head_reduce == "max" else torch.logsumexp(r, -1) - math.log(c)  # [V]
+        out[bi] = s - torch.logsumexp(s, 0)
+    return out
+
+
 def attention_rows_ref(query: torch.Tensor, key: torch.Tensor, allowed: torch.Tensor, scaling: float) -> torch.Tensor:
     """Full attention probabilities ``(b, h, L, S)`` in float64 from an explicit bool mask.
 
