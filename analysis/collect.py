@@ -19,7 +19,7 @@ batch once per scorer), concatenates the caches and writes into the output direc
                                   kendall, iou_<frac>, survival_<frac>
 
 metrics.json sections: ``schema``, ``name``, ``model`` (source, checkpoint or arch, model_type,
-num_blocks, n_visual, samples; for the toy model its ``data`` config and ``split``), ``config``
+num_blocks, n_visual, samples; for the toy model its ``data`` config, ``split`` and ``variant``), ``config``
 (:meth:`AnalysisConfig.to_dict`), ``block_kinds``, ``scored_blocks``, ``scorers`` (per scorer: status,
 file, seconds, settings, error), ``sparsity`` and ``stability`` (scorer → report dict), ``relevance``
 (when ground truth exists), ``schedule`` (per-block keep fraction and visual tokens kept), ``overlay``
@@ -118,11 +118,13 @@ class AnalysisConfig:
         samples: number of samples (toy: the first ``samples`` items of ``split``; tiny: random prompts).
         batch_size: samples per forward.
         split: toy dataset split (``train``, ``val`` or ``test``).
+        variant: toy only: the benchmark variant (``static``, ``clutter``) of a checkpoint trained on several;
+            None: the checkpoint's first variant.
         scorers: Mamba scorer modes to collect with, each once (``decay_free``, ``exact``).
         topk: token shares for relevance recall@k, top-k mass, and stability IoU / survival recall.
         mass_p: mass shares ``p`` of the sparsity metric ``k@p``.
         kendall: compute Kendall τ-b (``O(L² b V²)``; switch off for long videos).
-        schedule: schedule name (``configs/schedules``), YAML path or mapping whose per-block keep
+        schedule: schedule method name (its preset), YAML path or mapping whose per-block keep
             ratios drive survival recall and the schedule plot; None for neither.
         keep: override of the schedule's keep target (None: the schedule's own).
         query: query rows of the scorers (``after_visual``, ``last``, ``all_text``).
@@ -140,6 +142,7 @@ class AnalysisConfig:
     samples: int = 256
     batch_size: int = 32
     split: str = "test"
+    variant: str | None = None
     scorers: tuple[str, ...] = ("decay_free", "exact")
     topk: tuple[float, ...] = (0.05, 0.1, 0.25)
     mass_p: tuple[float, ...] = (0.5, 0.8, 0.9)
@@ -164,6 +167,7 @@ class AnalysisConfig:
         self.seed = _int_at_least(self.seed, "seed", 0)
         if self.split not in ("train", "val", "test"):
             raise InputError(f"analysis split must be train, val or test, got {self.split!r}")
+        self._check_variant()
         scorers = [self.scorers] if isinstance(self.scorers, str) else list(self.scorers or [])
         bad = [s for s in scorers if s not in MAMBA_MODES]
         if not scorers or bad or len(set(scorers)) != len(scorers):
@@ -179,6 +183,16 @@ class AnalysisConfig:
         if self.overlay_blocks is not None:
             self.overlay_blocks = tuple(_int_at_least(b, "overlay_blocks entries", 0) for b in self.overlay_blocks)
         self.prompt = self._check_prompt(self.prompt)
+
+    def _check_variant(self) -> None:
+        from hybridreduce.toy.data import VARIANTS
+
+        if self.variant is None:
+            return
+        if self.source == "tiny":
+            raise InputError(f"analysis variant {self.variant!r} is a toy benchmark setting; a tiny model has none")
+        if self.variant not in VARIANTS:
+            raise InputError(f"analysis variant must be one of {VARIANTS} (or null), got {self.variant!r}")
 
     @staticmethod
     def _check_prompt(prompt: Any) -> dict[str, int]:
@@ -217,11 +231,13 @@ class AnalysisConfig:
 # Model and batches -------------------------------------------------------------------------------
 @dataclass
 class LoadedModel:
-    """The model of a run, what metrics.json says about it, and the toy benchmark config (toy only)."""
+    """The model of a run, what metrics.json says about it, and the toy benchmark config and vocabulary
+    (toy only; the vocabulary covers every variant the checkpoint was trained on)."""
 
     model: nn.Module
     info: dict[str, Any]
     data: Any | None = None  # hybridreduce.toy.ToyConfig
+    vocab: Any | None = None  # hybridreduce.toy.data.Vocab
 
 
 def load_model(config: AnalysisConfig) -> LoadedModel:
@@ -233,20 +249,28 @@ def load_model(config: AnalysisConfig) -> LoadedModel:
 
         model = build_tiny_model(config.target, seed=config.seed)
         info: dict[str, Any] = {"source": "tiny", "arch": config.target, "prompt": dict(config.prompt)}
-        data = None
+        data = vocab = None
     else:
-        from hybridreduce.toy.demo import CHECKPOINT, load_toy
+        from hybridreduce.toy.demo import CHECKPOINT, load_toy_spec
 
         path = Path(config.target) if config.source == "checkpoint" else CHECKPOINT
-        model, data = load_toy(path)
+        model, spec = load_toy_spec(path)
+        variants = {c.variant: c for c in spec.configs}
+        variant = config.variant or spec.configs[0].variant
+        if variant not in variants:
+            raise InputError(
+                f"{path} was not trained on the benchmark variant {variant!r}; it knows {sorted(variants)}"
+            )
+        data, vocab = variants[variant], spec.vocab
         fields_ = {f.name: getattr(data, f.name) for f in fields(data) if f.init}
         data_dict = {k: list(v) if isinstance(v, tuple) else v for k, v in fields_.items()}
         info = {"source": config.source, "checkpoint": str(path), "data": data_dict, "split": config.split}
+        info["variant"] = variant
     model = model.to(config.device).eval()
     adapted = get_adapter(model)
     info.update(model_type=adapted.model_type, wrapper=adapted.wrapper, num_blocks=adapted.num_blocks)
     info["parameters"] = sum(p.numel() for p in model.parameters())
-    return LoadedModel(model, info, data)
+    return LoadedModel(model, info, data, vocab)
 
 
 def iter_batches(config: AnalysisConfig, loaded: LoadedModel, samples: range | None = None) -> Iterator[dict[str, Any]]:
@@ -261,7 +285,7 @@ def iter_batches(config: AnalysisConfig, loaded: LoadedModel, samples: range | N
     if loaded.data is not None:
         from hybridreduce.toy import ToyDataset
 
-        dataset = ToyDataset(loaded.data, config.split, n)
+        dataset = ToyDataset(loaded.data, config.split, n, vocab=loaded.vocab)
         for start in starts:
             batch = dataset.batch(range(start, min(start + bs, samples.stop)))
             batch["index"] = torch.arange(start, min(start + bs, samples.stop))
@@ -429,7 +453,7 @@ def examples_section(caches: dict[str, ScoreCache], loaded: LoadedModel, config:
     from hybridreduce.toy import ToyDataset
     from hybridreduce.toy.data import visual_grid
 
-    dataset = ToyDataset(loaded.data, config.split, config.samples)
+    dataset = ToyDataset(loaded.data, config.split, config.samples, vocab=loaded.vocab)
     t, r, c = (x.tolist() for x in visual_grid(loaded.data))
     tpf, cols = loaded.data.tokens_per_frame, loaded.data.cols
     out = []

@@ -40,14 +40,26 @@ SHAPES = ("geometric", "linear", "explicit")
 BUDGETS = ("average", "final")
 SCORE_SOURCES = ("unified", "attention", "none")
 
-# What each baseline fixes regardless of the user's settings (the method's definition).
-_METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
+# What each baseline *is* (its definition): a setting that contradicts it raises, it is never overwritten.
+_DEFINITIONS: dict[str, dict[str, Any]] = {
     "progressive": {},
     "fastv": {"stages": 1, "shape": "geometric", "score": "attention", "query": "last"},
     "pyramiddrop": {"shape": "geometric", "score": "attention", "query": "last"},
     "random": {"score": "none"},
     "uniform": {"score": "none"},
     "none": {"score": "none"},
+}
+
+# Where each method's preset starts (the user's settings may change these). The one place presets live: in the
+# package, so a wheel install has them; configs/schedules/<method>.yaml writes each out (a test keeps them equal).
+_PRESETS: dict[str, dict[str, Any]] = {
+    "progressive": {},
+    "fastv": {"first_prune": 3},  # FastV's K = 2: drop after the third block
+    # Its first quarter carries every token, so an average budget cannot go below 0.25; 0.4 leaves it room.
+    "pyramiddrop": {"stages": 3, "keep": 0.4},
+    "random": {},
+    "uniform": {},
+    "none": {"keep": 1.0},
 }
 
 
@@ -188,19 +200,23 @@ class Schedule:
     # -- construction ------------------------------------------------------------------------------
     @classmethod
     def preset(cls, method: str, **overrides: Any) -> Schedule:
-        """The schedule of ``method`` with its defining settings, plus ``overrides``."""
+        """The schedule of ``method``: its preset settings, then ``overrides``.
+
+        Raises:
+            InputError: an unknown method, or an override that contradicts the method's definition
+                (``Schedule.preset("fastv", stages=2)``: FastV is one cut scored by attention; a two-stage
+                attention-scored schedule is ``progressive`` with ``score="attention"``).
+        """
         if method not in METHODS:
             raise InputError(f"unknown schedule {method!r}; choose from {METHODS}")
-        settings: dict[str, Any] = {"method": method}
-        if method == "fastv":
-            settings["first_prune"] = 3  # FastV: K = 2, i.e. drop after the third block
-        if method == "pyramiddrop":
-            settings["stages"] = 3
-        if method == "none":
-            settings["keep"] = 1.0
-        settings.update(overrides)
-        settings.update(_METHOD_DEFAULTS[method])
-        return cls(**settings)
+        definition = _DEFINITIONS[method]
+        clash = {k: v for k, v in overrides.items() if k in definition and v != definition[k]}
+        if clash:
+            raise InputError(
+                f"{method} is defined by {definition}; {clash} contradicts it. For another layout or score source, "
+                "use method: progressive with the settings you want (e.g. score: attention)"
+            )
+        return cls(**{"method": method, **_PRESETS[method], **overrides, **definition})
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Schedule:
@@ -219,7 +235,7 @@ class Schedule:
 
     @classmethod
     def load(cls, spec: Schedule | str | Path | dict) -> Schedule:
-        """A schedule from an instance, a dict, a YAML path, or a preset name in ``configs/schedules``."""
+        """A schedule from an instance, a dict, a YAML path, or a method name (its :meth:`preset`)."""
         if isinstance(spec, Schedule):
             return spec
         if isinstance(spec, dict):
@@ -227,13 +243,9 @@ class Schedule:
         path = Path(spec)
         if path.suffix in (".yaml", ".yml"):
             return cls.from_yaml(path)
-        shipped = preset_dir() / f"{spec}.yaml"
-        if shipped.is_file():
-            return cls.from_yaml(shipped)
         if str(spec) in METHODS:
-            return cls.preset(str(spec))
-        names = sorted(p.stem for p in preset_dir().glob("*.yaml"))
-        raise InputError(f"unknown schedule {spec!r}: give a YAML file or one of {names or list(METHODS)}")
+            return replace(cls.preset(str(spec)), name=str(spec))
+        raise InputError(f"unknown schedule {spec!r}: give a YAML file or one of {list(METHODS)}")
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -332,7 +344,3 @@ class Schedule:
             return [x ** (s + 1) for s in range(S)]
         return [max(0.0, 1 - (s + 1) * x) for s in range(S)]  # linear: x = δ
 
-
-def preset_dir() -> Path:
-    """``configs/schedules`` of the source tree."""
-    return Path(__file__).resolve().parents[1] / "configs" / "schedules"

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from hybridreduce import InputError
-from hybridreduce.schedule import METHODS, Plan, Schedule, preset_dir
+from hybridreduce.schedule import METHODS, Plan, Schedule
 
 
 @pytest.mark.parametrize("shape", ["geometric", "linear"])
@@ -65,15 +67,31 @@ def test_baselines_meet_the_same_budget_as_progressive():
     assert Schedule.preset("pyramiddrop").score == "attention"
 
 
+CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "schedules"
+
+
+def test_a_setting_that_contradicts_a_method_raises():
+    """Issue 15: presets never override the user silently."""
+    with pytest.raises(InputError, match="fastv is defined by"):
+        Schedule.preset("fastv", stages=2)
+    with pytest.raises(InputError, match="contradicts it"):
+        Schedule.from_dict({"method": "fastv", "score": "unified"})
+    with pytest.raises(InputError, match="pyramiddrop is defined by"):
+        Schedule.preset("pyramiddrop", query="after_visual")
+    assert Schedule.preset("fastv", stages=1, score="attention").stages == 1  # agreeing is fine
+    assert Schedule.preset("pyramiddrop", keep=0.3).keep == 0.3  # a preset setting, not a definition
+
+
 def test_presets_load_and_round_trip(tmp_path):
-    names = sorted(p.stem for p in preset_dir().glob("*.yaml"))
-    assert set(names) == set(METHODS)
-    for name in names:
+    """Every method loads by name from the package (no configs/ needed), and configs/schedules writes each out."""
+    assert sorted(p.stem for p in CONFIGS.glob("*.yaml")) == sorted(METHODS)
+    for name in METHODS:
         s = Schedule.load(name)
         assert s.method == name and s.name == name
         s.resolve(24)
         again = Schedule.from_dict(s.to_dict())
         assert again == s
+        assert Schedule.load(CONFIGS / f"{name}.yaml") == s, name  # the written-out preset is the preset
     import yaml
 
     path = tmp_path / "mine.yaml"
