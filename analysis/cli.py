@@ -1,11 +1,13 @@
-"""Command line: every ``hybridreduce`` subcommand plus ``analyze`` and ``plot``.
+"""The ``analyze`` and ``plot`` subcommands of ``hybridreduce``, and ``merge`` of analysis shards.
 
 ``hybridreduce analyze --config FILE --out DIR [--shard i/N]`` scores a model over a dataset and writes
 the run directory (:func:`analysis.collect.collect`). Shards are combined by ``hybridreduce merge DIR``;
 under ``torchrun`` each rank takes its shard from ``RANK``/``WORLD_SIZE`` and rank 0 merges.
-``hybridreduce plot DIR`` draws a run's figures (:func:`analysis.plots.plot_run`). The other subcommands
-come from :func:`hybridreduce.cli.build_parser`, ``merge`` extended to analysis shards, so this ``main``
-serves as the console script.
+``hybridreduce plot DIR`` draws a run's figures (:func:`analysis.plots.plot_run`).
+
+:func:`register` adds them to the ``hybridreduce`` command through its documented extension hook
+(the ``hybridreduce.subcommands`` entry-point group, :data:`hybridreduce.cli.SUBCOMMANDS_GROUP`), so that
+the console script and ``python -m hybridreduce`` are one program and hybridreduce never imports analysis.
 """
 
 from __future__ import annotations
@@ -14,8 +16,7 @@ import argparse
 import sys
 import warnings
 
-from hybridreduce.cli import _quiet_transformers, build_parser
-from hybridreduce.cli import main as hybridreduce_main
+from hybridreduce.cli import _quiet_transformers
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
@@ -54,15 +55,13 @@ def _report(metrics: dict, out: str) -> int:
     return 1 if metrics["errors"] else 0
 
 
-def cmd_merge(args: argparse.Namespace) -> int:
-    """Merge the shards of an analysis run directory, or else of a `hybridreduce run` directory."""
-    from hybridreduce.cli import cmd_merge as merge_run
-
+def merge_analysis(args: argparse.Namespace) -> int | None:
+    """``hybridreduce merge DIR`` for an analysis run directory; None for any other directory."""
     from .collect import is_sharded_run, merge_shards
 
     if is_sharded_run(args.out):
         return _report(merge_shards(args.out), args.out)
-    return merge_run(args)
+    return None
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
@@ -79,9 +78,8 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_subcommands(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Add ``analyze`` and ``plot`` to the subcommands of ``hybridreduce.cli.build_parser()``."""
-    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+def register(sub, mergers: list) -> None:
+    """Add ``analyze`` and ``plot`` to ``hybridreduce``'s subcommands, and the analysis-shard merger."""
     a = sub.add_parser("analyze", help="score a model over a dataset: sparsity, stability, relevance, score files")
     a.add_argument("--config", required=True, metavar="FILE", help="analysis config (configs/analysis/*.yaml)")
     a.add_argument("--out", required=True, metavar="DIR", help="run directory to write")
@@ -89,21 +87,9 @@ def add_subcommands(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     a.add_argument("--shard", metavar="I/N", help="score the i-th of N slices of the samples (then: merge DIR)")
     a.add_argument("--no-progress", action="store_true", help="no progress bar")
     a.set_defaults(func=cmd_analyze)
-    # `merge DIR` also combines analysis shards (hybridreduce itself knows only run shards).
-    sub.choices["merge"].set_defaults(func=cmd_merge)
+    mergers.append(merge_analysis)
 
     p = sub.add_parser("plot", help="draw the figures of an analysis run directory (PNG and PDF)")
     p.add_argument("run_dir", metavar="DIR", help="a directory written by `hybridreduce analyze`")
     p.add_argument("--out", metavar="DIR", help="where the figures go (default DIR/plots)")
     p.set_defaults(func=cmd_plot)
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = add_subcommands(build_parser())
-    parser.description = __doc__
-    return hybridreduce_main(argv, parser)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -372,9 +372,23 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+#: The entry-point group through which another installed package adds subcommands (the ``analysis`` package adds
+#: ``analyze`` and ``plot``; hybridreduce never imports it). Each entry point names a function
+#: ``register(subparsers, mergers)``: it adds its subparsers to ``subparsers`` (an ``argparse`` subparsers action)
+#: and may append to ``mergers`` a function ``merger(args) -> int | None`` that ``merge DIR`` tries before the
+#: run merge (returning None when the directory is not its kind). Declared in pyproject.toml under
+#: ``[project.entry-points."hybridreduce.subcommands"]``.
+SUBCOMMANDS_GROUP = "hybridreduce.subcommands"
+
+
 def cmd_merge(args: argparse.Namespace) -> int:
+    """Merge the shards of a directory: a registered merger's kind (analysis runs), else a ``run``."""
     from .runner import format_summary, merge
 
+    for merger in getattr(args, "mergers", ()):
+        code = merger(args)
+        if code is not None:
+            return code
     print(format_summary(merge(args.out, allow_partial=args.allow_partial)))
     print(f"wrote {args.out}/predictions.jsonl, summary.json, results.csv")
     return 0
@@ -473,14 +487,25 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument(
         "--allow-partial", action="store_true", help="merge although shards are missing (the summary says partial)"
     )
-    m.set_defaults(func=cmd_merge)
+    mergers: list = []
+    m.set_defaults(func=cmd_merge, mergers=mergers)
+    _register_extensions(sub, mergers)
     return parser
+
+
+def _register_extensions(sub, mergers: list) -> None:
+    """Let every installed package in :data:`SUBCOMMANDS_GROUP` add its subcommands (and shard mergers)."""
+    from importlib.metadata import entry_points
+
+    for entry in sorted(entry_points(group=SUBCOMMANDS_GROUP), key=lambda e: e.name):
+        entry.load()(sub, mergers)
 
 
 def main(argv: list[str] | None = None, parser: argparse.ArgumentParser | None = None) -> int:
     """Run one subcommand; a :class:`HybridReduceError` becomes one line on stderr and exit status 2.
 
-    ``parser`` (default :func:`build_parser`) lets a front end add subcommands (``analysis.cli``).
+    The same program as the console script and ``python -m hybridreduce``; other packages add subcommands
+    through :data:`SUBCOMMANDS_GROUP`. ``parser`` (default :func:`build_parser`) is for tests.
     """
     parser = parser or build_parser()
     args = parser.parse_args(argv)

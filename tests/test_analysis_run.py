@@ -14,16 +14,16 @@ import pytest
 import torch
 
 from analysis import collect as collect_module
-from analysis.cli import main
+from hybridreduce.cli import main
 from analysis.collect import AnalysisConfig, collect, load_run, load_scores, read_metrics
 from analysis.plots import PlotSkipped, plot_run
 from analysis.relevance import random_recall, recall_at_k, relevance_report, relevant_mass
 from hybridreduce.cache import ScoreCache
 from hybridreduce.errors import InputError, ScoreError
 from hybridreduce.toy import ToyDataset
-from hybridreduce.toy.train import train
+from hybridreduce.toy.train import spec_from_dict, train
 
-from .conftest import tiny_toy_spec
+from .conftest import tiny_toy_raw, tiny_toy_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_YAML = ROOT / "configs" / "analysis" / "tiny_nemotron_h.yaml"
@@ -221,6 +221,21 @@ def test_bad_configs():
         AnalysisConfig(topk=[0.1, 2])
 
 
+def test_collect_measures_the_benchmark_variant_asked_for(toy_checkpoint, tmp_path):
+    raw = tiny_toy_raw(steps=1, eval_every=1, eval_size=4, test_size=4)
+    raw["data"]["variants"] = {"static": {}, "clutter": {"distractors": [1, 1], "camera_step": 4}}
+    train(spec_from_dict(raw), tmp_path / "mix", progress=False)
+    for variant, camera in ((None, 0), ("static", 0), ("clutter", 4)):  # None: the checkpoint's first variant
+        config = AnalysisConfig(model={"checkpoint": str(tmp_path / "mix")}, variant=variant, samples=4, examples=1)
+        metrics = collect(config, tmp_path / str(variant), progress=False)
+        assert metrics["model"]["variant"] == (variant or "static") and not metrics["errors"]
+        assert metrics["model"]["data"]["camera_step"] == camera
+    with pytest.raises(InputError, match="was not trained on the benchmark variant 'clutter'"):
+        collect(replace(config, model={"checkpoint": str(toy_checkpoint)}), tmp_path / "static_only", progress=False)
+    with pytest.raises(InputError, match="variant must be one of"):
+        AnalysisConfig(variant="foggy")
+
+
 def test_mlp_blocks_have_no_scores(tiny_run, tmp_path):
     out, _ = tiny_run
     with pytest.raises(
@@ -373,10 +388,30 @@ def test_torchrun_analyze_merges_on_rank_zero(tiny_run, tmp_path):
         port = s.getsockname()[1]
     out = tmp_path / "run"
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(port)]
-    command = [*torchrun, "-m", "analysis.cli", "analyze", "--config", str(config), "--out", str(out), "--no-progress"]
+    command = [*torchrun, "-m", "hybridreduce", "analyze", "--config", str(config), "--out", str(out), "--no-progress"]
     done = subprocess.run(
         command, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert {p.name for p in out.glob("shard-*")} == {"shard-0-of-2", "shard-1-of-2"}
     _same_run(single, out)
+
+
+def test_one_command_line_with_the_analysis_subcommands():
+    """The console script and `python -m hybridreduce` are one program; analysis adds its subcommands through the
+    documented entry-point hook (hybridreduce never imports analysis)."""
+    import subprocess
+    import sys
+    from importlib.metadata import entry_points
+
+    from hybridreduce.cli import SUBCOMMANDS_GROUP, build_parser
+
+    assert [e.value for e in entry_points(group=SUBCOMMANDS_GROUP)] == ["analysis.cli:register"]
+    help_text = subprocess.run(
+        [sys.executable, "-m", "hybridreduce", "--help"], capture_output=True, text=True, check=True
+    ).stdout
+    assert "analyze" in help_text and "plot" in help_text
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    assert {"verify", "demo", "run", "merge", "analyze", "plot"} <= set(sub.choices)
+    source = "\n".join(p.read_text() for p in Path(__file__).parents[1].joinpath("hybridreduce").rglob("*.py"))
+    assert "import analysis" not in source and "from analysis" not in source
