@@ -343,4 +343,3 @@ class Schedule:
         if self.shape == "geometric":  # x = ρ
             return [x ** (s + 1) for s in range(S)]
         return [max(0.0, 1 - (s + 1) * x) for s in range(S)]  # linear: x = δ
-

@@ -14,11 +14,11 @@ import pytest
 import torch
 
 from analysis import collect as collect_module
-from hybridreduce.cli import main
 from analysis.collect import AnalysisConfig, collect, load_run, load_scores, read_metrics
 from analysis.plots import PlotSkipped, plot_run
 from analysis.relevance import random_recall, recall_at_k, relevance_report, relevant_mass
 from hybridreduce.cache import ScoreCache
+from hybridreduce.cli import main
 from hybridreduce.errors import InputError, ScoreError
 from hybridreduce.toy import ToyDataset
 from hybridreduce.toy.train import spec_from_dict, train
