@@ -215,6 +215,96 @@ def _bench_report(r) -> str:
     )
 
 
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    """Choose a schedule's layout from unlabeled prompts (hybridreduce.calibrate): schedule YAML, JSON and a plot."""
+    import shlex
+    from pathlib import Path
+
+    from . import checks
+    from .calibrate import CalibrationScores, score_prompts, search, write_calibration
+    from .runner import check_keep, check_sampling
+    from .schedule import BUDGETS
+
+    # -- every argument first ------------------------------------------------------------------------------
+    keep = check_keep(args.keep)
+    checks.choice(args.budget, "budget (--budget)", BUDGETS)
+    checks.integer(args.size, "size (--size)", 4, fix="the number of calibration prompts, e.g. 64")
+    checks.integer(args.max_stages, "max_stages (--max-stages)", 1, 8)
+    check_sampling(args.frames, None, None)
+    out = Path(args.out)
+    if out.suffix not in (".yaml", ".yml"):
+        raise InputError(f"--out {out} must be the schedule file to write, ending in .yaml (e.g. schedule.yaml)")
+    checks.writable_dir(out.parent, "the folder of --out")
+    if out.exists() and not args.overwrite:
+        raise InputError(f"{out} exists; pass --overwrite to replace it (and its calibration.json and plots)")
+    toy = args.model == "toy" or (Path(args.model) / "train_config.yaml").is_file()
+    if toy != (args.data == "toy"):
+        raise InputError(
+            "--model toy (or a train-toy directory) takes --data toy, and a video VLM checkpoint takes a JSONL "
+            f"manifest: got --model {args.model} --data {args.data}"
+        )
+    _quiet_transformers()
+    if toy:
+        from .toy import ToyDataset
+        from .toy.demo import calibration_batches, load_toy_spec
+
+        model, spec = load_toy_spec(None if args.model == "toy" else args.model)
+        configs = {c.variant: c for c in spec.configs}
+        variant = args.variant or next(iter(configs))
+        if variant not in configs:
+            raise InputError(f"--variant {variant}: the checkpoint knows {sorted(configs)}")
+        dataset = ToyDataset(configs[variant], args.split, args.size, vocab=spec.vocab)
+        batches = calibration_batches(dataset)
+    else:
+        from .manifest import prompt_text, read_manifest
+        from .video import read_video
+
+        checks.checkpoint_dir(args.model)
+        items = read_manifest(args.data)[: args.size]
+        vlm = _load_vlm(args, checks.device(args.device))
+        model = vlm.model
+
+        def video_batches():
+            for item in items:
+                video = read_video(item.video, num_frames=args.frames)
+                prompt = vlm.prompt(video, prompt_text(item))
+                yield {**vlm.embed(prompt), "visual_mask": prompt.visual_mask}
+
+        batches = video_batches()
+    # -- one scoring forward per prompt, then the search ----------------------------------------------------
+    from tqdm.auto import tqdm
+
+    scores = CalibrationScores.empty(model)
+    bar = tqdm(total=args.size, desc="calibrate", unit="prompt", disable=args.no_progress, dynamic_ncols=True)
+    try:
+        score_prompts(model, batches, progress=bar.update, keep=scores)
+    except (HybridReduceError, KeyboardInterrupt) as exc:
+        bar.close()
+        if scores.n_prompts:
+            saved = scores.save(out.with_name(out.stem + ".scores.partial.pt"))
+            print(
+                f"hybridreduce calibrate: the scores of {scores.n_prompts} prompts are saved in {saved}",
+                file=sys.stderr,
+            )
+        if isinstance(exc, KeyboardInterrupt):
+            print("hybridreduce calibrate: interrupted", file=sys.stderr)
+            return 130
+        raise
+    bar.close()
+    cal = search(scores, keep, args.budget, args.max_stages)
+    command = "hybridreduce " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else ""
+    paths = write_calibration(cal, out, command)
+    best = cal.candidates[0]
+    presets = ", ".join(f"{k} {v:.4f}" for k, v in cal.presets.items() if v is not None)
+    print(
+        f"chosen: first cut before block {best['first_prune']}, {best['stages']} cut(s) at {best['prune_points']}, "
+        f"{best['shape']}; retained importance mass J = {cal.objective:.4f} ± {cal.objective_se:.4f} over "
+        f"{cal.n_prompts} prompts ({len(cal.candidates)} layouts; presets: {presets or 'none feasible'})"
+    )
+    print(f"wrote {', '.join(str(p) for p in paths)}; use it with --schedule {out}")
+    return 0
+
+
 def cmd_train_toy(args: argparse.Namespace) -> int:
     from .toy.train import _eval_line, load_spec, train
 
@@ -438,6 +528,25 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--out", metavar="DIR", help="output directory of --sweep")
     b.add_argument("--json", action="store_true", help="print one JSON object (a list with --sweep)")
     b.set_defaults(func=cmd_bench)
+
+    c = sub.add_parser("calibrate", help="choose where and how much to cut from unlabeled prompts (a schedule YAML)")
+    c.add_argument("--model", required=True, metavar="DIR|toy", help="a video VLM checkpoint, a train-toy run, or toy")
+    c.add_argument("--data", required=True, metavar="FILE|toy", help="a JSONL manifest (answers unused), or toy")
+    c.add_argument("--out", required=True, metavar="FILE", help="the schedule YAML to write (calibration.json beside)")
+    c.add_argument("--keep", type=float, default=0.25, help="budget to meet (default 0.25)")
+    c.add_argument("--budget", default="average", help="average (default) or final")
+    c.add_argument("--size", type=int, default=64, help="calibration prompts (default 64)")
+    c.add_argument("--max-stages", type=int, default=4, help="most cuts a candidate layout has (default 4)")
+    c.add_argument("--split", default="val", choices=("train", "val", "test"), help="toy split (default val)")
+    c.add_argument("--variant", help="toy benchmark variant (default: the checkpoint's first)")
+    c.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    c.add_argument("--no-progress", action="store_true", help="no progress bar")
+    c.add_argument("--dtype", default="auto", help="video VLM dtype: auto, float32, bfloat16 or float16")
+    c.add_argument("--device", default=None, help="cpu, cuda, ... (video VLM)")
+    c.add_argument("--device-map", default=None, help=argparse.SUPPRESS)
+    c.add_argument("--trust-remote-code", action="store_true", help=argparse.SUPPRESS)
+    c.add_argument("--frames", type=int, default=DEFAULT_FRAMES, help=f"frames per video (default {DEFAULT_FRAMES})")
+    c.set_defaults(func=cmd_calibrate)
 
     t = sub.add_parser("train-toy", help="train the embedded toy video VLM on its synthetic benchmark")
     t.add_argument("--config", default="configs/toy.yaml", help="training config (default configs/toy.yaml)")
