@@ -42,16 +42,19 @@ Targets (properties of the dropped tokens that the kept tokens do not show; from
 
 Probes (:func:`fit_ridge`): closed-form ridge regression on features standardised with the training split's
 mean and deviation, in float64, the penalty of each output chosen from :data:`ALPHAS` by its exact
-leave-one-out error on the training split; no iterative optimiser, so a run is deterministic.
+leave-one-out error on the training split; no iterative optimiser, so a run is deterministic. Every held-out
+score comes with a standard error (:func:`bootstrap_stderr`: the test split resampled with replacement, the
+probe kept fixed; seeded, so deterministic too).
 
 How to read a probe row: ``score`` above ``baseline`` in ``input_drop`` is what the kept tokens and the
 question reveal anyway (for instance the question names the colour a ``when``/``where``/``count`` question
 asks about, and that colour is in the video: if its shape was wholly dropped, the text still says it
 exists); ``cut`` above ``input_drop`` is the information about the dropped tokens that the stateful stream
 carried past the cut; ``full`` is what the same read-out gets when nothing is dropped. :meth:`RetentionReport.summary`
-lists ``retained = cut − input_drop`` and ``lost = full − cut``. Probes are fitted on the first ``n_train``
-samples of the dataset and scored on the next ``n_test``; each configuration has its own keep sets, hence
-its own targets, so scores compare across conditions of one configuration, not across configurations.
+lists ``retained = cut − input_drop`` (with ``retained_stderr``) and ``lost = full − cut``. Probes are fitted on
+the first ``n_train`` samples of the dataset and scored on the next ``n_test``; each configuration has its own
+keep sets, hence its own targets, so scores compare across conditions of one configuration, not across
+configurations.
 
 Task accuracy (:class:`TaskGroup`): the multiple-choice accuracy (:class:`hybridreduce.toy.train.AnswerSheet`)
 of the same forwards over all ``n_train + n_test`` samples, split by how many of the sample's ground-truth
@@ -64,14 +67,15 @@ targets are constant and their scores None (with a note).
 
 Public API: :func:`retention_probe` → :class:`RetentionReport` (``to_dict``, ``to_rows``, ``summary``), and
 the probe fitting itself: :func:`fit_ridge` (:class:`RidgeProbe`), :func:`r2_score`, :func:`roc_auc`,
-:func:`regression_probe`, :func:`multilabel_probe`; :func:`dropped_targets` computes the targets.
+:func:`regression_probe`, :func:`multilabel_probe`, :func:`bootstrap_stderr`; :func:`dropped_targets` computes the
+targets.
 """
 
 from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -84,6 +88,7 @@ from hybridreduce.errors import InputError
 
 __all__ = [
     "ALPHAS",
+    "BOOTSTRAP_ROUNDS",
     "CONDITIONS",
     "FEATURES",
     "GROUPS",
@@ -95,6 +100,7 @@ __all__ = [
     "RetentionReport",
     "RidgeProbe",
     "TaskGroup",
+    "bootstrap_stderr",
     "dropped_targets",
     "fit_ridge",
     "multilabel_probe",
@@ -114,6 +120,8 @@ MIN_TRAIN = 8  # a probe needs a few samples per fitted direction to choose its 
 MIN_TEST = 4
 #: Ridge penalties tried, relative to the number of training samples (standardised features have ‖x_j‖² = n).
 ALPHAS = tuple(10.0**e for e in torch.linspace(-4, 3, 15).tolist())
+#: Resamples of the test split behind a probe score's standard error (:func:`bootstrap_stderr`).
+BOOTSTRAP_ROUNDS = 200
 
 
 # Probe fitting (float64) --------------------------------------------------------------------------
@@ -260,26 +268,51 @@ def roc_auc(labels: torch.Tensor, scores: torch.Tensor) -> float | None:
     return (ranks[labels].sum().item() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
 
 
+def bootstrap_stderr(
+    score: Callable[[torch.Tensor], float | None], n: int, rounds: int = BOOTSTRAP_ROUNDS, seed: int = 0
+) -> float | None:
+    """Bootstrap standard error of a held-out score over its ``n`` test samples.
+
+    Draws ``rounds`` resamples of ``n`` test indices with replacement from a generator seeded with ``seed``
+    (so the result is deterministic) and returns the sample standard deviation of ``score`` over the
+    resamples on which it is defined. The probe is not refitted: this is the uncertainty that comes from the
+    finite test split, not from the fit.
+
+    Args:
+        score: ``idx: (n,) long`` → the score on those test rows, or None where undefined (e.g. one label only).
+        n: test samples.
+
+    Returns:
+        The standard error, or None when fewer than two resamples give a score.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    values = [score(torch.randint(n, (n,), generator=generator)) for _ in range(rounds)]
+    defined = torch.tensor([v for v in values if v is not None], dtype=torch.float64)
+    return defined.std(correction=1).item() if defined.numel() >= 2 else None
+
+
 def regression_probe(
     x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Tensor, y_test: torch.Tensor
 ) -> dict[str, Any]:
     """Ridge regression of ``(n,)`` targets from ``(n, d)`` features, scored on the test split.
 
     Returns:
-        ``{"metric": "r2", "score", "baseline", "accuracy": None, "majority": None, "n_labels", "note"}``:
-        ``score`` the held-out R² of the probe, ``baseline`` the held-out R² of the training mean; both None
-        (and a note) when the test targets are constant.
+        ``{"metric": "r2", "score", "stderr", "baseline", "accuracy": None, "majority": None, "n_labels", "note"}``:
+        ``score`` the held-out R² of the probe and ``stderr`` its :func:`bootstrap_stderr`, ``baseline`` the
+        held-out R² of the training mean; all None (and a note) when the test targets are constant.
     """
     probe = fit_ridge(x_train, y_train)
     pred = probe.predict(x_test)[:, 0]
     y_test = y_test.to(torch.float64)
     score = r2_score(y_test, pred)
+    stderr = None if score is None else bootstrap_stderr(lambda i: r2_score(y_test[i], pred[i]), len(y_test))
     base = r2_score(y_test, torch.full_like(y_test, y_train.to(torch.float64).mean().item()))
     note = None if score is not None else "constant target on the test split"
     n_labels = 0 if score is None else 1
     return {
         "metric": "r2",
         "score": score,
+        "stderr": stderr,
         "baseline": base,
         "accuracy": None,
         "majority": None,
@@ -294,10 +327,11 @@ def multilabel_probe(
     """Ridge classifiers of ``(n, m)`` 0/1 labels from ``(n, d)`` features, scored on the test split.
 
     Returns:
-        ``{"metric": "auc", "score", "baseline": 0.5, "accuracy", "majority", "n_labels", "note"}``: ``score`` the
-        mean AUC over the ``n_labels`` outputs with both labels in both splits (None when there is none);
-        ``accuracy`` the share of correct (sample, output) pairs at threshold 0.5; ``majority`` the same for
-        predicting each output's majority training label (ties → 0).
+        ``{"metric": "auc", "score", "stderr", "baseline": 0.5, "accuracy", "majority", "n_labels", "note"}``:
+        ``score`` the mean AUC over the ``n_labels`` outputs with both labels in both splits (None when there is
+        none) and ``stderr`` its :func:`bootstrap_stderr` (over the same outputs); ``accuracy`` the share of
+        correct (sample, output) pairs at threshold 0.5; ``majority`` the same for predicting each output's
+        majority training label (ties → 0).
     """
     y_train = y_train.to(torch.float64)
     y_test = y_test.to(torch.float64)
@@ -305,23 +339,28 @@ def multilabel_probe(
     accuracy = ((pred >= 0.5) == y_test.bool()).to(torch.float64).mean().item()
     majority_label = y_train.mean(dim=0) > 0.5  # (m,)
     majority = (majority_label[None, :] == y_test.bool()).to(torch.float64).mean().item()
-    aucs = []
-    for j in range(y_test.shape[1]):
-        if 0 < y_train[:, j].sum() < y_train.shape[0]:
-            auc = roc_auc(y_test[:, j], pred[:, j])
-            if auc is not None:
-                aucs.append(auc)
-    score = sum(aucs) / len(aucs) if aucs else None
-    note = None if aucs else "no output has both labels in both splits"
+    both_in_train = [j for j in range(y_test.shape[1]) if 0 < y_train[:, j].sum() < y_train.shape[0]]
+    used = [j for j in both_in_train if roc_auc(y_test[:, j], pred[:, j]) is not None]
+    score = _mean_auc(y_test, pred, used)
+    stderr = None if score is None else bootstrap_stderr(lambda i: _mean_auc(y_test[i], pred[i], used), len(y_test))
+    note = None if used else "no output has both labels in both splits"
     return {
         "metric": "auc",
         "score": score,
+        "stderr": stderr,
         "baseline": 0.5,
         "accuracy": accuracy,
         "majority": majority,
-        "n_labels": len(aucs),
+        "n_labels": len(used),
         "note": note,
     }
+
+
+def _mean_auc(labels: torch.Tensor, scores: torch.Tensor, columns: list[int]) -> float | None:
+    """Mean :func:`roc_auc` of ``(n, m)`` scores for ``(n, m)`` 0/1 labels over ``columns``, skipping a column
+    whose labels are all equal; None when every column is skipped."""
+    aucs = [auc for j in columns if (auc := roc_auc(labels[:, j], scores[:, j])) is not None]
+    return sum(aucs) / len(aucs) if aucs else None
 
 
 # Targets ------------------------------------------------------------------------------------------
@@ -367,7 +406,8 @@ class ProbeResult:
         block, kind: the cut block ℓ and its kind. keep: the requested share; n_kept: ``k``.
         selector: how the keep set was chosen. condition: one of :data:`CONDITIONS`.
         feature: one of :data:`FEATURES`. target: one of :data:`TARGETS`.
-        metric: ``r2`` or ``auc``. score: held-out value (None when undefined, see ``note``).
+        metric: ``r2`` or ``auc``. score: held-out value (None when undefined, see ``note``); stderr: its
+            bootstrap standard error (:func:`bootstrap_stderr`).
         baseline: held-out R² of the training mean, or 0.5 (AUC chance).
         accuracy, majority: classification accuracy of the probe and of the majority label (``auc`` only).
         n_labels: outputs the score averages over. target_mean: mean of the target over all samples
@@ -390,6 +430,7 @@ class ProbeResult:
     n_labels: int
     target_mean: float
     note: str | None = None
+    stderr: float | None = None
 
 
 @dataclass
@@ -448,8 +489,10 @@ class RetentionReport:
         raise InputError(f"no probe for block {block}, keep {keep}, {selector}, {condition}, {feature}, {target}")
 
     def summary(self) -> list[dict[str, Any]]:
-        """Per (block, keep, selector, feature, target): the three conditions' scores side by side, with
-        ``retained = cut − input_drop`` and ``lost = full − cut`` (None where a score is None)."""
+        """Per (block, keep, selector, feature, target): the three conditions' scores and standard errors side by
+        side, with ``retained = cut − input_drop``, its ``retained_stderr`` (``sqrt(se_cut² + se_input_drop²)``:
+        the two probes are scored on the same test samples, so this unpaired error is conservative) and
+        ``lost = full − cut`` (None where a score is None)."""
         rows: dict[tuple, dict[str, Any]] = {}
         for p in self.probes:
             key = (p.block, p.keep, p.selector, p.feature, p.target)
@@ -467,11 +510,14 @@ class RetentionReport:
                 },
             )
             row[f"score_{p.condition}"] = p.score
+            row[f"stderr_{p.condition}"] = p.stderr
             row[f"baseline_{p.condition}"] = p.baseline
         out = []
         for row in rows.values():
             full, cut, drop = (row.get(f"score_{c}") for c in ("full", "cut", "input_drop"))
             row["retained"] = cut - drop if cut is not None and drop is not None else None
+            se_cut, se_drop = row.get("stderr_cut"), row.get("stderr_input_drop")
+            row["retained_stderr"] = math.hypot(se_cut, se_drop) if se_cut is not None and se_drop is not None else None
             row["lost"] = full - cut if full is not None and cut is not None else None
             out.append(row)
         return out

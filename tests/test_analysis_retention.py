@@ -15,6 +15,7 @@ from analysis.retention import (
     FEATURES,
     GROUPS,
     TARGETS,
+    bootstrap_stderr,
     dropped_targets,
     fit_ridge,
     multilabel_probe,
@@ -111,6 +112,21 @@ def test_auc_and_r2_by_hand():
     assert r2_score(torch.tensor([2.0, 2.0]), torch.tensor([1.0, 2.0])) is None
 
 
+def test_bootstrap_stderr_of_a_mean_is_sigma_over_root_n():
+    x = torch.randn(400, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    se = bootstrap_stderr(lambda i: x[i].mean().item(), len(x), rounds=400)
+    assert se == pytest.approx(x.std().item() / 20, rel=0.15)
+    assert bootstrap_stderr(lambda i: x[i].mean().item(), len(x), rounds=400) == se  # seeded: deterministic
+    assert bootstrap_stderr(lambda i: None, len(x)) is None  # undefined on every resample
+    # probes report it next to their held-out score
+    x2, w, noise = _planted()
+    res = regression_probe(x2[:200], (x2 @ w + noise)[:200], x2[200:], (x2 @ w + noise)[200:])
+    assert 0 < res["stderr"] < 0.1
+    labels = (x2[:, :2] > x2[:, :2].mean(0)).double()
+    res = multilabel_probe(x2[:200], labels[:200], x2[200:], labels[200:])
+    assert res["n_labels"] == 2 and 0 < res["stderr"] < 0.1
+
+
 def test_ridge_input_errors():
     with pytest.raises(InputError, match="at least 3 training samples"):
         fit_ridge(torch.randn(2, 3), torch.randn(2))
@@ -185,6 +201,8 @@ def test_report_serialises(report):
     for row in summary:
         if row["score_cut"] is not None and row["score_input_drop"] is not None:
             assert row["retained"] == pytest.approx(row["score_cut"] - row["score_input_drop"])
+            se = (row["stderr_cut"], row["stderr_input_drop"])
+            assert row["retained_stderr"] == pytest.approx((se[0] ** 2 + se[1] ** 2) ** 0.5)
     with pytest.raises(InputError, match="table must be"):
         report.to_rows("probes")
 

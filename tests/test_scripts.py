@@ -1,18 +1,28 @@
-"""scripts/ranking_before_llm.py: the demo claim's diagnostic runs and reports every ranking."""
+"""The repository's scripts on tiny inputs: ranking_before_llm.py (the demo claim's diagnostic) and
+paper_claims.py (the papers' claims, measured on a toy checkpoint)."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
+
+from hybridreduce.toy.train import train
+
+from .conftest import tiny_toy_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 
+import paper_claims  # noqa: E402
 from ranking_before_llm import _evs_mask, top_share  # noqa: E402
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
 def test_top_share_keeps_the_highest_scores_ties_to_the_earlier_token():
@@ -29,11 +39,115 @@ def test_evs_mask_maps_kept_prompt_positions_to_visual_indices():
 
 
 def test_script_reports_every_ranking():
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     command = [sys.executable, str(ROOT / "scripts" / "ranking_before_llm.py"), "--size", "64", "--blocks", "0", "3"]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     lines = done.stdout.splitlines()
     names = [line.split("  ")[0].strip() for line in lines[2:]]
     assert names == ["full", "block 0 (ssm)", "block 3 (ssm)", "evs", "random"]
     assert "100.0%" in lines[2].split()[3]  # full tokens keep every relevant token
+
+
+# paper_claims.py -----------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def toy_run(tmp_path_factory):
+    """A train-toy run directory of the tiny toy model (static variant), trained for a few steps."""
+    out = tmp_path_factory.mktemp("toy_run")
+    train(tiny_toy_spec(eval_every=3, eval_size=4, test_size=4), out, progress=False, command="pytest")
+    return out
+
+
+def test_late_schedule_cuts_only_in_the_last_third():
+    for blocks, first in ((12, 8), (24, 16), (11, 8), (10, 7)):
+        plan = paper_claims.late_schedule(0.125, blocks).resolve(blocks)
+        assert plan.prune_points[0] == first and 3 * first >= 2 * blocks
+        assert plan.ratios[-1] == pytest.approx(0.125)  # a final keep
+
+
+def test_verdict_rules():
+    assert [paper_claims.tally(p) for p in ([True, True], [False, None], [True, False], [None])] == [
+        "holds",
+        "fails",
+        "mixed",
+        "undetermined",
+    ]
+    diff = {"mean": 0.05, "sem": 0.02, "n": 100}
+    assert paper_claims.side(diff) == 1 and paper_claims.side(diff | {"mean": -0.05}) == -1
+    assert paper_claims.side(diff | {"sem": 0.03}) == 0  # within Z = 2 standard errors
+
+
+def test_paper_claims_on_a_tiny_checkpoint(toy_run, tmp_path):
+    out = tmp_path / "claims"
+    args = ["--checkpoint", str(toy_run), "--size", "16", "--batch-size", "8", "--out", str(out), "--no-progress"]
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "paper_claims.py"), *args],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads((out / "claims.json").read_text())
+    command = "python scripts/paper_claims.py " + " ".join(args)
+    assert result["command"] == command and result["variants"] == ["static"] and result["size"] == 16
+    assert [(r["variant"], r["id"]) for r in result["claims"]] == [("static", c) for c in "abcde"]
+    table = (out / "claims.md").read_text().splitlines()
+    rows = [line for line in table if line.startswith("| static |")]
+    assert len(rows) == 5
+    criteria = json.loads((out / "criteria.json").read_text())  # written before the first forward
+    assert [c["criterion"] for c in criteria["claims"]] == [r["criterion"] for r in result["claims"]]
+    for claim, row in zip(result["claims"], rows, strict=True):
+        assert claim["criterion"].startswith("Holds if") and claim["verdict"] in ("holds", "fails", "mixed")
+        assert claim["numbers"] and any(ch.isdigit() for ch in claim["summary"]) and claim["command"] == command
+        for text in (claim["criterion"], claim["summary"], f"**{claim['verdict']}**", f"`{command}`"):
+            assert text in row
+    numbers = {c["id"]: c["numbers"] for c in result["claims"]}
+    assert set(numbers["a"]["decay_free"]["kinds"]) == {"attn", "ssm"}
+    assert numbers["b"]["early_blocks"] == [0, 2, 3] and numbers["b"]["late_blocks"] == [8, 10]
+    assert 0 <= numbers["b"]["survival"]["mean"] <= 1 and -1 <= numbers["b"]["kendall"]["mean"] <= 1
+    assert [b["block"] for b in numbers["c"]["blocks"]] == [0, 3, 5, 8, 10]
+    assert [r["prune_points"] for r in numbers["d"]["late"]] == [[8, 9, 10]] * 2
+    assert numbers["e"]["block"] == 8 and len(numbers["e"]["probes"]) == 4
+    # the per-question outcomes behind the accuracies, and the analysis run directory, are kept
+    accuracy = json.loads((out / "static" / "accuracy.json").read_text())
+    assert set(accuracy["runs"]) == {"full", "progressive", "progressive-exact", "late@0.25", "late@0.125"}
+    assert all(len(r["correct"]) == 16 for r in accuracy["runs"].values())
+    assert (out / "static" / "analysis" / "metrics.json").is_file() and (out / "static" / "retention.json").is_file()
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--size", "8"], "--size must be at least 12"),
+        (["--size", "many"], "invalid int value"),
+        (["--batch-size", "0"], "--batch-size must be at least 1"),
+        (["--split", "dev"], "invalid choice"),
+        (["--variant", "noisy"], "invalid choice"),
+        (["--variant", "clutter"], "was not trained on the variant(s) ['clutter']"),
+        (["--checkpoint", "/nonexistent"], "is not a train-toy output directory"),
+        (["--out", "{file}"], "is not a directory"),
+        (["--out", "{full}"], "is not empty; pass --overwrite"),
+    ],
+)
+def test_paper_claims_bad_arguments(argv, message, toy_run, tmp_path, capsys, monkeypatch):
+    def forward(*args, **kwargs):
+        raise AssertionError("a bad argument must fail before any model is loaded")
+
+    monkeypatch.setattr(paper_claims, "load_toy_spec", forward)
+    monkeypatch.setattr(paper_claims, "collect", forward)
+    (tmp_path / "file").write_text("")
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "claims.json").write_text("{}")
+    argv = [a.format(file=tmp_path / "file", full=tmp_path / "full") for a in argv]
+    if "--checkpoint" not in argv:
+        argv += ["--checkpoint", str(toy_run)]
+    if "--out" not in argv:
+        argv += ["--out", str(tmp_path / "out")]
+    try:
+        code = paper_claims.main(argv)
+    except SystemExit as exc:  # argparse's own checks
+        code = exc.code
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and err.strip().count("\n") == 0, err
+    assert not (tmp_path / "out").exists()

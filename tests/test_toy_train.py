@@ -8,11 +8,19 @@ import numpy as np
 import pytest
 import torch
 
-from hybridreduce import InputError, reduce
+from hybridreduce import InputError, Schedule, reduce
 from hybridreduce.cli import main
 from hybridreduce.toy import PALETTE, ToyDataset
 from hybridreduce.toy.data import follow_up_questions, quadrant, time_bin
-from hybridreduce.toy.demo import METHODS, format_table, load_toy, run_demo, write_outputs
+from hybridreduce.toy.demo import (
+    METHODS,
+    answers_correct,
+    evaluate_method,
+    format_table,
+    load_toy,
+    run_demo,
+    write_outputs,
+)
 from hybridreduce.toy.model import ToyVLM
 from hybridreduce.toy.train import (
     AnswerSheet,
@@ -230,6 +238,24 @@ def test_demo_runs_every_method(run_dir, tmp_path):
     for p in paths:
         assert p.stat().st_size > 1000, p
     assert json.loads((tmp_path / "summary.json").read_text())["results"][0]["method"] == "full"
+
+
+def test_answers_correct_are_the_outcomes_behind_the_accuracy(run_dir):
+    model, data = load_toy(run_dir)
+    ds = ToyDataset(data, "test", 8)
+    sheet = AnswerSheet(ds.vocab)
+    batches = [ds.batch(range(0, 5)), ds.batch(range(5, 8))]
+    for method, keep in (("full", 1.0), ("progressive", 0.25), ("progressive-exact", 0.25), ("evs", 0.25)):
+        correct = answers_correct(model, batches, method, keep, sheet)
+        assert correct.shape == (8,) and correct.dtype == torch.bool
+        assert correct.double().mean().item() == evaluate_method(model, batches, method, keep, sheet).accuracy
+    # a schedule of one's own: the same outcomes as a plain forward under reduce
+    late = Schedule.preset("progressive", keep=0.25, budget="final", first_prune=8)
+    batch = ds.batch(range(8))
+    with torch.no_grad(), reduce(model, late):
+        logits = model(batch["input_ids"], pixel_values=batch["pixels"], attention_mask=batch["attention_mask"]).logits
+    expected = sheet.choose(logits[:, -1].float(), batch["qtype"]) == batch["answer_index"]
+    assert torch.equal(answers_correct(model, [batch], "progressive", 0.25, sheet, schedule=late), expected)
 
 
 def test_cli_train_toy_and_demo(tmp_path, capsys):

@@ -9,6 +9,8 @@ full tokens and under each method at each average keep fraction ``k``:
     progressive-exact       unified scores, exact Mamba hidden attention                  same cuts
     progressive-attn-only   attention rows only (first cut after the first attention)    same shape
     progressive-depth       unified scores, first cut a quarter of the way down          low-to-high cuts in the LM
+    progressive-calibrated  unified scores, the layout hybridreduce.calibrate chooses     low-to-high cuts in the LM
+                            from CALIBRATION_PROMPTS unlabeled val prompts of the variant
     fastv                   attention rows of the last token at block 2, one cut after    in the LM
     pyramiddrop             attention rows, cuts at 1/4, 1/2, 3/4 of the depth           in the LM
     random                  seeded uniform draws, progressive cuts                        in the LM
@@ -63,6 +65,7 @@ METHODS = (
     "progressive-exact",
     "progressive-attn-only",
     "progressive-depth",
+    "progressive-calibrated",
     "fastv",
     "pyramiddrop",
     "random",
@@ -73,6 +76,8 @@ KEEPS = (0.5, 0.25, 0.125)
 #: ``progressive-depth``'s first cut, as a fraction of the depth (where PyramidDrop makes its first cut). Fixed,
 #: not tuned on the test split; ``hybridreduce calibrate`` is the way to choose it per model.
 DEPTH_FIRST_PRUNE = 0.25
+#: Unlabeled prompts of the val split ``progressive-calibrated`` calibrates on (never the test split it is measured on).
+CALIBRATION_PROMPTS = 64
 
 
 def load_toy(path: str | Path | None = None) -> tuple[ToyVLM, ToyConfig]:
@@ -96,6 +101,14 @@ def load_toy_spec(path: str | Path | None = None) -> tuple[ToyVLM, ToySpec]:
     return model, spec
 
 
+def calibration_batches(dataset: ToyDataset, batch_size: int = 32):
+    """The dataset's prompts as :func:`hybridreduce.calibrate.score_prompts` takes them (answers unused)."""
+    for start in range(0, len(dataset), batch_size):
+        b = dataset.batch(range(start, min(start + batch_size, len(dataset))))
+        yield {"input_ids": b["input_ids"], "pixel_values": b["pixels"], "attention_mask": b["attention_mask"],
+               "visual_mask": b["visual_mask"]}  # fmt: skip
+
+
 def schedule_for(method: str, keep: float, model: ToyVLM, budget: str = "average") -> Schedule:
     """The in-LM schedule of a method at keep ``keep`` (an average or a final budget)."""
     if method in ("progressive", "progressive-exact"):
@@ -107,7 +120,18 @@ def schedule_for(method: str, keep: float, model: ToyVLM, budget: str = "average
         return Schedule.preset("progressive", keep=keep, budget=budget, first_prune=DEPTH_FIRST_PRUNE)
     if method in ("fastv", "pyramiddrop", "random"):
         return Schedule.preset(method, keep=keep, budget=budget)
+    if method == "progressive-calibrated":
+        raise InputError("progressive-calibrated's schedule comes from calibrate_schedules(), not from a preset")
     raise InputError(f"{method!r} has no in-LM schedule; methods: {METHODS}")
+
+
+def calibrate_schedules(model: ToyVLM, data: ToyConfig, vocab, keeps) -> dict[float, Schedule]:
+    """``progressive-calibrated``'s schedule at each keep: :func:`hybridreduce.calibrate.search` on the scores of
+    :data:`CALIBRATION_PROMPTS` unlabeled val prompts (one scoring forward each, shared by every keep)."""
+    from ..calibrate import score_prompts, search
+
+    scores = score_prompts(model, calibration_batches(ToyDataset(data, "val", CALIBRATION_PROMPTS, vocab=vocab)))
+    return {k: search(scores, k).schedule for k in keeps}
 
 
 def feasible_schedule(method: str, keep: float, model: ToyVLM) -> tuple[Schedule, str]:
@@ -191,11 +215,15 @@ def evaluate_method(
     sheet: AnswerSheet,
     progress=None,
     variant: str = "static",
+    schedule: Schedule | None = None,
 ) -> MethodResult:
-    """Accuracy, time and kept tokens of one method at one budget over pre-built batches."""
+    """Accuracy, time and kept tokens of one method at one budget over pre-built batches.
+
+    ``schedule``: the in-LM schedule to use instead of the method's own (``progressive-calibrated``'s).
+    """
     scorer = "exact" if method == "progressive-exact" else None
-    schedule, note = None, ""
-    if method not in ("full", "evs", "evs+progressive"):
+    note = ""
+    if schedule is None and method not in ("full", "evs", "evs+progressive"):
         schedule, note = feasible_schedule(method, keep, model)
     n_blocks = get_adapter(model).num_blocks
     correct, qtypes, blocks, rel, seconds = [], [], [], [], 0.0
@@ -229,6 +257,43 @@ def evaluate_method(
         n=n,
         note=note,
     )
+
+
+@torch.no_grad()
+def answers_correct(
+    model: ToyVLM,
+    batches: list[dict],
+    method: str,
+    keep: float,
+    sheet: AnswerSheet,
+    schedule: Schedule | None = None,
+    progress=None,
+) -> torch.Tensor:
+    """Whether each question is answered right under one method at one budget: the per-question outcomes
+    behind :func:`evaluate_method`'s accuracy, for paired comparisons of methods on the same questions.
+
+    Args:
+        batches: pre-built batches (``ToyDataset.batch``) of ``n`` questions in all.
+        method: ``full``, one of :data:`METHODS`, or any name of an in-LM method when ``schedule`` is given.
+        keep: the budget (:func:`feasible_schedule` solves the method's schedule for it).
+        schedule: an in-LM schedule to run instead of the method's own (e.g. one with a late first cut);
+            its keep sets use the method's Mamba scorer (exact for ``progressive-exact``, else decay-free).
+        progress: called with the number of questions of each batch done.
+
+    Returns:
+        ``(n,)`` bool, in the order of the batches' questions.
+    """
+    scorer = "exact" if method == "progressive-exact" else None
+    if schedule is None and method not in ("full", "evs", "evs+progressive"):
+        schedule, _ = feasible_schedule(method, keep, model)
+    n_blocks = get_adapter(model).num_blocks
+    correct = []
+    for batch in batches:
+        logits, _, _ = _forward_logits(model, batch, method, keep, schedule, scorer, n_blocks)
+        correct.append((sheet.choose(logits.float(), batch["qtype"]) == batch["answer_index"]).cpu())
+        if progress is not None:
+            progress(len(batch["qtype"]))
+    return torch.cat(correct)
 
 
 def run_demo(
@@ -277,10 +342,14 @@ def run_demo(
         sheet = AnswerSheet(dataset.vocab)
         batches = [dataset.batch(range(s, min(s + batch_size, size))) for s in range(0, size, batch_size)]
         evaluate_method(model, batches[:1], "full", 1.0, sheet)  # warm-up: the first forward pays one-off costs
+        calibrated = calibrate_schedules(model, data, spec.vocab, keeps) if "progressive-calibrated" in methods else {}
         mine: list[MethodResult] = []
         for method, keep in runs:
             bar.set_postfix_str(f"{variant} {method} k={keep}")
-            mine.append(evaluate_method(model, batches, method, keep, sheet, progress=bar.update, variant=variant))
+            own = calibrated[keep] if method == "progressive-calibrated" else None
+            mine.append(
+                evaluate_method(model, batches, method, keep, sheet, progress=bar.update, variant=variant, schedule=own)
+            )
         for r in mine:
             if r.seconds:
                 r.speedup = mine[0].seconds / r.seconds
