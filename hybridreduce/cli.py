@@ -261,7 +261,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
         checks.checkpoint_dir(args.model)
         items = read_manifest(args.data)[: args.size]
-        vlm = _load_vlm(args, checks.device(args.device))
+        vlm = load_vlm(args, checks.device(args.device))
         model = vlm.model
 
         def video_batches():
@@ -333,7 +333,7 @@ DTYPES = ("auto", "float32", "bfloat16", "float16")
 DEFAULT_FRAMES = 32
 
 
-def _check_model_args(args: argparse.Namespace, device: str | None) -> None:
+def check_model_args(args: argparse.Namespace, device: str | None) -> None:
     """Every flag of :func:`_model_args` (``device`` as it will be used), before the model loads."""
     from . import checks
     from .runner import check_evs, check_max_new_tokens, check_sampling
@@ -349,7 +349,7 @@ def _check_model_args(args: argparse.Namespace, device: str | None) -> None:
     check_max_new_tokens(args.max_new_tokens)
 
 
-def _load_vlm(args: argparse.Namespace, device: str | None = None):
+def load_vlm(args: argparse.Namespace, device: str | None = None):
     from .vlm import load
 
     _quiet_transformers()
@@ -362,7 +362,7 @@ def _load_vlm(args: argparse.Namespace, device: str | None = None):
     )
 
 
-def _evs_rate(args: argparse.Namespace, vlm) -> float:
+def evs_rate(args: argparse.Namespace, vlm) -> float:
     """``--evs``, or by default the checkpoint's own pre-LLM pruning rate (the model as it ships)."""
     if args.evs is not None:
         return args.evs
@@ -408,12 +408,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     if device == "cuda" and "LOCAL_RANK" in os.environ:
         device = f"cuda:{os.environ['LOCAL_RANK']}"
     # Every argument before the model loads (whether its depth can meet --keep is checked by run() after it).
-    _check_model_args(args, device)
+    check_model_args(args, device)
     items = read_manifest(args.data)
     settings_for(args.schedule, evs=args.evs or 0.0, full=not args.no_full, keep=args.keep)
     check_out_dir(args.out, shard)
-    vlm = _load_vlm(args, device)
-    settings = settings_for(args.schedule, evs=_evs_rate(args, vlm), full=not args.no_full, keep=args.keep)
+    vlm = load_vlm(args, device)
+    settings = settings_for(args.schedule, evs=evs_rate(args, vlm), full=not args.no_full, keep=args.keep)
     path = run(
         vlm, items, args.out, settings, max_new_tokens=args.max_new_tokens, shard=shard,
         progress=not args.no_progress, retry_errors=not args.no_retry_errors, **_frames_kwargs(args),
@@ -439,16 +439,16 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from .video import read_video
 
     # Every argument, then the video, before the model loads.
-    _check_model_args(args, args.device)
+    check_model_args(args, args.device)
     options = _parse_options(args.option, "--option")  # at most 26: the letters A to Z
     full = args.schedule in (None, "none")
     settings_for(args.schedule, evs=args.evs or 0.0, full=full, keep=args.keep)
     kw = _frames_kwargs(args)
     video = read_video(args.video, num_frames=kw["frames"], fps=kw["fps"], max_frames=kw["max_frames"])
-    vlm = _load_vlm(args, args.device)
+    vlm = load_vlm(args, args.device)
     item = Item(id="cli", video=str(args.video), question=args.question, options=options)
     prompt = vlm.prompt(video, prompt_text(item))
-    settings = settings_for(args.schedule, evs=_evs_rate(args, vlm), full=full, keep=args.keep)
+    settings = settings_for(args.schedule, evs=evs_rate(args, vlm), full=full, keep=args.keep)
     check_settings(settings, vlm.adapted.num_blocks)
     for setting in settings:
         ans = vlm.answer(prompt, setting.schedule, evs=setting.evs, max_new_tokens=args.max_new_tokens)
