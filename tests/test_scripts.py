@@ -1,5 +1,6 @@
-"""The repository's scripts on tiny inputs: ranking_before_llm.py (the demo claim's diagnostic) and
-paper_claims.py (the papers' claims, measured on a toy checkpoint)."""
+"""The repository's scripts on tiny inputs: ranking_before_llm.py (the demo claim's diagnostic),
+paper_claims.py (the papers' claims, measured on a toy checkpoint) and calibration_proxy.py (calibrate's
+objective against accuracy)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from .conftest import tiny_toy_spec
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 
+import calibration_proxy  # noqa: E402
 import paper_claims  # noqa: E402
 from ranking_before_llm import _evs_mask, top_share  # noqa: E402
 
@@ -151,3 +153,24 @@ def test_paper_claims_bad_arguments(argv, message, toy_run, tmp_path, capsys, mo
     err = capsys.readouterr().err
     assert code == 2 and message in err and err.strip().count("\n") == 0, err
     assert not (tmp_path / "out").exists()
+
+
+def test_spearman_uses_average_ranks():
+    assert calibration_proxy.average_ranks([3, 1, 2, 2]).tolist() == [4.0, 1.0, 2.5, 2.5]
+    assert calibration_proxy.spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert calibration_proxy.spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    assert calibration_proxy.spearman([1, 1, 1], [1, 2, 3]) != calibration_proxy.spearman([1, 1, 1], [1, 2, 3])  # NaN
+
+
+def test_calibration_proxy_on_a_tiny_checkpoint(toy_run, tmp_path, capsys):
+    out = tmp_path / "proxy"
+    args = ["--checkpoint", str(toy_run), "--keep", "0.5", "--prompts", "4", "--size", "8", "--out", str(out)]
+    assert calibration_proxy.main(args) == 0
+    result = json.loads((out / "proxy.json").read_text())
+    rows = result["candidates"]
+    assert len(rows) > 1 and all(0 <= r["accuracy"] <= 1 for r in rows)
+    assert result["chosen_by_objective"]["objective"] == max(r["objective"] for r in rows)
+    assert (out / "proxy.png").stat().st_size > 1000 and "Spearman rho" in capsys.readouterr().out
+    assert calibration_proxy.main(args) == 2  # a non-empty --out is refused
+    assert "--overwrite" in capsys.readouterr().err
+    assert calibration_proxy.main([*args[:-1], str(tmp_path / "p2"), "--keep", "1"]) == 2
