@@ -39,7 +39,7 @@ from torch import nn
 from . import compat
 from .adapters import AdaptedModel, get_adapter
 from .cache import ScoreCache
-from .errors import InputError
+from .errors import CompatibilityError, InputError
 from .prune import gather_seq, keep_index, select_visual, true_positions
 from .schedule import Plan, Schedule
 from .scoring.config import ScorerConfig
@@ -416,7 +416,7 @@ class _Engine:
         tensor of sequence length raises (:func:`compat.check_undeclared`)."""
         kind = self.sequence_args.get(name)
         if kind is None:
-            compat.check_undeclared(name, value, self.T, block, self.adapted.model_type, "prefill")
+            compat.check_undeclared(name, value, self.T, block, self.adapted.model_type, self.mode)
             return value
         if value is None:
             return None
@@ -436,7 +436,7 @@ class _Engine:
             fits = shape is not None and len(shape) >= 2 and shape[1] == T
             expected = f"(b|1, {T}, ...)"
         if not fits:
-            raise compat.CompatibilityError(
+            raise CompatibilityError(
                 f"{type(block).__name__} received {name!r} with shape {shape or type(value).__name__}; the "
                 f"{self.adapted.model_type} adapter declares it a {kind} argument of shape {expected} over the "
                 f"{T}-token sequence. transformers {compat.VERSION} lays it out differently from the tested releases "
@@ -546,7 +546,7 @@ class _Engine:
             return value.gather(1, keys.to(value.device))
         if value.dim() == 2 and value.shape[1] == self.q:  # a Mamba mixer's padding of the new tokens
             return value
-        raise compat.CompatibilityError(
+        raise CompatibilityError(
             f"{type(block).__name__} received the mask {name!r} with shape {tuple(value.shape)} in a decode step of "
             f"{self.q} token(s) over {L} keys; expected (b|1, h|1, {self.q}, keys), (b, {L}) or (b, {self.q}). "
             f"transformers {compat.VERSION} may build decode masks differently from the tested releases "
