@@ -5,6 +5,12 @@ the run directory (:func:`analysis.collect.collect`). Shards are combined by ``h
 under ``torchrun`` each rank takes its shard from ``RANK``/``WORLD_SIZE`` and rank 0 merges.
 ``hybridreduce plot DIR`` draws a run's figures (:func:`analysis.plots.plot_run`).
 
+``analyze`` refuses a ``--out`` that already holds files unless ``--overwrite`` is given (and never replaces a
+folder that is not an analysis run). The run is written into a hidden folder beside ``--out`` and moved into place
+when complete. Ctrl-C saves the batches already scored as a partial run (``"partial": true`` in metrics.json;
+``plot`` says so in a warning and above every figure's title) into ``--out``, or beside it as ``<out>.partial``
+when ``--out`` held a run, which is left as it was; one line says which, and the exit status is 130.
+
 :func:`register` adds them to the ``hybridreduce`` command through its documented extension hook
 (the ``hybridreduce.subcommands`` entry-point group, :data:`hybridreduce.cli.SUBCOMMANDS_GROUP`), so that
 the console script and ``python -m hybridreduce`` are one program and hybridreduce never imports analysis.
@@ -20,27 +26,39 @@ from hybridreduce.cli import _quiet_transformers
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
-    """Collect scores and metrics; 0 when everything ran, 1 when some part failed (see metrics.json)."""
+    """Collect scores and metrics; 0 when everything ran, 1 when some part failed (see metrics.json), 2 on a bad
+    argument, 130 on Ctrl-C (one line says what was saved: the batches already scored, as a partial run)."""
     from dataclasses import replace
 
+    from hybridreduce import checks
     from hybridreduce.runner import on_rank_zero_after_all, parse_shard
 
-    from .collect import AnalysisConfig, collect, merge_shards
+    from .collect import AnalysisConfig, Interrupted, check_out_dir, collect, merge_shards
 
-    _quiet_transformers()
+    # Every argument and the output directory before the model loads.
     config = AnalysisConfig.from_yaml(args.config)
     if args.samples is not None:
+        checks.integer(args.samples, "samples (--samples)", 1, fix="the number of samples to score, e.g. 64")
         config = replace(config, samples=args.samples)
     shard = parse_shard(args.shard)
-    if shard[1] > 1:
-        collect(config, args.out, progress=not args.no_progress, shard=shard)
-        print(f"wrote {args.out}/shard-{shard[0]}-of-{shard[1]}")
-        if args.shard is not None:
-            print(f"when every shard is done, run: hybridreduce merge {args.out}")
-            return 0
-        code = on_rank_zero_after_all(shard[0], lambda: _report(merge_shards(args.out), args.out))  # torchrun
-        return code or 0
-    metrics = collect(config, args.out, progress=not args.no_progress)
+    check_out_dir(args.out, shard, overwrite=args.overwrite)
+    _quiet_transformers()
+    try:
+        if shard[1] > 1:
+            collect(config, args.out, progress=not args.no_progress, shard=shard, overwrite=args.overwrite)
+            print(f"wrote {args.out}/shard-{shard[0]}-of-{shard[1]}")
+            if args.shard is not None:
+                print(f"when every shard is done, run: hybridreduce merge {args.out}")
+                return 0
+            code = on_rank_zero_after_all(shard[0], lambda: _report(merge_shards(args.out), args.out))  # torchrun
+            return code or 0
+        metrics = collect(config, args.out, progress=not args.no_progress, overwrite=args.overwrite)
+    except Interrupted as stop:
+        print(f"hybridreduce analyze: {stop}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:  # while the run was being measured or written: the staging folder is removed
+        print(f"hybridreduce analyze: interrupted; nothing written ({args.out} is as it was)", file=sys.stderr)
+        return 130
     return _report(metrics, args.out)
 
 
@@ -86,6 +104,9 @@ def register(sub, mergers: list) -> None:
     a.add_argument("--samples", type=int, help="override the config's number of samples")
     a.add_argument("--shard", metavar="I/N", help="score the i-th of N slices of the samples (then: merge DIR)")
     a.add_argument("--no-progress", action="store_true", help="no progress bar")
+    a.add_argument(
+        "--overwrite", action="store_true", help="replace the run already in --out once the new one is complete"
+    )
     a.set_defaults(func=cmd_analyze)
     mergers.append(merge_analysis)
 

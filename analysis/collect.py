@@ -18,8 +18,13 @@ batch once per scorer), concatenates the caches and writes into the output direc
     stability_<metric>.csv        long format (scorer, block_i, kind_i, block_j, kind_j, value) for spearman,
                                   kendall, iou_<frac>, survival_<frac>
 
-metrics.json sections: ``schema``, ``name``, ``model`` (source, checkpoint or arch, model_type,
-num_blocks, n_visual, samples; for the toy model its ``data`` config, ``split`` and ``variant``), ``config``
+The run is written into a hidden directory beside the output directory and moved into place when complete
+(:func:`collect`); Ctrl-C saves the batches already scored as a partial run.
+
+metrics.json sections: ``schema``, ``name``, ``partial`` (true: Ctrl-C stopped the run, and every section
+covers only the samples scored), ``samples_planned`` (the config's samples), ``model`` (source, checkpoint or
+arch, model_type, num_blocks, n_visual, samples scored; for the toy model its ``data`` config, ``split`` and
+``variant``), ``config``
 (:meth:`AnalysisConfig.to_dict`), ``block_kinds``, ``scored_blocks``, ``scorers`` (per scorer: status,
 file, seconds, settings, error), ``sparsity`` and ``stability`` (scorer → report dict), ``relevance``
 (when ground truth exists), ``schedule`` (per-block keep fraction and visual tokens kept), ``overlay``
@@ -33,8 +38,12 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
+import shutil
+import tempfile
 import time
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -46,7 +55,7 @@ from hybridreduce import Plan, Schedule, capture, get_adapter
 from hybridreduce.cache import ScoreCache
 from hybridreduce.errors import HybridReduceError, InputError, ScoreError
 from hybridreduce.scoring.config import MAMBA_MODES
-from hybridreduce.yamlio import read_yaml_section
+from hybridreduce.yamlio import located, read_yaml_section
 
 from .relevance import RelevanceReport, check_relevant, relevance_report
 from .sparsity import SparsityReport, check_fraction, layer_sparsity
@@ -61,6 +70,7 @@ CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "analysis"
 __all__ = [
     "AnalysisConfig",
     "Analysis",
+    "Interrupted",
     "analyze_caches",
     "collect",
     "concat_caches",
@@ -87,6 +97,97 @@ def _int_at_least(value: Any, name: str, minimum: int = 1) -> int:
     return int(value)
 
 
+def _text(name: str, allowed: tuple[str, ...] | None = None):
+    """The check of a setting that is a non-empty string (one of ``allowed`` when given)."""
+
+    def check(value: Any) -> str:
+        if not isinstance(value, str) or not value or (allowed is not None and value not in allowed):
+            want = f"one of {', '.join(allowed)}" if allowed else "a non-empty string"
+            raise InputError(f"analysis {name} must be {want}, got {value!r}")
+        return value
+
+    return check
+
+
+def _flag(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise InputError(f"analysis kendall must be true or false, got {value!r}")
+    return value
+
+
+def _fraction(name: str, optional: bool = False):
+    def check(value: Any) -> float | None:
+        if value is None and optional:
+            return None
+        check_fraction(value, f"analysis {name}")
+        return float(value)
+
+    return check
+
+
+def _scorers(value: Any) -> tuple[str, ...]:
+    scorers = [value] if isinstance(value, str) else list(value) if isinstance(value, (list, tuple)) else None
+    if not scorers or any(s not in MAMBA_MODES for s in scorers) or len(set(scorers)) != len(scorers):
+        raise InputError(f"analysis scorers must list distinct modes from {MAMBA_MODES}, got {value!r}")
+    return tuple(scorers)
+
+
+def _schedule(value: Any) -> str | dict | None:
+    """A schedule the run can load (checked now, so that a bad one fails before the model loads); kept as given."""
+    if value is not None:
+        Schedule.load(value)
+    return value
+
+
+def _overlay_blocks(value: Any) -> tuple[int, ...] | None:
+    if value is None:
+        return None
+    if not isinstance(value, (list, tuple)):
+        raise InputError(f"analysis overlay_blocks must be a list of block indices (or null), got {value!r}")
+    return tuple(_int_at_least(b, "overlay_blocks entries", 0) for b in value)
+
+
+def _prompt(prompt: Any) -> dict[str, int]:
+    known = {"prefix": 4, "visual": 64, "question": 8}
+    if not isinstance(prompt, dict) or set(prompt) - set(known):
+        raise InputError(f"analysis prompt must be a mapping with keys {sorted(known)}, got {prompt!r}")
+    out = known | prompt
+    minimum = {"prefix": 0, "visual": 1, "question": 1}
+    return {k: _int_at_least(v, f"prompt.{k}", minimum[k]) for k, v in out.items()}
+
+
+#: Setting -> its check (the value in its plain type, or an InputError); ``model`` and ``variant`` are checked apart.
+_SETTING_CHECKS = {
+    "name": _text("name"),
+    "samples": lambda v: _int_at_least(v, "samples"),
+    "batch_size": lambda v: _int_at_least(v, "batch_size"),
+    "split": _text("split", ("train", "val", "test")),
+    "scorers": _scorers,
+    "topk": lambda v: _fractions(v, "topk"),
+    "mass_p": lambda v: _fractions(v, "mass_p"),
+    "kendall": _flag,
+    "schedule": _schedule,
+    "keep": _fraction("keep", optional=True),
+    "query": _text("query", ("after_visual", "last", "all_text")),
+    "examples": lambda v: _int_at_least(v, "examples", 0),
+    "overlay_blocks": _overlay_blocks,
+    "overlay_keep": _fraction("overlay_keep"),
+    "prompt": _prompt,
+    "seed": lambda v: _int_at_least(v, "seed", 0),
+    "device": _text("device"),
+}
+
+
+@contextmanager
+def _setting(name: str) -> Iterator[None]:
+    """Inside: an InputError is about the setting ``name`` (its ``field``: from_yaml adds the file and line)."""
+    try:
+        yield
+    except InputError as exc:
+        exc.field = name
+        raise
+
+
 def _parse_model(value: Any) -> tuple[str, str]:
     """``(source, target)``: ``("toy", "")``, ``("checkpoint", DIR)`` or ``("tiny", ARCH)``."""
     from hybridreduce.tiny import TINY_CONFIGS
@@ -100,7 +201,7 @@ def _parse_model(value: Any) -> tuple[str, str]:
     if key == "checkpoint" and isinstance(target, str) and target:
         return "checkpoint", target
     if key == "tiny":
-        if target not in TINY_CONFIGS:
+        if not isinstance(target, str) or target not in TINY_CONFIGS:
             raise InputError(f"no tiny architecture {target!r}; choose from {', '.join(TINY_CONFIGS)}")
         return "tiny", str(target)
     raise InputError(f"{usage}; got {value!r}")
@@ -160,29 +261,14 @@ class AnalysisConfig:
     target: str = field(init=False)
 
     def __post_init__(self) -> None:
-        self.source, self.target = _parse_model(self.model)
-        self.samples = _int_at_least(self.samples, "samples")
-        self.batch_size = _int_at_least(self.batch_size, "batch_size")
-        self.examples = _int_at_least(self.examples, "examples", 0)
-        self.seed = _int_at_least(self.seed, "seed", 0)
-        if self.split not in ("train", "val", "test"):
-            raise InputError(f"analysis split must be train, val or test, got {self.split!r}")
-        self._check_variant()
-        scorers = [self.scorers] if isinstance(self.scorers, str) else list(self.scorers or [])
-        bad = [s for s in scorers if s not in MAMBA_MODES]
-        if not scorers or bad or len(set(scorers)) != len(scorers):
-            raise InputError(f"analysis scorers must list distinct modes from {MAMBA_MODES}, got {self.scorers!r}")
-        self.scorers = tuple(scorers)
-        self.topk = _fractions(self.topk, "topk")
-        self.mass_p = _fractions(self.mass_p, "mass_p")
-        check_fraction(self.overlay_keep, "analysis overlay_keep")
-        if self.keep is not None:
-            check_fraction(self.keep, "analysis keep")
-        if self.query not in ("after_visual", "last", "all_text"):
-            raise InputError(f"analysis query must be after_visual, last or all_text, got {self.query!r}")
-        if self.overlay_blocks is not None:
-            self.overlay_blocks = tuple(_int_at_least(b, "overlay_blocks entries", 0) for b in self.overlay_blocks)
-        self.prompt = self._check_prompt(self.prompt)
+        # Each setting on its own; an error names it (its field), so that from_yaml can add the file and line.
+        with _setting("model"):
+            self.source, self.target = _parse_model(self.model)
+        for name, check in _SETTING_CHECKS.items():
+            with _setting(name):
+                setattr(self, name, check(getattr(self, name)))
+        with _setting("variant"):
+            self._check_variant()
 
     def _check_variant(self) -> None:
         from hybridreduce.toy.data import VARIANTS
@@ -194,21 +280,16 @@ class AnalysisConfig:
         if self.variant not in VARIANTS:
             raise InputError(f"analysis variant must be one of {VARIANTS} (or null), got {self.variant!r}")
 
-    @staticmethod
-    def _check_prompt(prompt: Any) -> dict[str, int]:
-        known = {"prefix": 4, "visual": 64, "question": 8}
-        if not isinstance(prompt, dict) or set(prompt) - set(known):
-            raise InputError(f"analysis prompt must be a mapping with keys {sorted(known)}, got {prompt!r}")
-        out = known | prompt
-        minimum = {"prefix": 0, "visual": 1, "question": 1}
-        return {k: _int_at_least(v, f"prompt.{k}", minimum[k]) for k, v in out.items()}
-
     @classmethod
     def from_dict(cls, data: dict[str, Any], name: str | None = None) -> AnalysisConfig:
+        if not isinstance(data, dict):
+            raise InputError(f"analysis settings must be a mapping, got {type(data).__name__}")
         known = {f.name for f in fields(cls) if f.init}
-        unknown = sorted(set(data) - known)
+        unknown = sorted(set(data) - known, key=str)
         if unknown:
-            raise InputError(f"unknown analysis settings {unknown}; known: {sorted(known)}")
+            exc = InputError(f"unknown analysis settings {unknown}; known: {sorted(known)}")
+            exc.field = unknown[0]
+            raise exc
         data = dict(data)
         if name is not None:
             data.setdefault("name", name)
@@ -216,11 +297,20 @@ class AnalysisConfig:
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> AnalysisConfig:
-        """Read ``path`` (or ``configs/analysis/<path>.yaml`` for a bare name)."""
+        """Read ``path`` (or ``configs/analysis/<path>.yaml`` for a bare name); errors name the file and line.
+
+        An empty file (or ``analysis:`` section) is refused: it would run every default, the toy model included.
+        """
         path = Path(path)
         if not path.suffix and not path.exists() and (CONFIG_DIR / f"{path}.yaml").is_file():
             path = CONFIG_DIR / f"{path}.yaml"
-        return cls.from_dict(read_yaml_section(path, "analysis", "analysis config"), name=path.stem)
+        data = read_yaml_section(
+            path, "analysis", "analysis config",
+            empty="write at least its model and samples (e.g. `model: toy`, `samples: 64`); configs/analysis/ has "
+            "examples",
+        )  # fmt: skip
+        with located(path, data):
+            return cls.from_dict(data, name=path.stem)
 
     def to_dict(self) -> dict[str, Any]:
         """The settings (init fields only, so that :meth:`from_dict` reads them back), tuples as lists."""
@@ -448,8 +538,13 @@ def _round(values: torch.Tensor) -> list[float]:
     return [float(f"{v:.6g}") for v in values.tolist()]
 
 
-def examples_section(caches: dict[str, ScoreCache], loaded: LoadedModel, config: AnalysisConfig) -> list[dict]:
-    """The first ``config.examples`` toy samples: question, relevant tokens, indices and per-block scores."""
+def examples_section(
+    caches: dict[str, ScoreCache], loaded: LoadedModel, config: AnalysisConfig, samples: int | None = None
+) -> list[dict]:
+    """The first ``config.examples`` toy samples: question, relevant tokens, indices and per-block scores.
+
+    ``samples``: how many samples the caches hold (default ``config.samples``; fewer in a partial run).
+    """
     from hybridreduce.toy import ToyDataset
     from hybridreduce.toy.data import visual_grid
 
@@ -457,7 +552,7 @@ def examples_section(caches: dict[str, ScoreCache], loaded: LoadedModel, config:
     t, r, c = (x.tolist() for x in visual_grid(loaded.data))
     tpf, cols = loaded.data.tokens_per_frame, loaded.data.cols
     out = []
-    for i in range(min(config.examples, config.samples)):
+    for i in range(min(config.examples, config.samples if samples is None else samples)):
         sample = dataset[i]
         scores = {name: {str(b): _round(cache.scores[b][i]) for b in cache.layers} for name, cache in caches.items()}
         out.append(
@@ -559,6 +654,8 @@ class _Collected:
     scorers: dict[str, dict[str, Any]]
     meta: list[dict[str, torch.Tensor]]
     errors: list[dict[str, Any]]
+    scored: int = 0  # samples in the caches
+    interrupted: bool = False  # Ctrl-C stopped the forwards; the caches hold the batches every scorer finished
 
 
 def _score_into(
@@ -586,13 +683,18 @@ def _score_into(
 def _run_forwards(
     config: AnalysisConfig, loaded: LoadedModel, progress: bool, samples: range | None = None
 ) -> _Collected:
-    """Every batch once per scorer; a scorer that fails is dropped (its error recorded), the others go on."""
+    """Every batch once per scorer; a scorer that fails is dropped (its error recorded), the others go on.
+
+    Ctrl-C stops the forwards: the run keeps the batches that every working scorer finished and says it was
+    interrupted (``run.interrupted``); :func:`collect` saves it as a partial run.
+    """
     from tqdm.auto import tqdm
 
     samples = range(config.samples) if samples is None else samples
     run = _Collected({}, {s: {"status": "ok", "seconds": 0.0} for s in config.scorers}, [], [])
     parts: dict[str, list[ScoreCache]] = {s: [] for s in config.scorers}
     bar = tqdm(total=len(samples) * len(config.scorers), desc="analyze", unit="sample", disable=not progress)
+    done = 0  # batches every scorer has finished
     try:
         for batch in iter_batches(config, loaded, samples):
             run.meta.append({k: batch[k] for k in META_KEYS if k in batch})
@@ -601,33 +703,152 @@ def _run_forwards(
                 if run.scorers[scorer]["status"] == "ok":
                     _score_into(run, parts[scorer], loaded, batch, scorer, config)
                 bar.update(int(batch["input_ids"].shape[0]))
+            done += 1
+            run.scored += int(batch["input_ids"].shape[0])
+    except KeyboardInterrupt:
+        run.interrupted = True
     finally:
         bar.close()
-    run.caches = {s: concat_caches(parts[s]) for s in config.scorers if run.scorers[s]["status"] == "ok"}
+    run.meta = run.meta[:done]
+    ok = [s for s in config.scorers if run.scorers[s]["status"] == "ok"]
+    run.caches = {s: concat_caches(parts[s][:done]) for s in ok} if done else {}
     for s, cache in run.caches.items():
         run.scorers[s]["scorer"] = cache.scorer
     return run
 
 
+# Output directories -------------------------------------------------------------------------------
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C stopped :func:`collect`; the message says, in one line, what was saved where.
+
+    Attributes:
+        saved: the directory of the partial run, or None when nothing was saved.
+        metrics: the partial run's metrics.json content (None when nothing was saved).
+    """
+
+    def __init__(self, message: str, saved: Path | None = None, metrics: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.saved, self.metrics = saved, metrics
+
+
+def _display(path: Path) -> str:
+    """``path`` relative to the working directory when it lies under it, else absolute."""
+    relative = os.path.relpath(path)
+    return relative if not relative.startswith("..") else str(path)
+
+
+def _holds_files(path: Path) -> bool:
+    return path.is_dir() and any(path.iterdir())
+
+
+def _is_run_dir(path: Path) -> bool:
+    """Whether ``path`` holds an analysis run (metrics.json) or the shards of one."""
+    return (path / "metrics.json").is_file() or is_sharded_run(path)
+
+
+def _describe_run(path: Path) -> str:
+    """``"an analysis run of 256 samples"``, ``"a partial analysis run (64 of 256 samples)"``, ... of ``path``."""
+    try:
+        metrics = json.loads((path / "metrics.json").read_text())
+        samples = metrics["model"]["samples"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return "an analysis run" if _is_run_dir(path) else "files"
+    if metrics.get("partial"):
+        return f"a partial analysis run ({samples} of {metrics.get('samples_planned')} samples)"
+    return f"an analysis run of {samples} samples"
+
+
+def check_out_dir(out_dir: str | Path, shard: tuple[int, int] = (0, 1), overwrite: bool = True) -> Path:
+    """The directory :func:`collect` will write (``out_dir``, or its ``shard-i-of-N`` folder), checked up front.
+
+    Refused: a file, a path under a file, a folder that cannot be written; a non-empty ``out_dir`` that is not
+    an analysis run (a whole run replaces its directory, so a folder of other files is never replaced); and with
+    ``overwrite=False``, a directory that already holds a run (for a shard: its own shard folder, or a run made
+    without shards).
+    """
+    from hybridreduce import checks
+
+    out = Path(os.path.abspath(checks.writable_dir(out_dir, "out (--out)")))  # absolute: "." has no name to move
+    shown = repr(_display(out))
+    if shard[1] > 1:
+        target = shard_dir(out, shard)
+        if not overwrite and (out / "metrics.json").is_file() and not is_sharded_run(out):
+            raise InputError(
+                f"out (--out) {shown} holds {_describe_run(out)} made without --shard; pass --overwrite to "
+                "score shards into it anyway, or give a new directory"
+            )
+        if not overwrite and _holds_files(target):
+            raise InputError(
+                f"shard {shard[0]}/{shard[1]} is already in {_display(target)!r}; pass --overwrite to score it again, "
+                "or give a new directory"
+            )
+        return target
+    if _holds_files(out) and not _is_run_dir(out):
+        raise InputError(
+            f"out (--out) {shown} holds files that are not an analysis run (no metrics.json); a run replaces "
+            "its whole directory, so give a new or empty one"
+        )
+    if _holds_files(out) and not overwrite:
+        raise InputError(
+            f"out (--out) {shown} already holds {_describe_run(out)}; pass --overwrite to replace it once the "
+            "new run is complete, or give a new directory"
+        )
+    return out
+
+
+def _staging_dir(target: Path) -> Path:
+    """A new hidden directory beside ``target``, on its file system, so that moving it into place is a rename."""
+    parent = target.absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    return Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=parent))
+
+
+def _install(staging: Path, target: Path) -> Path:
+    """Move the complete directory ``staging`` to ``target``; what was there is moved aside first, deleted last."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    old = target.with_name(f".{target.name}.old-{os.getpid()}")
+    if target.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        target.rename(old)
+    staging.rename(target)
+    shutil.rmtree(old, ignore_errors=True)
+    return target
+
+
+# The runner, continued ----------------------------------------------------------------------------
 def collect(
-    config: AnalysisConfig, out_dir: str | Path, progress: bool = True, shard: tuple[int, int] = (0, 1)
+    config: AnalysisConfig,
+    out_dir: str | Path,
+    progress: bool = True,
+    shard: tuple[int, int] = (0, 1),
+    overwrite: bool = True,
 ) -> dict[str, Any]:
     """Score the configured model and write the run directory (see the module docstring).
 
+    The run is written into a hidden directory beside ``out_dir`` and moved into place when it is complete, so
+    ``out_dir`` never holds files of two runs, and an error leaves it as it was.
+
     Args:
         config: the run.
-        out_dir: output directory (created if needed).
+        out_dir: output directory (created if needed; replaced as a whole when it holds a run).
         progress: show a tqdm bar over samples × scorers.
         shard: ``(i, N)``: score only the ``i``-th of ``N`` runs of whole batches and write the raw
             scores into ``out_dir/shard-i-of-N/`` (see :func:`write_shard`); :func:`merge_shards` then
             writes the run directory from all ``N``. ``(0, 1)``: the whole run here.
+        overwrite: replace a run already in ``out_dir`` (for a shard: its shard folder). False refuses a
+            non-empty ``out_dir`` (the command line's default; ``--overwrite`` sets it).
 
     Returns:
         The metrics dict written to ``metrics.json`` (for a shard: what ``shard.json`` holds).
 
     Raises:
-        InputError: a bad config, model, shard or overlay block (before any forward runs).
+        InputError: a bad config, model, shard, overlay block or output directory (:func:`check_out_dir`), before
+            any forward runs.
         ScoreError: every scorer failed (metrics.json with the errors is written first).
+        Interrupted: Ctrl-C. The batches every scorer finished are written as a partial run (``"partial": true``
+            in metrics.json) into ``out_dir``, or, when ``out_dir`` held a run, into ``<out_dir>.partial`` beside it
+            (``out_dir`` is left as it was). A shard is kept only whole: an interrupted shard writes nothing.
     """
     if not isinstance(config, AnalysisConfig):
         raise InputError(f"collect needs an AnalysisConfig, got {type(config).__name__}")
@@ -640,31 +861,69 @@ def collect(
             f"{n} shards for {batches} batches of {config.batch_size}: every shard needs a batch; use fewer shards "
             "or a smaller batch_size"
         )
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    target = check_out_dir(out_dir, shard, overwrite)
     loaded = load_model(config)
     kinds = get_adapter(loaded.model).kinds
     check_overlay_blocks(config.overlay_blocks or default_overlay_blocks(kinds), kinds)
-    if config.schedule is not None:
-        Schedule.load(config.schedule)  # a bad schedule name fails before any forward
     # Shards are runs of whole batches, so every sample is scored in the same batch as in one process and the
     # merged run is bit-identical to it.
     bs = config.batch_size
     samples = range(i * batches // n * bs, min((i + 1) * batches // n * bs, config.samples))
     run = _run_forwards(config, loaded, progress, samples)
-    if n > 1:
-        return write_shard(config, run, out, shard, samples)
-    return _finish(config, loaded, run, out)
+    if run.interrupted and n > 1:
+        raise Interrupted(
+            f"interrupted after {run.scored} of {len(samples)} samples of shard {i}/{n}; a shard is kept only whole, "
+            f"so nothing was written ({_display(target)} is as it was): run the shard again"
+        )
+    if run.interrupted and not run.scored:
+        raise Interrupted(
+            f"interrupted before the first batch was scored; nothing written ({_display(target)} is as it was)"
+        )
+    place = target
+    if run.interrupted and _holds_files(target):  # keep the run that is there; the partial one goes beside it
+        place = target.with_name(f"{target.name}.partial")
+        if _holds_files(place) and not _is_run_dir(place):
+            place = target.with_name(f"{target.name}.partial-{time.strftime('%Y%m%d-%H%M%S')}")
+    staging = _staging_dir(target)
+    try:
+        result = write_shard(config, run, staging, shard, samples) if n > 1 else _finish(config, loaded, run, staging)
+        _install(staging, place)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)  # gone after a successful install; else what was written
+    if run.interrupted:
+        kept = f"; {_display(target)} is as it was" if place != target else ""
+        raise Interrupted(
+            f"interrupted after {run.scored} of {config.samples} samples: the partial run is in {_display(place)} "
+            f"(metrics.json says partial){kept}; run again to score every sample",
+            saved=place,
+            metrics=result,
+        )
+    if n == 1:
+        _every_scorer_failed(run, place)
+    return result
+
+
+def _every_scorer_failed(run: _Collected, out: Path) -> None:
+    """Raise ScoreError when no scorer produced a cache (the run directory, with the errors, is written first)."""
+    if not run.caches:
+        detail = "; ".join(f"{e['scorer']}: {e['type']}: {e['message']}" for e in run.errors)
+        raise ScoreError(f"every scorer failed ({detail}); the errors are in {out / 'metrics.json'}")
 
 
 def _finish(config: AnalysisConfig, loaded: LoadedModel, run: _Collected, out: Path) -> dict[str, Any]:
-    """Measure the collected caches and write the run directory; returns metrics.json's content."""
+    """Measure the collected caches and write the run directory; returns metrics.json's content.
+
+    An interrupted run (``run.interrupted``) is measured on the samples it scored and marked ``"partial": true``.
+    """
     kinds = get_adapter(loaded.model).kinds
     overlay = check_overlay_blocks(config.overlay_blocks or default_overlay_blocks(kinds), kinds)
+    samples = run.scored if run.interrupted else config.samples
     metrics: dict[str, Any] = {
         "schema": SCHEMA,
         "name": config.name,
-        "model": loaded.info | {"samples": config.samples},
+        "partial": run.interrupted,
+        "samples_planned": config.samples,
+        "model": loaded.info | {"samples": samples},
         "config": config.to_dict(),
         "block_kinds": kinds,
         "scored_blocks": [i for i, k in enumerate(kinds) if k not in NO_SCORES_KINDS],
@@ -697,15 +956,12 @@ def _finish(config: AnalysisConfig, loaded: LoadedModel, run: _Collected, out: P
     if loaded.data is not None and run.caches and config.examples:
         metrics["overlay"] = {"blocks": overlay, "keep": config.overlay_keep}
         try:
-            metrics["examples"] = examples_section(run.caches, loaded, config)
+            metrics["examples"] = examples_section(run.caches, loaded, config, samples)
         except Exception as exc:
             metrics["errors"].append(_error("examples", exc))
     files += write_tables(analysis, out)
     metrics["files"] = sorted(p.name for p in files) + ["metrics.json"]
     (out / "metrics.json").write_text(json.dumps(_json_clean(metrics), indent=1, allow_nan=False) + "\n")
-    if not run.caches:
-        detail = "; ".join(f"{e['scorer']}: {e['type']}: {e['message']}" for e in run.errors)
-        raise ScoreError(f"every scorer failed ({detail}); the errors are in {out / 'metrics.json'}")
     return metrics
 
 
@@ -714,11 +970,11 @@ def shard_dir(out: Path, shard: tuple[int, int]) -> Path:
     return out / f"shard-{shard[0]}-of-{shard[1]}"
 
 
-def write_shard(config: AnalysisConfig, run: _Collected, out: Path, shard: tuple[int, int], samples: range) -> dict:
-    """The raw output of one shard: ``scores_<scorer>.safetensors``, ``meta.safetensors`` and ``shard.json``."""
+def write_shard(config: AnalysisConfig, run: _Collected, folder: Path, shard: tuple[int, int], samples: range) -> dict:
+    """The raw output of one shard into ``folder`` (:func:`collect` moves it to ``shard_dir(out, shard)``):
+    ``scores_<scorer>.safetensors``, ``meta.safetensors`` and ``shard.json``."""
     from safetensors.torch import save_file
 
-    folder = shard_dir(out, shard)
     folder.mkdir(parents=True, exist_ok=True)
     for name, cache in run.caches.items():
         cache.save(folder / f"scores_{name}.safetensors")
@@ -781,7 +1037,23 @@ def merge_shards(out_dir: str | Path) -> dict[str, Any]:
         scorers[s]["scorer"] = cache.scorer
     meta = [load_file(str(f / "meta.safetensors")) for f in folders if (f / "meta.safetensors").is_file()]
     run = _Collected(caches, scorers, meta, errors)
-    return _finish(config, load_model(config), run, out)
+    loaded = load_model(config)
+    _remove_previous_merge(out)
+    metrics = _finish(config, loaded, run, out)
+    _every_scorer_failed(run, out)
+    return metrics
+
+
+def _remove_previous_merge(out: Path) -> None:
+    """Delete the files an earlier merge wrote into ``out`` (metrics.json lists them), so none is left beside the
+    new merge's; the shard folders are untouched."""
+    try:
+        files = json.loads((out / "metrics.json").read_text()).get("files", [])
+    except (OSError, ValueError, AttributeError):
+        return
+    for name in files:
+        if isinstance(name, str) and "/" not in name and (out / name).is_file():
+            (out / name).unlink()
 
 
 # Reading a run back --------------------------------------------------------------------------------

@@ -15,11 +15,15 @@ Glossary of dimension letters:
     overlay_<i>       toy model only: frames of sample i, the kept tokens of a few blocks bright, the rest
                       dimmed, ground-truth relevant tokens outlined
 
-A missing section skips its figure with a :class:`PlotSkipped` warning (one line), never an error.
+A missing section skips its figure with a :class:`PlotSkipped` warning (one line), never an error. The
+figure files an earlier plot left in the folder are deleted first, so none of them stays beside the new ones.
+A partial run (``"partial": true`` in metrics.json: analyze was interrupted) gets a :class:`PartialRun` warning,
+and every figure a red line above its title with the samples scored of those planned.
 """
 
 from __future__ import annotations
 
+import re
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -34,7 +38,7 @@ from .collect import read_metrics
 from .sparsity import ceil_count
 from .stability import topk_mask
 
-__all__ = ["FIGURES", "PlotSkipped", "plot_run"]
+__all__ = ["FIGURES", "PartialRun", "PlotSkipped", "plot_run"]
 
 #: kind → (marker, colour, legend label)
 KIND_STYLE: dict[str, tuple[str, str, str]] = {
@@ -54,6 +58,10 @@ class PlotSkipped(UserWarning):
     """A figure was not drawn because its section of metrics.json is missing or unusable."""
 
 
+class PartialRun(UserWarning):
+    """The run was interrupted (metrics.json says ``"partial": true``): its figures cover only the samples scored."""
+
+
 def _style(kind: str) -> tuple[str, str, str]:
     return KIND_STYLE.get(kind, ("x", "tab:gray", f"{kind} block"))
 
@@ -67,7 +75,18 @@ def _pyplot():
     return plt
 
 
-def _save(fig, stem: Path, formats: Sequence[str]) -> list[Path]:
+def partial_note(metrics: dict) -> str | None:
+    """The line every figure of a partial run carries above its title (None for a complete run)."""
+    if not metrics.get("partial"):
+        return None
+    scored, planned = metrics.get("model", {}).get("samples"), metrics.get("samples_planned")
+    return f"PARTIAL RUN: {scored} of {planned} samples scored (analyze was interrupted)"
+
+
+def _save(fig, stem: Path, formats: Sequence[str], metrics: dict) -> list[Path]:
+    note = partial_note(metrics)
+    if note:  # above everything (bbox_inches="tight" makes room), so that no copy of the figure loses it
+        fig.text(0.5, 1.0, note, ha="center", va="bottom", color="tab:red", fontsize=11, fontweight="bold")
     paths = []
     for fmt in formats:
         path = stem.with_suffix(f".{fmt}")
@@ -124,7 +143,7 @@ def plot_sparsity(metrics: dict, out: Path, formats: Sequence[str]) -> list[Path
     n = metrics["model"].get("samples")
     fig.suptitle(f"Layerwise sparsity (mean ± std over {n} samples; small = sparse)")
     fig.tight_layout()
-    return _save(fig, out / "sparsity", formats)
+    return _save(fig, out / "sparsity", formats, metrics)
 
 
 # Stability and survival -----------------------------------------------------------------------------
@@ -159,7 +178,7 @@ def plot_stability(metrics: dict, out: Path, formats: Sequence[str]) -> list[Pat
             ax.set_ylabel("block")
     fig.suptitle(f"Cross-layer stability of token importance (mean over {first['batch']} samples)")
     fig.tight_layout()
-    return _save(fig, out / "stability", formats)
+    return _save(fig, out / "stability", formats, metrics)
 
 
 def plot_survival(metrics: dict, out: Path, formats: Sequence[str]) -> list[Path]:
@@ -178,7 +197,7 @@ def plot_survival(metrics: dict, out: Path, formats: Sequence[str]) -> list[Path
             ax.set_ylabel("block i (chooses the keep set)")
     fig.suptitle(f"Survival recall; keep sets: {keep_src} (forward pruning reads j > i)")
     fig.tight_layout()
-    return _save(fig, out / "survival", formats)
+    return _save(fig, out / "survival", formats, metrics)
 
 
 # Relevance ------------------------------------------------------------------------------------------
@@ -217,7 +236,7 @@ def plot_relevance(metrics: dict, out: Path, formats: Sequence[str]) -> list[Pat
     axes[0][-1].legend(fontsize=7, loc="best")
     fig.suptitle(f"Ground-truth relevant tokens per block ({rel['n_with_relevant']} samples)")
     fig.tight_layout()
-    return _save(fig, out / "relevance", formats)
+    return _save(fig, out / "relevance", formats, metrics)
 
 
 # Schedule -------------------------------------------------------------------------------------------
@@ -248,7 +267,7 @@ def plot_schedule(metrics: dict, out: Path, formats: Sequence[str]) -> list[Path
     )
     ax.grid(alpha=0.3, axis="y")
     fig.tight_layout()
-    return _save(fig, out / "schedule", formats)
+    return _save(fig, out / "schedule", formats, metrics)
 
 
 # Overlays -------------------------------------------------------------------------------------------
@@ -346,7 +365,7 @@ def plot_overlays(metrics: dict, out: Path, formats: Sequence[str]) -> list[Path
         fig.legend(handles=handles, loc="lower center", ncol=2, fontsize=7, frameon=False)
         fig.suptitle(f'Sample {ex["id"]}: "{ex["question"]}" → {ex["answer"]}', fontsize=9)
         fig.tight_layout(rect=(0, 0.06, 1, 1))
-        paths += _save(fig, out / f"overlay_{ex['index']}", formats)
+        paths += _save(fig, out / f"overlay_{ex['index']}", formats, metrics)
     return paths
 
 
@@ -360,6 +379,17 @@ FIGURES: dict[str, tuple[tuple[str, ...], Callable[[dict, Path, Sequence[str]], 
     "schedule": (("schedule",), plot_schedule),
     "overlays": (("examples", "overlay"), plot_overlays),
 }
+
+
+def _figure_files(folder: Path, formats: Sequence[str]) -> list[Path]:
+    """The files :func:`plot_run` writes that are in ``folder`` (each figure's stem, in PNG, PDF or ``formats``)."""
+    suffixes = {".png", ".pdf", *(f".{f}" for f in formats)}
+    stems = {"sparsity", "stability", "survival", "relevance", "schedule"}
+    return [
+        p
+        for p in folder.iterdir()
+        if p.is_file() and p.suffix in suffixes and (p.stem in stems or re.fullmatch(r"overlay_\d+", p.stem))
+    ]
 
 
 def plot_run(
@@ -377,11 +407,20 @@ def plot_run(
         :class:`PlotSkipped` warning.
 
     Raises:
-        InputError: ``run_dir`` is not an analysis run directory (no metrics.json).
+        InputError: ``run_dir`` is not an analysis run directory (no metrics.json), or the output folder is a file,
+            lies under a file or cannot be written (checked before any figure is drawn).
     """
+    from hybridreduce import checks
+
     metrics = read_metrics(run_dir)
     out = Path(run_dir) / "plots" if out_dir is None else Path(out_dir)
+    checks.writable_dir(out, "out (--out)" if out_dir is not None else "the plots folder")
     out.mkdir(parents=True, exist_ok=True)
+    for old in _figure_files(out, formats):  # figures of an earlier plot (perhaps of another run) never stay beside
+        old.unlink()
+    note = partial_note(metrics)
+    if note:
+        warnings.warn(f"{note}: every figure covers only those samples, and says so above its title", PartialRun, 2)
     paths: list[Path] = []
     for name, (sections, fn) in FIGURES.items():
         missing = [s for s in sections if not metrics.get(s)]

@@ -106,12 +106,28 @@ def device(spec: str | None) -> str | None:
 
 
 def checkpoint_dir(path, name: str = "model (--model)") -> Path:
-    """A local checkpoint directory with ``config.json`` and weights (:data:`WEIGHT_FILES`, or ``*.safetensors``)."""
+    """A local checkpoint directory with ``config.json`` (a JSON object) and weights (:data:`WEIGHT_FILES`, or
+    ``*.safetensors``)."""
+    import json
+
     root = Path(path)
     if not root.is_dir():
         raise InputError(f"{name} {str(root)!r} is not a directory; give the directory save_pretrained wrote")
     if not (root / "config.json").is_file():
         raise InputError(f"{name} {str(root)!r} has no config.json; give the directory save_pretrained wrote")
+    try:
+        config = json.loads((root / "config.json").read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        where = f" ({exc.msg} at line {exc.lineno})" if isinstance(exc, json.JSONDecodeError) else ""
+        raise InputError(
+            f"{name} {str(root)!r}: config.json is not valid JSON{where}; restore it from where the checkpoint came "
+            "from, or save the model again with save_pretrained"
+        ) from None
+    if not isinstance(config, dict):
+        raise InputError(
+            f"{name} {str(root)!r}: config.json holds a {type(config).__name__}, not a model config (a JSON object "
+            "with model_type); restore it from where the checkpoint came from"
+        )
     if not any((root / f).is_file() for f in WEIGHT_FILES) and not any(root.glob("*.safetensors")):
         raise InputError(
             f"{name} {str(root)!r} has config.json but no weights ({', '.join(WEIGHT_FILES)}); "

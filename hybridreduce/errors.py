@@ -17,7 +17,13 @@ class UnsupportedModelError(HybridReduceError, ValueError):
 
 
 class InputError(HybridReduceError, ValueError):
-    """A mask, a schedule or an argument is malformed (wrong shape, dtype, empty, ...)."""
+    """A mask, a schedule or an argument is malformed (wrong shape, dtype, empty, ...).
+
+    ``field``: the setting the message is about (``"keep"``), when there is one; a reader of a YAML file
+    (:func:`hybridreduce.yamlio.located`) uses it to add the file and line of that setting to the message.
+    """
+
+    field: str | None = None
 
 
 class VideoError(InputError):

@@ -28,17 +28,21 @@ Methods:
 
 from __future__ import annotations
 
+import numbers
+import re
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from . import checks
 from .errors import InputError
-from .yamlio import read_yaml_section
+from .yamlio import located, read_yaml_section
 
 METHODS = ("progressive", "fastv", "pyramiddrop", "random", "uniform", "none")
 SHAPES = ("geometric", "linear", "explicit")
 BUDGETS = ("average", "final")
 SCORE_SOURCES = ("unified", "attention", "none")
+QUERIES = ("after_visual", "last", "all_text")
 
 # What each baseline *is* (its definition): a setting that contradicts it raises, it is never overwritten.
 _DEFINITIONS: dict[str, dict[str, Any]] = {
@@ -60,6 +64,133 @@ _PRESETS: dict[str, dict[str, Any]] = {
     "random": {},
     "uniform": {},
     "none": {"keep": 1.0},
+}
+
+
+_KEEP = "the fraction of visual tokens kept"
+
+
+def _error(name: str, text: str) -> InputError:
+    """``InputError("schedule <name> <text>")`` about the setting ``name``."""
+    exc = InputError(f"schedule {name} {text}")
+    exc.field = name
+    return exc
+
+
+def _shown(value: Any) -> str:
+    """``value`` as a message shows it, with its type where the type is the problem."""
+    if isinstance(value, bool):
+        return f"{value!r} (a bool, not a number)"
+    if isinstance(value, str):
+        if re.fullmatch(r"[-+]?\d+[eE][-+]?\d+", value.strip()):
+            return f"{value!r} (a string: YAML reads an exponent without a dot, like 1e-1, as text; write 0.1)"
+        try:
+            float(value)
+        except ValueError:
+            return f"{value!r} (a string)"
+        return f"{value!r} (a string, not a number: write it without quotes)"
+    return repr(value)
+
+
+def _fraction(value: Any, name: str, meaning: str) -> float:
+    """``value`` as a float in (0, 1] (:func:`checks.number`: bool, strings and NaN are refused)."""
+    try:
+        return checks.number(value, name, 0, 1, low_open=True)
+    except InputError:
+        raise _error(name, f"must lie in (0, 1] ({meaning}), got {_shown(value)}") from None
+
+
+def _one_of(allowed: tuple[str, ...], name: str):
+    def check(value: Any) -> str:
+        if not isinstance(value, str) or value not in allowed:
+            shown = repr(value) if isinstance(value, str) else _shown(value)
+            raise _error(name, f"{shown} is not one of {', '.join(allowed)}")
+        return value
+
+    return check
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _keep(value: Any) -> float | None:
+    return None if value is None else _fraction(value, "keep", _KEEP)
+
+
+def _first_prune(value: Any) -> int | float:
+    if _is_int(value) and value >= 1:
+        return int(value)
+    if not _is_int(value) and isinstance(value, numbers.Real) and not isinstance(value, bool):
+        if 0 < value < 1 or (float(value).is_integer() and value >= 1):
+            return float(value)
+    raise _error(
+        "first_prune",
+        f"must be a block index (an integer >= 1) or a fraction of the depth in (0, 1), got {_shown(value)}",
+    )
+
+
+def _stages(value: Any) -> int | tuple[int, ...]:
+    if _is_int(value):
+        if value < 1:
+            raise _error("stages", f"must be at least 1 (the number of cuts), got {value!r}")
+        return int(value)
+    if isinstance(value, (list, tuple)) and value and all(_is_int(p) and p >= 1 for p in value):
+        points = tuple(int(p) for p in value)
+        if any(b <= a for a, b in zip(points, points[1:], strict=False)):
+            raise _error("stages", f"as explicit prune points must be strictly increasing, got {list(points)}")
+        return points
+    raise _error(
+        "stages",
+        "must be a number of cuts (an integer >= 1) or a list of increasing block indices (each >= 1), "
+        f"got {_shown(value)}",
+    )
+
+
+def _ratios(value: Any) -> tuple[float, ...] | None:
+    if value is None:
+        return None
+    if not isinstance(value, (list, tuple)) or not value:
+        raise _error(
+            "ratios", f"must be a list of keep fractions, one per stage (e.g. [0.5, 0.25]), got {_shown(value)}"
+        )
+    bad = [r for r in value if not (isinstance(r, numbers.Real) and not isinstance(r, bool) and 0 < r <= 1)]
+    if bad:
+        raise _error("ratios", f"must each lie in (0, 1] (the fraction kept from that stage on), got {list(value)}")
+    ratios = tuple(float(r) for r in value)
+    if any(b > a for a, b in zip(ratios, ratios[1:], strict=False)):
+        raise _error("ratios", f"must be non-increasing (low-to-high pruning), got {list(ratios)}")
+    return ratios
+
+
+def _ema(value: Any) -> float | None:
+    return None if value is None else _fraction(value, "ema", "the weight of the newest block")
+
+
+def _seed(value: Any) -> int:
+    return checks.integer(value, "schedule seed", 0, fix="the seed of the random method's keep sets, e.g. 0")
+
+
+def _name(value: Any) -> str | None:
+    if value is not None and not isinstance(value, str):
+        raise _error("name", f"must be a string (it labels results), got {_shown(value)}")
+    return value
+
+
+#: Setting -> its check: the value in its plain Python type, or an InputError naming the setting.
+_FIELD_CHECKS = {
+    "method": _one_of(METHODS, "method"),
+    "keep": _keep,
+    "budget": _one_of(BUDGETS, "budget"),
+    "first_prune": _first_prune,
+    "stages": _stages,
+    "shape": _one_of(SHAPES, "shape"),
+    "ratios": _ratios,
+    "score": _one_of(SCORE_SOURCES, "score"),
+    "query": _one_of(QUERIES, "query"),
+    "ema": _ema,
+    "seed": _seed,
+    "name": _name,
 }
 
 
@@ -146,56 +277,33 @@ class Schedule:
     name: str | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise InputError(f"schedule method {self.method!r} is not one of {METHODS}")
-        if isinstance(self.stages, list):
-            object.__setattr__(self, "stages", tuple(self.stages))
-        if isinstance(self.ratios, list):
-            object.__setattr__(self, "ratios", tuple(self.ratios))
-        if self.shape not in SHAPES:
-            raise InputError(f"schedule shape {self.shape!r} is not one of {SHAPES}")
-        if self.budget not in BUDGETS:
-            raise InputError(f"schedule budget {self.budget!r} is not one of {BUDGETS}")
-        if self.score not in SCORE_SOURCES:
-            raise InputError(f"schedule score {self.score!r} is not one of {SCORE_SOURCES}")
-        if self.query not in ("after_visual", "last", "all_text"):
-            raise InputError(f"schedule query {self.query!r} is not one of ('after_visual', 'last', 'all_text')")
+        # Each setting on its own (its type, then its range), then the settings together; every error names its
+        # field, so that Schedule.from_yaml can add the file and line.
+        for name, check in _FIELD_CHECKS.items():
+            try:
+                value = check(getattr(self, name))
+            except InputError as exc:
+                exc.field = name
+                raise
+            object.__setattr__(self, name, value)
         if self.shape == "explicit":
             if not self.ratios:
-                raise InputError(
-                    "shape='explicit' needs ratios: the keep fraction of each stage, e.g. [0.75, 0.5, 0.25]"
-                )
+                raise _error("ratios", "are needed with shape='explicit': each stage's keep fraction, e.g. [0.5, 0.25]")
             if self.keep is not None and self.method != "none":
-                raise InputError("give either explicit ratios or a keep target, not both (set keep: null)")
-            bad = [r for r in self.ratios if not 0 < r <= 1]
-            if bad:
-                raise InputError(f"explicit ratios must lie in (0, 1], got {bad}")
-            if any(b > a for a, b in zip(self.ratios, self.ratios[1:], strict=False)):
-                raise InputError(
-                    f"explicit ratios must be non-increasing (low-to-high pruning), got {list(self.ratios)}"
+                raise _error(
+                    "keep",
+                    f"{self.keep:g} with explicit ratios: give either explicit ratios or a keep target, not both "
+                    "(set keep: null)",
                 )
-        elif self.ratios is not None:
-            raise InputError("ratios are only used with shape='explicit'")
-        elif self.keep is None or not 0 < float(self.keep) <= 1:
-            raise InputError(f"keep must lie in (0, 1] (the fraction of visual tokens kept), got {self.keep}")
-        if self.method == "none" and self.keep not in (None, 1, 1.0):
-            raise InputError("method 'none' keeps every token: use keep: 1")
-        if isinstance(self.stages, int) and not isinstance(self.stages, bool):
-            if self.stages < 1:
-                raise InputError(f"stages must be at least 1, got {self.stages}")
-        elif isinstance(self.stages, tuple):
-            if not self.stages or any(not isinstance(p, int) for p in self.stages):
-                raise InputError(f"stages must be a number of cuts or a list of block indices, got {self.stages}")
-            if any(b <= a for a, b in zip(self.stages, self.stages[1:], strict=False)):
-                raise InputError(f"explicit prune points must be strictly increasing, got {list(self.stages)}")
-        else:
-            raise InputError(f"stages must be an int or a list of block indices, got {self.stages!r}")
-        if self.shape == "explicit" and self.ratios is not None:
             n = self.stages if isinstance(self.stages, int) else len(self.stages)
             if n != len(self.ratios):
-                raise InputError(f"{len(self.ratios)} explicit ratios for {n} stages: give one ratio per stage")
-        if self.ema is not None and not 0 < self.ema <= 1:
-            raise InputError(f"ema must lie in (0, 1] (the weight of the newest block), got {self.ema}")
+                raise _error("ratios", f"has {len(self.ratios)} entries for {n} stages: give one ratio per stage")
+        elif self.ratios is not None:
+            raise _error("ratios", f"are only used with shape='explicit' (shape is {self.shape!r}); drop them")
+        elif self.keep is None:
+            raise _error("keep", f"must lie in (0, 1] ({_KEEP}), got None; give a keep target, e.g. keep: 0.25")
+        if self.method == "none" and self.keep not in (None, 1.0):
+            raise _error("keep", f"must be 1 with method 'none' (it keeps every token), got {self.keep!r}")
 
     # -- construction ------------------------------------------------------------------------------
     @classmethod
@@ -207,30 +315,49 @@ class Schedule:
                 (``Schedule.preset("fastv", stages=2)``: FastV is one cut scored by attention; a two-stage
                 attention-scored schedule is ``progressive`` with ``score="attention"``).
         """
-        if method not in METHODS:
-            raise InputError(f"unknown schedule {method!r}; choose from {METHODS}")
+        if not isinstance(method, str) or method not in METHODS:
+            shown = repr(method) if isinstance(method, str) else _shown(method)
+            raise _error("method", f"{shown} is an unknown schedule; choose from {', '.join(METHODS)}")
         definition = _DEFINITIONS[method]
         clash = {k: v for k, v in overrides.items() if k in definition and v != definition[k]}
         if clash:
-            raise InputError(
+            exc = InputError(
                 f"{method} is defined by {definition}; {clash} contradicts it. For another layout or score source, "
                 "use method: progressive with the settings you want (e.g. score: attention)"
             )
+            exc.field = next(iter(clash))
+            raise exc
         return cls(**{"method": method, **_PRESETS[method], **overrides, **definition})
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Schedule:
-        data = dict(data.get("schedule", data))
+        """A schedule from its settings (optionally under a ``schedule`` key); ``method`` picks the preset."""
+        if isinstance(data, dict) and "schedule" in data:
+            data = data["schedule"]
+        if not isinstance(data, dict):
+            raise InputError(f"a schedule's settings must be a mapping, got {_shown(data)}")
+        data = dict(data)
         known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
+        unknown = sorted(set(data) - known, key=str)
         if unknown:
-            raise InputError(f"unknown schedule settings {sorted(unknown)}; known: {sorted(known)}")
+            exc = InputError(f"unknown schedule settings {unknown}; known: {sorted(known)}")
+            exc.field = unknown[0]
+            raise exc
         method = data.pop("method", "progressive")
         return cls.preset(method, **data)
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> Schedule:
-        schedule = cls.from_dict(read_yaml_section(path, "schedule", "schedule file"))
+        """A schedule file (settings at the top or under ``schedule:``); errors name the file and line.
+
+        An empty file is refused (it would otherwise run the progressive preset under the file's name).
+        """
+        data = read_yaml_section(
+            path, "schedule", "schedule file",
+            empty="write at least its method, e.g. `method: progressive` (configs/schedules/ has one file per method)",
+        )  # fmt: skip
+        with located(path, data):
+            schedule = cls.from_dict(data)
         return replace(schedule, name=schedule.name or Path(path).stem)
 
     @classmethod
@@ -240,12 +367,17 @@ class Schedule:
             return spec
         if isinstance(spec, dict):
             return cls.from_dict(spec)
+        if not isinstance(spec, (str, Path)):
+            raise InputError(
+                f"schedule must be a Schedule, a method name ({', '.join(METHODS)}; none keeps every token), a "
+                f"mapping of settings or a YAML file, got {_shown(spec)}"
+            )
         path = Path(spec)
         if path.suffix in (".yaml", ".yml"):
             return cls.from_yaml(path)
         if str(spec) in METHODS:
             return replace(cls.preset(str(spec)), name=str(spec))
-        raise InputError(f"unknown schedule {spec!r}: give a YAML file or one of {list(METHODS)}")
+        raise InputError(f"unknown schedule {str(spec)!r}: give a YAML file or one of {list(METHODS)}")
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)

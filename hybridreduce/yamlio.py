@@ -1,15 +1,56 @@
-"""Reading the YAML files under ``configs/`` with errors that name the file and the problem."""
+"""Reading the YAML files under ``configs/`` with errors that name the file, the line and the problem.
+
+Every mapping :func:`read_yaml` returns is a :class:`Settings`: a dict that also remembers the line of each of its
+keys in the file (``settings.lines["keep"] == 3``), taken from the marks PyYAML's parser puts on every node.
+:func:`located` turns an :class:`~hybridreduce.errors.InputError` raised while such settings are checked into one
+that starts with ``file:line:``, the line of the setting the error names in its ``field`` (the file alone when it
+names none). A copy made with ``dict(settings)`` is a plain dict and forgets the lines; ``yaml.safe_dump`` writes a
+:class:`Settings` as the plain mapping it is.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from .errors import InputError
 
 
-def read_yaml(path: str | Path, what: str, hint: str = "") -> dict[str, Any]:
-    """The top-level mapping of a YAML file (``{}`` for an empty file).
+class Settings(dict):
+    """A YAML mapping; ``lines[key]`` is the 1-based line of ``key`` in its file."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.lines: dict[Any, int] = {}
+
+
+@lru_cache(maxsize=1)
+def _loader():
+    """PyYAML's safe loader, every mapping built as a :class:`Settings` with the lines of its keys."""
+    import yaml
+
+    class LineLoader(yaml.SafeLoader):
+        pass
+
+    def construct_settings(loader, node):
+        settings = Settings()
+        yield settings  # first, as PyYAML's own mapping constructor does, so that aliases may refer to it
+        settings.update(loader.construct_mapping(node))
+        # construct_mapping has built every key already; construct_object returns that same object.
+        settings.lines = {loader.construct_object(key): key.start_mark.line + 1 for key, _ in node.value}
+
+    LineLoader.add_constructor("tag:yaml.org,2002:map", construct_settings)
+    # Settings written back out (a config recorded beside a run) are plain mappings, for yaml.dump and safe_dump.
+    for dumper in (yaml.Dumper, yaml.SafeDumper):
+        yaml.add_representer(Settings, yaml.representer.SafeRepresenter.represent_dict, Dumper=dumper)
+    return LineLoader
+
+
+def read_yaml(path: str | Path, what: str, hint: str = "") -> Settings:
+    """The top-level mapping of a YAML file (empty for an empty file).
 
     Args:
         path: the YAML file.
@@ -22,26 +63,47 @@ def read_yaml(path: str | Path, what: str, hint: str = "") -> dict[str, Any]:
     if not path.is_file():
         raise InputError(f"{what} {path} does not exist" + (f"; {hint}" if hint else ""))
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.load(path.read_text(), Loader=_loader())
     except yaml.YAMLError as exc:
         raise InputError(f"{what} {path} is not valid YAML: {exc}") from None
-    data = {} if data is None else data
+    data = Settings() if data is None else data
     if not isinstance(data, dict):
         raise InputError(f"{what} {path} must hold a mapping of settings, got {type(data).__name__}")
     return data
 
 
-def read_yaml_section(path: str | Path, section: str, what: str) -> dict[str, Any]:
+def read_yaml_section(path: str | Path, section: str, what: str, empty: str | None = None) -> Settings:
     """The mapping under ``section`` in a YAML file, or the whole file when it has no such key.
 
     Args:
         path: the YAML file.
         section: top-level key that may wrap the settings (``scorer``, ``schedule``, ...).
         what: a noun for error messages (``"scorer config"``).
+        empty: None: an empty file (or section) is an empty mapping, every setting at its default. Otherwise an
+            empty one is refused, and this is the fix the message gives (``"write e.g. method: progressive"``).
     """
     data = read_yaml(path, what)
     if section in data:
-        data = data[section] or {}
-    if not isinstance(data, dict):
-        raise InputError(f"{what} {path} must hold a mapping of settings, got {type(data).__name__}")
+        line = data.lines.get(section)
+        data = Settings() if data[section] is None else data[section]
+        if not isinstance(data, dict):
+            raise InputError(
+                f"{path}:{line}: {what} section {section!r} must hold a mapping of settings, got {type(data).__name__}"
+            )
+    if not data and empty is not None:
+        raise InputError(f"{what} {path} holds no settings; {empty}")
     return data
+
+
+@contextmanager
+def located(path: str | Path, settings: Any) -> Iterator[None]:
+    """Inside: an :class:`InputError` gets ``path:line:`` in front of its message (the line of its ``field`` in
+    ``settings``, a :class:`Settings`; ``path:`` alone when the line is unknown)."""
+    try:
+        yield
+    except InputError as exc:
+        line = getattr(settings, "lines", {}).get(exc.field)
+        where = f"{path}:{line}" if line else str(path)
+        located_exc = type(exc)(f"{where}: {exc}")
+        located_exc.field = exc.field
+        raise located_exc from None
