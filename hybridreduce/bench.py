@@ -1,45 +1,74 @@
-"""``hybridreduce bench``: prefill and decode speed with and without reduction.
+"""``hybridreduce bench``: prefill and decode speed, and memory, with and without reduction.
 
 The model is Nemotron-H-shaped: the block pattern of Nemotron-H-8B (``M`` Mamba-2, ``-`` MLP,
 ``*`` attention; 24 : 24 : 4 over 52 blocks) cut to its first 26 blocks (12 : 12 : 2), with the
 real family's ratios (Mamba expand 2, ReLU² MLP of 4× the width, GQA attention) at a width that
-fits a CPU. Weights are random: speed does not depend on them.
+fits a CPU. :func:`nemotron_h_8b` gives all 52 blocks at the real width (hidden 4096) for a GPU.
+Weights are random: speed does not depend on them.
 
-Timing: one warm-up of each variant, then ``repeats`` rounds that time the full and the reduced
-prefill back to back in the same process (alternating which goes first), and the median of each.
+Timing: one warm-up round, then ``repeats`` rounds; each round runs the full and the reduced
+variant back to back in the same process (alternating which goes first, so that drift hits both),
+and each variant is a timed prefill followed by ``decode_steps`` timed greedy decode steps from its
+cache. The medians are reported. Every prefill runs under a :class:`BlockTimer` (the time of each
+block, and of the engine's pre-hook work in it) and a :class:`~hybridreduce.peakmem.PeakMemory`.
+
 The reported figures:
 
 ``speedup``                full prefill time / reduced prefill time.
-``ideal_speedup``          the ratio of the two runs' FLOPs under a per-block cost model: linear
-                           terms (projections, MLP, convolution, the chunked scan) and the quadratic
-                           attention term, evaluated at the tokens each block carries.
+``ideal_speedup``          the ratio of the two runs' FLOPs under a per-block cost model (:func:`block_flops`):
+                           projections, MLP, convolution, the chunked scan as the path that ran computes it
+                           (``mamba_path``), and the quadratic attention term, at the tokens each block carries.
 ``efficiency``             ``speedup / ideal_speedup``.
-``scoring_overhead_frac``  time inside the scorers / reduced prefill time.
+``ideal_speedup_timed``    the same per-block FLOP ratios, weighted by each block's measured time in the full
+                           prefill instead of its FLOPs (:func:`ideal_speedup_timed`): the speed-up if every
+                           block's time shrank exactly as its FLOPs do. It differs from ``ideal_speedup`` where
+                           FLOPs misjudge the blocks' relative cost (on a CPU the torch Mamba path is memory-bound).
+``efficiency_timed``       ``speedup / ideal_speedup_timed``: what the reduction's own work (scoring, cuts,
+                           slicing, hooks) and smaller, less efficient operations cost.
+``scoring_overhead_frac``  time inside the scorers / reduced prefill time (on CUDA a lower bound: asynchronous).
+``peak_bytes_full/reduced``  peak memory of the prefill above the level before it (``memory_source``: the CUDA
+                           allocator, or the process's resident set on Linux).
+``scoring_peak_bytes``     the most the scorers of one block allocate (:func:`scoring_peak_bytes`).
 ``kv_bytes_full/reduced``  bytes of attention keys and values in the cache after the prefill.
 ``decode_tok_s_full/reduced``  greedy decode steps per second (batch 1) after each prefill.
+``block_s_full/reduced``   per block, its median seconds in the full and in the reduced prefill.
+``block_hook_s``, ``hook_s``  per block, and summed: the part of the reduced time spent in the reduction engine's
+                           pre-hook (the cut at a prune point, the slicing of masks and position tensors).
+
+Glossary: ``T`` prompt tokens, ``V`` visual tokens, ``Q`` query rows, ``n`` tokens a block carries.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import statistics
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
+from torch import nn
 
 from . import compat
 from .engine import cache_nbytes, reduce
 from .errors import InputError
+from .peakmem import PeakMemory, TensorAllocations
 from .schedule import Schedule
 
-#: The first 26 blocks of Nemotron-H-8B's ``hybrid_override_pattern``.
-NEMOTRON_H_PATTERN = "M-M-M-M*-M-M-M-M-M*-M-M-M-"
+#: Nemotron-H-8B's ``hybrid_override_pattern``: 52 blocks, 24 Mamba-2, 24 MLP, 4 attention.
+NEMOTRON_H_8B_PATTERN = "M-M-M-M*-M-M-M-M-M*-M-M-M-M-M*-M-M-M-M-M*-M-M-M-M-M-"
+#: Its first 26 blocks, the default bench model.
+NEMOTRON_H_PATTERN = NEMOTRON_H_8B_PATTERN[:26]
 _KIND = {"M": "mamba", "-": "mlp", "*": "attention"}
+MAMBA_PATHS = ("torch", "kernel")
 
 
 @dataclass
 class BenchConfig:
-    """The benchmark's model and prompt sizes."""
+    """The benchmark's model and prompt sizes.
+
+    ``intermediate`` is the MLP width (default ``mlp_mult × hidden``); ``attn_implementation`` the attention
+    function the model runs (``sdpa``, ``eager``, ``flash_attention_2``).
+    """
 
     pattern: str = NEMOTRON_H_PATTERN
     hidden: int = 256
@@ -54,6 +83,9 @@ class BenchConfig:
     visual_tokens: int = 8192
     text_tokens: int = 32  # prompt text before the video and question after it, in total
     vocab: int = 256
+    intermediate: int | None = None
+    conv_kernel: int = 4
+    attn_implementation: str = "sdpa"
 
     def __post_init__(self) -> None:
         bad = set(self.pattern) - set(_KIND)
@@ -68,10 +100,36 @@ class BenchConfig:
     def mamba_heads(self) -> int:
         return 2 * self.hidden // self.mamba_head_dim  # expand = 2
 
+    @property
+    def mlp_width(self) -> int:
+        return self.intermediate if self.intermediate is not None else self.mlp_mult * self.hidden
 
-def build_bench_model(cfg: BenchConfig, seed: int = 0):
-    """A random Nemotron-H-pattern causal LM in float32, eval mode."""
-    from transformers import NemotronHConfig, NemotronHForCausalLM
+
+def nemotron_h_8b(visual_tokens: int = 16384, **overrides) -> BenchConfig:
+    """Nemotron-H-8B's shape: 52 blocks, hidden 4096, MLP 21504, 32 query / 8 KV heads of 128, 128 Mamba heads
+    of 64 with state 128 in 8 groups, chunk 128 (the public ``config.json``, also transformers'
+    ``NemotronHConfig`` defaults). The vocabulary is cut to 1,024: the bench keeps only the last row's logits,
+    so the 131,072-row embedding would cost memory and nothing else."""
+    shape = dict(
+        pattern=NEMOTRON_H_8B_PATTERN,
+        hidden=4096,
+        attn_heads=32,
+        kv_heads=8,
+        head_dim=128,
+        mamba_head_dim=64,
+        ssm_state=128,
+        n_groups=8,
+        intermediate=21504,
+        chunk_size=128,
+        vocab=1024,
+        visual_tokens=visual_tokens,
+    )
+    return BenchConfig(**{**shape, **overrides})
+
+
+def build_bench_model(cfg: BenchConfig, seed: int = 0, device=None, dtype: torch.dtype = torch.float32):
+    """A random Nemotron-H-pattern causal LM, built directly on ``device`` (default cpu) in ``dtype``, eval mode."""
+    from transformers import AutoModelForCausalLM, NemotronHConfig
 
     config = NemotronHConfig(
         vocab_size=cfg.vocab,
@@ -80,47 +138,91 @@ def build_bench_model(cfg: BenchConfig, seed: int = 0):
         num_attention_heads=cfg.attn_heads,
         num_key_value_heads=cfg.kv_heads,
         head_dim=cfg.head_dim,
-        intermediate_size=cfg.mlp_mult * cfg.hidden,
+        intermediate_size=cfg.mlp_width,
         mamba_num_heads=cfg.mamba_heads,
         mamba_head_dim=cfg.mamba_head_dim,
         ssm_state_size=cfg.ssm_state,
         n_groups=cfg.n_groups,
         chunk_size=cfg.chunk_size,
+        conv_kernel=cfg.conv_kernel,
         max_position_embeddings=cfg.visual_tokens + cfg.text_tokens + 1024,
     )
     torch.manual_seed(seed)
-    return NemotronHForCausalLM(config).eval()
+    with torch.device(device or "cpu"):
+        model = AutoModelForCausalLM.from_config(config, attn_implementation=cfg.attn_implementation, dtype=dtype)
+    return model.eval()
 
 
-def bench_prompt(cfg: BenchConfig, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(input_ids, visual_mask)``: a quarter of the text before the video, the rest after it."""
+def bench_prompt(cfg: BenchConfig, seed: int = 0, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(input_ids, visual_mask)``, each ``(1, T)``: a quarter of the text before the video, the rest after it."""
     g = torch.Generator().manual_seed(seed)
     prefix = cfg.text_tokens // 4 or 1
     T = cfg.visual_tokens + cfg.text_tokens
     ids = torch.randint(3, cfg.vocab, (1, T), generator=g)
     vm = torch.zeros(1, T, dtype=torch.bool)
     vm[0, prefix : prefix + cfg.visual_tokens] = True
-    return ids, vm
+    return ids.to(device or "cpu"), vm.to(device or "cpu")
+
+
+def mamba_path(model: nn.Module) -> str:
+    """``"kernel"`` where transformers runs the Mamba-2 scan with mamba-ssm (it imports, the model is on CUDA).
+
+    Else ``"torch"``.
+
+    transformers picks mamba-ssm's ``mamba_chunk_scan_combined`` at import when the package imports, and its
+    own torch implementation (``mamba2_chunk_scan``) otherwise.
+    """
+    device = next(model.parameters()).device
+    return "kernel" if device.type == "cuda" and importlib.util.find_spec("mamba_ssm") is not None else "torch"
 
 
 # --------------------------------------------------------------------------------------------------
 # FLOP model
 # --------------------------------------------------------------------------------------------------
-def block_flops(cfg: BenchConfig, kind: str, n: int) -> float:
-    """Forward FLOPs of one block on ``n`` tokens (multiply-adds count 2)."""
+def mamba_scan_flops(cfg: BenchConfig, n: int, path: str = "torch") -> float:
+    """FLOPs of the chunked Mamba-2 scan (SSD) on ``n`` tokens as ``path`` computes it (multiply-adds count 2).
+
+    With ``L`` the chunk size, ``h`` heads of ``p`` channels (``h·p = d_inner``), state ``N`` in ``g`` groups:
+
+    ``kernel`` (mamba-ssm): ``C·Bᵀ`` within each chunk per *group* (``2nL·gN``), its product with ``x``
+    (``2nL·d_inner``), the chunk states and their read-out (``4n·d_inner·N``): linear in ``n``.
+
+    ``torch`` (transformers' ``mamba2_chunk_scan``): ``B`` and ``C`` are first repeated to every head, so
+    ``C·Bᵀ`` costs ``2mL·hN``; the sequence is padded to ``m = cL`` (``c = ⌈n/L⌉`` chunks); and the states
+    are passed between chunks by one ``(c+1) × (c+1)`` product per head and channel, ``2(c+1)²·d_inner·N``:
+    quadratic in the number of chunks (a sequential scan would be linear). Elementwise work (the
+    ``exp``/``cumsum``/masking of the ``(h, c, L, L)`` decay tensors) is not counted, in either path.
+    """
+    if path not in MAMBA_PATHS:
+        raise InputError(f"mamba path must be one of {MAMBA_PATHS}, got {path!r}")
+    d_inner, N, L = 2 * cfg.hidden, cfg.ssm_state, cfg.chunk_size
+    gN, hN = cfg.n_groups * N, cfg.mamba_heads * N
+    if path == "kernel":
+        return float(2 * n * L * (gN + d_inner) + 4 * n * d_inner * N)
+    c = -(-n // L)
+    m = c * L
+    return float(2 * m * L * (hN + d_inner) + 4 * m * d_inner * N + 2 * (c + 1) ** 2 * d_inner * N)
+
+
+def block_flops(cfg: BenchConfig, kind: str, n: int, mamba_path: str = "torch") -> float:
+    """Forward FLOPs of one block of ``kind`` (``M``, ``-``, ``*``) on ``n`` tokens (multiply-adds count 2).
+
+    Mamba: in/out projections, the depthwise convolution, the scan (:func:`mamba_scan_flops`). MLP: up and
+    down projections. Attention: projections and ``2n²`` times the query width (causal: ``QKᵀ`` and ``AV``
+    over half of the ``n²`` pairs each). On the torch path the Mamba and MLP counts equal what
+    ``torch.utils.flop_counter`` counts on transformers' own code (``tests/test_bench.py``).
+    """
     d = cfg.hidden
     if kind == "M":
         d_inner = 2 * d
         gn = cfg.n_groups * cfg.ssm_state
         proj = 2 * n * d * (2 * d_inner + 2 * gn + cfg.mamba_heads) + 2 * n * d_inner * d
-        conv = 2 * n * (d_inner + 2 * gn) * 4
-        # Chunked SSD: intra-chunk C·Bᵀ and its product with x (quadratic in the chunk only), and the
-        # state passing (linear), per token.
-        L = cfg.chunk_size
-        scan = 2 * n * L * (gn + d_inner) + 4 * n * d_inner * cfg.ssm_state
-        return float(proj + conv + scan)
+        # transformers' torch path convolves with padding k - 1 on both sides and cuts the tail afterwards.
+        conv_out = n + (cfg.conv_kernel - 1 if mamba_path == "torch" else 0)
+        conv = 2 * conv_out * (d_inner + 2 * gn) * cfg.conv_kernel
+        return float(proj + conv) + mamba_scan_flops(cfg, n, mamba_path)
     if kind == "-":
-        return float(2 * n * d * cfg.mlp_mult * d * 2)
+        return float(2 * n * d * cfg.mlp_width * 2)
     inner = cfg.attn_heads * cfg.head_dim
     kv = cfg.kv_heads * cfg.head_dim
     proj = 2 * n * d * (inner + 2 * kv) + 2 * n * inner * d
@@ -128,16 +230,111 @@ def block_flops(cfg: BenchConfig, kind: str, n: int) -> float:
     return float(proj + attn)
 
 
-def ideal_speedup(cfg: BenchConfig, block_visual: list[int]) -> float:
+def block_flop_ratios(cfg: BenchConfig, block_visual: list[int], mamba_path: str = "torch") -> list[float]:
+    """Per block: FLOPs on the full prompt / FLOPs on the ``block_visual[i]`` visual tokens it carries reduced."""
+    T = cfg.visual_tokens + cfg.text_tokens
+    return [
+        block_flops(cfg, k, T, mamba_path) / block_flops(cfg, k, v + cfg.text_tokens, mamba_path)
+        for k, v in zip(cfg.pattern, block_visual, strict=True)
+    ]
+
+
+def ideal_speedup(cfg: BenchConfig, block_visual: list[int], mamba_path: str = "torch") -> float:
     """FLOPs of the full prefill / FLOPs with ``block_visual[i]`` visual tokens at block ``i``."""
-    full = sum(block_flops(cfg, k, cfg.visual_tokens + cfg.text_tokens) for k in cfg.pattern)
-    reduced = sum(block_flops(cfg, k, v + cfg.text_tokens) for k, v in zip(cfg.pattern, block_visual, strict=True))
+    full = sum(block_flops(cfg, k, cfg.visual_tokens + cfg.text_tokens, mamba_path) for k in cfg.pattern)
+    reduced = sum(
+        block_flops(cfg, k, v + cfg.text_tokens, mamba_path) for k, v in zip(cfg.pattern, block_visual, strict=True)
+    )
     return full / reduced
+
+
+def ideal_speedup_timed(
+    cfg: BenchConfig, block_visual: list[int], block_s_full: list[float], mamba_path: str = "torch"
+) -> float:
+    """``Σ_i t_i / Σ_i t_i / r_i``: each block's measured full-prefill time ``t_i`` shrunk by its FLOP ratio ``r_i``.
+
+    The FLOP model decides how each block scales with its tokens; the measurement decides how much each
+    block weighs. Time outside the blocks (embedding, final norm, logits) is left out of both sides.
+    """
+    ratios = block_flop_ratios(cfg, block_visual, mamba_path)
+    return sum(block_s_full) / sum(t / r for t, r in zip(block_s_full, ratios, strict=True))
 
 
 # --------------------------------------------------------------------------------------------------
 # Timing
 # --------------------------------------------------------------------------------------------------
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class BlockTimer:
+    """Time of every decoder block in the forwards run inside, from forward hooks (removed on exit).
+
+    Three marks per block call: before every other pre-hook (registered with ``prepend``), after the
+    pre-hooks that were registered before this timer (the reduction engine's: a cut and the slicing of
+    masks and positions), and after the block's forward. On CUDA the marks are CUDA events (no
+    synchronisation inside the forward); elsewhere ``time.perf_counter``.
+
+    Attributes (after exit, summed over the forwards inside):
+        block_s: ``(blocks,)`` seconds in each block, its pre-hooks included.
+        hook_s: ``(blocks,)`` seconds of those in the pre-hooks registered before the timer.
+    """
+
+    def __init__(self, blocks: list[nn.Module], device: torch.device) -> None:
+        self.blocks = blocks
+        self.cuda = device.type == "cuda"
+        self.device = device
+        self.marks: list[list] = [[] for _ in blocks]  # per block: (start, ready, end) of each call
+        self.handles: list = []
+        self.block_s: list[float] = []
+        self.hook_s: list[float] = []
+
+    def _now(self):
+        if self.cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            return event
+        return time.perf_counter()
+
+    def __enter__(self) -> BlockTimer:
+        try:
+            for i, block in enumerate(self.blocks):
+
+                def start(module, args, i=i):
+                    self.marks[i].append([self._now(), None, None])
+
+                def ready(module, args, i=i):
+                    self.marks[i][-1][1] = self._now()
+
+                def end(module, args, output, i=i):
+                    self.marks[i][-1][2] = self._now()
+
+                self.handles.append(block.register_forward_pre_hook(start, prepend=True))
+                self.handles.append(block.register_forward_pre_hook(ready))
+                self.handles.append(block.register_forward_hook(end, always_call=True))
+        except BaseException:
+            self._remove()
+            raise
+        return self
+
+    def _remove(self) -> None:
+        while self.handles:
+            self.handles.pop().remove()
+
+    def __exit__(self, *exc) -> None:
+        self._remove()
+        if exc[0] is not None:
+            return
+        _sync(self.device)
+
+        def seconds(a, b) -> float:
+            return a.elapsed_time(b) / 1000 if self.cuda else b - a
+
+        self.block_s = [sum(seconds(s, e) for s, _, e in calls) for calls in self.marks]
+        self.hook_s = [sum(seconds(s, r) for s, r, _ in calls) for calls in self.marks]
+
+
 def _prefill(model, ids):
     with torch.no_grad():
         return model(ids, use_cache=True, logits_to_keep=1)
@@ -148,19 +345,46 @@ def _decode(model, out, ids, steps: int) -> float:
     cache = compat.output_cache(out)
     token = out.logits[:, -1:].argmax(-1)
     T = ids.shape[1]
+    positions = torch.arange(T, T + steps, device=ids.device)[None]  # (1, steps), made before the clock starts
+    _sync(ids.device)
     start = time.perf_counter()
     with torch.no_grad():
         for i in range(steps):
-            pos = torch.tensor([[T + i]])
             step = model(
-                token, **{compat.cache_kwarg(model): cache}, use_cache=True, position_ids=pos, logits_to_keep=1
+                token,
+                **{compat.cache_kwarg(model): cache},
+                use_cache=True,
+                position_ids=positions[:, i : i + 1],
+                logits_to_keep=1,
             )
             token = step.logits[:, -1:].argmax(-1)
+    _sync(ids.device)
     return steps / (time.perf_counter() - start)
 
 
 @dataclass
+class _Round:
+    """One timed prefill (and its decode) of one variant."""
+
+    prefill_s: float
+    peak_bytes: int | None
+    memory_source: str | None
+    block_s: list[float]
+    hook_s: list[float]
+    kv: dict[str, int]
+    decode_tok_s: float
+    scoring_s: float = 0.0
+    block_visual: list[int] = field(default_factory=list)
+
+
+def _median_lists(rows: list[list[float]]) -> list[float]:
+    return [statistics.median(col) for col in zip(*rows, strict=True)]
+
+
+@dataclass
 class BenchResult:
+    """One point of the benchmark: the figures of the module docstring, the sizes and where it ran."""
+
     arch: str
     schedule: str
     keep: float
@@ -168,7 +392,12 @@ class BenchResult:
     visual_tokens: int
     text_tokens: int
     blocks: int
+    hidden: int
     params_m: float
+    device: str
+    dtype: str
+    attn_implementation: str
+    mamba_path: str
     threads: int
     repeats: int
     full_s: float
@@ -176,14 +405,25 @@ class BenchResult:
     speedup: float
     ideal_speedup: float
     efficiency: float
+    ideal_speedup_timed: float
+    efficiency_timed: float
     scoring_s: float
     scoring_overhead_frac: float
+    hook_s: float
+    peak_bytes_full: int | None
+    peak_bytes_reduced: int | None
+    memory_source: str | None
+    scoring_peak_bytes: int
     kv_bytes_full: int
     kv_bytes_reduced: int
     state_bytes: int
     decode_tok_s_full: float
     decode_tok_s_reduced: float
     block_visual: list[int]
+    block_s_full: list[float]
+    block_s_reduced: list[float]
+    block_hook_s: list[float]
+    config: dict  # the BenchConfig, as a dict
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -197,71 +437,91 @@ def run_bench(
     decode_steps: int = 16,
     model=None,
     progress=None,
+    device=None,
+    dtype: torch.dtype = torch.float32,
 ) -> BenchResult:
     """Time full and reduced prefill (and decode) of the bench model; see the module docstring.
 
     Args:
         cfg: model and prompt sizes (default :class:`BenchConfig`).
         schedule: a schedule name/file/instance; its ``keep`` is replaced by ``keep``.
-        model: reuse an already built bench model (a sweep builds it once).
+        decode_steps: greedy steps timed after each prefill (0: no decode, its figures are NaN).
+        model: reuse an already built bench model (a sweep or a scale run builds it once); its device and
+            dtype are used and ``device``/``dtype`` are ignored.
         progress: optional callable ``progress(message)`` for long runs.
+        device, dtype: where and in what to build the model when ``model`` is None (default cpu, float32).
     """
-    from dataclasses import replace
-
     cfg = cfg or BenchConfig()
     if repeats < 1:
         raise InputError(f"repeats must be at least 1, got {repeats}")
     sched = Schedule.load(schedule)
     if sched.method != "none" and sched.shape != "explicit":
         sched = replace(sched, keep=keep)
-    model = model if model is not None else build_bench_model(cfg)
-    ids, vm = bench_prompt(cfg)
+    model = model if model is not None else build_bench_model(cfg, device=device, dtype=dtype)
+    param = next(model.parameters())
+    dev = param.device
+    ids, vm = bench_prompt(cfg, device=dev)
+    blocks = list(model.model.layers)
+    path = mamba_path(model)
     say = progress or (lambda msg: None)
 
-    def reduced_once():
-        with reduce(model, sched, visual_mask=vm) as red:
+    def timed_prefill() -> tuple[object, float, PeakMemory, BlockTimer]:
+        with PeakMemory(dev) as mem, BlockTimer(blocks, dev) as timer:
+            _sync(dev)
             start = time.perf_counter()
             out = _prefill(model, ids)
+            _sync(dev)
             elapsed = time.perf_counter() - start
-        return elapsed, red, out
+        return out, elapsed, mem, timer
+
+    def one_round(which: str) -> _Round:
+        if which == "full":
+            out, elapsed, mem, timer = timed_prefill()
+            kv = cache_nbytes(compat.output_cache(out))
+            tok_s = _decode(model, out, ids, decode_steps) if decode_steps else float("nan")
+            return _Round(elapsed, mem.bytes, mem.source, timer.block_s, timer.hook_s, kv, tok_s)
+        with reduce(model, sched, visual_mask=vm) as red:
+            out, elapsed, mem, timer = timed_prefill()
+            kv = cache_nbytes(compat.output_cache(out))
+            scoring_s, block_visual = red.scoring_seconds, red.block_visual
+            tok_s = _decode(model, out, ids, decode_steps) if decode_steps else float("nan")
+        return _Round(elapsed, mem.bytes, mem.source, timer.block_s, timer.hook_s, kv, tok_s, scoring_s, block_visual)
 
     say("warm-up")
-    _prefill(model, ids)
-    reduced_once()
-    full_times, reduced_times, scoring = [], [], []
-    red = None
+    one_round("full")
+    one_round("reduced")
+    rounds: dict[str, list[_Round]] = {"full": [], "reduced": []}
     for r in range(repeats):
         say(f"repeat {r + 1}/{repeats}")
-        order = ("full", "reduced") if r % 2 == 0 else ("reduced", "full")
-        for which in order:
-            if which == "full":
-                start = time.perf_counter()
-                _prefill(model, ids)
-                full_times.append(time.perf_counter() - start)
-            else:
-                elapsed, red, _ = reduced_once()
-                reduced_times.append(elapsed)
-                scoring.append(red.scoring_seconds)
-    say("decode")
-    out_full = _prefill(model, ids)
-    kv_full = cache_nbytes(compat.output_cache(out_full))
-    decode_full = _decode(model, out_full, ids, decode_steps) if decode_steps else float("nan")
-    with reduce(model, sched, visual_mask=vm) as red_decode:
-        out_red = _prefill(model, ids)
-        kv_red = cache_nbytes(compat.output_cache(out_red))
-        decode_red = _decode(model, out_red, ids, decode_steps) if decode_steps else float("nan")
-    full_s, reduced_s = statistics.median(full_times), statistics.median(reduced_times)
-    scoring_s = statistics.median(scoring)
-    ideal = ideal_speedup(cfg, red.block_visual)
+        for which in ("full", "reduced") if r % 2 == 0 else ("reduced", "full"):
+            rounds[which].append(one_round(which))
+    full, red = rounds["full"], rounds["reduced"]
+    full_s = statistics.median(x.prefill_s for x in full)
+    reduced_s = statistics.median(x.prefill_s for x in red)
+    scoring_s = statistics.median(x.scoring_s for x in red)
+    block_visual = red[-1].block_visual
+    block_s_full = _median_lists([x.block_s for x in full])
+    block_hook_s = _median_lists([x.hook_s for x in red])
+    ideal = ideal_speedup(cfg, block_visual, path)
+    ideal_timed = ideal_speedup_timed(cfg, block_visual, block_s_full, path)
+    peaks_full = [x.peak_bytes for x in full if x.peak_bytes is not None]
+    peaks_red = [x.peak_bytes for x in red if x.peak_bytes is not None]
+    n_visual = block_visual[0] if block_visual else cfg.visual_tokens
+    say("scoring memory")
     return BenchResult(
         arch="nemotron_h",
         schedule=sched.name or sched.method,
-        keep=float(sched.keep) if sched.keep is not None else red.average_keep,
-        achieved_keep=red.average_keep,
+        keep=float(sched.keep) if sched.keep is not None else sum(block_visual) / (len(block_visual) * n_visual),
+        achieved_keep=sum(block_visual) / (len(block_visual) * n_visual),
         visual_tokens=cfg.visual_tokens,
         text_tokens=cfg.text_tokens,
         blocks=len(cfg.pattern),
+        hidden=cfg.hidden,
         params_m=sum(p.numel() for p in model.parameters()) / 1e6,
+        device=str(dev),
+        dtype=str(param.dtype).removeprefix("torch."),
+        attn_implementation=attn_implementation_of(model),
+        mamba_path=path,
         threads=torch.get_num_threads(),
         repeats=repeats,
         full_s=full_s,
@@ -269,15 +529,265 @@ def run_bench(
         speedup=full_s / reduced_s,
         ideal_speedup=ideal,
         efficiency=(full_s / reduced_s) / ideal,
+        ideal_speedup_timed=ideal_timed,
+        efficiency_timed=(full_s / reduced_s) / ideal_timed,
         scoring_s=scoring_s,
         scoring_overhead_frac=scoring_s / reduced_s,
-        kv_bytes_full=kv_full["kv"],
-        kv_bytes_reduced=kv_red["kv"],
-        state_bytes=kv_red["state"],
-        decode_tok_s_full=decode_full,
-        decode_tok_s_reduced=decode_red,
-        block_visual=red_decode.block_visual,
+        hook_s=sum(block_hook_s),
+        peak_bytes_full=max(peaks_full) if peaks_full else None,
+        peak_bytes_reduced=max(peaks_red) if peaks_red else None,
+        memory_source=full[-1].memory_source,
+        scoring_peak_bytes=max(scoring_peak_bytes(model, cfg, sched).values(), default=0),
+        kv_bytes_full=full[-1].kv["kv"],
+        kv_bytes_reduced=red[-1].kv["kv"],
+        state_bytes=red[-1].kv["state"],
+        decode_tok_s_full=statistics.median(x.decode_tok_s for x in full),
+        decode_tok_s_reduced=statistics.median(x.decode_tok_s for x in red),
+        block_visual=block_visual,
+        block_s_full=block_s_full,
+        block_s_reduced=_median_lists([x.block_s for x in red]),
+        block_hook_s=block_hook_s,
+        config=asdict(cfg),
     )
+
+
+def attn_implementation_of(model: nn.Module) -> str:
+    """The attention implementation the model runs (``sdpa``, ``eager``, ``flash_attention_2``, ...)."""
+    return str(getattr(model.config, "_attn_implementation", None) or "eager")
+
+
+# --------------------------------------------------------------------------------------------------
+# Scoring memory
+# --------------------------------------------------------------------------------------------------
+def scoring_peak_bytes(
+    model, cfg: BenchConfig, schedule: str | Schedule = "progressive", scorer=None
+) -> dict[str, int]:
+    """Peak bytes the scorers allocate for one attention and one Mamba block of the bench model on its prompt.
+
+    The same calls the taps make (``attention_rows`` then ``attention_importance``; ``mamba2_primitives``
+    then ``mamba2_importance``) on inputs of the shapes the taps receive — post-RoPE ``query (1, h, T, d)``
+    and ``key (1, h_kv, T, d)``, ``in_proj``'s output ``(1, T, 2·d_inner + 2·g·N + h)`` in the model's dtype
+    and device — measured with :class:`~hybridreduce.peakmem.TensorAllocations` (the inputs themselves do
+    not count; their values are random, memory does not depend on them). The schedule decides which block
+    kinds score (``score: attention`` leaves the Mamba entry out); ``scorer`` is the Mamba scorer's settings
+    (default ``decay_free``, as :func:`~hybridreduce.engine.reduce`; ``"exact"`` works in chunks of
+    ``chunk_elements``). The scores themselves are ``O(Q·V·h)``; the Mamba primitives (``x, B, C, Δ`` in
+    float32) are ``O(T·d_inner)``: linear in the prompt either way, never ``O(T²)``.
+
+    Returns:
+        ``{"attention": bytes, "mamba": bytes}`` for the blocks kinds the schedule scores with.
+    """
+    from .adapters import get_adapter
+    from .scoring.attention import attention_importance, attention_rows
+    from .scoring.config import ScorerConfig
+    from .scoring.mamba import mamba2_importance, mamba2_primitives
+    from .taps import resolve_positions
+
+    sched = Schedule.load(schedule)
+    adapted = get_adapter(model)
+    param = next(model.parameters())
+    dev, dtype = param.device, param.dtype
+    _, vm = bench_prompt(cfg, device=dev)
+    pos = resolve_positions(vm, None, None, sched.query)
+    scorer = ScorerConfig.parse(scorer)
+    T = vm.shape[1]
+    g = torch.Generator().manual_seed(0)
+
+    def randn(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=g).to(device=dev, dtype=dtype)
+
+    out: dict[str, int] = {}
+    attn = next((b for b in adapted.blocks if b.attn is not None), None)
+    if attn is not None and sched.score != "none":
+        q, k = randn(1, cfg.attn_heads, T, cfg.head_dim), randn(1, cfg.kv_heads, T, cfg.head_dim)
+        with torch.no_grad(), TensorAllocations() as alloc:
+            rows = attention_rows(q, k, None, cfg.head_dim**-0.5, pos.q_index)  # (1, h, Q, T)
+            attention_importance(rows, pos.q_valid, pos.v_index, scorer)
+            del rows
+        out["attention"] = alloc.peak
+        del q, k
+    ssm = next((b for b in adapted.blocks if b.ssm is not None), None)
+    if ssm is not None and sched.score == "unified":
+        projected = randn(1, T, ssm.ssm.in_proj.out_features)
+        with torch.no_grad(), TensorAllocations() as alloc:
+            prims = mamba2_primitives(ssm.ssm, projected, None)
+            mamba2_importance(prims, pos.q_index, pos.q_valid, pos.v_index, scorer)
+            del prims
+        out["mamba"] = alloc.peak
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Scale: the same measurement at growing prompt lengths
+# --------------------------------------------------------------------------------------------------
+def run_scale(
+    cfg: BenchConfig,
+    points: list[int],
+    schedule: str | Schedule = "progressive",
+    keep: float = 0.25,
+    repeats: int = 3,
+    decode_steps: int = 16,
+    progress=None,
+    device=None,
+    dtype: torch.dtype = torch.float32,
+    model=None,
+) -> list[BenchResult]:
+    """:func:`run_bench` at every visual-token count of ``points``, in one process on one model.
+
+    The model is built once (for the largest point); each point interleaves its full and reduced rounds.
+    """
+    if not points:
+        raise InputError("points must hold at least one visual-token count")
+    say = progress or (lambda msg: None)
+    if model is None:
+        model = build_bench_model(replace(cfg, visual_tokens=max(points)), device=device, dtype=dtype)
+    results = []
+    for v in points:
+        point = replace(cfg, visual_tokens=v)
+        results.append(run_bench(point, schedule, keep, repeats, decode_steps, model, lambda m, v=v: say(f"{v}: {m}")))
+    return results
+
+
+SCALE_COLUMNS = (
+    "visual_tokens",
+    "full_s",
+    "reduced_s",
+    "speedup",
+    "ideal_speedup",
+    "efficiency",
+    "ideal_speedup_timed",
+    "efficiency_timed",
+    "scoring_s",
+    "scoring_overhead_frac",
+    "hook_s",
+    "peak_bytes_full",
+    "peak_bytes_reduced",
+    "scoring_peak_bytes",
+    "kv_bytes_full",
+    "kv_bytes_reduced",
+    "decode_tok_s_full",
+    "decode_tok_s_reduced",
+    "achieved_keep",
+    "keep",
+    "schedule",
+    "blocks",
+    "hidden",
+    "device",
+    "dtype",
+    "attn_implementation",
+    "mamba_path",
+    "memory_source",
+    "threads",
+    "repeats",
+)
+
+
+#: Columns of ``bench_scale_blocks.csv``: per point and block, the block's kind, the visual tokens it carried
+#: reduced, its median time in the full and the reduced prefill (the engine's pre-hook work included), that
+#: pre-hook work alone, the measured ratio and the FLOP model's.
+BLOCK_COLUMNS = ("visual_tokens", "block", "kind", "visual_reduced", "full_s", "reduced_s", "hook_s", "speedup",
+                 "flop_ratio")  # fmt: skip
+
+
+def write_scale(results: list[BenchResult], out_dir) -> list:
+    """Write ``bench_scale.csv`` (one row per point), ``bench_scale_blocks.csv`` (one row per point and block),
+    ``bench_scale.json`` (everything) and ``bench_scale.{png,pdf}`` (:func:`plot_scale`)."""
+    import csv
+    import json
+    from pathlib import Path
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rs = sorted(results, key=lambda r: r.visual_tokens)
+    csv_path = out / "bench_scale.csv"
+    with csv_path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=SCALE_COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(r.to_dict() for r in rs)
+    blocks_path = out / "bench_scale_blocks.csv"
+    with blocks_path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(BLOCK_COLUMNS)
+        for r in rs:
+            cfg = BenchConfig(**r.config)
+            ratios = block_flop_ratios(cfg, r.block_visual, r.mamba_path)
+            for i, kind in enumerate(cfg.pattern):
+                full_i, red_i = r.block_s_full[i], r.block_s_reduced[i]
+                writer.writerow(
+                    [r.visual_tokens, i, kind, r.block_visual[i], f"{full_i:.6f}", f"{red_i:.6f}",
+                     f"{r.block_hook_s[i]:.6f}", f"{full_i / red_i:.3f}" if red_i else "", f"{ratios[i]:.3f}"]
+                )  # fmt: skip
+    json_path = out / "bench_scale.json"
+    json_path.write_text(json.dumps([r.to_dict() for r in rs], indent=1))
+    return [csv_path, blocks_path, json_path, *plot_scale(rs, out)]
+
+
+def plot_scale(results: list[BenchResult], out_dir) -> list:
+    """``bench_scale.{png,pdf}``: three panels against the visual tokens, log axes.
+
+    Prefill time (full, reduced, the reduced time the FLOP model predicts, ``full_s / ideal_speedup``, and the
+    one its time-weighted variant predicts, and the scorers' time); peak memory (full and reduced prefill,
+    the scorers' allocations, with a line of slope 1 through the first scorer point and one of slope 2 for
+    contrast); greedy decode tokens/s, full and reduced.
+    """
+    from pathlib import Path
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = Path(out_dir)
+    rs = sorted(results, key=lambda r: r.visual_tokens)
+    v = [r.visual_tokens for r in rs]
+    fig, (ax_t, ax_m, ax_d) = plt.subplots(1, 3, figsize=(14, 4.2))
+    ax_t.plot(v, [r.full_s for r in rs], "-o", color="C0", label="full prefill")
+    ax_t.plot(v, [r.reduced_s for r in rs], "-s", color="C1", label="reduced prefill")
+    ax_t.plot(v, [r.full_s / r.ideal_speedup for r in rs], "--", color="grey", label="ideal reduced (FLOP model)")
+    ax_t.plot(v, [r.full_s / r.ideal_speedup_timed for r in rs], ":", color="black",
+              label="ideal reduced (FLOP scaling, measured block weights)")  # fmt: skip
+    ax_t.plot(v, [r.scoring_s for r in rs], "-^", color="C2", label="scoring")
+    for r in rs:
+        ax_t.annotate(f"{r.speedup:.2f}x", (r.visual_tokens, r.reduced_s), textcoords="offset points",
+                      xytext=(4, -10), fontsize=7)  # fmt: skip
+    ax_t.set_ylabel("seconds")
+    ax_t.set_title("prefill time", fontsize=9)
+    mib = 2**20
+    if all(r.peak_bytes_full is not None for r in rs):
+        ax_m.plot(v, [r.peak_bytes_full / mib for r in rs], "-o", color="C0", label="full prefill")
+        ax_m.plot(v, [r.peak_bytes_reduced / mib for r in rs], "-s", color="C1", label="reduced prefill")
+    scoring = [r.scoring_peak_bytes / mib for r in rs]
+    ax_m.plot(v, scoring, "-^", color="C2", label="scorers (one block)")
+    ax_m.plot(v, [scoring[0] * x / v[0] for x in v], "--", color="grey", label="∝ tokens")
+    ax_m.plot(v, [scoring[0] * (x / v[0]) ** 2 for x in v], ":", color="grey", label="∝ tokens²")
+    ax_m.set_ylabel(f"peak MiB ({rs[0].memory_source or 'scorers only'})")
+    ax_m.set_title("memory", fontsize=9)
+    ax_d.plot(v, [r.decode_tok_s_full for r in rs], "-o", color="C0", label="full")
+    ax_d.plot(v, [r.decode_tok_s_reduced for r in rs], "-s", color="C1", label="reduced")
+    ax_d.set_ylabel("greedy decode tokens/s (batch 1)")
+    ax_d.set_title("decode", fontsize=9)
+    for ax in (ax_t, ax_m, ax_d):
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(v, [f"{x // 1024}k" if x >= 1024 else str(x) for x in v])
+        ax.set_xlabel("visual tokens")
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=7)
+    ax_t.set_yscale("log")
+    ax_m.set_yscale("log")
+    r0 = rs[0]
+    fig.suptitle(
+        f"Nemotron-H pattern, {r0.blocks} blocks, width {r0.hidden}, {r0.schedule} keep {r0.keep:g}; "
+        f"{r0.device} {r0.dtype} {r0.attn_implementation}, Mamba {r0.mamba_path} path, {r0.threads} threads",
+        fontsize=9,
+    )
+    fig.tight_layout()
+    paths = []
+    for ext in ("png", "pdf"):
+        path = out / f"bench_scale.{ext}"
+        fig.savefig(path, dpi=150)
+        paths.append(path)
+    plt.close(fig)
+    return paths
 
 
 def write_sweep(results: list[BenchResult], out_dir) -> list:
@@ -293,7 +803,7 @@ def write_sweep(results: list[BenchResult], out_dir) -> list:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rows = [r.to_dict() for r in results]
-    columns = [k for k in rows[0] if k != "block_visual"]
+    columns = [k for k, x in rows[0].items() if not isinstance(x, list | dict)]
     csv_path = out / "bench_sweep.csv"
     with csv_path.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")

@@ -1,8 +1,9 @@
 """Command line: ``verify``, ``bench``, ``train-toy``, ``demo``, and ``run`` / ``generate`` / ``merge`` on real VLMs.
 
 Exit status: 0 done; 1 ``run`` answered nothing (every line an error), ``verify`` found a failing check;
-2 a bad argument or input, refused with one line that names it, the allowed range and the fix. ``run``,
-``generate``, ``merge`` and ``bench`` check every argument before a model loads or a file is written.
+2 a bad argument or input, refused with one line that names it, the allowed range and the fix; 130 Ctrl-C
+(``calibrate``, ``analyze``: one line says what was saved). Every subcommand checks its arguments, and the
+folders it will write, before a model loads or a file is written.
 """
 
 from __future__ import annotations
@@ -35,8 +36,13 @@ def _format_table(rows: list[dict]) -> str:
 def cmd_verify(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from .verify import available_archs, verify_arch, verify_model
+    from . import checks
+    from .verify import DTYPES, available_archs, verify_arch, verify_model
 
+    device = checks.device(args.device)
+    dtype = checks.choice(args.dtype, "dtype (--dtype)", tuple(DTYPES))
+    if args.model and (device is not None or dtype != "float32"):
+        raise InputError("--device and --dtype apply to the tiny models (--arch, --all); --model runs on cpu, float32")
     _quiet_transformers()
     if args.model:
         results = verify_model(args.model)
@@ -47,7 +53,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
             raise HybridReduceError(f"no tiny model for {unknown}; choose from {', '.join(available_archs())}")
         results = []
         for arch in tqdm(archs, desc="verify", unit="arch", disable=len(archs) == 1, file=sys.stderr):
-            results.extend(verify_arch(arch))
+            results.extend(verify_arch(arch, device, dtype))
     rows = [r.to_dict() for r in results]
     if args.json:
         print(json.dumps([{k: r[k] for k in ("arch", "check", "passed", "max_err")} for r in rows], indent=1))
@@ -60,11 +66,19 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """The embedded toy VLM under every reduction method: a table, summary.json, results.csv and plots."""
+    from . import checks
     from .toy.demo import KEEPS, format_table, run_demo, write_outputs
 
-    _quiet_transformers()
+    # Every argument, the checkpoint and --out before the first question is answered: the table takes minutes,
+    # and a folder that cannot be written must not be found only after it.
     if args.quick and args.full:
         raise InputError("--quick and --full contradict each other; pick one")
+    if args.size is not None:
+        checks.integer(args.size, "size (--size)", 1, fix="held-out questions per variant, e.g. 256 (the default)")
+    if args.checkpoint is not None:
+        checks.checkpoint_dir(args.checkpoint, "checkpoint (--checkpoint)")
+    checks.writable_dir(args.out, "out (--out)")
+    _quiet_transformers()
     size = args.size if args.size is not None else (128 if args.quick else 1024 if args.full else 256)
     keeps = (0.25,) if args.quick else KEEPS
     summary = run_demo(args.checkpoint, size=size, keeps=keeps, progress=not args.no_progress)
@@ -129,22 +143,65 @@ def _check_bench_memory(cfg) -> None:
     )
 
 
-def cmd_bench(args: argparse.Namespace) -> int:
+def _parse_scale(text: str) -> list[int]:
+    """``--scale``: comma-separated visual-token counts, each at least 16, no repeats; returned in increasing order."""
     from . import checks
-    from .bench import BenchConfig, build_bench_model, run_bench, write_sweep
+
+    points = []
+    for item in (x.strip() for x in text.split(",")):
+        if not item:
+            continue
+        try:
+            value = int(item)
+        except ValueError:
+            raise InputError(
+                f"--scale takes comma-separated visual-token counts, e.g. 2048,4096,8192; got {item!r} in {text!r}"
+            ) from None
+        points.append(checks.integer(value, f"visual tokens {value} of --scale", 16, fix="e.g. --scale 2048,4096,8192"))
+    if not points:
+        raise InputError("--scale needs at least one visual-token count, e.g. --scale 2048,4096,8192")
+    repeated = sorted({v for v in points if points.count(v) > 1})
+    if repeated:
+        raise InputError(f"--scale lists {', '.join(map(str, repeated))} more than once; give each count once")
+    return sorted(points)
+
+
+#: The dtypes ``bench --dtype`` builds the model in.
+BENCH_DTYPES = ("float32", "bfloat16", "float16")
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    import torch
+
+    from . import checks
+    from .bench import BenchConfig, build_bench_model, run_bench, run_scale, write_scale, write_sweep
     from .runner import check_keep
     from .schedule import Schedule
 
     # Every argument is checked before the model is built.
     if args.arch != "nemotron_h":
         raise HybridReduceError(f"the benchmark model is Nemotron-H-shaped; --arch {args.arch!r} is not available")
-    checks.integer(args.visual_tokens, "visual_tokens (--visual-tokens)", 16, fix="the default is 8192")
+    if args.visual_tokens is not None:
+        checks.integer(args.visual_tokens, "visual_tokens (--visual-tokens)", 16, fix="the default is 8192")
     checks.integer(args.repeats, "repeats (--repeats)", 1, fix="the median of the timed rounds is reported")
     checks.integer(
         args.decode_steps, "decode_steps (--decode-steps)", 1,
         fix="decode cannot be skipped (it is short next to the prefill); --decode-steps 1 times the least",
     )  # fmt: skip
+    device = checks.device(args.device) or "cpu"
+    dtype = getattr(torch, checks.choice(args.dtype, "dtype (--dtype)", BENCH_DTYPES))
     schedule = Schedule.load(args.schedule)
+    if args.sweep and args.scale:
+        raise InputError("--sweep varies the keep, --scale the prompt length: give one of them")
+    if args.scale:
+        points = _parse_scale(args.scale)
+        if args.visual_tokens is not None:
+            raise InputError(f"--visual-tokens {args.visual_tokens} with --scale: the scale's counts replace it")
+        if not args.out:
+            raise InputError("--scale writes a CSV, a JSON and a plot: give --out DIR")
+        checks.writable_dir(args.out, "out (--out)")
     if args.sweep:
         keeps = _parse_keeps(args.sweep)
         if not args.out:
@@ -154,23 +211,40 @@ def cmd_bench(args: argparse.Namespace) -> int:
         checks.writable_dir(args.out, "out (--out)")
     else:
         keep = check_keep(0.25 if args.keep is None else args.keep)
-        if args.out:
-            raise InputError(f"--out {args.out!r} is written only by --sweep; drop --out, or add --sweep KEEPS")
+        if args.out and not args.scale:
+            raise InputError(
+                f"--out {args.out!r} is written only by --sweep or --scale; drop --out, or add --sweep KEEPS or "
+                "--scale COUNTS"
+            )
     if (args.keep is not None or args.sweep) and (schedule.method == "none" or schedule.shape == "explicit"):
         raise InputError(
             f"schedule {args.schedule!r} fixes its own budget (method none, or explicit ratios), so --keep and --sweep "
             "would be ignored; drop them, or give a schedule with a keep target such as progressive"
         )
-    cfg = BenchConfig(visual_tokens=args.visual_tokens)
-    _check_bench_memory(cfg)
+    cfg = BenchConfig(visual_tokens=8192 if args.visual_tokens is None else args.visual_tokens)
+    if torch.device(device).type == "cpu":
+        _check_bench_memory(replace(cfg, visual_tokens=max(points)) if args.scale else cfg)
     _quiet_transformers()
 
     def progress(msg: str) -> None:
         if not args.json:
             print(f"[bench] {msg}", file=sys.stderr, flush=True)
 
+    if args.scale:
+        results = run_scale(
+            cfg, points, args.schedule, keep, args.repeats, args.decode_steps, progress, device=device, dtype=dtype
+        )
+        paths = write_scale(results, args.out)
+        if args.json:
+            print(json.dumps([r.to_dict() for r in results]))
+        else:
+            print(_scale_header(results[0]))
+            for r in results:
+                print(_scale_line(r))
+            print("wrote " + ", ".join(str(p) for p in paths))
+        return 0
     if args.sweep:
-        model = build_bench_model(cfg)
+        model = build_bench_model(cfg, device=device, dtype=dtype)
         results = []
         for keep in keeps:
             progress(f"keep {keep}")
@@ -183,12 +257,38 @@ def cmd_bench(args: argparse.Namespace) -> int:
                 print(_bench_line(r))
             print("wrote " + ", ".join(str(p) for p in paths))
         return 0
-    result = run_bench(cfg, args.schedule, keep, args.repeats, args.decode_steps, progress=progress)
+    result = run_bench(
+        cfg, args.schedule, keep, args.repeats, args.decode_steps, progress=progress, device=device, dtype=dtype
+    )
     if args.json:
         print(json.dumps(result.to_dict()))
     else:
         print(_bench_report(result))
     return 0
+
+
+def _scale_header(r) -> str:
+    return (
+        f"Nemotron-H pattern, {r.blocks} blocks, width {r.hidden}, {r.schedule} keep {r.keep:g}; {r.device} {r.dtype}, "
+        f"{r.attn_implementation}, Mamba {r.mamba_path} path, {r.threads} threads; median of {r.repeats}\n"
+        f"{'visual':>7} {'full s':>8} {'reduced s':>9} {'speedup':>7} {'ideal':>6} {'eff':>5} {'ideal_t':>7} "
+        f"{'eff_t':>5} {'scoring':>7} {'peak MiB full/red':>17} {'scorer MiB':>10} {'decode tok/s full/red':>21}"
+    )
+
+
+def _scale_line(r) -> str:
+    mib = 1 / 2**20
+    peak = (
+        f"{r.peak_bytes_full * mib:8.0f}/{r.peak_bytes_reduced * mib:<8.0f}"
+        if r.peak_bytes_full is not None and r.peak_bytes_reduced is not None
+        else f"{'-':>17}"
+    )
+    return (
+        f"{r.visual_tokens:>7} {r.full_s:8.3f} {r.reduced_s:9.3f} {r.speedup:6.2f}x {r.ideal_speedup:5.2f}x "
+        f"{r.efficiency:5.2f} {r.ideal_speedup_timed:6.2f}x {r.efficiency_timed:5.2f} "
+        f"{100 * r.scoring_overhead_frac:6.1f}% {peak} {r.scoring_peak_bytes * mib:10.1f} "
+        f"{r.decode_tok_s_full:10.1f}/{r.decode_tok_s_reduced:<10.1f}"
+    )
 
 
 def _bench_line(r) -> str:
@@ -198,18 +298,28 @@ def _bench_line(r) -> str:
     )
 
 
+def _mib(n: int | None) -> str:
+    return "-" if n is None else f"{n / 2**20:,.1f} MiB"
+
+
 def _bench_report(r) -> str:
     mib = 1 / 2**20
     return "\n".join(
         [
-            f"model      Nemotron-H pattern, {r.blocks} blocks, {r.params_m:.1f} M parameters, {r.threads} threads",
+            f"model      Nemotron-H pattern, {r.blocks} blocks, {r.params_m:.1f} M parameters; {r.device} {r.dtype}, "
+            f"{r.attn_implementation}, {r.threads} threads",
             f"prompt     {r.visual_tokens} visual + {r.text_tokens} text tokens, schedule {r.schedule}, "
             f"keep {r.keep:g} (achieved {r.achieved_keep:.4f})",
             f"prefill    full {r.full_s:.3f} s, reduced {r.reduced_s:.3f} s (median of {r.repeats})",
-            f"speedup    {r.speedup:.2f}x   ideal (FLOP model) {r.ideal_speedup:.2f}x   efficiency {r.efficiency:.2f}",
+            f"speedup    {r.speedup:.2f}x   ideal (FLOP model, Mamba {r.mamba_path} path) {r.ideal_speedup:.2f}x   "
+            f"efficiency {r.efficiency:.2f}",
+            f"           ideal with measured block weights {r.ideal_speedup_timed:.2f}x   "
+            f"efficiency {r.efficiency_timed:.2f}",
             f"scoring    {r.scoring_s * 1000:.1f} ms = {100 * r.scoring_overhead_frac:.1f}% of the reduced prefill",
             f"KV cache   full {r.kv_bytes_full * mib:.2f} MiB, reduced {r.kv_bytes_reduced * mib:.2f} MiB "
             f"(Mamba states {r.state_bytes * mib:.2f} MiB in both)",
+            f"memory     peak {_mib(r.peak_bytes_full)} full, {_mib(r.peak_bytes_reduced)} reduced prefill "
+            f"({r.memory_source or 'not measurable here'}); scorers {_mib(r.scoring_peak_bytes)} at most per block",
             f"decode     full {r.decode_tok_s_full:.1f} tok/s, reduced {r.decode_tok_s_reduced:.1f} tok/s",
         ]
     )
@@ -305,22 +415,60 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+#: The training config ``train-toy`` reads when ``--config`` is not given (relative to the working directory).
+DEFAULT_TOY_CONFIG = "configs/toy.yaml"
+
+
+def _training_config(given: str | None):
+    """The path of ``--config`` (default :data:`DEFAULT_TOY_CONFIG`), or an error that says where it looked."""
+    from pathlib import Path
+
+    path = Path(DEFAULT_TOY_CONFIG if given is None else given)
+    if path.is_file():
+        return path
+    shipped = Path(__file__).resolve().parents[1] / DEFAULT_TOY_CONFIG  # present in a source checkout
+    example = f" (the repository's is {shipped})" if shipped.is_file() else ""
+    looked = f"looked for {path.absolute()}, which does not exist"
+    if given is None:
+        raise InputError(
+            f"config (--config) not given, and the default {DEFAULT_TOY_CONFIG} is read from the working directory: "
+            f"{looked}; run from the repository root, or pass --config PATH{example}"
+        )
+    raise InputError(f"config (--config) {given!r}: {looked}; pass --config PATH of a training config{example}")
+
+
 def cmd_train_toy(args: argparse.Namespace) -> int:
+    from . import checks
     from .toy.train import _eval_line, load_spec, train
 
+    # Every argument before the config is read or a file is written (train() creates --out).
+    config = _training_config(args.config)
+    out = checks.writable_dir(args.out)
+    if args.steps is not None:
+        checks.integer(args.steps, "steps (--steps)", 1, fix="the number of optimiser steps, e.g. 20 for a smoke run")
+    if args.max_minutes is not None:
+        checks.number(
+            args.max_minutes, "max_minutes (--max-minutes)", 0,
+            fix="0 stops at the first evaluation; leave it out to train to the end",
+        )  # fmt: skip
+    if args.resume and not (out / "trainer_state.pt").is_file():
+        what = "does not exist" if not out.exists() else "holds no trainer_state.pt (it is saved at every evaluation)"
+        raise InputError(f"--resume: nothing to resume, {out} {what}; start the run without --resume")
     _quiet_transformers()
-    spec = load_spec(args.config)
+    spec = load_spec(config)
     if args.steps is not None:
         spec.train.steps = args.steps
     if args.init_from is not None:
         spec.train.init_from = args.init_from
     spec.train.__post_init__()
+    if spec.train.init_from is not None and not args.resume:
+        checks.checkpoint_dir(spec.train.init_from, "init_from (--init-from, or train.init_from in the config)")
     command = "hybridreduce " + " ".join(sys.argv[1:]) if args.command_line is None else args.command_line
     result = train(
-        spec, args.out, progress=not args.no_progress, command=command, resume=args.resume, max_minutes=args.max_minutes
+        spec, out, progress=not args.no_progress, command=command, resume=args.resume, max_minutes=args.max_minutes
     )
     if result is None:
-        print(f"stopped after --max-minutes {args.max_minutes}; continue with the same command plus --resume")
+        print(f"stopped after --max-minutes {args.max_minutes:g}; continue with the same command plus --resume")
         return 0
     print(_eval_line(f"held-out ({result['split']}, full tokens)", result))
     print(f"wrote {args.out}/model.safetensors, config.json, train_config.yaml, train_log.jsonl, eval.json")
@@ -515,17 +663,25 @@ def build_parser() -> argparse.ArgumentParser:
     target.add_argument("--all", action="store_true", help="check every supported architecture")
     target.add_argument("--model", metavar="PATH", help="a checkpoint directory to check instead of a tiny model")
     v.add_argument("--json", action="store_true", help="print a JSON list of {arch, check, passed, max_err}")
+    v.add_argument("--device", help="run the tiny models on this device: cpu (default), cuda, cuda:N")
+    v.add_argument("--dtype", default="float32", help="float32 (default), bfloat16 or float16; tolerances follow")
     v.set_defaults(func=cmd_verify)
 
     b = sub.add_parser("bench", help="time prefill and decode with and without reduction")
     b.add_argument("--arch", default="nemotron_h", help="benchmark model shape (only nemotron_h)")
-    b.add_argument("--visual-tokens", type=int, default=8192, help="visual tokens in the prompt (default 8192)")
+    b.add_argument("--visual-tokens", type=int, help="visual tokens in the prompt (default 8192)")
     b.add_argument("--keep", type=float, help="average fraction of visual tokens kept (default 0.25)")
     b.add_argument("--schedule", default="progressive", help="schedule name or YAML file (default progressive)")
     b.add_argument("--repeats", type=int, default=3, help="timed rounds; the median is reported (default 3)")
     b.add_argument("--decode-steps", type=int, default=16, help="greedy decode steps to time, >= 1 (default 16)")
     b.add_argument("--sweep", metavar="KEEPS", help="comma-separated keep fractions: write a CSV and a plot")
-    b.add_argument("--out", metavar="DIR", help="output directory of --sweep")
+    b.add_argument(
+        "--scale", metavar="COUNTS",
+        help="comma-separated visual-token counts, e.g. 2048,4096,8192: time and memory at each (CSV, JSON, plot)",
+    )  # fmt: skip
+    b.add_argument("--out", metavar="DIR", help="output directory of --sweep or --scale")
+    b.add_argument("--device", help="cpu (default), cuda, cuda:N, ...")
+    b.add_argument("--dtype", default="float32", help="float32 (default), bfloat16 or float16")
     b.add_argument("--json", action="store_true", help="print one JSON object (a list with --sweep)")
     b.set_defaults(func=cmd_bench)
 
@@ -549,12 +705,17 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=cmd_calibrate)
 
     t = sub.add_parser("train-toy", help="train the embedded toy video VLM on its synthetic benchmark")
-    t.add_argument("--config", default="configs/toy.yaml", help="training config (default configs/toy.yaml)")
+    t.add_argument(
+        "--config", help=f"training config (default {DEFAULT_TOY_CONFIG}, relative to the working directory)"
+    )
     t.add_argument("--out", required=True, metavar="DIR", help="output directory of the checkpoint and logs")
     t.add_argument("--steps", type=int, help="override train.steps (e.g. a short smoke run)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar (logs still go to train_log.jsonl)")
     t.add_argument("--resume", action="store_true", help="continue the run saved in --out (same config)")
-    t.add_argument("--max-minutes", type=float, help="stop (state saved) at the first evaluation after this long")
+    t.add_argument(
+        "--max-minutes", type=float,
+        help="stop (state saved) at the first evaluation after this many minutes, >= 0 (0: at the first evaluation)",
+    )  # fmt: skip
     t.add_argument("--init-from", metavar="DIR", help="warm restart from this train-toy run (sets train.init_from)")
     t.add_argument("--command-line", help=argparse.SUPPRESS)
     t.set_defaults(func=cmd_train_toy)

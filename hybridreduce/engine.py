@@ -516,20 +516,32 @@ class _Engine:
 
     # -- decode steps ----------------------------------------------------------------------------
     def _decode_block(self, block: int, module: nn.Module, names: tuple[str, ...], args, kwargs):
-        """Give a reduced block masks over its own cache: kept prompt tokens, then generated ones."""
+        """Give a reduced block masks over its own cache: kept prompt tokens, then generated ones.
+
+        Returns ``None`` (the call goes through untouched) when no argument had to change: no mask, or
+        none built over the keys (the common case of SDPA without padding, whose mask is ``None``).
+        """
         stage = self.stage_of[block]
         L = self.seen + self.q
-        keys = self._with_tail(self.result.stages[stage].index, L)  # (b, K) original positions
         new_args = [args[0]] + [
-            self._decode_value(name, a, keys, stage, L, module) for name, a in zip(names[1:], args[1:], strict=True)
+            self._decode_value(name, a, stage, L, module) for name, a in zip(names[1:], args[1:], strict=True)
         ]
         new_kwargs = {
-            k: (v if k == "hidden_states" else self._decode_value(k, v, keys, stage, L, module))
-            for k, v in kwargs.items()
+            k: (v if k == "hidden_states" else self._decode_value(k, v, stage, L, module)) for k, v in kwargs.items()
         }
+        unchanged = all(a is b for a, b in zip(new_args, args, strict=True))
+        if unchanged and all(new_kwargs[k] is v for k, v in kwargs.items()):
+            return None
         return tuple(new_args), new_kwargs
 
-    def _decode_value(self, name: str, value, keys: torch.Tensor, stage: int, L: int, block: nn.Module):
+    def _decode_keys(self, stage: int, L: int) -> torch.Tensor:
+        """``(b, K)`` original positions of the keys a block of ``stage`` holds in this step (memoised per stage)."""
+        memo_key = ("keys", stage)
+        if memo_key not in self.memo:
+            self.memo[memo_key] = self._with_tail(self.result.stages[stage].index, L)
+        return self.memo[memo_key]
+
+    def _decode_value(self, name: str, value, stage: int, L: int, block: nn.Module):
         """A declared mask over all ``L`` keys becomes one over the block's own keys; the rest is the new tokens'."""
         kind = self.sequence_args.get(name)
         if kind is None:
@@ -540,10 +552,10 @@ class _Engine:
         if value.dim() == 4 and value.shape[-2] == self.q:  # built over the cache's (reduced) length: rebuilt here
             memo_key = ("mask", stage, value.dtype)
             if memo_key not in self.memo:
-                self.memo[memo_key] = self._decode_mask(keys, value.dtype, value.device)
+                self.memo[memo_key] = self._decode_mask(self._decode_keys(stage, L), value.dtype, value.device)
             return self.memo[memo_key]
         if value.dim() == 2 and value.shape[1] == L:  # 2-D key padding (flash attention)
-            return value.gather(1, keys.to(value.device))
+            return value.gather(1, self._decode_keys(stage, L).to(value.device))
         if value.dim() == 2 and value.shape[1] == self.q:  # a Mamba mixer's padding of the new tokens
             return value
         raise CompatibilityError(

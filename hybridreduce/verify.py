@@ -26,13 +26,14 @@ from __future__ import annotations
 
 import inspect
 import tempfile
-from dataclasses import asdict, dataclass
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from . import compat
+from . import checks, compat
 from .adapters import AdaptedModel, get_adapter
 from .errors import HybridReduceError, InputError
 from .scoring.config import ScorerConfig
@@ -70,6 +71,65 @@ CHECKS = (
 # float32 tolerances; errors are printed so that a drift shows before it fails.
 ATOL_SCORES = 2e-5  # importance vectors and attention probabilities (values in [0, 1])
 RTOL_SCAN = 1e-4  # scan reconstruction, relative to the largest |y|
+ATOL_LOGITS = 1e-5  # logits of tiny models (|logit| ≲ 1), same ops in another order (verify_reduce)
+TIE = 1e-5  # a greedy step whose top-2 logits are this close is a tie, not a divergence (verify_reduce)
+
+#: Tolerances by the dtype the models run in (``hybridreduce verify --dtype``). In bfloat16 and float16 the
+#: activations are rounded to 8 and 11 mantissa bits, so one value computed along two paths (tapped vs eager
+#: attention, the scan vs its reconstruction from ``in_proj``, a cached decode step vs a no-cache forward)
+#: differs by a few such roundings. The half-precision values are about 4x the largest errors measured on CPU
+#: over every tiny architecture (bfloat16: scores 1.4e-4, scan 7.4e-3, logits 2.3e-2; float16: 5.0e-5, 6.7e-4,
+#: 2.9e-3; transformers 5.24, torch 2.13). Scorer-vs-reference comparisons on the same float32 primitives keep
+#: the float32 tolerance, and the bit-identity checks stay bit-identical, in every dtype. ``tie``: a greedy step
+#: whose top-2 logits are this close is a tie, not a divergence (the logits' own tolerance).
+TOLERANCES = {
+    torch.float32: {"scores": ATOL_SCORES, "scan": RTOL_SCAN, "logits": ATOL_LOGITS, "tie": TIE},
+    torch.bfloat16: {"scores": 1e-3, "scan": 3e-2, "logits": 1e-1, "tie": 1e-1},
+    torch.float16: {"scores": 4e-4, "scan": 3e-3, "logits": 1.5e-2, "tie": 1.5e-2},
+}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class Target:
+    """Where the checks run: models are moved to ``device`` in ``dtype``, prompts are built on ``device``.
+
+    The float64 references loop on the CPU; what runs on the device is compared with them there.
+    """
+
+    device: torch.device = torch.device("cpu")
+    dtype: torch.dtype = torch.float32
+
+    def tol(self, name: str) -> float:
+        """The tolerance ``name`` (a key of :data:`TOLERANCES`) for this dtype."""
+        return TOLERANCES[self.dtype][name]
+
+
+#: The current target; :func:`on` sets it for the checks run inside it (default: cpu, float32).
+TARGET = Target()
+
+
+@contextmanager
+def on(device=None, dtype: torch.dtype | str | None = None):
+    """Run the checks inside on ``device`` (default cpu) in ``dtype`` (default float32).
+
+    On CUDA, float32 means IEEE float32: TF32 matmuls and convolutions are off inside (and restored after).
+    """
+    dtype = DTYPES[dtype] if isinstance(dtype, str) else dtype
+    saved = (TARGET.device, TARGET.dtype)
+    tf32 = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    TARGET.device, TARGET.dtype = torch.device(device or "cpu"), dtype or torch.float32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield TARGET
+    finally:
+        TARGET.device, TARGET.dtype = saved
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
+
+
+def _to_target(model):
+    """``model`` on the target device in the target dtype (unchanged on cpu, float32)."""
+    return model.to(device=TARGET.device, dtype=TARGET.dtype)
 
 
 @dataclass
@@ -98,7 +158,7 @@ def make_prompt(vocab: int, prefix: int, visual: int, question: int, seed: int) 
     ids = torch.randint(3, vocab, (1, T), generator=g)
     vm = torch.zeros(1, T, dtype=torch.bool)
     vm[0, prefix : prefix + visual] = True
-    return Prompt(ids, vm)
+    return Prompt(ids.to(TARGET.device), vm.to(TARGET.device))
 
 
 def left_pad(prompts: list[Prompt], pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -112,7 +172,7 @@ def left_pad(prompts: list[Prompt], pad_id: int = 0) -> tuple[torch.Tensor, torc
         ids[i, T - n :] = p.input_ids[0]
         am[i, T - n :] = 1
         vm[i, T - n :] = p.visual_mask[0]
-    return ids, am, vm
+    return ids.to(TARGET.device), am.to(TARGET.device), vm.to(TARGET.device)
 
 
 def two_sample_batch(prompt: Prompt) -> tuple[torch.Tensor, torch.Tensor]:
@@ -204,17 +264,17 @@ def check_attention_rows(arch: str, model, prompt: Prompt, eager_model) -> Check
     q_rows, v_cols = reference_rows(vm)
     worst = 0.0
     for spec in attn_blocks:
-        w = weights[spec.index].float()  # [b, h, T, T] eager softmax
+        w = weights[spec.index].float().cpu()  # [b, h, T, T] eager softmax
         q_index = torch.tensor(q_rows)
         eager_rows = w.gather(2, q_index[:, None, :, None].expand(2, w.shape[1], len(q_rows[0]), T))
-        worst = max(worst, float((cache.rows[spec.index] - eager_rows).abs().max()))
+        worst = max(worst, float((cache.rows[spec.index].cpu() - eager_rows).abs().max()))
         for head_reduce, scored in (("mean", cache), ("max", cache_max)):
             ref = importance_ref(w, q_rows, v_cols, head_reduce=head_reduce).float()
-            worst = max(worst, float((scored.parts[spec.index]["attn"] - ref).abs().max()))
+            worst = max(worst, float((scored.parts[spec.index]["attn"].cpu() - ref).abs().max()))
     return CheckResult(
         arch,
         "attention_rows",
-        worst <= ATOL_SCORES,
+        worst <= TARGET.tol("scores"),
         worst,
         f"{len(attn_blocks)} attention blocks ({adapted.attn_implementation}) vs eager weights",
     )
@@ -259,34 +319,43 @@ def check_mamba_reconstruction(arch: str, model, prompt: Prompt) -> CheckResult:
         return _compare_reconstruction(arch, ssm_blocks, seen, ids, vm)
 
 
+def _on_cpu(p):
+    """Primitives (a dataclass of tensors) on the CPU, where the float64 references loop."""
+    return type(p)(**{f.name: getattr(p, f.name).cpu() for f in fields(p)})
+
+
 def _compare_reconstruction(arch, ssm_blocks, seen, ids, vm) -> CheckResult:
     worst_scan, worst_alpha, worst_imp = 0.0, 0.0, 0.0
     T = ids.shape[1]
-    all_idx = torch.arange(T).expand(2, T)
+    all_idx = torch.arange(T, device=ids.device).expand(2, T)
     q_rows, v_cols = reference_rows(vm)
-    q_index, v_index = torch.tensor(q_rows), torch.tensor(v_cols)
+    q_index, v_index = torch.tensor(q_rows, device=ids.device), torch.tensor(v_cols, device=ids.device)
     q_valid = torch.ones_like(q_index, dtype=torch.bool)
     for spec in ssm_blocks:
         rec = seen[spec.index]
+        # The primitives and the fast paths run where the model runs; the references on their CPU copy.
         if spec.ssm_type == "mamba1":
             p = mamba1_primitives(spec.ssm, rec["proj"])
             alpha = mamba1_hidden_attention(p, all_idx, all_idx)  # [b, c, T, T]
-            y = torch.einsum("bcij,bjc->bic", alpha, p.x) + p.D * p.x
-            alpha_ref = mamba1_hidden_attention_ref(p)
-            y_ref = mamba1_scan_ref(p)
-            free_ref = mamba1_hidden_attention_ref(p, decay=False)
+            y = (torch.einsum("bcij,bjc->bic", alpha, p.x) + p.D * p.x).cpu()
+            pc = _on_cpu(p)
+            alpha_ref = mamba1_hidden_attention_ref(pc)
+            y_ref = mamba1_scan_ref(pc)
+            free_ref = mamba1_hidden_attention_ref(pc, decay=False)
             importance = mamba1_importance
         else:
             p = mamba2_primitives(spec.ssm, rec["proj"])
             alpha = mamba2_hidden_attention(p, all_idx, all_idx)  # [b, h, T, T]
-            y = (torch.einsum("bhij,bjhp->bihp", alpha, p.x) + p.D[:, None] * p.x).flatten(2)
-            alpha_ref = mamba2_hidden_attention_ref(p)
-            y_ref = mamba2_scan_ref(p).flatten(2)
-            free_ref = mamba2_hidden_attention_ref(p, decay=False)
+            y = (torch.einsum("bhij,bjhp->bihp", alpha, p.x) + p.D[:, None] * p.x).flatten(2).cpu()
+            pc = _on_cpu(p)
+            alpha_ref = mamba2_hidden_attention_ref(pc)
+            y_ref = mamba2_scan_ref(pc).flatten(2)
+            free_ref = mamba2_hidden_attention_ref(pc, decay=False)
             importance = mamba2_importance
-        target = rec["y"].float()
+        alpha = alpha.cpu()
+        target = rec["y"].float().cpu()
         if rec["gated"]:
-            y, y_ref = _gated(y, p.gate), _gated(y_ref, p.gate.double())
+            y, y_ref = _gated(y, pc.gate), _gated(y_ref, pc.gate.double())
         scale = float(target.abs().max()) or 1.0
         worst_scan = max(
             worst_scan, float((y - target).abs().max()) / scale, float((y_ref - target).abs().max()) / scale
@@ -297,10 +366,10 @@ def _compare_reconstruction(arch, ssm_blocks, seen, ids, vm) -> CheckResult:
         for mode, ref_w in (("exact", alpha_ref), ("decay_free", free_ref)):
             for hr in ("mean", "max"):
                 cfg = ScorerConfig(mamba=mode, head_reduce=hr, query_reduce="max" if hr == "max" else "mean")
-                got = importance(p, q_index, q_valid, v_index, cfg)
+                got = importance(p, q_index, q_valid, v_index, cfg).cpu()
                 ref = importance_ref(ref_w, q_rows, v_cols, head_reduce=hr, query_reduce=cfg.query_reduce)
                 worst_imp = max(worst_imp, float((got.double() - ref).abs().max()))
-    passed = worst_scan <= RTOL_SCAN and worst_alpha <= RTOL_SCAN and worst_imp <= ATOL_SCORES
+    passed = worst_scan <= TARGET.tol("scan") and worst_alpha <= RTOL_SCAN and worst_imp <= ATOL_SCORES
     detail = (
         f"{len(ssm_blocks)} {ssm_blocks[0].ssm_type} blocks; scan rel err {worst_scan:.1e}, "
         f"alpha vs float64 ref {worst_alpha:.1e}, importance vs ref {worst_imp:.1e}"
@@ -387,7 +456,11 @@ def check_batch_equivalence(arch: str, model) -> CheckResult:
             diff = (batched.stack()[:, i] - alone.stack()[:, 0]).abs().max()
             worst = max(worst, float(diff))
     return CheckResult(
-        arch, "batch_equivalence", worst <= ATOL_SCORES, worst, "left-padded batch of 2 vs each alone (both scorers)"
+        arch,
+        "batch_equivalence",
+        worst <= TARGET.tol("scores"),
+        worst,
+        "left-padded batch of 2 vs each alone (both scorers)",
     )
 
 
@@ -400,8 +473,8 @@ def _roundtrip(arch: str, tmp: Path):
     model = build_tiny_model(arch, seed=0)
     model.save_pretrained(tmp)
     loaded = AutoModelForCausalLM.from_pretrained(tmp, dtype=torch.float32).eval()
-    prompt = make_prompt(_vocab(model), 4, 24, 8, seed=0)
-    a, b = _forward(model, prompt.input_ids), _forward(loaded, prompt.input_ids)
+    ids = make_prompt(_vocab(model), 4, 24, 8, seed=0).input_ids.cpu()  # save and load: CPU, float32
+    a, b = _forward(model, ids), _forward(loaded, ids)
     result = CheckResult(
         arch, "roundtrip", torch.equal(a, b), float((a - b).abs().max()), "save_pretrained → from_pretrained"
     )
@@ -425,7 +498,7 @@ def load_language_model(path: Path, attn_implementation: str | None = None):
 def _load_eager(path: Path, model):
     if get_adapter(model).attn_implementation == "eager":
         return model
-    return load_language_model(path, attn_implementation="eager")
+    return _to_target(load_language_model(path, attn_implementation="eager"))
 
 
 def run_checks(arch: str, model, path: Path | None, prompt: Prompt) -> list[CheckResult]:
@@ -443,20 +516,36 @@ def run_checks(arch: str, model, path: Path | None, prompt: Prompt) -> list[Chec
     return results
 
 
-def verify_arch(arch: str) -> list[CheckResult]:
-    """All checks on the tiny random model of ``arch``."""
-    with tempfile.TemporaryDirectory(prefix=f"hybridreduce-{arch}-") as tmp:
+def verify_arch(arch: str, device=None, dtype: torch.dtype | str | None = None) -> list[CheckResult]:
+    """All checks on the tiny random model of ``arch``, on ``device`` in ``dtype`` (default cpu, float32).
+
+    The save/load round trip runs on the CPU in float32; the model it loads is then moved (:func:`on`).
+    """
+    with on(device, dtype), tempfile.TemporaryDirectory(prefix=f"hybridreduce-{arch}-") as tmp:
         model, rt = _roundtrip(arch, Path(tmp))
+        model = _to_target(model)
         prompt = make_prompt(_vocab(model), 4, 24, 8, seed=0)
         return [rt, *_guarded(arch, lambda: run_checks(arch, model, Path(tmp), prompt))]
 
 
 def verify_model(path: str | Path) -> list[CheckResult]:
     """All checks on a checkpoint directory: its language model (a VLM is unwrapped), synthetic prompt."""
-    path = Path(path)
-    if not (path / "config.json").is_file():
-        raise InputError(f"{path} is not a checkpoint directory (no config.json)")
-    model = load_language_model(path)
+    # A directory, a config.json that is a JSON object, weights: each refused with one line before transformers runs.
+    path = checks.checkpoint_dir(path, "model (--model)")
+    from safetensors import SafetensorError
+
+    try:
+        model = load_language_model(path)
+    except HybridReduceError:
+        raise
+    except (OSError, ValueError, KeyError, SafetensorError) as exc:  # a config or weights transformers cannot read
+        import transformers
+
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(
+            f"model (--model) {str(path)!r}: transformers {transformers.__version__} cannot load it ({first}); check "
+            "config.json's model_type and the weight files, or save the model again with save_pretrained"
+        ) from None
     adapted: AdaptedModel = get_adapter(model)
     prompt = make_prompt(_vocab(adapted.text_model), 4, 24, 8, seed=0)
     return _guarded(adapted.model_type, lambda: run_checks(adapted.model_type, model, path, prompt))

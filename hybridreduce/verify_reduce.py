@@ -23,11 +23,11 @@ import torch
 from .adapters import get_adapter
 from .engine import reduce
 from .schedule import Schedule
-from .verify import CheckResult, Prompt, _forward, _vocab, left_pad, make_prompt
+from .verify import TARGET, CheckResult, Prompt, _forward, _vocab, left_pad, make_prompt
 
-ATOL_LOGITS = 1e-5  # float32 logits of tiny models (|logit| ≲ 1), same ops in another order
+# Tolerances: TARGET.tol("logits") and TARGET.tol("tie"), by the dtype the checks run in (in float32
+# hybridreduce.verify.ATOL_LOGITS and TIE; the others in hybridreduce.verify.TOLERANCES).
 N_NEW = 16
-TIE = 1e-5  # a greedy step whose top-2 logits are this close is a tie, not a divergence
 
 # Every forward here passes its padding mask, even when nothing is padded: position ids with gaps
 # (the reference runs' original positions) and no mask would be read as packed sequences.
@@ -112,7 +112,7 @@ def check_prune_reference(arch: str, model) -> CheckResult:
     return CheckResult(
         arch,
         "prune_reference",
-        worst <= ATOL_LOGITS,
+        worst <= TARGET.tol("logits"),
         worst,
         f"{len(schedules) - 1} single cuts + progressive, left-padded batch of 2, vs per-stage reference runs",
     )
@@ -144,12 +144,12 @@ def check_generate_reference(arch: str, model) -> CheckResult:
                 worst = max(worst, float((logits - out.logits[step]).abs().max()))
                 top2 = logits.topk(2, dim=-1).values
                 differs = logits.argmax(-1) != new[:, step]
-                tie = (top2[:, 0] - top2[:, 1]) < TIE
+                tie = (top2[:, 0] - top2[:, 1]) < TARGET.tol("tie")
                 mismatched += int((differs & ~tie).sum())
                 ties += int((differs & tie).sum())
                 seq = torch.cat([seq, new[:, step : step + 1]], dim=1)
                 mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-    passed = mismatched == 0 and worst <= ATOL_LOGITS and red.decode_steps == N_NEW - 1
+    passed = mismatched == 0 and worst <= TARGET.tol("logits") and red.decode_steps == N_NEW - 1
     detail = (
         f"{N_NEW} greedy tokens × batch 2 (left-padded) vs frozen no-cache loop; {mismatched} mismatched, "
         f"{ties} float ties; visual per block {red.block_visual}"
@@ -174,7 +174,7 @@ def check_batch_reduce(arch: str, model) -> CheckResult:
     return CheckResult(
         arch,
         "batch_reduce",
-        same_sets and worst <= ATOL_LOGITS,
+        same_sets and worst <= TARGET.tol("logits"),
         worst,
         f"left-padded batch of 2 vs each alone: same kept tokens at {len(kept_batch)} cuts = {same_sets}",
     )

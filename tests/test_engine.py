@@ -178,6 +178,65 @@ def test_the_bare_decoder_can_be_reduced(tiny_models):
 
 
 # --------------------------------------------------------------------------------------------------
+# Decode steps: what each one rebuilds
+# --------------------------------------------------------------------------------------------------
+def _record(monkeypatch, name: str) -> list:
+    """Record the return value of every call of ``_Engine.<name>`` from now on."""
+    returned = []
+    real = getattr(engine_mod._Engine, name)
+
+    def recorded(self, *args, **kwargs):
+        out = real(self, *args, **kwargs)
+        returned.append(out)
+        return out
+
+    monkeypatch.setattr(engine_mod._Engine, name, recorded)
+    return returned
+
+
+def _greedy_steps(model, ids, am, steps: int) -> None:
+    """A prefill, then ``steps`` greedy steps that pass the growing padding mask (as ``generate`` does)."""
+    pos = (am.cumsum(-1) - 1).clamp_min(0)
+    with torch.no_grad():
+        out = model(ids, attention_mask=am, position_ids=pos, use_cache=True)
+        cache, token = output_cache(out), out.logits[:, -1:].argmax(-1)
+        for _ in range(steps):
+            am, pos = torch.cat([am, torch.ones_like(am[:, :1])], dim=1), pos[:, -1:] + 1
+            step = model(token, attention_mask=am, position_ids=pos, **{cache_kwarg(model): cache}, use_cache=True)
+            token = step.logits[:, -1:].argmax(-1)
+
+
+def test_decode_masks_and_keys_are_built_once_per_stage_and_step(monkeypatch, tiny_models):
+    """With padding every reduced attention block gets a 4-D mask: one per stage and step, shared by its blocks."""
+    model = tiny_models("llama")  # three attention blocks
+    ids, am, vm = _padded()
+    one_cut = Schedule(keep=None, shape="explicit", ratios=(0.5,), stages=(1,))  # blocks 1 and 2 share a stage
+    with reduce(model, one_cut, visual_mask=vm) as red:
+        _greedy_steps(model, ids, am, steps=0)  # the prefill alone
+        blocks, masks = _record(monkeypatch, "_decode_block"), _record(monkeypatch, "_decode_mask")
+        tails = _record(monkeypatch, "_with_tail")
+        _greedy_steps(model, ids, am, steps=3)
+    assert red.decode_steps == 3 and len(blocks) == 3 * 2
+    assert len(masks) == len(tails) == 3  # one per step (before: the keys once per block and step)
+    kept = red.block_tokens[1]
+    for step, mask in enumerate(masks):
+        assert mask.shape == (2, 1, 1, kept + step + 1)  # the stage's own keys: kept prompt, then generated
+    for i, (_, kwargs) in enumerate(blocks):  # both blocks of a step got the same tensor
+        assert kwargs["attention_mask"] is masks[i // 2]
+
+
+def test_a_decode_step_without_masks_leaves_the_blocks_untouched(monkeypatch, tiny_models):
+    """SDPA without padding hands the blocks no mask: the engine's hooks change nothing and build nothing."""
+    model = tiny_models("nemotron_h")
+    ids, vm = prompt(batch=1)
+    with reduce(model, PROGRESSIVE, visual_mask=vm) as red:
+        blocks, tails = _record(monkeypatch, "_decode_block"), _record(monkeypatch, "_with_tail")
+        _greedy_steps(model, ids, torch.ones_like(ids), steps=3)
+    assert red.decode_steps == 3 and len(blocks) > 0
+    assert all(result is None for result in blocks) and not tails
+
+
+# --------------------------------------------------------------------------------------------------
 # Bad input
 # --------------------------------------------------------------------------------------------------
 def test_generate_with_another_batch_is_refused(tiny_models):
