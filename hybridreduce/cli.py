@@ -83,7 +83,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     keeps = (0.25,) if args.quick else KEEPS
     summary = run_demo(args.checkpoint, size=size, keeps=keeps, progress=not args.no_progress)
     print(format_table(summary))
-    paths = write_outputs(summary, args.out)
+    paths = _write_atomically(lambda folder: write_outputs(summary, folder), args.out)
     print(
         "\nfull-token accuracy "
         + ", ".join(f"{v} {100 * i['full_accuracy']:.1f}%" for v, i in summary["variants"].items())
@@ -91,6 +91,32 @@ def cmd_demo(args: argparse.Namespace) -> int:
         f"wrote {', '.join(p.name for p in paths)} to {args.out}"
     )
     return 0
+
+
+def _write_atomically(write, out: str):
+    """Call ``write(folder)`` on a fresh staging folder beside ``out``, then move each file it wrote into ``out``.
+
+    An interrupted or failed write leaves ``out`` as it was (only the hidden staging folder may remain); a finished
+    one replaces the files of the same names, so ``out`` never mixes two runs' outputs of one kind.
+    """
+    import os
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    target = Path(out)
+    target.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        written = write(staging)
+        moved = []
+        for path in written:
+            final = target / Path(path).name
+            os.replace(path, final)  # atomic per file, on the same filesystem
+            moved.append(final)
+        return moved
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _parse_keeps(text: str) -> list[float]:
@@ -451,6 +477,12 @@ def cmd_train_toy(args: argparse.Namespace) -> int:
             args.max_minutes, "max_minutes (--max-minutes)", 0,
             fix="0 stops at the first evaluation; leave it out to train to the end",
         )  # fmt: skip
+    previous = [n for n in ("train_config.yaml", "model.safetensors", "trainer_state.pt") if (out / n).exists()]
+    if previous and not (args.resume or args.overwrite):
+        raise InputError(
+            f"{out} holds a train-toy run ({', '.join(previous)}); continue it with --resume, replace it with "
+            "--overwrite, or choose another --out"
+        )
     if args.resume and not (out / "trainer_state.pt").is_file():
         what = "does not exist" if not out.exists() else "holds no trainer_state.pt (it is saved at every evaluation)"
         raise InputError(f"--resume: nothing to resume, {out} {what}; start the run without --resume")
@@ -712,6 +744,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--steps", type=int, help="override train.steps (e.g. a short smoke run)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar (logs still go to train_log.jsonl)")
     t.add_argument("--resume", action="store_true", help="continue the run saved in --out (same config)")
+    t.add_argument("--overwrite", action="store_true", help="train into an --out that holds an earlier run")
     t.add_argument(
         "--max-minutes", type=float,
         help="stop (state saved) at the first evaluation after this many minutes, >= 0 (0: at the first evaluation)",

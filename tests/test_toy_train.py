@@ -270,13 +270,22 @@ def test_cli_train_toy_and_demo(tmp_path, capsys):
     warm = ["train-toy", "--config", str(cfg), "--out", str(tmp_path / "warm"), "--steps", "1", "--no-progress"]
     assert main([*warm, "--init-from", str(run)]) == 0
     assert f"init_from: {run}" in (tmp_path / "warm" / "train_config.yaml").read_text()
-    assert main([*warm, "--init-from", str(tmp_path / "missing")]) == 2
+    assert main([*warm, "--init-from", str(tmp_path / "missing"), "--overwrite"]) == 2
+    assert "missing" in capsys.readouterr().err
+    before = (run / "model.safetensors").read_bytes()
+    assert main(["train-toy", "--config", str(cfg), "--out", str(run), "--steps", "1", "--no-progress"]) == 2
+    assert "--resume" in capsys.readouterr().err and (run / "model.safetensors").read_bytes() == before
+    assert main([*warm, "--init-from", str(run), "--overwrite"]) == 0
     capsys.readouterr()
     out = tmp_path / "demo"
     code = main(["demo", "--checkpoint", str(run), "--quick", "--size", "4", "--out", str(out), "--no-progress"])
     assert code == 0
     text = capsys.readouterr().out
     assert "progressive" in text and (out / "summary.json").is_file() and (out / "accuracy_vs_keep.png").is_file()
+    stale = (out / "summary.json").read_text()
+    assert main(["demo", "--checkpoint", str(run), "--quick", "--size", "2", "--out", str(out), "--no-progress"]) == 0
+    assert (out / "summary.json").read_text() != stale  # replaced whole, through a staging folder that is gone
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".demo.tmp-")]
     assert main(["train-toy", "--config", str(tmp_path / "missing.yaml"), "--out", str(run)]) == 2
 
 
