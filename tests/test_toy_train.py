@@ -480,3 +480,23 @@ def test_a_run_with_in_lm_reduction_and_an_old_run_resumes(tmp_path):
         spec_from_dict(tiny_toy_raw(evs_prob=0.6, reduce_prob=0.5))
     with pytest.raises(InputError, match="reduce_keep"):
         spec_from_dict(tiny_toy_raw(reduce_keep=[0.0, 1.0]))
+
+
+@pytest.mark.parametrize("name", ["toy", "toy_continue", "toy24", "toy24_reduce", "toy24_control"])
+def test_shipped_training_configs_load(name):
+    """Every training config in configs/ parses into a valid spec; the 24-block stages agree on data and model."""
+    from pathlib import Path
+
+    from hybridreduce.toy.train import load_spec
+
+    root = Path(__file__).resolve().parents[1] / "configs"
+    spec = load_spec(root / f"{name}.yaml")
+    assert spec.train.steps > 0
+    if name.startswith("toy24"):
+        stage1 = load_spec(root / "toy24.yaml")
+        assert spec.variants == ("static", "clutter") and len(spec.text["layers_block_type"]) == 24
+        assert (spec.to_dict()["data"], spec.to_dict()["model"]) == (
+            stage1.to_dict()["data"],
+            stage1.to_dict()["model"],
+        )
+        assert sum(k == "attention" for k in spec.text["layers_block_type"]) <= 0.1 * 24
