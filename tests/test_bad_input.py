@@ -9,7 +9,6 @@ there to catch. (`run`, `generate`, `merge` and `bench` have theirs in test_run_
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -33,6 +32,7 @@ from hybridreduce.tiny import build_tiny_model
 from hybridreduce.toy.train import train
 
 from .conftest import tiny_toy_raw, tiny_toy_spec
+from .test_run_bad_input import digest, refused  # one copy of the checksum and refusal checks
 
 #: A tiny analysis run: 4 random prompts in 2 batches on a 4-block Jamba-pattern model, both Mamba scorers.
 TINY = {
@@ -75,33 +75,11 @@ def files(tmp_path_factory):
             "ckpt": root / "ckpt", "file": root / "a_file.txt"}  # fmt: skip
 
 
-def digest(root: Path) -> dict[str, str]:
-    """Every file (its sha256) and folder under ``root``, hidden ones included, by relative path."""
-    return {
-        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "folder"
-        for p in sorted(root.rglob("*"))
-    }
-
-
 def expand(args: list[str], files: dict) -> list[str]:
     """``args`` with the placeholders FILE, ROOT and CKPT replaced by those paths of ``files``."""
     for placeholder, key in (("FILE", "file"), ("ROOT", "root"), ("CKPT", "ckpt")):
         args = [a.replace(placeholder, str(files[key])) for a in args]
     return args
-
-
-def refused(argv: list[str], fragments: list[str], root: Path, capsys, code: int = 2) -> str:
-    """``main(argv)`` exits ``code`` with one error line holding every fragment; nothing under ``root`` changed."""
-    before = digest(root)
-    assert main(argv) == code
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    lines = [line for line in err.splitlines() if ": error: " in line]
-    assert len(lines) == 1, err
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-    assert digest(root) == before, "a refused command changed files"
-    return lines[0]
 
 
 def api_refused(call, match: str, root: Path, error: type[Exception] = InputError) -> Exception:

@@ -53,7 +53,7 @@ def files(tmp_path_factory):
 
 
 def digest(root: Path) -> dict[str, str]:
-    """Every file (its sha256) and folder under ``root``, by relative path."""
+    """Every file (its sha256) and folder under ``root``, hidden ones included, by relative path."""
     return {
         str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "folder"
         for p in sorted(root.rglob("*"))
@@ -70,7 +70,7 @@ def refused(argv: list[str], fragments: list[str], root: Path, capsys, code: int
     assert len(lines) == 1, err
     for fragment in fragments:
         assert fragment in lines[0], lines[0]
-    assert digest(root) == before
+    assert digest(root) == before, "a refused command changed files"
     return lines[0]
 
 
