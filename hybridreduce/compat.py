@@ -138,6 +138,17 @@ def output_cache(output):
     return None
 
 
+def unclassified_forward_hint(kwargs: dict) -> str:
+    """What to say when a decoder forward is neither a prefill, a decode step nor a frozen forward."""
+    received = ", ".join(sorted(kwargs)) or "none"
+    return (
+        f"This forward cannot be classified as a prefill, a decode step or a frozen forward: it carries no cache "
+        f"under any name hybridreduce knows ({', '.join(CACHE_ARGS)}); its keyword arguments were: {received}. "
+        f"If it is a decode step of generate, transformers {VERSION} passes the cache under a new name: check the "
+        f"release with `bash scripts/check_transformers.sh {VERSION}` (tested: {', '.join(TESTED_VERSIONS)})."
+    )
+
+
 # --------------------------------------------------------------------------------------------------
 # Decoder inputs and block arguments
 # --------------------------------------------------------------------------------------------------
@@ -211,6 +222,15 @@ def positional_names(block: nn.Module, n: int) -> tuple[str, ...]:
     return named[:n]
 
 
+def mixer_padding_mask(mixer: nn.Module, args: tuple, kwargs: dict) -> torch.Tensor | None:
+    """The ``(b, T)`` padding mask a Mamba mixer's forward received (by keyword or position), else ``None``."""
+    mask = kwargs.get(MASK_ARG)
+    if mask is None and args:
+        names = positional_names(mixer, len(args))
+        mask = args[names.index(MASK_ARG)] if MASK_ARG in names else None
+    return mask if isinstance(mask, torch.Tensor) and mask.dim() == 2 else None
+
+
 # --------------------------------------------------------------------------------------------------
 # AttentionInterface
 # --------------------------------------------------------------------------------------------------
@@ -230,26 +250,6 @@ def local_attention_override(impl: str) -> tuple[bool, object]:
 def local_attention_registrations() -> dict:
     """A copy of the process-local registrations (for checks that nothing was left behind)."""
     return dict(attention_functions()._local_mapping)
-
-
-def mixer_padding_mask(mixer: nn.Module, args: tuple, kwargs: dict) -> torch.Tensor | None:
-    """The ``(b, T)`` padding mask a Mamba mixer's forward received (by keyword or position), else ``None``."""
-    mask = kwargs.get(MASK_ARG)
-    if mask is None and args:
-        names = positional_names(mixer, len(args))
-        mask = args[names.index(MASK_ARG)] if MASK_ARG in names else None
-    return mask if isinstance(mask, torch.Tensor) and mask.dim() == 2 else None
-
-
-def unclassified_forward_hint(kwargs: dict) -> str:
-    """What to say when a decoder forward is neither a prefill, a decode step nor a frozen forward."""
-    received = ", ".join(sorted(kwargs)) or "none"
-    return (
-        f"This forward cannot be classified as a prefill, a decode step or a frozen forward: it carries no cache "
-        f"under any name hybridreduce knows ({', '.join(CACHE_ARGS)}); its keyword arguments were: {received}. "
-        f"If it is a decode step of generate, transformers {VERSION} passes the cache under a new name: check the "
-        f"release with `bash scripts/check_transformers.sh {VERSION}` (tested: {', '.join(TESTED_VERSIONS)})."
-    )
 
 
 # --------------------------------------------------------------------------------------------------
