@@ -30,7 +30,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     argument, 130 on Ctrl-C (one line says what was saved: the batches already scored, as a partial run)."""
     from dataclasses import replace
 
-    from hybridreduce import checks
+    from hybridreduce import validate
     from hybridreduce.runner import on_rank_zero_after_all, parse_shard
 
     from .collect import AnalysisConfig, Interrupted, check_out_dir, collect, merge_shards
@@ -38,7 +38,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     # Every argument and the output directory before the model loads.
     config = AnalysisConfig.from_yaml(args.config)
     if args.samples is not None:
-        checks.integer(args.samples, "samples (--samples)", 1, fix="the number of samples to score, e.g. 64")
+        validate.integer(args.samples, "samples (--samples)", 1, fix="the number of samples to score, e.g. 64")
         config = replace(config, samples=args.samples)
     shard = parse_shard(args.shard)
     check_out_dir(args.out, shard, overwrite=args.overwrite)

@@ -766,9 +766,9 @@ def check_out_dir(out_dir: str | Path, shard: tuple[int, int] = (0, 1), overwrit
     ``overwrite=False``, a directory that already holds a run (for a shard: its own shard folder, or a run made
     without shards).
     """
-    from hybridreduce import checks
+    from hybridreduce import validate
 
-    out = Path(os.path.abspath(checks.writable_dir(out_dir, "out (--out)")))  # absolute: "." has no name to move
+    out = Path(os.path.abspath(validate.writable_dir(out_dir, "out (--out)")))  # absolute: "." has no name to move
     shown = repr(_display(out))
     if shard[1] > 1:
         target = shard_dir(out, shard)

@@ -410,11 +410,11 @@ def plot_run(
         InputError: ``run_dir`` is not an analysis run directory (no metrics.json), or the output folder is a file,
             lies under a file or cannot be written (checked before any figure is drawn).
     """
-    from hybridreduce import checks
+    from hybridreduce import validate
 
     metrics = read_metrics(run_dir)
     out = Path(run_dir) / "plots" if out_dir is None else Path(out_dir)
-    checks.writable_dir(out, "out (--out)" if out_dir is not None else "the plots folder")
+    validate.writable_dir(out, "out (--out)" if out_dir is not None else "the plots folder")
     out.mkdir(parents=True, exist_ok=True)
     for old in _figure_files(out, formats):  # figures of an earlier plot (perhaps of another run) never stay beside
         old.unlink()

@@ -36,11 +36,11 @@ def _format_table(rows: list[dict]) -> str:
 def cmd_verify(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from . import checks
+    from . import validate
     from .verify import DTYPES, available_archs, verify_arch, verify_model
 
-    device = checks.device(args.device)
-    dtype = checks.choice(args.dtype, "dtype (--dtype)", tuple(DTYPES))
+    device = validate.device(args.device)
+    dtype = validate.choice(args.dtype, "dtype (--dtype)", tuple(DTYPES))
     if args.model and (device is not None or dtype != "float32"):
         raise InputError("--device and --dtype apply to the tiny models (--arch, --all); --model runs on cpu, float32")
     _quiet_transformers()
@@ -66,7 +66,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """The embedded toy VLM under every reduction method: a table, summary.json, results.csv and plots."""
-    from . import checks
+    from . import validate
     from .toy.demo import KEEPS, format_table, run_demo, write_outputs
 
     # Every argument, the checkpoint and --out before the first question is answered: the table takes minutes,
@@ -74,10 +74,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if args.quick and args.full:
         raise InputError("--quick and --full contradict each other; pick one")
     if args.size is not None:
-        checks.integer(args.size, "size (--size)", 1, fix="held-out questions per variant, e.g. 256 (the default)")
+        validate.integer(args.size, "size (--size)", 1, fix="held-out questions per variant, e.g. 256 (the default)")
     if args.checkpoint is not None:
-        checks.checkpoint_dir(args.checkpoint, "checkpoint (--checkpoint)")
-    checks.writable_dir(args.out, "out (--out)")
+        validate.checkpoint_dir(args.checkpoint, "checkpoint (--checkpoint)")
+    validate.writable_dir(args.out, "out (--out)")
     _quiet_transformers()
     size = args.size if args.size is not None else (128 if args.quick else 1024 if args.full else 256)
     keeps = (0.25,) if args.quick else KEEPS
@@ -171,7 +171,7 @@ def _check_bench_memory(cfg) -> None:
 
 def _parse_scale(text: str) -> list[int]:
     """``--scale``: comma-separated visual-token counts, each at least 16, no repeats; returned in increasing order."""
-    from . import checks
+    from . import validate
 
     points = []
     for item in (x.strip() for x in text.split(",")):
@@ -183,7 +183,7 @@ def _parse_scale(text: str) -> list[int]:
             raise InputError(
                 f"--scale takes comma-separated visual-token counts, e.g. 2048,4096,8192; got {item!r} in {text!r}"
             ) from None
-        points.append(checks.integer(value, f"visual tokens {value} of --scale", 16, fix="e.g. --scale 2048,4096,8192"))
+        points.append(validate.integer(value, f"visual tokens {value} of --scale", 16, fix="e.g. --scale 2048,4096,8192"))
     if not points:
         raise InputError("--scale needs at least one visual-token count, e.g. --scale 2048,4096,8192")
     repeated = sorted({v for v in points if points.count(v) > 1})
@@ -201,7 +201,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     import torch
 
-    from . import checks
+    from . import validate
     from .bench import BenchConfig, build_bench_model, run_bench, run_scale, write_scale, write_sweep
     from .runner import check_keep
     from .schedule import Schedule
@@ -210,14 +210,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.arch != "nemotron_h":
         raise HybridReduceError(f"the benchmark model is Nemotron-H-shaped; --arch {args.arch!r} is not available")
     if args.visual_tokens is not None:
-        checks.integer(args.visual_tokens, "visual_tokens (--visual-tokens)", 16, fix="the default is 8192")
-    checks.integer(args.repeats, "repeats (--repeats)", 1, fix="the median of the timed rounds is reported")
-    checks.integer(
+        validate.integer(args.visual_tokens, "visual_tokens (--visual-tokens)", 16, fix="the default is 8192")
+    validate.integer(args.repeats, "repeats (--repeats)", 1, fix="the median of the timed rounds is reported")
+    validate.integer(
         args.decode_steps, "decode_steps (--decode-steps)", 1,
         fix="decode cannot be skipped (it is short next to the prefill); --decode-steps 1 times the least",
     )  # fmt: skip
-    device = checks.device(args.device) or "cpu"
-    dtype = getattr(torch, checks.choice(args.dtype, "dtype (--dtype)", BENCH_DTYPES))
+    device = validate.device(args.device) or "cpu"
+    dtype = getattr(torch, validate.choice(args.dtype, "dtype (--dtype)", BENCH_DTYPES))
     schedule = Schedule.load(args.schedule)
     if args.sweep and args.scale:
         raise InputError("--sweep varies the keep, --scale the prompt length: give one of them")
@@ -227,14 +227,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
             raise InputError(f"--visual-tokens {args.visual_tokens} with --scale: the scale's counts replace it")
         if not args.out:
             raise InputError("--scale writes a CSV, a JSON and a plot: give --out DIR")
-        checks.writable_dir(args.out, "out (--out)")
+        validate.writable_dir(args.out, "out (--out)")
     if args.sweep:
         keeps = _parse_keeps(args.sweep)
         if not args.out:
             raise HybridReduceError("--sweep writes a CSV and a plot: give --out DIR")
         if args.keep is not None:
             raise InputError(f"--keep {args.keep:g} with --sweep: the sweep's keeps replace it; drop --keep")
-        checks.writable_dir(args.out, "out (--out)")
+        validate.writable_dir(args.out, "out (--out)")
     else:
         keep = check_keep(0.25 if args.keep is None else args.keep)
         if args.out and not args.scale:
@@ -356,21 +356,21 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     import shlex
     from pathlib import Path
 
-    from . import checks
+    from . import validate
     from .calibrate import CalibrationScores, score_prompts, search, write_calibration
     from .runner import check_keep, check_sampling
     from .schedule import BUDGETS
 
     # -- every argument first ------------------------------------------------------------------------------
     keep = check_keep(args.keep)
-    checks.choice(args.budget, "budget (--budget)", BUDGETS)
-    checks.integer(args.size, "size (--size)", 4, fix="the number of calibration prompts, e.g. 64")
-    checks.integer(args.max_stages, "max_stages (--max-stages)", 1, 8)
+    validate.choice(args.budget, "budget (--budget)", BUDGETS)
+    validate.integer(args.size, "size (--size)", 4, fix="the number of calibration prompts, e.g. 64")
+    validate.integer(args.max_stages, "max_stages (--max-stages)", 1, 8)
     check_sampling(args.frames, None, None)
     out = Path(args.out)
     if out.suffix not in (".yaml", ".yml"):
         raise InputError(f"--out {out} must be the schedule file to write, ending in .yaml (e.g. schedule.yaml)")
-    checks.writable_dir(out.parent, "the folder of --out")
+    validate.writable_dir(out.parent, "the folder of --out")
     if out.exists() and not args.overwrite:
         raise InputError(f"{out} exists; pass --overwrite to replace it (and its calibration.json and plots)")
     toy = args.model == "toy" or (Path(args.model) / "train_config.yaml").is_file()
@@ -395,9 +395,9 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         from .manifest import prompt_text, read_manifest
         from .video import read_video
 
-        checks.checkpoint_dir(args.model)
+        validate.checkpoint_dir(args.model)
         items = read_manifest(args.data)[: args.size]
-        vlm = load_vlm(args, checks.device(args.device))
+        vlm = load_vlm(args, validate.device(args.device))
         model = vlm.model
 
         def video_batches():
@@ -464,16 +464,16 @@ def _training_config(given: str | None):
 
 
 def cmd_train_toy(args: argparse.Namespace) -> int:
-    from . import checks
+    from . import validate
     from .toy.train import _eval_line, load_spec, train
 
     # Every argument before the config is read or a file is written (train() creates --out).
     config = _training_config(args.config)
-    out = checks.writable_dir(args.out)
+    out = validate.writable_dir(args.out)
     if args.steps is not None:
-        checks.integer(args.steps, "steps (--steps)", 1, fix="the number of optimiser steps, e.g. 20 for a smoke run")
+        validate.integer(args.steps, "steps (--steps)", 1, fix="the number of optimiser steps, e.g. 20 for a smoke run")
     if args.max_minutes is not None:
-        checks.number(
+        validate.number(
             args.max_minutes, "max_minutes (--max-minutes)", 0,
             fix="0 stops at the first evaluation; leave it out to train to the end",
         )  # fmt: skip
@@ -494,7 +494,7 @@ def cmd_train_toy(args: argparse.Namespace) -> int:
         spec.train.init_from = args.init_from
     spec.train.__post_init__()
     if spec.train.init_from is not None and not args.resume:
-        checks.checkpoint_dir(spec.train.init_from, "init_from (--init-from, or train.init_from in the config)")
+        validate.checkpoint_dir(spec.train.init_from, "init_from (--init-from, or train.init_from in the config)")
     command = "hybridreduce " + " ".join(sys.argv[1:]) if args.command_line is None else args.command_line
     result = train(
         spec, out, progress=not args.no_progress, command=command, resume=args.resume, max_minutes=args.max_minutes
@@ -515,12 +515,12 @@ DEFAULT_FRAMES = 32
 
 def check_model_args(args: argparse.Namespace, device: str | None) -> None:
     """Every flag of :func:`_model_args` (``device`` as it will be used), before the model loads."""
-    from . import checks
+    from . import validate
     from .runner import check_evs, check_max_new_tokens, check_sampling
 
-    checks.checkpoint_dir(args.model)
-    checks.choice(args.dtype, "dtype (--dtype)", DTYPES)
-    checks.device(device)
+    validate.checkpoint_dir(args.model)
+    validate.choice(args.dtype, "dtype (--dtype)", DTYPES)
+    validate.device(device)
     if device is not None and args.device_map is not None:
         raise InputError(f"--device {device} and --device-map {args.device_map}: give one of them, not both")
     check_sampling(**_frames_kwargs(args))

@@ -13,7 +13,7 @@ answered again unless ``retry_errors=False``); the lines it does not reuse are m
 ``superseded.jsonl`` (``superseded.shard-i-of-N.jsonl``) and answered again. Lines of settings the rerun does
 not have are left as they are.
 
-Every argument is checked (:mod:`hybridreduce.checks`) before anything is written: a bad one raises
+Every argument is checked (:mod:`hybridreduce.validate`) before anything is written: a bad one raises
 :class:`~hybridreduce.errors.InputError` instead of becoming an error line on every item.
 
 Sharding: ``shard=(i, N)`` answers items ``i, i + N, i + 2N, ...`` and writes
@@ -46,7 +46,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import checks
+from . import validate
 from .errors import HybridReduceError, InputError
 from .schedule import Schedule
 
@@ -70,19 +70,19 @@ class Setting:
 
 def check_evs(q) -> float:
     """The EVS pruning rate: the fraction of video tokens dropped before the language model, ``0 <= q < 1``."""
-    return checks.number(
+    return validate.number(
         q, "evs (--evs)", 0, 1, high_open=True, fix="it is the fraction of video tokens EVS drops; 0 turns EVS off"
     )
 
 
 def check_keep(keep, name: str = "keep (--keep)") -> float:
     """A schedule's keep budget, ``0 < keep <= 1`` (whether a model's depth can meet it: :func:`check_settings`)."""
-    return checks.number(keep, name, 0, 1, low_open=True, fix="it is the fraction of visual tokens kept, e.g. 0.25")
+    return validate.number(keep, name, 0, 1, low_open=True, fix="it is the fraction of visual tokens kept, e.g. 0.25")
 
 
 def check_max_new_tokens(n) -> int:
     """The greedy answer length: at least one token."""
-    return checks.integer(
+    return validate.integer(
         n, "max_new_tokens (--max-new-tokens)", 1, fix="the answer's length in tokens, e.g. 8 (the default)"
     )
 
@@ -95,11 +95,11 @@ def check_sampling(frames: int | None, fps: float | None, max_frames: int | None
             "--frames N samples N frames uniformly, --fps R samples R a second (in Python pass frames=None with fps)"
         )
     if frames is not None:
-        checks.integer(
+        validate.integer(
             frames, "frames (--frames)", 1, MAX_FRAMES, fix="the frames sampled from each video, e.g. 32 (the default)"
         )
     else:
-        checks.number(
+        validate.number(
             fps, "fps (--fps)", 0, low_open=True, fix="it is frames sampled per second of video, e.g. 1 or 0.5"
         )
     if max_frames is not None:
@@ -108,7 +108,7 @@ def check_sampling(frames: int | None, fps: float | None, max_frames: int | None
                 f"max_frames (--max-frames) {max_frames!r} caps the frames fps (--fps) samples, but frames are sampled "
                 "by count (--frames); give the count itself with --frames, or sample by --fps"
             )
-        checks.integer(
+        validate.integer(
             max_frames,
             "max_frames (--max-frames)",
             1,
@@ -242,7 +242,7 @@ def _merged_from_shards(out: Path) -> bool:
 def check_out_dir(out_dir: str | Path, shard: tuple[int, int] = (0, 1)) -> Path:
     """``out_dir`` as the output directory of shard ``(i, N)``: writable (or creatable), and holding no predictions
     of another split, which the shard would answer a second time. Nothing is created."""
-    out = checks.writable_dir(out_dir, "out_dir (--out)")
+    out = validate.writable_dir(out_dir, "out_dir (--out)")
     if not out.is_dir():
         return out
     i, n = shard
@@ -594,7 +594,7 @@ def merge(out_dir: str | Path, allow_partial: bool = False) -> dict:
         sources = [single]
     else:
         raise InputError(f"{out}: no predictions*.jsonl to merge; run `hybridreduce run ... --out {out}` first")
-    checks.writable_dir(out, "out (merge DIR)")
+    validate.writable_dir(out, "out (merge DIR)")
     rows: dict[tuple, dict] = {}
     source_of: dict[tuple, Path] = {}
     for path in sources:

@@ -34,7 +34,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from . import checks
+from . import validate
 from .errors import InputError
 from .yamlio import located, read_yaml_section
 
@@ -93,9 +93,9 @@ def _shown(value: Any) -> str:
 
 
 def _fraction(value: Any, name: str, meaning: str) -> float:
-    """``value`` as a float in (0, 1] (:func:`checks.number`: bool, strings and NaN are refused)."""
+    """``value`` as a float in (0, 1] (:func:`validate.number`: bool, strings and NaN are refused)."""
     try:
-        return checks.number(value, name, 0, 1, low_open=True)
+        return validate.number(value, name, 0, 1, low_open=True)
     except InputError:
         raise _error(name, f"must lie in (0, 1] ({meaning}), got {_shown(value)}") from None
 
@@ -168,7 +168,7 @@ def _ema(value: Any) -> float | None:
 
 
 def _seed(value: Any) -> int:
-    return checks.integer(value, "schedule seed", 0, fix="the seed of the random method's keep sets, e.g. 0")
+    return validate.integer(value, "schedule seed", 0, fix="the seed of the random method's keep sets, e.g. 0")
 
 
 def _name(value: Any) -> str | None:

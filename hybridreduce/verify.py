@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from . import checks, compat
+from . import compat, validate
 from .adapters import AdaptedModel, get_adapter
 from .errors import HybridReduceError, InputError
 from .scoring.config import ScorerConfig
@@ -531,7 +531,7 @@ def verify_arch(arch: str, device=None, dtype: torch.dtype | str | None = None) 
 def verify_model(path: str | Path) -> list[CheckResult]:
     """All checks on a checkpoint directory: its language model (a VLM is unwrapped), synthetic prompt."""
     # A directory, a config.json that is a JSON object, weights: each refused with one line before transformers runs.
-    path = checks.checkpoint_dir(path, "model (--model)")
+    path = validate.checkpoint_dir(path, "model (--model)")
     from safetensors import SafetensorError
 
     try:

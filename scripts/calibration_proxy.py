@@ -54,14 +54,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--overwrite", action="store_true", help="write into a non-empty --out")
     args = p.parse_args(argv)
 
-    from hybridreduce import checks
+    from hybridreduce import validate
     from hybridreduce.errors import HybridReduceError, InputError
 
     try:
-        keep = checks.number(args.keep, "keep (--keep)", 0, 1, low_open=True, high_open=True)
-        checks.integer(args.prompts, "prompts (--prompts)", 4)
-        checks.integer(args.size, "size (--size)", 1)
-        out = checks.writable_dir(args.out)
+        keep = validate.number(args.keep, "keep (--keep)", 0, 1, low_open=True, high_open=True)
+        validate.integer(args.prompts, "prompts (--prompts)", 4)
+        validate.integer(args.size, "size (--size)", 1)
+        out = validate.writable_dir(args.out)
         if out.is_dir() and any(out.iterdir()) and not args.overwrite:
             raise InputError(f"--out {out} is not empty; pass --overwrite or choose another folder")
         return _run(args, keep, out)

@@ -26,7 +26,7 @@ import hybridreduce.toy.demo as demo_module
 import hybridreduce.toy.train as train_module
 from analysis.collect import AnalysisConfig, Interrupted, collect, read_metrics
 from analysis.plots import PartialRun, plot_run
-from hybridreduce import InputError, Schedule, checks, reduce
+from hybridreduce import InputError, Schedule, reduce, validate
 from hybridreduce.cli import main
 from hybridreduce.tiny import build_tiny_model
 from hybridreduce.toy.train import train
@@ -109,10 +109,10 @@ def nothing_runs(monkeypatch):
 @pytest.fixture
 def read_only(files, monkeypatch):
     """A folder ``root/read_only`` that os.access reports as not writable (the tests may run as root, who writes
-    anywhere; checks.writable_dir asks os.access, as a read-only file system or a chmod would answer)."""
+    anywhere; validate.writable_dir asks os.access, as a read-only file system or a chmod would answer)."""
     folder = files["root"] / "read_only"
     real_access = os.access
-    monkeypatch.setattr(checks.os, "access", lambda p, mode: Path(p) != folder and real_access(p, mode))
+    monkeypatch.setattr(validate.os, "access", lambda p, mode: Path(p) != folder and real_access(p, mode))
     folder.mkdir()
     yield folder
     folder.rmdir()

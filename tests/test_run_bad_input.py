@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from hybridreduce import InputError, checks
+from hybridreduce import InputError, validate
 from hybridreduce.cli import main
 from hybridreduce.manifest import read_manifest, write_manifest
 from hybridreduce.runner import (
@@ -149,7 +149,7 @@ def test_run_refuses_bad_paths(files, capsys, monkeypatch):
     refused([*base, *model, "--out", str(f["file"] / "run")], ["lies under the file", "a_file.txt"], root, capsys)
     read_only = root / "read_only"
     real_access = os.access
-    monkeypatch.setattr(checks.os, "access", lambda p, mode: Path(p) != read_only and real_access(p, mode))
+    monkeypatch.setattr(validate.os, "access", lambda p, mode: Path(p) != read_only and real_access(p, mode))
     read_only.mkdir()
     try:
         refused([*base, *model, "--out", str(read_only / "run")], ["read_only", "not writable"], root, capsys)

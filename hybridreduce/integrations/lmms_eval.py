@@ -90,7 +90,7 @@ from loguru import logger
 from PIL import Image
 from tqdm import tqdm
 
-from .. import checks
+from .. import validate
 from ..cli import DEFAULT_FRAMES, check_model_args, evs_rate, load_vlm
 from ..errors import HybridReduceError, InputError, UnsupportedModelError, VideoError
 from ..runner import TIMINGS, answer_config, check_max_new_tokens, check_settings, settings_for, summarize
@@ -164,7 +164,7 @@ class HybridReduce(lmms):
             raise InputError(f"schedule must be a preset name or a YAML file, got {schedule!r}")
         if device == "cuda" and "LOCAL_RANK" in os.environ:  # one GPU per process under accelerate / torchrun
             device = f"cuda:{os.environ['LOCAL_RANK']}"
-        root = checks.checkpoint_dir(pretrained, "pretrained")
+        root = validate.checkpoint_dir(pretrained, "pretrained")
         # What `hybridreduce run` checks before its model loads, by the same code.
         self._args = SimpleNamespace(
             model=str(root), dtype=dtype, device_map=device_map, trust_remote_code=trust_remote_code,
