@@ -381,7 +381,7 @@ def iter_batches(config: AnalysisConfig, loaded: LoadedModel, samples: range | N
             batch["index"] = torch.arange(start, min(start + bs, samples.stop))
             yield batch
         return
-    from hybridreduce.verify import make_prompt
+    from hybridreduce.tiny import make_prompt
 
     vocab = int(loaded.model.config.vocab_size)
     p = config.prompt

@@ -183,7 +183,9 @@ def _parse_scale(text: str) -> list[int]:
             raise InputError(
                 f"--scale takes comma-separated visual-token counts, e.g. 2048,4096,8192; got {item!r} in {text!r}"
             ) from None
-        points.append(validate.integer(value, f"visual tokens {value} of --scale", 16, fix="e.g. --scale 2048,4096,8192"))
+        points.append(
+            validate.integer(value, f"visual tokens {value} of --scale", 16, fix="e.g. --scale 2048,4096,8192")
+        )
     if not points:
         raise InputError("--scale needs at least one visual-token count, e.g. --scale 2048,4096,8192")
     repeated = sorted({v for v in points if points.count(v) > 1})

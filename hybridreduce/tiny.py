@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -320,3 +321,56 @@ def save_tiny_vlm(path, wrapper: str = "nemotron_h_omni", text_arch: str = "nemo
         settings = {"patch_size": 4, "vision_feature_select_strategy": "default"}
         (out / "processor_config.json").write_text(json.dumps(settings) + "\n")
     return out
+
+
+# --- synthetic prompts: random token ids with a visual span, what the checks and tests feed the tiny models ---
+
+
+@dataclass
+class SyntheticPrompt:
+    """Token ids of a synthetic prompt: ``[prefix][visual][question]``."""
+
+    input_ids: torch.Tensor  # (1, T)
+    visual_mask: torch.Tensor  # (1, T) bool
+
+
+def make_prompt(vocab: int, prefix: int, visual: int, question: int, seed: int, device=None) -> SyntheticPrompt:
+    """A random ``[prefix][visual][question]`` prompt (ids in ``[3, vocab)``), the same for a seed on every device."""
+    g = torch.Generator().manual_seed(seed)
+    T = prefix + visual + question
+    ids = torch.randint(3, vocab, (1, T), generator=g)
+    vm = torch.zeros(1, T, dtype=torch.bool)
+    vm[0, prefix : prefix + visual] = True
+    return SyntheticPrompt(ids.to(device), vm.to(device))
+
+
+def left_pad(
+    prompts: list[SyntheticPrompt], pad_id: int = 0, device=None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Left-pad prompts into ``(input_ids, attention_mask, visual_mask)`` batches on ``device`` (default cpu)."""
+    T = max(p.input_ids.shape[1] for p in prompts)
+    ids = torch.full((len(prompts), T), pad_id, dtype=torch.long)
+    am = torch.zeros(len(prompts), T, dtype=torch.long)
+    vm = torch.zeros(len(prompts), T, dtype=torch.bool)
+    for i, p in enumerate(prompts):
+        n = p.input_ids.shape[1]
+        ids[i, T - n :] = p.input_ids[0]
+        am[i, T - n :] = 1
+        vm[i, T - n :] = p.visual_mask[0]
+    return ids.to(device), am.to(device), vm.to(device)
+
+
+def two_sample_batch(prompt: SyntheticPrompt) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(input_ids, visual_mask)`` of a batch of two different samples sharing ``prompt``'s layout."""
+    ids = prompt.input_ids.repeat(2, 1)
+    ids[1] = ids[1].flip(0)
+    return ids, prompt.visual_mask.repeat(2, 1)
+
+
+def reference_rows(visual_mask: torch.Tensor) -> tuple[list[list[int]], list[list[int]]]:
+    """Query rows (the tokens after the last visual token) and visual columns of each sample, as
+    plain lists: the default query of ``capture``, written out independently of ``resolve_positions``."""
+    T = visual_mask.shape[1]
+    q_rows = [list(range(int(row.nonzero().max()) + 1, T)) for row in visual_mask]
+    v_cols = [row.nonzero().flatten().tolist() for row in visual_mask]
+    return q_rows, v_cols

@@ -53,7 +53,15 @@ from .scoring.reference import (
     mamba2_scan_ref,
 )
 from .taps import ATTENTION_DISPATCH, capture
-from .tiny import TINY_CONFIGS, build_tiny_model
+from .tiny import (
+    TINY_CONFIGS,
+    SyntheticPrompt,
+    build_tiny_model,
+    left_pad,
+    make_prompt,
+    reference_rows,
+    two_sample_batch,
+)
 
 CHECKS = (
     "roundtrip",
@@ -144,53 +152,6 @@ class CheckResult:
         return asdict(self)
 
 
-@dataclass
-class Prompt:
-    """Token ids of a synthetic prompt: ``[prefix][visual][question]``."""
-
-    input_ids: torch.Tensor  # (1, T)
-    visual_mask: torch.Tensor  # (1, T) bool
-
-
-def make_prompt(vocab: int, prefix: int, visual: int, question: int, seed: int) -> Prompt:
-    g = torch.Generator().manual_seed(seed)
-    T = prefix + visual + question
-    ids = torch.randint(3, vocab, (1, T), generator=g)
-    vm = torch.zeros(1, T, dtype=torch.bool)
-    vm[0, prefix : prefix + visual] = True
-    return Prompt(ids.to(TARGET.device), vm.to(TARGET.device))
-
-
-def left_pad(prompts: list[Prompt], pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Left-pad prompts into ``(input_ids, attention_mask, visual_mask)`` batches."""
-    T = max(p.input_ids.shape[1] for p in prompts)
-    ids = torch.full((len(prompts), T), pad_id, dtype=torch.long)
-    am = torch.zeros(len(prompts), T, dtype=torch.long)
-    vm = torch.zeros(len(prompts), T, dtype=torch.bool)
-    for i, p in enumerate(prompts):
-        n = p.input_ids.shape[1]
-        ids[i, T - n :] = p.input_ids[0]
-        am[i, T - n :] = 1
-        vm[i, T - n :] = p.visual_mask[0]
-    return ids.to(TARGET.device), am.to(TARGET.device), vm.to(TARGET.device)
-
-
-def two_sample_batch(prompt: Prompt) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(input_ids, visual_mask)`` of a batch of two different samples sharing ``prompt``'s layout."""
-    ids = prompt.input_ids.repeat(2, 1)
-    ids[1] = ids[1].flip(0)
-    return ids, prompt.visual_mask.repeat(2, 1)
-
-
-def reference_rows(visual_mask: torch.Tensor) -> tuple[list[list[int]], list[list[int]]]:
-    """Query rows (the tokens after the last visual token) and visual columns of each sample, as
-    plain lists: the default query of ``capture``, written out independently of ``resolve_positions``."""
-    T = visual_mask.shape[1]
-    q_rows = [list(range(int(row.nonzero().max()) + 1, T)) for row in visual_mask]
-    v_cols = [row.nonzero().flatten().tolist() for row in visual_mask]
-    return q_rows, v_cols
-
-
 def _vocab(model) -> int:
     return int(model.get_input_embeddings().num_embeddings)
 
@@ -224,7 +185,7 @@ def _hook_state(model) -> tuple:
 # --------------------------------------------------------------------------------------------------
 # Checks
 # --------------------------------------------------------------------------------------------------
-def check_keep1_exact(arch: str, model, prompt: Prompt) -> CheckResult:
+def check_keep1_exact(arch: str, model, prompt: SyntheticPrompt) -> CheckResult:
     ids = prompt.input_ids.repeat(2, 1)
     vm = prompt.visual_mask.repeat(2, 1)
     ref = _forward(model, ids)
@@ -237,7 +198,7 @@ def check_keep1_exact(arch: str, model, prompt: Prompt) -> CheckResult:
     return CheckResult(arch, "keep1_exact", ok, worst, "logits bit-identical under capture (both Mamba scorers)")
 
 
-def check_attention_rows(arch: str, model, prompt: Prompt, eager_model) -> CheckResult:
+def check_attention_rows(arch: str, model, prompt: SyntheticPrompt, eager_model) -> CheckResult:
     adapted = get_adapter(model)
     attn_blocks = [b for b in adapted.blocks if b.attn is not None]
     if not attn_blocks:
@@ -284,7 +245,7 @@ def _gated(y: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
     return y * F.silu(gate)
 
 
-def check_mamba_reconstruction(arch: str, model, prompt: Prompt) -> CheckResult:
+def check_mamba_reconstruction(arch: str, model, prompt: SyntheticPrompt) -> CheckResult:
     adapted = get_adapter(model)
     ssm_blocks = [b for b in adapted.blocks if b.ssm is not None]
     if not ssm_blocks:
@@ -377,7 +338,7 @@ def _compare_reconstruction(arch, ssm_blocks, seen, ids, vm) -> CheckResult:
     return CheckResult(arch, "mamba_reconstruction", passed, worst_scan, detail)
 
 
-def check_hooks_removed(arch: str, model, prompt: Prompt) -> CheckResult:
+def check_hooks_removed(arch: str, model, prompt: SyntheticPrompt) -> CheckResult:
     before = _hook_state(model)
     ids, vm = prompt.input_ids, prompt.visual_mask
     with capture(model, vm) as cache:
@@ -415,7 +376,7 @@ def check_hooks_removed(arch: str, model, prompt: Prompt) -> CheckResult:
     )
 
 
-def _reduce_hooks_removed(model, prompt: Prompt) -> bool:
+def _reduce_hooks_removed(model, prompt: SyntheticPrompt) -> bool:
     """The same three exits for a reduction context; ``True`` when each left no hook behind."""
     from .engine import reduce
 
@@ -442,8 +403,11 @@ def _reduce_hooks_removed(model, prompt: Prompt) -> bool:
 
 def check_batch_equivalence(arch: str, model) -> CheckResult:
     vocab = _vocab(model)
-    prompts = [make_prompt(vocab, 3, 24, 9, seed=1), make_prompt(vocab, 6, 24, 3, seed=2)]
-    ids, am, vm = left_pad(prompts)
+    prompts = [
+        make_prompt(vocab, 3, 24, 9, seed=1, device=TARGET.device),
+        make_prompt(vocab, 6, 24, 3, seed=2, device=TARGET.device),
+    ]
+    ids, am, vm = left_pad(prompts, device=TARGET.device)
     worst = 0.0
     for mode in ("decay_free", "exact"):
         with capture(model, vm, scorer=mode) as batched:
@@ -473,7 +437,8 @@ def _roundtrip(arch: str, tmp: Path):
     model = build_tiny_model(arch, seed=0)
     model.save_pretrained(tmp)
     loaded = AutoModelForCausalLM.from_pretrained(tmp, dtype=torch.float32).eval()
-    ids = make_prompt(_vocab(model), 4, 24, 8, seed=0).input_ids.cpu()  # save and load: CPU, float32
+    ids = make_prompt(_vocab(model), 4, 24, 8, seed=0).input_ids  # save and load: CPU, float32
+    #  # save and load: CPU, float32
     a, b = _forward(model, ids), _forward(loaded, ids)
     result = CheckResult(
         arch, "roundtrip", torch.equal(a, b), float((a - b).abs().max()), "save_pretrained → from_pretrained"
@@ -501,7 +466,7 @@ def _load_eager(path: Path, model):
     return _to_target(load_language_model(path, attn_implementation="eager"))
 
 
-def run_checks(arch: str, model, path: Path | None, prompt: Prompt) -> list[CheckResult]:
+def run_checks(arch: str, model, path: Path | None, prompt: SyntheticPrompt) -> list[CheckResult]:
     """Run every check but ``roundtrip`` on a loaded model (``path``: its checkpoint directory)."""
     results = [check_keep1_exact(arch, model, prompt)]
     has_attn = any(b.attn is not None for b in get_adapter(model).blocks)
@@ -524,7 +489,7 @@ def verify_arch(arch: str, device=None, dtype: torch.dtype | str | None = None) 
     with on(device, dtype), tempfile.TemporaryDirectory(prefix=f"hybridreduce-{arch}-") as tmp:
         model, rt = _roundtrip(arch, Path(tmp))
         model = _to_target(model)
-        prompt = make_prompt(_vocab(model), 4, 24, 8, seed=0)
+        prompt = make_prompt(_vocab(model), 4, 24, 8, seed=0, device=TARGET.device)
         return [rt, *_guarded(arch, lambda: run_checks(arch, model, Path(tmp), prompt))]
 
 
@@ -547,7 +512,7 @@ def verify_model(path: str | Path) -> list[CheckResult]:
             "config.json's model_type and the weight files, or save the model again with save_pretrained"
         ) from None
     adapted: AdaptedModel = get_adapter(model)
-    prompt = make_prompt(_vocab(adapted.text_model), 4, 24, 8, seed=0)
+    prompt = make_prompt(_vocab(adapted.text_model), 4, 24, 8, seed=0, device=TARGET.device)
     return _guarded(adapted.model_type, lambda: run_checks(adapted.model_type, model, path, prompt))
 
 

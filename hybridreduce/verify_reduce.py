@@ -23,7 +23,8 @@ import torch
 from .adapters import get_adapter
 from .engine import reduce
 from .schedule import Schedule
-from .verify import TARGET, CheckResult, Prompt, _forward, _vocab, left_pad, make_prompt
+from .tiny import SyntheticPrompt, left_pad, make_prompt
+from .verify import TARGET, CheckResult, _forward, _vocab
 
 # Tolerances: TARGET.tol("logits") and TARGET.tol("tie"), by the dtype the checks run in (in float32
 # hybridreduce.verify.ATOL_LOGITS and TIE; the others in hybridreduce.verify.TOLERANCES).
@@ -39,10 +40,13 @@ def _progressive(model, keep: float = 0.5) -> Schedule:
     return Schedule.preset("progressive", keep=keep, first_prune=1, stages=min(3, n - 1))
 
 
-def _batch(model) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[Prompt]]:
+def _batch(model) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[SyntheticPrompt]]:
     vocab = _vocab(model)
-    prompts = [make_prompt(vocab, 3, 24, 9, seed=1), make_prompt(vocab, 6, 24, 3, seed=2)]
-    ids, am, vm = left_pad(prompts)
+    prompts = [
+        make_prompt(vocab, 3, 24, 9, seed=1, device=TARGET.device),
+        make_prompt(vocab, 6, 24, 3, seed=2, device=TARGET.device),
+    ]
+    ids, am, vm = left_pad(prompts, device=TARGET.device)
     return ids, am, vm, prompts
 
 
@@ -180,7 +184,7 @@ def check_batch_reduce(arch: str, model) -> CheckResult:
     )
 
 
-def check_reduce_keep1_exact(arch: str, model, prompt: Prompt) -> CheckResult:
+def check_reduce_keep1_exact(arch: str, model, prompt: SyntheticPrompt) -> CheckResult:
     ids = prompt.input_ids.repeat(2, 1)
     vm = prompt.visual_mask.repeat(2, 1)
     am = torch.ones_like(ids)
@@ -198,7 +202,7 @@ def check_reduce_keep1_exact(arch: str, model, prompt: Prompt) -> CheckResult:
     )
 
 
-def reduction_checks(arch: str, model, prompt: Prompt) -> list[CheckResult]:
+def reduction_checks(arch: str, model, prompt: SyntheticPrompt) -> list[CheckResult]:
     return [
         check_reduce_keep1_exact(arch, model, prompt),
         check_prune_reference(arch, model),

@@ -7,7 +7,8 @@ import json
 import pytest
 
 from hybridreduce import cli, verify
-from hybridreduce.verify import CHECKS, make_prompt
+from hybridreduce.tiny import make_prompt
+from hybridreduce.verify import CHECKS
 
 from .conftest import ARCHS
 
