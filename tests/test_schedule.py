@@ -2,12 +2,26 @@
 
 from __future__ import annotations
 
+import copy
+import pickle
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from hybridreduce import InputError
-from hybridreduce.schedule import METHODS, Plan, Schedule
+from hybridreduce.schedule import (
+    LAYOUT_SETTINGS,
+    METHOD_SPECS,
+    METHODS,
+    SELECTOR_SETTINGS,
+    Layout,
+    MethodSpec,
+    Plan,
+    Schedule,
+    Selector,
+    _registry,
+)
 
 
 @pytest.mark.parametrize("shape", ["geometric", "linear"])
@@ -78,8 +92,84 @@ def test_a_setting_that_contradicts_a_method_raises():
         Schedule.from_dict({"method": "fastv", "score": "unified"})
     with pytest.raises(InputError, match="pyramiddrop is defined by"):
         Schedule.preset("pyramiddrop", query="after_visual")
+    with pytest.raises(InputError, match=r"fastv is defined by .*\{'score': 'unified'\} contradicts it.*progressive"):
+        Schedule.preset("fastv", score="unified")
     assert Schedule.preset("fastv", stages=1, score="attention").stages == 1  # agreeing is fine
     assert Schedule.preset("pyramiddrop", keep=0.3).keep == 0.3  # a preset setting, not a definition
+    # The constructor and dataclasses.replace hold the definition too: a method's settings are never overwritten.
+    with pytest.raises(InputError, match="fastv is defined by") as info:
+        Schedule(method="fastv", stages=2)
+    assert info.value.field == "stages"
+    with pytest.raises(InputError, match="random is defined by"):
+        Schedule(method="random", score="unified")
+    with pytest.raises(InputError, match="fastv is defined by"):
+        replace(Schedule.preset("fastv"), query="all_text")
+    assert replace(Schedule.preset("fastv"), keep=0.3).keep == 0.3
+
+
+def test_a_top_k_pick_needs_a_score():
+    with pytest.raises(InputError, match="'none' leaves the top-k of method progressive nothing to rank") as info:
+        Schedule(score="none")
+    assert info.value.field == "score"
+    with pytest.raises(InputError, match="ranks nothing for the random pick"):
+        Selector(pick="random")
+
+
+def test_a_schedule_is_a_layout_and_a_selector():
+    """Issue 15: how many (Layout) and which (Selector) are two concepts; a method is a registered pair."""
+    assert METHODS == tuple(METHOD_SPECS)
+    for name in METHODS:
+        s, spec = Schedule.preset(name), METHOD_SPECS[name]
+        assert s.spec is spec and Schedule(method=name) == s  # a setting not given takes the method's value
+        assert isinstance(s.layout, Layout) and isinstance(s.selector, Selector)
+        # The flat settings are the parts' settings.
+        assert {k: getattr(s.layout, k) for k in LAYOUT_SETTINGS} == {k: getattr(s, k) for k in LAYOUT_SETTINGS}
+        assert {k: getattr(s.selector, k) for k in SELECTOR_SETTINGS} == {k: getattr(s, k) for k in SELECTOR_SETTINGS}
+        assert set(s.to_dict()) == {"method", "name", *LAYOUT_SETTINGS, *SELECTOR_SETTINGS}
+        for key, value in spec.definition.items():
+            assert getattr(s, key) == value, (name, key)
+        assert s.resolve(24) == s.layout.resolve(24)
+        assert Schedule.from_parts(name, s.layout, s.selector) == s
+        for again in (copy.deepcopy(s), pickle.loads(pickle.dumps(s))):
+            assert again == s and again.layout == s.layout and again.selector == s.selector
+        if s.resolve(24).prune_points:
+            # The engine picks by method name today; the selector says the same.
+            assert s.selector.pick == {"random": "random", "uniform": "uniform"}.get(name, "topk"), name
+    assert Schedule.load("pyramiddrop") == Schedule.preset("pyramiddrop")
+    assert Schedule.preset("pyramiddrop").layout.placement == "pyramid"
+    assert Schedule.preset("none").layout.placement == "none"
+    assert Schedule.preset("random").selector == Selector(score="none", pick="random")
+    assert Schedule.preset("fastv").layout == Layout(first_prune=3, stages=1)
+    with pytest.raises(InputError, match="pyramiddrop is defined by placement 'pyramid'"):
+        Schedule.from_parts("pyramiddrop", Layout(keep=0.4), Selector(score="attention", query="last"))
+
+
+def test_layout_and_selector_are_validated_on_their_own():
+    assert Layout(stages=[2, 5], first_prune=2.0).stages == (2, 5)
+    assert Layout(keep=0.3, first_prune=4, stages=4).resolve(24) == Schedule(keep=0.3, first_prune=4, stages=4).resolve(
+        24
+    )
+    for make, match in [
+        (lambda: Layout(keep=1.5), r"keep must lie in \(0, 1\]"),
+        (lambda: Layout(placement="everywhere"), "placement 'everywhere' is not one of spread, pyramid, none"),
+        (lambda: Layout(placement="none", keep=0.5), "must be 1 with method 'none'"),
+        (lambda: Selector(pick="best"), "pick 'best' is not one of topk, random, uniform"),
+        (lambda: Selector(ema=2), "ema must lie"),
+    ]:
+        with pytest.raises(InputError, match=match):
+            make()
+
+
+def test_the_method_table_refuses_bad_entries():
+    spec = METHOD_SPECS["fastv"]
+    with pytest.raises(ValueError, match="registered twice"):
+        _registry((spec, spec))
+    with pytest.raises(ValueError, match="not layout settings"):
+        MethodSpec("mine", "x", layout={"score": "attention"})
+    with pytest.raises(ValueError, match="a preset sets free settings only"):
+        MethodSpec("mine", "x", layout={"stages": 1}, preset={"stages": 2})
+    with pytest.raises(TypeError):
+        spec.layout["stages"] = 2  # read-only
 
 
 def test_presets_load_and_round_trip(tmp_path):
