@@ -5,7 +5,7 @@ or runs out of time is recorded as such while the next one still runs:
 
 ``env``            torch, CUDA, transformers, the GPU, and which of flash-attn, mamba-ssm, causal-conv1d import.
 ``verify_float32`` ``hybridreduce verify --all --device cuda --dtype float32 --json``.
-``verify_bfloat16`` the same in bfloat16 (tolerances follow the dtype: ``hybridreduce.verify.TOLERANCES``).
+``verify_bfloat16`` the same in bfloat16 (tolerances follow the dtype: ``hybridreduce.checks.TOLERANCES``).
 ``bench_*``        :func:`hybridreduce.bench.run_scale` on a Nemotron-H-8B-shaped model at its real width
                    (:func:`~hybridreduce.bench.nemotron_h_8b`: 52 blocks, hidden 4096) in bfloat16 at 16k and 64k
                    visual tokens, keep 0.25: SDPA on the Mamba path transformers picks (mamba-ssm's kernels where

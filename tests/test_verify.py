@@ -1,31 +1,45 @@
-"""``hybridreduce verify``: every check passes on every tiny architecture, and the checks can fail."""
+"""``hybridreduce verify``: the runner prints every registered check, and the checks can fail.
+
+That every check passes on every tiny architecture is ``tests/test_invariants.py`` (one test per check).
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
 
-from hybridreduce import cli, verify
+from hybridreduce import cli
+from hybridreduce.checks import INVARIANTS, CheckResult, Subject, invariant, reduction, scoring
 from hybridreduce.tiny import make_prompt
-from hybridreduce.verify import CHECKS
-
-from .conftest import ARCHS
 
 
-@pytest.mark.parametrize("arch", ARCHS)
-def test_every_check_passes(arch):
-    results = verify.verify_arch(arch)
-    for r in results:
-        print(r)
-    assert [r.check for r in results] == list(CHECKS)
-    assert all(r.passed for r in results), [r for r in results if not r.passed]
+def test_registry_refuses_a_bad_registration(monkeypatch):
+    monkeypatch.setattr("hybridreduce.checks.common.INVARIANTS", dict(INVARIANTS))
+    with pytest.raises(ValueError, match="registered twice"):
+        invariant("keep1_exact", needs=("model",))(lambda arch, model: None)
+    with pytest.raises(ValueError, match="unknown needs"):
+        invariant("new_check", needs=("tokenizer",))(lambda arch, tokenizer: None)
+    with pytest.raises(TypeError, match=r"must be \['arch', 'model', 'prompt'\]"):
+        invariant("new_check", needs=("model", "prompt"))(lambda arch, prompt, model: None)
+
+
+def test_subject_builds_each_need_once(tmp_path):
+    subject = Subject.tiny("llama", tmp_path)
+    assert subject.get("model") is subject.get("loaded") and subject.get("eager") is subject.get("eager")
+    assert (tmp_path / "config.json").is_file()
+    bare = Subject.checkpoint("llama", subject.get("model"), None)
+    assert not INVARIANTS["roundtrip"].applies(bare) and INVARIANTS["attention_rows"].applies(bare)
+    assert bare.get("eager") is bare.get("model")  # no checkpoint to load an eager copy from
+    with pytest.raises(ValueError, match="run this check on a tiny model"):
+        bare.get("built")
 
 
 def test_reconstruction_check_catches_a_wrong_primitive(monkeypatch, tiny_models):
     """Drop Falcon-H1's muP multipliers from the rebuilt primitives: the check must fail."""
     model = tiny_models("falcon_h1")
-    real = verify.mamba2_primitives
+    real = scoring.mamba2_primitives
 
     def without_mup(mixer, projected, mask=None):
         saved = mixer.mup_vector
@@ -36,8 +50,8 @@ def test_reconstruction_check_catches_a_wrong_primitive(monkeypatch, tiny_models
         finally:
             mixer.mup_vector = saved
 
-    monkeypatch.setattr(verify, "mamba2_primitives", without_mup)
-    result = verify.check_mamba_reconstruction("falcon_h1", model, make_prompt(96, 4, 24, 8, 0))
+    monkeypatch.setattr(scoring, "mamba2_primitives", without_mup)
+    result = scoring.check_mamba_reconstruction("falcon_h1", model, make_prompt(96, 4, 24, 8, 0))
     assert not result.passed and result.max_err > 1e-2
 
 
@@ -53,22 +67,26 @@ def test_attention_check_catches_wrong_rows(monkeypatch, tiny_models):
     model.model.layers[0].self_attn.q_proj.weight.data *= 20  # make attention far from uniform
     eager = build_tiny_model("llama", attn_implementation="eager")
     eager.load_state_dict(model.state_dict())
-    result = verify.check_attention_rows("llama", model, make_prompt(96, 4, 24, 8, 0), eager)
+    result = scoring.check_attention_rows("llama", model, make_prompt(96, 4, 24, 8, 0), eager)
     assert not result.passed
 
 
 def test_cli_json(capsys):
+    """The names ``verify`` prints are the registry's, in its order (scoring checks first, then the engine's)."""
     code = cli.main(["verify", "--arch", "llama", "--json"])
     rows = json.loads(capsys.readouterr().out)
     assert code == 0
-    assert {r["check"] for r in rows} == set(CHECKS)
+    assert [r["check"] for r in rows] == list(INVARIANTS)
     assert all(set(r) == {"arch", "check", "passed", "max_err"} for r in rows)
+    assert {inv.fn.__module__ for inv in INVARIANTS.values()} == {scoring.__name__, reduction.__name__}
+    assert list(INVARIANTS)[0] == "roundtrip" and list(INVARIANTS)[-1] == "batch_reduce"
 
 
 def test_cli_exit_status_is_one_on_failure(monkeypatch, capsys):
-    monkeypatch.setattr(
-        verify, "check_hooks_removed", lambda arch, m, p: verify.CheckResult(arch, "hooks_removed", False, None)
+    failing = dataclasses.replace(
+        INVARIANTS["hooks_removed"], fn=lambda arch, model, prompt: CheckResult(arch, "hooks_removed", False, None)
     )
+    monkeypatch.setitem(INVARIANTS, "hooks_removed", failing)
     assert cli.main(["verify", "--arch", "llama"]) == 1
     assert "FAIL" in capsys.readouterr().out
 
@@ -80,6 +98,7 @@ def test_cli_model_directory(tmp_path, capsys):
     assert cli.main(["verify", "--model", str(tmp_path / "ckpt"), "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert {r["arch"] for r in rows} == {"jamba"} and all(r["passed"] for r in rows)
+    assert [r["check"] for r in rows] == [n for n in INVARIANTS if n != "roundtrip"]  # no fresh model to compare
 
 
 def test_cli_vlm_checkpoint_directory(tmp_path, capsys):
@@ -109,7 +128,8 @@ def test_cli_unsupported_checkpoint(tmp_path, capsys):
 
 
 def test_demo_runs_on_the_shipped_checkpoint(capsys, tmp_path):
-    from hybridreduce.toy.demo import CHECKPOINT, METHODS
+    from hybridreduce.toy.demo import CHECKPOINT
+    from hybridreduce.toy.demo import DEMO_METHODS as METHODS
 
     assert (CHECKPOINT / "model.safetensors").stat().st_size < 10 * 2**20  # the issue's size limit
     assert cli.main(["demo", "--quick", "--size", "8", "--out", str(tmp_path), "--no-progress"]) == 0

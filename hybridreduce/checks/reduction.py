@@ -1,33 +1,25 @@
-"""Checks of the reduction engine, run by ``hybridreduce verify`` beside the scoring checks.
+"""The reduction engine's invariants: :func:`~hybridreduce.engine.reduce` against references built without it.
 
-``prune_reference``    logits under :func:`~hybridreduce.engine.reduce` equal a reference built
-                       without the engine: for cuts ``p_1 < … < p_S``, run ``i`` feeds the model the
-                       tokens kept at stage ``i`` (original position ids, padding mask gathered, so
-                       the model builds its own masks for the shorter sequence) and replaces the
-                       input of block ``p_i`` with run ``i − 1``'s output of block ``p_i − 1`` at the
-                       kept rows. Checked for a single cut before every block and for the default
-                       progressive schedule, on a left-padded batch.
-``generate_reference`` greedy ``generate`` under reduction (KV and Mamba caches, 16 new tokens)
-                       equals the no-cache loop under the same frozen selection, token by token, and
-                       its logits match.
-``batch_reduce``       a left-padded batch of two prompts under reduction keeps the same tokens and
-                       gives the same next-token logits as each prompt alone.
-``reduce_keep1_exact`` a schedule that keeps every token (cuts at every stage, nothing dropped)
-                       leaves the logits bit-identical.
+Each check is registered with :func:`~hybridreduce.checks.common.invariant` and says in its docstring what it
+asserts; ``hybridreduce verify`` runs them in the order of this file, after :mod:`hybridreduce.checks.scoring`.
+:func:`pruned_reference` is the hand-built reference forward (the tests also run it with ``grad=True``): for
+cuts ``p_1 < … < p_S``, run ``i`` feeds the model the tokens kept at stage ``i`` (original position ids, padding
+mask gathered, so the model builds its own masks for the shorter sequence) and replaces the input of block
+``p_i`` with run ``i − 1``'s output of block ``p_i − 1`` at the kept rows.
 """
 
 from __future__ import annotations
 
 import torch
 
-from .adapters import get_adapter
-from .engine import reduce
-from .schedule import Schedule
-from .tiny import SyntheticPrompt, left_pad, make_prompt
-from .verify import TARGET, CheckResult, _forward, _vocab
+from ..adapters import get_adapter
+from ..engine import reduce
+from ..schedule import Schedule
+from ..tiny import SyntheticPrompt, left_pad, make_prompt
+from .common import TARGET, CheckResult, _forward, _vocab, invariant
 
 # Tolerances: TARGET.tol("logits") and TARGET.tol("tie"), by the dtype the checks run in (in float32
-# hybridreduce.verify.ATOL_LOGITS and TIE; the others in hybridreduce.verify.TOLERANCES).
+# hybridreduce.checks.common.ATOL_LOGITS and TIE; the others in hybridreduce.checks.common.TOLERANCES).
 N_NEW = 16
 
 # Every forward here passes its padding mask, even when nothing is padded: position ids with gaps
@@ -100,7 +92,34 @@ def pruned_reference(model, ids, am, stages, grad: bool = False) -> torch.Tensor
     return out
 
 
+@invariant("reduce_keep1_exact", needs=("model", "prompt"))
+def check_reduce_keep1_exact(arch: str, model, prompt: SyntheticPrompt) -> CheckResult:
+    """A schedule that keeps every token (cuts at every stage, nothing dropped) leaves the logits bit-identical."""
+    ids = prompt.input_ids.repeat(2, 1)
+    vm = prompt.visual_mask.repeat(2, 1)
+    am = torch.ones_like(ids)
+    ref = _forward(model, ids, am)
+    sched = _progressive(model, keep=1.0)
+    with reduce(model, sched, visual_mask=vm) as red:
+        out = _forward(model, ids, am)
+    cut = len(red.stages) > 1 and all(s.n_visual == red.stages[0].n_visual for s in red.stages)
+    return CheckResult(
+        arch,
+        "reduce_keep1_exact",
+        cut and torch.equal(ref, out),
+        float((ref - out).abs().max()),
+        f"keep-everything schedule with {len(red.stages) - 1} cuts: logits bit-identical",
+    )
+
+
+@invariant("prune_reference", needs=("model",))
 def check_prune_reference(arch: str, model) -> CheckResult:
+    """Logits under :func:`~hybridreduce.engine.reduce` equal the reference :func:`pruned_reference` built
+    without the engine.
+
+    Checked for a single cut before every block and for the default progressive schedule, on a left-padded
+    batch.
+    """
     ids, am, vm, _ = _batch(model)
     n = get_adapter(model).num_blocks
     schedules = [Schedule(keep=None, shape="explicit", ratios=(0.5,), stages=(p,)) for p in range(1, n)]
@@ -122,13 +141,18 @@ def check_prune_reference(arch: str, model) -> CheckResult:
     )
 
 
+@invariant("generate_reference", needs=("model",))
 def check_generate_reference(arch: str, model) -> CheckResult:
+    """Greedy ``generate`` under reduction (KV and Mamba caches, 16 new tokens) equals the no-cache loop under
+    the same frozen selection, token by token, and its logits match.
+    """
     from transformers import GenerationConfig
 
     ids, am, vm, _ = _batch(model)
     sched = _progressive(model)
     config = GenerationConfig(max_new_tokens=N_NEW, do_sample=False, pad_token_id=0)
-    with reduce(model, sched, visual_mask=vm) as red, torch.no_grad():
+    context = reduce(model, sched, visual_mask=vm)
+    with context as red, torch.no_grad():
         # No end-of-sequence stop, so that every step is compared (generate falls back on the
         # model's own eos_token_id when the config passed leaves it unset).
         saved_eos = model.generation_config.eos_token_id
@@ -142,7 +166,7 @@ def check_generate_reference(arch: str, model) -> CheckResult:
         new = out.sequences[:, ids.shape[1] :]
         seq, mask = ids, am
         worst, mismatched, ties = 0.0, 0, 0
-        with red.frozen():
+        with context.frozen():
             for step in range(N_NEW):
                 logits = _forward(model, seq, mask)[:, -1]
                 worst = max(worst, float((logits - out.logits[step]).abs().max()))
@@ -161,7 +185,11 @@ def check_generate_reference(arch: str, model) -> CheckResult:
     return CheckResult(arch, "generate_reference", passed, worst, detail)
 
 
+@invariant("batch_reduce", needs=("model",))
 def check_batch_reduce(arch: str, model) -> CheckResult:
+    """A left-padded batch of two prompts under reduction keeps the same tokens and gives the same next-token
+    logits as each prompt alone.
+    """
     ids, am, vm, prompts = _batch(model)
     sched = _progressive(model)
     with reduce(model, sched, visual_mask=vm) as red:
@@ -182,30 +210,3 @@ def check_batch_reduce(arch: str, model) -> CheckResult:
         worst,
         f"left-padded batch of 2 vs each alone: same kept tokens at {len(kept_batch)} cuts = {same_sets}",
     )
-
-
-def check_reduce_keep1_exact(arch: str, model, prompt: SyntheticPrompt) -> CheckResult:
-    ids = prompt.input_ids.repeat(2, 1)
-    vm = prompt.visual_mask.repeat(2, 1)
-    am = torch.ones_like(ids)
-    ref = _forward(model, ids, am)
-    sched = _progressive(model, keep=1.0)
-    with reduce(model, sched, visual_mask=vm) as red:
-        out = _forward(model, ids, am)
-    cut = len(red.stages) > 1 and all(s.n_visual == red.stages[0].n_visual for s in red.stages)
-    return CheckResult(
-        arch,
-        "reduce_keep1_exact",
-        cut and torch.equal(ref, out),
-        float((ref - out).abs().max()),
-        f"keep-everything schedule with {len(red.stages) - 1} cuts: logits bit-identical",
-    )
-
-
-def reduction_checks(arch: str, model, prompt: SyntheticPrompt) -> list[CheckResult]:
-    return [
-        check_reduce_keep1_exact(arch, model, prompt),
-        check_prune_reference(arch, model),
-        check_generate_reference(arch, model),
-        check_batch_reduce(arch, model),
-    ]
