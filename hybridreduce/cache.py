@@ -1,7 +1,7 @@
 """``ScoreCache``: the importance vectors recorded by one scoring forward.
 
-Analysis code takes a ScoreCache as its only input: index it by block (``cache[5]`` → ``[b, V]``),
-or ``stack()`` the scored blocks into ``[layers, batch, n_visual]``.
+Analysis code takes a ScoreCache as its only input: index it by block (``cache[5]`` → ``(b, V)``),
+or ``stack()`` the ``L`` scored blocks into ``(L, b, V)``.
 """
 
 from __future__ import annotations
@@ -21,6 +21,10 @@ class ScoreCache(Mapping):
     Attributes:
         block_kinds: the kind of every block of the model (``attn``, ``ssm``, ``mlp``, ...), scored or not.
         visual_positions: ``(b, V)`` sequence positions of the visual tokens in the scored forward.
+        block_positions: block index → ``(b, V_block)`` original positions of the visual tokens that block carried,
+            for the blocks that carried fewer than all ``V`` (a reduction's cache, :attr:`Reduction.scores
+            <hybridreduce.engine.Reduction.scores>`); empty when every scored block saw every visual token.
+            :meth:`positions` reads either.
         scores: block index → ``(b, V)`` unified importance: float32, float64 for Mamba blocks scored with the
             exact hidden attention (whose long-context probabilities fall below float32's range).
         parts: block index → ``{"attn": (b, V), "ssm": (b, V)}`` the per-mixer vectors of every
@@ -38,6 +42,7 @@ class ScoreCache(Mapping):
         self.block_kinds = list(block_kinds)
         self.visual_positions = visual_positions
         self.scores: dict[int, torch.Tensor] = {}
+        self.block_positions: dict[int, torch.Tensor] = {}
         self.parts: dict[int, dict[str, torch.Tensor]] = {}
         self.rows: dict[int, torch.Tensor] = {}
         self.scorer = dict(scorer or {})
@@ -85,11 +90,24 @@ class ScoreCache(Mapping):
     def batch_size(self) -> int:
         return 0 if self.visual_positions is None else int(self.visual_positions.shape[0])
 
+    def positions(self, layer: int) -> torch.Tensor:
+        """``(b, V_block)`` original sequence positions of the visual tokens block ``layer`` scored (the columns
+        of ``self[layer]``)."""
+        self[layer]  # the error of a block that was not scored
+        return self.block_positions.get(layer, self.visual_positions)
+
     def stack(self, layers: list[int] | None = None) -> torch.Tensor:
-        """``(layers, batch, n_visual)`` importance of the given (default: all scored) blocks."""
+        """``(L, b, V)`` importance of the ``L`` given (default: all scored) blocks."""
         layers = self.layers if layers is None else list(layers)
         if not layers:
             return torch.zeros(0, self.batch_size, self.n_visual)
+        reduced = sorted(set(layers) & set(self.block_positions))
+        if reduced:
+            raise InputError(
+                f"blocks {reduced} scored fewer visual tokens than the prompt has (this cache was recorded under a "
+                "reduction), so the blocks do not stack: read them one at a time, cache[block] with "
+                "cache.positions(block) for their columns"
+            )
         return torch.stack([self[i] for i in layers])
 
     # Conversions ---------------------------------------------------------------------------------
@@ -98,6 +116,7 @@ class ScoreCache(Mapping):
             self.block_kinds, None if self.visual_positions is None else fn(self.visual_positions), self.scorer
         )
         out.scores = {k: fn(v) for k, v in self.scores.items()}
+        out.block_positions = {k: fn(v) for k, v in self.block_positions.items()}
         out.parts = {k: {n: fn(t) for n, t in d.items()} for k, d in self.parts.items()}
         out.rows = {k: fn(v) for k, v in self.rows.items()}
         return out
@@ -121,6 +140,7 @@ class ScoreCache(Mapping):
         tensors = {f"scores.{k}": v.detach().cpu().clone() for k, v in self.scores.items()}
         for k, d in self.parts.items():
             tensors.update({f"parts.{k}.{n}": t.detach().cpu().clone() for n, t in d.items()})
+        tensors.update({f"block_positions.{k}": v.detach().cpu().contiguous() for k, v in self.block_positions.items()})
         if self.visual_positions is not None:
             tensors["visual_positions"] = self.visual_positions.detach().cpu().contiguous()
         meta = {"block_kinds": json.dumps(self.block_kinds), "scorer": json.dumps(self.scorer)}
@@ -150,6 +170,8 @@ class ScoreCache(Mapping):
             head, _, rest = key.partition(".")
             if head == "scores":
                 out.scores[int(rest)] = t
+            elif head == "block_positions":
+                out.block_positions[int(rest)] = t
             elif head == "parts":
                 layer, _, name = rest.partition(".")
                 out.parts.setdefault(int(layer), {})[name] = t

@@ -23,8 +23,14 @@ families see original position ids, and the model's output covers the kept token
 (:attr:`Reduction.output_positions` maps its rows back to the input). Text tokens are never
 dropped, so the last row (the next-token logits) is always there.
 
-Glossary: ``b`` batch, ``T`` prompt length, ``V`` visual tokens in the prompt, ``k`` visual tokens
-a stage keeps, ``L`` prompt plus generated tokens, ``q`` tokens in a decode step.
+The pieces: :class:`Reduction` is the record the user reads (what each prefill kept and scored);
+:class:`_Prefill`, :class:`_Cached` and :class:`_Step` are the hooks' state (a prefill or frozen forward in
+flight; what the cache holds; a decode step in flight); :func:`check_layout`, :func:`slice_argument`,
+:func:`decode_mask` and :func:`with_tail` are the pure tensor steps; :class:`_Engine` holds the hooks;
+:class:`ReductionContext` installs and removes them and owns :meth:`~ReductionContext.frozen`.
+
+Shapes use the letters of :mod:`hybridreduce.glossary`; in a decode step a block reduced by the cuts holds
+``S'`` keys of the ``S`` (prompt plus generated tokens) an unreduced block holds.
 """
 
 from __future__ import annotations
@@ -46,6 +52,9 @@ from .scoring.config import ScorerConfig
 from .taps import Positions, ScoringSession, as_bool_mask, resolve_positions
 
 
+# --------------------------------------------------------------------------------------------------
+# What a reduction did: a record the hooks fill and the user reads (nothing in it steers the hooks)
+# --------------------------------------------------------------------------------------------------
 @dataclass
 class Stage:
     """The tokens carried from one prune point on (the last prefill).
@@ -53,7 +62,7 @@ class Stage:
     Attributes:
         point: first block of the stage (``0`` for the stage before any cut).
         n_visual: visual tokens carried.
-        index: ``(b, T_s)`` original positions of the prompt tokens carried, increasing.
+        index: ``(b, T')`` original positions of the prompt tokens carried, increasing.
     """
 
     point: int
@@ -71,8 +80,11 @@ class Reduction:
         scorer: the scorer settings of the scoring blocks.
         stages: one :class:`Stage` per prune point of the last prefill (after the full-sequence
             stage 0); empty before the first prefill.
-        scores: block → ``(b, V_block)`` importance recorded in the last prefill, over the visual
-            tokens that block carried (:attr:`score_positions` gives their original positions).
+        scores: the importance that chose the keep sets in the last prefill, as a
+            :class:`~hybridreduce.cache.ScoreCache` like :func:`~hybridreduce.capture` yields: ``scores[block]`` is
+            ``(b, V_block)`` over the visual tokens that block carried, ``scores.positions(block)`` their original
+            positions, ``scores.parts[block]`` the per-mixer vectors.
+        visual_mask: ``(b, T)`` bool, the visual tokens of the last prefill's prompt.
         scoring_seconds: wall time spent in the scorers, summed over the prefills (on CUDA the
             kernels run asynchronously, so this is a lower bound unless the caller synchronises).
         prefills, decode_steps: how many forwards of each kind ran.
@@ -82,16 +94,13 @@ class Reduction:
     plan: Plan
     adapted: AdaptedModel = field(repr=False)
     scorer: ScorerConfig
+    scores: ScoreCache = field(repr=False)
     stages: list[Stage] = field(default_factory=list)
-    scores: dict[int, torch.Tensor] = field(default_factory=dict, repr=False)
-    score_positions: dict[int, torch.Tensor] = field(default_factory=dict, repr=False)
+    visual_mask: torch.Tensor | None = field(default=None, repr=False)
     scoring_seconds: float = 0.0
     prefills: int = 0
     decode_steps: int = 0
-    _frozen: bool = field(default=False, repr=False)
-    _visual_mask: torch.Tensor | None = field(default=None, repr=False)  # (b, T) of the last prefill
 
-    # -- what happened ------------------------------------------------------------------------
     def _stage_of(self, block: int) -> Stage:
         if not self.stages:
             raise InputError("no prefill has run under this reduction yet: run model(...) or generate inside it")
@@ -104,7 +113,7 @@ class Reduction:
         return stage
 
     def block_index(self, block: int) -> torch.Tensor:
-        """``(b, T_block)`` original positions of the prompt tokens that ``block`` carries."""
+        """``(b, T')`` original positions of the prompt tokens that ``block`` carries."""
         return self._stage_of(block).index
 
     @property
@@ -120,18 +129,16 @@ class Reduction:
     @property
     def kept_positions(self) -> dict[int, torch.Tensor]:
         """Prune point → ``(b, k)`` original positions of the visual tokens kept from there on."""
-        if not self.stages:
-            return {}
-        visual = self._visual_mask
         out = {}
         for s in self.stages[1:]:
-            is_visual = visual.to(s.index.device).gather(1, s.index)
+            is_visual = self.visual_mask.to(s.index.device).gather(1, s.index)
             out[s.point] = s.index[is_visual].view(s.index.shape[0], s.n_visual)
         return out
 
     @property
     def output_positions(self) -> torch.Tensor:
-        """``(b, T_out)`` original positions of the rows of the model's output in the last prefill."""
+        """``(b, T')`` original positions of the rows of the model's output (the last block's tokens) in the last
+        prefill."""
         return self._stage_of(self.plan.num_blocks - 1).index
 
     @property
@@ -154,26 +161,133 @@ class Reduction:
             "decode_steps": self.decode_steps,
         }
 
-    @contextmanager
-    def frozen(self):
-        """Run no-cache forwards over ``prompt + continuation`` under the last prefill's selection.
 
-        Inside, a forward without a cache may be longer than the prompt: its first ``T`` tokens
-        must be the prompt of the last prefill, the rest (generated tokens) are never dropped, and
-        every block carries exactly the prompt tokens it carried in the prefill. This is the
-        reference that ``generate`` under reduction must equal (DESIGN decision 7).
-        """
-        if not self.stages:
-            raise InputError("frozen() needs a selection: run a prefill (model(...) or generate) first")
-        self._frozen = True
-        try:
-            yield self
-        finally:
-            self._frozen = False
+# --------------------------------------------------------------------------------------------------
+# The hooks' state: one record per forward in flight, one for what the cache holds between forwards
+# --------------------------------------------------------------------------------------------------
+@dataclass
+class _Prefill:
+    """A forward from an empty cache over the prompt: built by the decoder's pre-hook, dropped by its post-hook.
+
+    A *frozen* forward (``frozen=True``: the prompt of the last prefill plus a continuation, no cache) replays the
+    last prefill's keep sets instead of choosing, and records nothing.
+
+    Attributes:
+        T: tokens the decoder received.
+        index: ``(b, T')`` positions in this forward's sequence of the tokens the current block carries, increasing.
+        visual: ``(b, T')`` bool, which of them are visual (prefill only).
+        positions: query and visual positions of the whole prompt (prefill only).
+        counts: visual tokens kept at each cut (prefill only).
+        generator: the random method's generator, seeded from the schedule at every prefill.
+        latest: ``(b, n_visual)`` importance of the most recent scored block, over the carried visual tokens.
+        ema: the running average of the scores since the last cut (``schedule.ema``).
+        memo: ``(id(argument), stage)`` → the argument sliced to the stage's tokens (``id`` stays unique because
+            the memo also holds the argument).
+    """
+
+    T: int
+    index: torch.Tensor
+    frozen: bool = False
+    visual: torch.Tensor | None = None
+    positions: Positions | None = None
+    counts: list[int] = field(default_factory=list)
+    generator: torch.Generator | None = None
+    latest: torch.Tensor | None = None
+    ema: torch.Tensor | None = None
+    memo: dict = field(default_factory=dict)
 
 
+@dataclass
+class _Cached:
+    """What the cache holds after a prefill under this context: set when the prefill ends, advanced by every step."""
+
+    batch: int
+    seen: int  # prompt + generated tokens in the cache
+
+
+@dataclass
+class _Step:
+    """A decode step in flight (``q`` new tokens over ``S = seen + q`` keys).
+
+    Attributes:
+        padding: ``(b, S)`` bool key padding passed by the caller, or ``None``.
+        memo: per stage, the block's keys and its rebuilt mask (shared by the blocks of a stage).
+    """
+
+    q: int
+    S: int
+    padding: torch.Tensor | None
+    memo: dict = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------------------------------
+# Slicing the sequence-shaped block arguments the adapter declares (FamilyAdapter.sequence_args)
+# --------------------------------------------------------------------------------------------------
+def check_layout(name: str, value, kind: str, T: int, block: nn.Module, model_type: str) -> None:
+    """Raise :class:`CompatibilityError` unless the declared argument ``name`` is laid out over the ``T`` tokens.
+
+    ``kind="mask"``: ``(b, T)`` or ``(b|1, h|1, T, T)``; ``kind="tokens"``: ``(b|1, T, ...)``."""
+    shape = tuple(value.shape) if isinstance(value, torch.Tensor) else None
+    if kind == "mask":
+        fits = shape is not None and ((len(shape) == 2 and shape[1] == T) or (len(shape) == 4 and shape[-2:] == (T, T)))
+        expected = f"(b, {T}) or (b|1, h|1, {T}, {T})"
+    else:
+        fits = shape is not None and len(shape) >= 2 and shape[1] == T
+        expected = f"(b|1, {T}, ...)"
+    if not fits:
+        raise CompatibilityError(
+            f"{type(block).__name__} received {name!r} with shape {shape or type(value).__name__}; the "
+            f"{model_type} adapter declares it a {kind} argument of shape {expected} over the "
+            f"{T}-token sequence. transformers {compat.VERSION} lays it out differently from the tested releases "
+            f"({', '.join(compat.TESTED_VERSIONS)}): run scripts/check_transformers.sh {compat.VERSION}"
+        )
+
+
+def slice_argument(value: torch.Tensor, index: torch.Tensor, T: int) -> torch.Tensor:
+    """A declared argument over ``T`` tokens, restricted to the carried tokens ``index`` (``(b, T')``): every axis
+    of length ``T`` from axis 1 on (both axes of a 4-D mask) is gathered (:func:`~hybridreduce.prune.gather_seq`)."""
+    return gather_seq(value, index, T)
+
+
+def decode_mask(keys: torch.Tensor, q: int, padding: torch.Tensor | None, dtype: torch.dtype, device) -> torch.Tensor:
+    """``(b, 1, q, S')`` mask of a decode step over a block's own ``S'`` keys: key padding, causal among the new
+    tokens.
+
+    Args:
+        keys: ``(b, S')`` original positions of the keys the block's cache holds (kept prompt tokens, then the
+            generated ones); the last ``q`` are this step's tokens.
+        q: tokens in the step.
+        padding: ``(b, S)`` bool padding over all original positions, or ``None`` (no padding).
+        dtype: ``torch.bool`` (``True`` = attend) or a float dtype (0 / the dtype's minimum).
+    """
+    b, K = keys.shape
+    keys = keys.to(device)
+    pad = (
+        padding.to(device).gather(1, keys) if padding is not None else torch.ones(b, K, dtype=torch.bool, device=device)
+    )
+    causal = torch.arange(K, device=device)[None, :] <= (K - q + torch.arange(q, device=device))[:, None]
+    allowed = pad[:, None, None, :] & causal[None, None]
+    if dtype == torch.bool:
+        return allowed
+    return torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill(~allowed, torch.finfo(dtype).min)
+
+
+def with_tail(prompt_index: torch.Tensor, T0: int, T: int) -> torch.Tensor:
+    """``(b, T' + T - T0)``: the carried prompt positions ``prompt_index`` (``(b, T')``) followed by the positions
+    ``T0 .. T-1`` of the tokens after the ``T0``-token prompt (generated tokens are never dropped)."""
+    if T == T0:
+        return prompt_index
+    tail = torch.arange(T0, T, device=prompt_index.device).expand(prompt_index.shape[0], T - T0)
+    return torch.cat([prompt_index, tail], dim=1)
+
+
+# --------------------------------------------------------------------------------------------------
+# The hooks
+# --------------------------------------------------------------------------------------------------
 class _Engine:
-    """Hooks of one reduction context (see the module docstring)."""
+    """Hooks of one reduction context (see the module docstring); their state is :attr:`forward` (a prefill or
+    frozen forward in flight), :attr:`step` (a decode step in flight) and :attr:`cached` (what decoding continues
+    from). They write what happened into the :class:`Reduction` record and never read it back to decide."""
 
     def __init__(
         self,
@@ -185,36 +299,25 @@ class _Engine:
         visual_mask_of: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> None:
         self.adapted = adapted
-        self.visual_mask_of = visual_mask_of  # the model's own input_ids → visual mask, used when no mask is given
         self.result = result
         self.schedule = result.schedule
         self.plan = result.plan
-        self.visual_mask = visual_mask
+        self.visual_mask = visual_mask  # (b, T); read from the model at each prefill when visual_mask_of is set
+        self.visual_mask_of = visual_mask_of
         self.query_mask = query_mask
         self.attention_mask = attention_mask
         self.cuts = set(self.plan.prune_points)
         self.first = self.plan.prune_points[0] if self.plan.prune_points else None
         # Stage number of every block (0 before the first cut; stage s starts at prune point s).
         self.stage_of = [sum(block >= p for p in self.plan.prune_points) for block in range(self.plan.num_blocks)]
-        self.handles: list = []
-        self.session: ScoringSession | None = None
         self.rope = any(spec.rope for spec in adapted.blocks)
         self.sequence_args = adapted.family.sequence_args  # name -> "tokens" | "mask"
-        # Per-forward state.
-        self.mode: str | None = None  # "prefill" | "frozen" | "decode" | None (untouched)
-        self.T = 0  # sequence length the decoder received in this forward
-        self.cur: torch.Tensor | None = None  # (b, n) indices into this forward's sequence
-        self.cur_visual: torch.Tensor | None = None  # (b, n) bool, prefill only
-        self.orig: Positions | None = None
-        self.latest: torch.Tensor | None = None
-        self.ema: torch.Tensor | None = None
-        self.memo: dict = {}
-        self.pad2d: torch.Tensor | None = None
-        self.seen = 0  # prompt + generated tokens already in the cache
-        self.batch: int | None = None
-        self.q = 0  # tokens in the current decode step
-        self.counts: list[int] = []  # visual tokens kept at each cut, for this prefill's visual count
-        self.generator: torch.Generator | None = None  # random selection, re-seeded every prefill
+        self.handles: list = []
+        self.session: ScoringSession | None = None
+        self.freeze = False  # set by ReductionContext.frozen(): cacheless forwards replay the last selection
+        self.forward: _Prefill | None = None
+        self.step: _Step | None = None
+        self.cached: _Cached | None = None
 
     # -- install / remove ------------------------------------------------------------------------
     def install(self) -> None:
@@ -228,14 +331,15 @@ class _Engine:
             if self.first is None:
                 return
             for spec in self.adapted.blocks[self.first :]:
-                hook = self._block_hook(spec.index)
-                self.handles.append(spec.module.register_forward_pre_hook(hook, with_kwargs=True))
+                self.handles.append(
+                    spec.module.register_forward_pre_hook(self._block_hook(spec.index), with_kwargs=True)
+                )
             blocks = scoring_blocks(self.adapted, self.schedule, self.plan)
             if blocks:
                 self.session = ScoringSession(
                     self.adapted,
                     self.visual_mask,
-                    ScoreCache(self.adapted.kinds, None, self.result.scorer.to_dict()),
+                    self.result.scores,
                     self.result.scorer,
                     on_block_scored=self._on_scored,
                     blocks=blocks,
@@ -253,20 +357,17 @@ class _Engine:
         if self.session is not None:
             self.session.remove()
             self.session = None
-        self._reset()
+        self._end_forward()
 
-    def _reset(self) -> None:
-        self.mode = None
-        self.memo.clear()
-        self.latest = self.ema = None
-        self.cur = self.cur_visual = None
+    def _end_forward(self) -> None:
+        self.forward = self.step = None
         if self.session is not None:
             self.session.stop()
 
     # -- root hook (visual mask from the model) -----------------------------------------------
     def _read_visual_mask(self, module, args, kwargs):
         """Before a prefill of the whole model: the visual mask of its input ids, by the model's own rule."""
-        if compat.cache_state(kwargs)[1] or self.result._frozen:
+        if compat.cache_state(kwargs)[1] or self.freeze:
             return None  # decode steps and frozen forwards reuse the prefill's selection
         ids = args[0] if args and isinstance(args[0], torch.Tensor) else kwargs.get("input_ids")
         if ids is None:
@@ -277,7 +378,7 @@ class _Engine:
         self.visual_mask = as_bool_mask(self.visual_mask_of(ids), "the model's visual_mask(input_ids)")
         return None
 
-    # -- decoder hooks -------------------------------------------------------------------------
+    # -- decoder hooks: which kind of forward this is ------------------------------------------
     def _begin(self, module, args, kwargs):
         x = compat.first_input(args, kwargs)
         if x is None:
@@ -289,17 +390,12 @@ class _Engine:
                 "the model received precomputed per-layer masks (a compiled/static cache): reduction needs the "
                 "dynamic cache of plain generate; drop cache_implementation='static'"
             )
-        _, cached = compat.cache_state(kwargs)
-        self.memo.clear()
-        self.T = T
-        if not cached:
-            if self.result._frozen:
-                return self._begin_frozen(b, T)
-            self._begin_prefill(x, b, T, am, kwargs)
-            return None
-        return self._begin_decode(b, T, am, args, kwargs)
+        if compat.cache_state(kwargs)[1]:
+            return self._begin_step(b, T, am, args, kwargs)
+        self.forward = self._begin_frozen(b, T) if self.freeze else self._begin_prefill(x, b, T, am, kwargs)
+        return None
 
-    def _begin_prefill(self, x, b: int, T: int, am, kwargs: dict) -> None:
+    def _begin_prefill(self, x, b: int, T: int, am, kwargs: dict) -> _Prefill:
         if self.visual_mask is None:
             raise InputError(
                 "reduce() was not given visual_mask and the language model ran without the wrapper's forward (which "
@@ -310,8 +406,8 @@ class _Engine:
             raise InputError(
                 f"visual_mask covers {vT} positions but the language model received {T} tokens without a cache. "
                 "Build the mask over the exact prompt the language model sees; to run the prompt plus a continuation "
-                "under the last selection (the no-cache reference of generate), use `with reduction.frozen():`. "
-                + compat.unclassified_forward_hint(kwargs)
+                "under the last selection (the no-cache reference of generate), use `with context.frozen():` on the "
+                "context reduce() returned. " + compat.unclassified_forward_hint(kwargs)
             )
         if b != vb:
             raise InputError(
@@ -322,263 +418,269 @@ class _Engine:
         padding = self.attention_mask
         if padding is None and isinstance(am, torch.Tensor) and am.dim() == 2:
             padding = am
-        device = x.device
-        vm = self.visual_mask.to(device)
-        self.orig = resolve_positions(vm, padding, self.query_mask, self.schedule.query)
-        n_visual = self.orig.v_index.shape[1]
-        self.mode = "prefill"
-        self.batch = b
-        self.cur = torch.arange(T, device=device).expand(b, T)
-        self.cur_visual = vm
-        self.latest = self.ema = None
-        self.result.stages = [Stage(0, n_visual, self.cur)]
-        self.result.scores.clear()
-        self.result.score_positions.clear()
-        self.result._visual_mask = vm
-        self.counts = self.plan.stage_counts(n_visual)
-        self.generator = torch.Generator().manual_seed(self.schedule.seed)
+        vm = self.visual_mask.to(x.device)
+        positions = resolve_positions(vm, padding, self.query_mask, self.schedule.query)
+        n_visual = positions.v_index.shape[1]
+        state = _Prefill(
+            T=T,
+            index=torch.arange(T, device=x.device).expand(b, T),
+            visual=vm,
+            positions=positions,
+            counts=self.plan.stage_counts(n_visual),
+            generator=torch.Generator().manual_seed(self.schedule.seed),
+        )
+        self.cached = None  # a new prompt: the previous prefill's cache is not continued under this selection
+        result = self.result
+        result.stages = [Stage(0, n_visual, state.index)]
+        result.visual_mask = vm
+        result.scores.scores.clear()
+        result.scores.parts.clear()
+        result.scores.block_positions.clear()
+        result.scores.visual_positions = positions.v_index
         if self.session is not None:
-            self.session.start(self.orig, T)
+            self.session.start(positions, T)
+        return state
 
-    def _begin_frozen(self, b: int, T: int) -> None:
-        T0 = self.result.stages[0].index.shape[1]
-        if b != self.batch:
-            raise InputError(f"the frozen selection was made for batch size {self.batch}, this forward has {b}")
+    def _begin_frozen(self, b: int, T: int) -> _Prefill:
+        if not self.result.stages:
+            raise InputError("frozen() needs a selection: run a prefill (model(...) or generate) first")
+        prompt = self.result.stages[0].index
+        T0 = prompt.shape[1]
+        if b != prompt.shape[0]:
+            raise InputError(f"the frozen selection was made for batch size {prompt.shape[0]}, this forward has {b}")
         if T < T0:
             raise InputError(f"a frozen forward must start with the {T0}-token prompt of the prefill, got {T} tokens")
-        self.mode = "frozen"
-        self.cur = self._with_tail(self.result.stages[0].index, T)
-        return None
+        return _Prefill(T=T, index=with_tail(prompt, T0, T), frozen=True)
 
-    def _begin_decode(self, b: int, T: int, am, args, kwargs):
-        if not self.result.stages:
+    def _begin_step(self, b: int, T: int, am, args, kwargs):
+        if self.cached is None:
             raise InputError(
                 "a forward continued from a cache that was not filled under this reduction; start generate (or the "
                 "prefill) inside the `reduce` context"
             )
-        if b != self.batch:
+        if b != self.cached.batch:
             raise InputError(
-                f"the prefill under this reduction had batch size {self.batch}, this decode step has {b}: generate "
-                "must keep the prefill's batch (num_beams and num_return_sequences > 1 expand it; not supported)"
+                f"the prefill under this reduction had batch size {self.cached.batch}, this decode step has {b}: "
+                "generate must keep the prefill's batch (num_beams and num_return_sequences > 1 expand it; not "
+                "supported)"
             )
-        self.mode = "decode"
-        L = self.seen + T
+        S = self.cached.seen + T
+        padding = None
         if isinstance(am, torch.Tensor) and am.dim() == 2:
-            if am.shape[1] != L:
+            if am.shape[1] != S:
                 raise InputError(
-                    f"attention_mask covers {am.shape[1]} tokens, but the cache holds {self.seen} prompt and generated "
-                    f"tokens and this step adds {T}"
+                    f"attention_mask covers {am.shape[1]} tokens, but the cache holds {self.cached.seen} prompt and "
+                    f"generated tokens and this step adds {T}"
                 )
-            self.pad2d = am.bool()
-        else:
-            self.pad2d = None
-        self.q = T
+            padding = am.bool()
+        self.step = _Step(q=T, S=S, padding=padding)
         if self.rope and kwargs.get(compat.POSITION_ARG) is None:
             # The decoder would count positions from its cache's length, which is the reduced one.
             kwargs = dict(kwargs)
-            kwargs[compat.POSITION_ARG] = (torch.arange(T, device=_device(args, kwargs)) + self.seen)[None]
+            kwargs[compat.POSITION_ARG] = (torch.arange(T, device=_device(args, kwargs)) + self.cached.seen)[None]
             return args, kwargs
         return None
 
     def _end(self, module, args, output):
-        if self.mode == "prefill":
-            self.seen = self.T
+        forward, step = self.forward, self.step
+        if forward is not None and not forward.frozen:
+            self.cached = _Cached(batch=forward.index.shape[0], seen=forward.T)
             self.result.prefills += 1
             if self.session is not None:
                 self.result.scoring_seconds = self.session.seconds
-        elif self.mode == "decode":
-            self.seen += self.q
+        elif step is not None:
+            self.cached.seen = step.S
             self.result.decode_steps += 1
-        self._reset()
+        self._end_forward()
 
     # -- block hooks -----------------------------------------------------------------------------
     def _block_hook(self, block: int):
+        stage = self.stage_of[block]
+
         def hook(module, args, kwargs):
-            if self.mode is None:
+            if self.step is not None:
+                return self._decode_block(self.step, stage, module, args, kwargs)
+            forward = self.forward
+            if forward is None:
                 return None
             names = compat.positional_names(module, len(args))
-            if self.mode == "decode":
-                return self._decode_block(block, module, names, args, kwargs)
             args = list(args)
             if block in self.cuts:
-                self._cut(block, args, kwargs)
-            key = self.stage_of[block]
-            args[1:] = [self._slice(name, a, key, module) for name, a in zip(names[1:], args[1:], strict=True)]
-            kwargs = {k: (v if k == "hidden_states" else self._slice(k, v, key, module)) for k, v in kwargs.items()}
+                self._cut(forward, block, stage, args, kwargs)
+            args[1:] = [
+                self._slice(forward, name, a, stage, module) for name, a in zip(names[1:], args[1:], strict=True)
+            ]
+            kwargs = {
+                k: (v if k == "hidden_states" else self._slice(forward, k, v, stage, module)) for k, v in kwargs.items()
+            }
             return tuple(args), kwargs
 
         return hook
 
-    def _slice(self, name: str, value, key: int, block: nn.Module):
-        """Block argument ``name`` restricted to the tokens of the current stage (memoised per tensor and stage).
+    def _slice(self, forward: _Prefill, name: str, value, stage: int, block: nn.Module):
+        """Block argument ``name`` restricted to the tokens of ``stage`` (memoised per tensor and stage).
 
         Only the arguments the adapter declares (:attr:`FamilyAdapter.sequence_args`) are sliced; an undeclared
         tensor of sequence length raises (:func:`compat.check_undeclared`)."""
         kind = self.sequence_args.get(name)
         if kind is None:
-            compat.check_undeclared(name, value, self.T, block, self.adapted.model_type, self.mode)
+            mode = "frozen" if forward.frozen else "prefill"
+            compat.check_undeclared(name, value, forward.T, block, self.adapted.model_type, mode)
             return value
         if value is None:
             return None
         if isinstance(value, tuple):
-            return tuple(self._slice_tensor(name, v, kind, key, block) for v in value)
-        return self._slice_tensor(name, value, kind, key, block)
-
-    def _slice_tensor(self, name: str, value, kind: str, key: int, block: nn.Module) -> torch.Tensor:
-        T = self.T
-        shape = tuple(value.shape) if isinstance(value, torch.Tensor) else None
-        if kind == "mask":
-            fits = shape is not None and (
-                (len(shape) == 2 and shape[1] == T) or (len(shape) == 4 and shape[-2:] == (T, T))
-            )
-            expected = f"(b, {T}) or (b|1, h|1, {T}, {T})"
-        else:
-            fits = shape is not None and len(shape) >= 2 and shape[1] == T
-            expected = f"(b|1, {T}, ...)"
-        if not fits:
-            raise CompatibilityError(
-                f"{type(block).__name__} received {name!r} with shape {shape or type(value).__name__}; the "
-                f"{self.adapted.model_type} adapter declares it a {kind} argument of shape {expected} over the "
-                f"{T}-token sequence. transformers {compat.VERSION} lays it out differently from the tested releases "
-                f"({', '.join(compat.TESTED_VERSIONS)}): run scripts/check_transformers.sh {compat.VERSION}"
-            )
-        memo_key = (id(value), key)
-        hit = self.memo.get(memo_key)
+            return tuple(self._slice(forward, name, v, stage, block) for v in value)
+        check_layout(name, value, kind, forward.T, block, self.adapted.model_type)
+        memo_key = (id(value), stage)
+        hit = forward.memo.get(memo_key)
         if hit is None:
-            hit = (value, gather_seq(value, self.cur, T))  # keep `value` alive so its id stays unique
-            self.memo[memo_key] = hit
+            hit = forward.memo[memo_key] = (value, slice_argument(value, forward.index, forward.T))
         return hit[1]
 
-    def _cut(self, block: int, args: list, kwargs: dict) -> None:
-        """Choose the keep set at prune point ``block`` (prefill) or reuse it (frozen); gather the stream."""
-        stage = self.stage_of[block]
-        if self.mode == "prefill":
-            new = self._choose(block, stage)
+    def _cut(self, forward: _Prefill, block: int, stage: int, args: list, kwargs: dict) -> None:
+        """Choose the keep set at prune point ``block`` (prefill) or replay it (frozen); gather the stream."""
+        if forward.frozen:
+            new = with_tail(self.result.stages[stage].index, self.result.stages[0].index.shape[1], forward.T)
         else:
-            new = self._with_tail(self.result.stages[stage].index, self.T)
-        rel = torch.searchsorted(self.cur.contiguous(), new.to(self.cur.device))
+            new = self._choose(forward, block, stage)
+        rel = torch.searchsorted(forward.index.contiguous(), new.to(forward.index.device))
         if "hidden_states" in kwargs:
             h = kwargs["hidden_states"]
             kwargs["hidden_states"] = gather_seq(h, rel.to(h.device), h.shape[1])
         else:
             h = args[0]
             args[0] = gather_seq(h, rel.to(h.device), h.shape[1])
-        self.cur = new
+        forward.index = new
 
-    def _choose(self, block: int, stage: int) -> torch.Tensor:
-        k = self.counts[stage - 1]
-        b, V = self.cur_visual.shape[0], int(self.cur_visual[0].sum())
-        how = {"random": "random", "uniform": "uniform"}.get(self.schedule.method, "topk")
+    def _choose(self, forward: _Prefill, block: int, stage: int) -> torch.Tensor:
+        """The ``(b, T')`` tokens carried from prune point ``block`` on: every text token and the ``k`` visual
+        tokens the schedule's selector picks (top-k of the scores, or the random / uniform rule)."""
+        k = forward.counts[stage - 1]
+        b, V = forward.visual.shape[0], int(forward.visual[0].sum())
+        how = self.schedule.selector.pick  # "topk" | "random" | "uniform"
         if how == "topk":
-            scores = self.ema if (self.schedule.ema is not None and self.ema is not None) else self.latest
+            scores = forward.ema if (self.schedule.ema is not None and forward.ema is not None) else forward.latest
             if scores is None:  # excluded by scoring_blocks(); a guard against future edits
                 raise InputError(f"no score is available for the cut before block {block}")
             chosen = select_visual(scores, k, "topk")
         else:
-            chosen = select_visual(None, k, how, n_visual=V, generator=self.generator, batch=b)
-        chosen = chosen.to(self.cur.device)
-        keep = keep_index(self.cur_visual, chosen)  # (b, n') into the current tokens
-        new = self.cur.gather(1, keep)
-        self.cur_visual = self.cur_visual.gather(1, keep)
-        if self.latest is not None:
-            self.latest = self.latest.gather(1, chosen.to(self.latest.device))
-        self.ema = None
+            chosen = select_visual(None, k, how, n_visual=V, generator=forward.generator, batch=b)
+        chosen = chosen.to(forward.index.device)
+        keep = keep_index(forward.visual, chosen)  # (b, T') into the current tokens
+        new = forward.index.gather(1, keep)
+        forward.visual = forward.visual.gather(1, keep)
+        if forward.latest is not None:
+            forward.latest = forward.latest.gather(1, chosen.to(forward.latest.device))
+        forward.ema = None
         self.result.stages.append(Stage(block, k, new))
         if self.session is not None:
-            self.session.start(self._positions(new), new.shape[1])
+            self.session.start(self._positions(forward, new), new.shape[1])
         return new
 
-    def _positions(self, idx: torch.Tensor) -> Positions:
-        """Query and visual positions of the original prompt, moved to the reduced sequence ``idx``."""
-        orig = self.orig.to(idx.device)
-        q_index = torch.searchsorted(idx.contiguous(), orig.q_index)
-        v_index = true_positions(self.cur_visual, int(self.cur_visual[0].sum()))
-        return Positions(q_index=q_index, q_valid=orig.q_valid, v_index=v_index)
+    def _positions(self, forward: _Prefill, index: torch.Tensor) -> Positions:
+        """Query and visual positions of the prompt, moved to the reduced sequence ``index``."""
+        full = forward.positions.to(index.device)
+        q_index = torch.searchsorted(index.contiguous(), full.q_index)
+        v_index = true_positions(forward.visual, int(forward.visual[0].sum()))
+        return Positions(q_index=q_index, q_valid=full.q_valid, v_index=v_index)
 
     def _on_scored(self, block: int, scores: torch.Tensor) -> None:
-        if self.mode != "prefill":
+        """A scoring block's ``(b, n_visual)`` importance (the session wrote it into ``result.scores``)."""
+        forward = self.forward
+        if forward is None or forward.frozen:
             return
-        self.result.scores[block] = scores
-        visual = self.cur[self.cur_visual].view(self.cur.shape[0], -1)
-        self.result.score_positions[block] = visual
-        self.latest = scores
+        if forward.index.shape[1] < forward.T:  # after a cut: the columns are a subset of the prompt's visual tokens
+            self.result.scores.block_positions[block] = forward.index[forward.visual].view(forward.index.shape[0], -1)
+        forward.latest = scores
         w = self.schedule.ema
         if w is not None:
-            self.ema = scores if self.ema is None else w * scores + (1 - w) * self.ema
-
-    def _with_tail(self, prompt_idx: torch.Tensor, T: int) -> torch.Tensor:
-        """``prompt_idx`` followed by the positions of the generated tokens ``T0 .. T-1``."""
-        T0 = self.result.stages[0].index.shape[1]
-        if T == T0:
-            return prompt_idx
-        tail = torch.arange(T0, T, device=prompt_idx.device).expand(prompt_idx.shape[0], T - T0)
-        return torch.cat([prompt_idx, tail], dim=1)
+            forward.ema = scores if forward.ema is None else w * scores + (1 - w) * forward.ema
 
     # -- decode steps ----------------------------------------------------------------------------
-    def _decode_block(self, block: int, module: nn.Module, names: tuple[str, ...], args, kwargs):
+    def _decode_block(self, step: _Step, stage: int, module: nn.Module, args, kwargs):
         """Give a reduced block masks over its own cache: kept prompt tokens, then generated ones.
 
         Returns ``None`` (the call goes through untouched) when no argument had to change: no mask, or
         none built over the keys (the common case of SDPA without padding, whose mask is ``None``).
         """
-        stage = self.stage_of[block]
-        L = self.seen + self.q
+        names = compat.positional_names(module, len(args))
         new_args = [args[0]] + [
-            self._decode_value(name, a, stage, L, module) for name, a in zip(names[1:], args[1:], strict=True)
+            self._decode_value(step, name, a, stage, module) for name, a in zip(names[1:], args[1:], strict=True)
         ]
         new_kwargs = {
-            k: (v if k == "hidden_states" else self._decode_value(k, v, stage, L, module)) for k, v in kwargs.items()
+            k: (v if k == "hidden_states" else self._decode_value(step, k, v, stage, module)) for k, v in kwargs.items()
         }
         unchanged = all(a is b for a, b in zip(new_args, args, strict=True))
         if unchanged and all(new_kwargs[k] is v for k, v in kwargs.items()):
             return None
         return tuple(new_args), new_kwargs
 
-    def _decode_keys(self, stage: int, L: int) -> torch.Tensor:
-        """``(b, K)`` original positions of the keys a block of ``stage`` holds in this step (memoised per stage)."""
+    def _decode_keys(self, step: _Step, stage: int) -> torch.Tensor:
+        """``(b, S')`` original positions of the keys a block of ``stage`` holds in this step (memoised per stage)."""
         memo_key = ("keys", stage)
-        if memo_key not in self.memo:
-            self.memo[memo_key] = self._with_tail(self.result.stages[stage].index, L)
-        return self.memo[memo_key]
+        if memo_key not in step.memo:
+            prompt = self.result.stages[0].index.shape[1]
+            step.memo[memo_key] = with_tail(self.result.stages[stage].index, prompt, step.S)
+        return step.memo[memo_key]
 
-    def _decode_value(self, name: str, value, stage: int, L: int, block: nn.Module):
-        """A declared mask over all ``L`` keys becomes one over the block's own keys; the rest is the new tokens'."""
+    def _decode_value(self, step: _Step, name: str, value, stage: int, block: nn.Module):
+        """A declared mask over all ``S`` keys becomes one over the block's own ``S'``; the rest is the new tokens'."""
         kind = self.sequence_args.get(name)
         if kind is None:
-            compat.check_undeclared(name, value, L, block, self.adapted.model_type, "decode step")
+            compat.check_undeclared(name, value, step.S, block, self.adapted.model_type, "decode step")
             return value
         if kind != "mask" or not isinstance(value, torch.Tensor):
             return value  # positions and RoPE tables of the new tokens, or no mask
-        if value.dim() == 4 and value.shape[-2] == self.q:  # built over the cache's (reduced) length: rebuilt here
+        if value.dim() == 4 and value.shape[-2] == step.q:  # built over the cache's (reduced) length: rebuilt here
             memo_key = ("mask", stage, value.dtype)
-            if memo_key not in self.memo:
-                self.memo[memo_key] = self._decode_mask(self._decode_keys(stage, L), value.dtype, value.device)
-            return self.memo[memo_key]
-        if value.dim() == 2 and value.shape[1] == L:  # 2-D key padding (flash attention)
-            return value.gather(1, self._decode_keys(stage, L).to(value.device))
-        if value.dim() == 2 and value.shape[1] == self.q:  # a Mamba mixer's padding of the new tokens
+            if memo_key not in step.memo:
+                keys = self._decode_keys(step, stage)
+                step.memo[memo_key] = decode_mask(keys, step.q, step.padding, value.dtype, value.device)
+            return step.memo[memo_key]
+        if value.dim() == 2 and value.shape[1] == step.S:  # 2-D key padding (flash attention)
+            return value.gather(1, self._decode_keys(step, stage).to(value.device))
+        if value.dim() == 2 and value.shape[1] == step.q:  # a Mamba mixer's padding of the new tokens
             return value
         raise CompatibilityError(
             f"{type(block).__name__} received the mask {name!r} with shape {tuple(value.shape)} in a decode step of "
-            f"{self.q} token(s) over {L} keys; expected (b|1, h|1, {self.q}, keys), (b, {L}) or (b, {self.q}). "
-            f"transformers {compat.VERSION} may build decode masks differently from the tested releases "
-            f"({', '.join(compat.TESTED_VERSIONS)}): run scripts/check_transformers.sh {compat.VERSION}"
+            f"{step.q} token(s) over {step.S} keys; expected (b|1, h|1, {step.q}, keys), (b, {step.S}) or "
+            f"(b, {step.q}). transformers {compat.VERSION} may build decode masks differently from the tested "
+            f"releases ({', '.join(compat.TESTED_VERSIONS)}): run scripts/check_transformers.sh {compat.VERSION}"
         )
 
-    def _decode_mask(self, keys: torch.Tensor, dtype: torch.dtype, device) -> torch.Tensor:
-        """``(b, 1, q, K)`` mask of a decode step: padding of the kept keys, causal among the new tokens."""
-        b, K = keys.shape
-        q = self.q
-        keys = keys.to(device)
-        if self.pad2d is not None:
-            pad = self.pad2d.to(device).gather(1, keys)
-        else:
-            pad = torch.ones(b, K, dtype=torch.bool, device=device)
-        causal = torch.arange(K, device=device)[None, :] <= (K - q + torch.arange(q, device=device))[:, None]
-        allowed = pad[:, None, None, :] & causal[None, None]
-        if dtype == torch.bool:
-            return allowed
-        return torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill(~allowed, torch.finfo(dtype).min)
+
+class ReductionContext:
+    """The context :func:`reduce` returns: entering installs the hooks and gives the :class:`Reduction` record,
+    leaving removes them. :meth:`frozen` belongs to the context, not to the record."""
+
+    def __init__(self, engine: _Engine) -> None:
+        self._engine = engine
+        self.result = engine.result
+
+    def __enter__(self) -> Reduction:
+        self._engine.install()
+        return self.result
+
+    def __exit__(self, *exc) -> None:
+        self._engine.remove()
+
+    @contextmanager
+    def frozen(self):
+        """Run no-cache forwards over ``prompt + continuation`` under the last prefill's selection.
+
+        Inside, a forward without a cache may be longer than the prompt: its first ``T`` tokens
+        must be the prompt of the last prefill, the rest (generated tokens) are never dropped, and
+        every block carries exactly the prompt tokens it carried in the prefill. This is the
+        reference that ``generate`` under reduction must equal (DESIGN decision 7).
+        """
+        if not self.result.stages:
+            raise InputError("frozen() needs a selection: run a prefill (model(...) or generate) first")
+        self._engine.freeze = True
+        try:
+            yield self.result
+        finally:
+            self._engine.freeze = False
 
 
 def _device(args, kwargs):
@@ -622,7 +724,6 @@ def scoring_blocks(adapted: AdaptedModel, schedule: Schedule, plan: Plan) -> set
     return needed
 
 
-@contextmanager
 def reduce(
     model: nn.Module,
     schedule: Schedule | str | dict = "progressive",
@@ -630,7 +731,7 @@ def reduce(
     scorer: ScorerConfig | str | dict | None = None,
     query_mask: torch.Tensor | None = None,
     attention_mask: torch.Tensor | None = None,
-):
+) -> ReductionContext:
     """Drop visual tokens between the blocks of ``model`` for the forwards run inside the context.
 
     Args:
@@ -646,8 +747,9 @@ def reduce(
         attention_mask: ``(b, T)`` padding mask of the prompt; by default the one passed to the
             forward (``generate`` passes it).
 
-    Yields:
-        A :class:`Reduction` that records what each prefill kept.
+    Returns:
+        A :class:`ReductionContext`; entering it yields the :class:`Reduction` that records what each prefill kept.
+        Arguments are checked here, before any hook is installed or any forward runs.
 
     Example::
 
@@ -655,6 +757,13 @@ def reduce(
             out = model.generate(input_ids, max_new_tokens=16, do_sample=False)
         red.block_visual      # visual tokens carried by each block
         red.kept_positions    # prune point -> (b, k) original positions kept
+        red.scores[7]         # (b, V_7) the importance that chose a keep set; red.scores.positions(7) its columns
+
+        context = hybridreduce.reduce(model, "progressive", visual_mask=vm)
+        with context as red:
+            model(input_ids)                          # the prefill chooses
+            with context.frozen():                    # cacheless forwards of prompt + continuation, same selection
+                model(torch.cat([input_ids, continuation], dim=1))
     """
     adapted = get_adapter(model)
     sched = Schedule.load(schedule)
@@ -678,13 +787,10 @@ def reduce(
         if plan.prune_points and positions.v_index.shape[1] == 0:
             raise InputError("visual_mask marks no visual tokens: there is nothing to reduce")
     cfg = ScorerConfig.parse(scorer)
-    result = Reduction(schedule=sched, plan=plan, adapted=adapted, scorer=cfg)
-    engine = _Engine(adapted, result, vm, query_mask, attention_mask, from_model)
-    engine.install()
-    try:
-        yield result
-    finally:
-        engine.remove()
+    result = Reduction(
+        schedule=sched, plan=plan, adapted=adapted, scorer=cfg, scores=ScoreCache(adapted.kinds, None, cfg.to_dict())
+    )
+    return ReductionContext(_Engine(adapted, result, vm, query_mask, attention_mask, from_model))
 
 
 def cache_nbytes(cache) -> dict[str, int]:

@@ -141,7 +141,7 @@ def test_a_second_context_on_the_same_model_is_refused(tiny_models):
     assert not ATTENTION_DISPATCH.active()
 
 
-def test_score_cache_roundtrip_and_messages(tmp_path, tiny_models):
+def test_score_cache_save_load_and_messages(tmp_path, tiny_models):
     model = tiny_models("nemotron_h")
     ids, vm = prompt()
     with capture(model, vm, scorer="exact") as cache, torch.no_grad():

@@ -1,7 +1,7 @@
 """The reduction engine: what it keeps, how it chooses, its state in decode, and its errors.
 
 The equalities against hand-built references (pruning, generate, batching, keep-everything) run
-for every architecture in ``test_verify.py`` through ``hybridreduce verify``; here the checks are
+for every architecture in ``test_invariants.py`` through ``hybridreduce verify``; here the checks are
 shown to fail when the engine is broken, and the engine's bookkeeping is tested directly.
 """
 
@@ -10,9 +10,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hybridreduce import InputError, Schedule, cache_nbytes, reduce, verify_reduce
+from hybridreduce import InputError, Schedule, cache_nbytes, reduce
 from hybridreduce import engine as engine_mod
 from hybridreduce.adapters import get_adapter
+from hybridreduce.checks import reduction
 from hybridreduce.compat import cache_kwarg, output_cache
 from hybridreduce.engine import scoring_blocks
 
@@ -38,32 +39,29 @@ PROGRESSIVE = Schedule.preset("progressive", keep=0.5, first_prune=1, stages=2) 
 # --------------------------------------------------------------------------------------------------
 # The checks fail on a broken engine
 # --------------------------------------------------------------------------------------------------
-def test_prune_reference_catches_renumbered_positions(monkeypatch, tiny_models):
+def test_the_pruning_check_catches_renumbered_positions(monkeypatch, tiny_models):
     """Give RoPE the positions 0..T'-1 of the reduced sequence instead of the original ones."""
-    real = engine_mod._Engine._slice
+    real = engine_mod.slice_argument
 
-    def renumbered(self, name, value, key, block):
-        if name == "position_embeddings":
-            n = self.cur.shape[1]
-            return tuple(v[:, :n] for v in value)  # cos/sin of the first n positions
-        return real(self, name, value, key, block)
+    def renumbered(value, index, T):
+        if value.dim() == 3 and value.is_floating_point():  # RoPE's cos/sin tables, (b, T, d)
+            return value[:, : index.shape[1]]  # those of the first n positions
+        return real(value, index, T)
 
-    monkeypatch.setattr(engine_mod._Engine, "_slice", renumbered)
-    result = verify_reduce.check_prune_reference("bamba", tiny_models("bamba"))
+    monkeypatch.setattr(engine_mod, "slice_argument", renumbered)
+    result = reduction.check_prune_reference("bamba", tiny_models("bamba"))
     assert not result.passed and result.max_err > 1e-4
 
 
-def test_generate_reference_catches_a_decode_mask_without_padding(monkeypatch, tiny_models):
+def test_the_generate_check_catches_a_decode_mask_without_padding(monkeypatch, tiny_models):
     """Forget the prompt's padding in the decode-step masks: generated logits drift."""
-    real = engine_mod._Engine._begin_decode
+    real = engine_mod.decode_mask
 
-    def forget_padding(self, *args):
-        out = real(self, *args)
-        self.pad2d = None
-        return out
+    def forget_padding(keys, q, padding, dtype, device):
+        return real(keys, q, None, dtype, device)
 
-    monkeypatch.setattr(engine_mod._Engine, "_begin_decode", forget_padding)
-    result = verify_reduce.check_generate_reference("llama", tiny_models("llama"))
+    monkeypatch.setattr(engine_mod, "decode_mask", forget_padding)
+    result = reduction.check_generate_reference("llama", tiny_models("llama"))
     assert not result.passed
 
 
@@ -99,7 +97,7 @@ def test_cut_keeps_the_top_scores_of_the_last_scoring_block(tiny_models):
     assert scoring_blocks(get_adapter(model), sched, sched.resolve(6)) == {2}
     with reduce(model, sched, visual_mask=vm) as red:
         _logits(model, ids, torch.ones_like(ids))
-    scores, where = red.scores[2], red.score_positions[2]
+    scores, where = red.scores[2], red.scores.positions(2)
     top = scores.topk(6, dim=1).indices
     assert torch.equal(red.kept_positions[4], where.gather(1, top).sort(dim=1).values)
 
@@ -114,7 +112,7 @@ def test_ema_averages_the_blocks_since_the_last_cut(tiny_models):
     ema = red.scores[2]
     ema = 0.3 * red.scores[4] + 0.7 * ema
     top = ema.topk(6, dim=1).indices
-    assert torch.equal(red.kept_positions[5], red.score_positions[4].gather(1, top).sort(dim=1).values)
+    assert torch.equal(red.kept_positions[5], red.scores.positions(4).gather(1, top).sort(dim=1).values)
 
 
 def test_attention_score_source_needs_an_attention_block_before_the_cut(tiny_models):
@@ -153,7 +151,8 @@ def test_generate_keeps_a_smaller_kv_cache_and_original_positions_without_positi
     ids, vm = prompt(batch=1)
     with torch.no_grad():
         full = model(ids, use_cache=True)
-    with reduce(model, PROGRESSIVE, visual_mask=vm) as red, torch.no_grad():
+    context = reduce(model, PROGRESSIVE, visual_mask=vm)
+    with context as red, torch.no_grad():
         out = model(ids, use_cache=True)
         assert cache_nbytes(output_cache(out))["kv"] < cache_nbytes(output_cache(full))["kv"]
         cache, token, seq, steps = output_cache(out), out.logits[:, -1:].argmax(-1), ids, []
@@ -162,7 +161,7 @@ def test_generate_keeps_a_smaller_kv_cache_and_original_positions_without_positi
             step = model(token, **{cache_kwarg(model): cache}, use_cache=True).logits[:, -1]
             steps.append(step)
             token = step.argmax(-1, keepdim=True)
-        with red.frozen():
+        with context.frozen():
             for i in range(4):
                 ref = _logits(model, seq[:, : ids.shape[1] + i + 1], torch.ones_like(seq[:, : ids.shape[1] + i + 1]))
                 assert (ref[:, -1] - steps[i]).abs().max() < 1e-5
@@ -180,17 +179,18 @@ def test_the_bare_decoder_can_be_reduced(tiny_models):
 # --------------------------------------------------------------------------------------------------
 # Decode steps: what each one rebuilds
 # --------------------------------------------------------------------------------------------------
-def _record(monkeypatch, name: str) -> list:
-    """Record the return value of every call of ``_Engine.<name>`` from now on."""
+def _record(monkeypatch, owner, name: str) -> list:
+    """Record the return value of every call of ``owner.<name>`` (a method of the engine or a function of the
+    engine module) from now on."""
     returned = []
-    real = getattr(engine_mod._Engine, name)
+    real = getattr(owner, name)
 
-    def recorded(self, *args, **kwargs):
-        out = real(self, *args, **kwargs)
+    def recorded(*args, **kwargs):
+        out = real(*args, **kwargs)
         returned.append(out)
         return out
 
-    monkeypatch.setattr(engine_mod._Engine, name, recorded)
+    monkeypatch.setattr(owner, name, recorded)
     return returned
 
 
@@ -213,8 +213,11 @@ def test_decode_masks_and_keys_are_built_once_per_stage_and_step(monkeypatch, ti
     one_cut = Schedule(keep=None, shape="explicit", ratios=(0.5,), stages=(1,))  # blocks 1 and 2 share a stage
     with reduce(model, one_cut, visual_mask=vm) as red:
         _greedy_steps(model, ids, am, steps=0)  # the prefill alone
-        blocks, masks = _record(monkeypatch, "_decode_block"), _record(monkeypatch, "_decode_mask")
-        tails = _record(monkeypatch, "_with_tail")
+        blocks, masks = (
+            _record(monkeypatch, engine_mod._Engine, "_decode_block"),
+            _record(monkeypatch, engine_mod, "decode_mask"),
+        )
+        tails = _record(monkeypatch, engine_mod, "with_tail")
         _greedy_steps(model, ids, am, steps=3)
     assert red.decode_steps == 3 and len(blocks) == 3 * 2
     assert len(masks) == len(tails) == 3  # one per step (before: the keys once per block and step)
@@ -230,7 +233,8 @@ def test_a_decode_step_without_masks_leaves_the_blocks_untouched(monkeypatch, ti
     model = tiny_models("nemotron_h")
     ids, vm = prompt(batch=1)
     with reduce(model, PROGRESSIVE, visual_mask=vm) as red:
-        blocks, tails = _record(monkeypatch, "_decode_block"), _record(monkeypatch, "_with_tail")
+        blocks = _record(monkeypatch, engine_mod._Engine, "_decode_block")
+        tails = _record(monkeypatch, engine_mod, "with_tail")
         _greedy_steps(model, ids, torch.ones_like(ids), steps=3)
     assert red.decode_steps == 3 and len(blocks) > 0
     assert all(result is None for result in blocks) and not tails
@@ -283,7 +287,7 @@ def test_bad_arguments(kwargs, message, tiny_models):
 def test_a_prompt_of_another_length_is_refused(tiny_models):
     model = tiny_models("nemotron_h")
     ids, vm = prompt(batch=1)
-    with reduce(model, PROGRESSIVE, visual_mask=vm), pytest.raises(InputError, match="reduction.frozen"):
+    with reduce(model, PROGRESSIVE, visual_mask=vm), pytest.raises(InputError, match="context.frozen"):
         _logits(model, ids[:, :-2], torch.ones_like(ids[:, :-2]))
 
 
@@ -294,7 +298,7 @@ def test_evs_then_progressive(tiny_models):
     model = tiny_models("bamba")  # RoPE: EVS's original position ids must survive the engine's slicing
     ids, vm = prompt(batch=1)  # 24 visual tokens = 6 frames of a 2×2 grid
     embeds = torch.randn(6, 4, 8, generator=torch.Generator().manual_seed(0))
-    retention = evs_retention_mask(embeds, q=0.5)
+    retention = evs_retention_mask(embeds, rate=0.5)
     evs = apply_retention(ids, vm, retention)
     am = torch.ones_like(evs.inputs)  # explicit: position ids with gaps and no mask read as packed sequences
     with torch.no_grad():
@@ -332,7 +336,7 @@ def _gradient_gap(arch: str) -> tuple[float, float]:
     assert got.requires_grad and red.block_visual[-1] < red.block_visual[0]
     rows = red.output_positions
     got_grads = grads_of(got, rows)
-    ref = verify_reduce.pruned_reference(model, ids, am, red.stages, grad=True)
+    ref = reduction.pruned_reference(model, ids, am, red.stages, grad=True)
     ref_grads = grads_of(ref, rows)
     assert len(ref_grads) > 10
     zero = torch.zeros(())  # a parameter without a gradient on one side counts as a zero gradient there
