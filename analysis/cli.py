@@ -1,7 +1,7 @@
 """The ``analyze`` and ``plot`` subcommands of ``hybridreduce``, and ``merge`` of analysis shards.
 
 ``hybridreduce analyze --config FILE --out DIR [--shard i/N]`` scores a model over a dataset and writes
-the run directory (:func:`analysis.collect.collect`). Shards are combined by ``hybridreduce merge DIR``;
+the run directory (:func:`analysis.run.collect`). Shards are combined by ``hybridreduce merge DIR``;
 under ``torchrun`` each rank takes its shard from ``RANK``/``WORLD_SIZE`` and rank 0 merges.
 ``hybridreduce plot DIR`` draws a run's figures (:func:`analysis.plots.plot_run`).
 
@@ -33,7 +33,9 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     from hybridreduce import validate
     from hybridreduce.runner import on_rank_zero_after_all, parse_shard
 
-    from .collect import AnalysisConfig, Interrupted, check_out_dir, collect, merge_shards
+    from .config import AnalysisConfig
+    from .run import Interrupted, collect
+    from .rundir import check_out_dir, merge_shards
 
     # Every argument and the output directory before the model loads.
     config = AnalysisConfig.from_yaml(args.config)
@@ -75,7 +77,7 @@ def _report(metrics: dict, out: str) -> int:
 
 def merge_analysis(args: argparse.Namespace) -> int | None:
     """``hybridreduce merge DIR`` for an analysis run directory; None for any other directory."""
-    from .collect import is_sharded_run, merge_shards
+    from .rundir import is_sharded_run, merge_shards
 
     if is_sharded_run(args.out):
         return _report(merge_shards(args.out), args.out)

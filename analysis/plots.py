@@ -1,9 +1,7 @@
-"""Figures of an analysis run directory (``metrics.json`` of :func:`analysis.collect.collect`).
+"""Figures of an analysis run directory (``metrics.json`` of :func:`analysis.run.collect`).
 
-Glossary of dimension letters:
-    L   scored blocks (heatmap rows and columns, x axes "block")
-    V   visual tokens; T frames, R × C grid cells of a toy video (``V = T·R·C``)
-    H, W   frame height and width in pixels, p patch side (one visual token is one p × p patch)
+Shapes use the dimension letters of :mod:`hybridreduce.glossary`; its scored blocks ``L`` are the heatmaps' rows and
+columns and the ``block`` x axes.
 
 :func:`plot_run` draws, each as PNG and PDF into ``<run>/plots`` (or ``out_dir``):
 
@@ -34,7 +32,7 @@ import torch
 
 from hybridreduce.errors import InputError
 
-from .collect import read_metrics
+from .rundir import read_metrics
 from .sparsity import ceil_count
 from .stability import topk_mask
 
@@ -285,23 +283,26 @@ def _overlay_rows(metrics: dict, example: dict) -> list[tuple[str, np.ndarray]]:
 
 
 def _pick_frames(
-    rows: list[tuple[str, np.ndarray]], relevant: np.ndarray, frame_index: np.ndarray, T: int
+    rows: list[tuple[str, np.ndarray]], relevant: np.ndarray, frame_index: np.ndarray, n_frames: int
 ) -> list[int]:
     """Frames with relevant tokens first, then the frames with the most importance, at most 8, in time order."""
     chosen = list(dict.fromkeys(int(t) for t in frame_index[relevant]))[:MAX_OVERLAY_FRAMES]
-    mass = np.zeros(T)
+    mass = np.zeros(n_frames)
     for _, s in rows:
         np.add.at(mass, frame_index, s / max(s.sum(), 1e-30))
     for t in np.argsort(-mass, kind="stable"):
-        if len(chosen) >= min(MAX_OVERLAY_FRAMES, T):
+        if len(chosen) >= min(MAX_OVERLAY_FRAMES, n_frames):
             break
         if int(t) not in chosen:
             chosen.append(int(t))
     return sorted(chosen)
 
 
-def _draw_frame(ax, frame: np.ndarray, kept: np.ndarray, relevant: np.ndarray, ri: np.ndarray, ci: np.ndarray, p: int):
-    """One frame ``(H, W, 3)`` uint8; ``kept``, ``relevant``, ``ri``, ``ci`` over this frame's tokens.
+def _draw_frame(
+    ax, frame: np.ndarray, kept: np.ndarray, relevant: np.ndarray, ri: np.ndarray, ci: np.ndarray, patch: int
+):
+    """One frame ``(H·P, W·P, 3)`` uint8 (``P = patch``); ``kept``, ``relevant``, ``ri``, ``ci`` over this frame's
+    tokens.
 
     Tokens not kept are dimmed; kept tokens get a yellow inner frame, relevant ones a white outer outline.
     """
@@ -310,14 +311,14 @@ def _draw_frame(ax, frame: np.ndarray, kept: np.ndarray, relevant: np.ndarray, r
     img = frame.astype(float) / 255.0
     for k, r, c in zip(kept, ri, ci, strict=True):
         if not k:
-            img[r * p : (r + 1) * p, c * p : (c + 1) * p] *= 0.4
+            img[r * patch : (r + 1) * patch, c * patch : (c + 1) * patch] *= 0.4
     ax.imshow(img, interpolation="nearest")
     for k, rel, r, c in zip(kept, relevant, ri, ci, strict=True):
-        x, y = c * p - 0.5, r * p - 0.5
+        x, y = c * patch - 0.5, r * patch - 0.5
         if k:
-            ax.add_patch(Rectangle((x + 0.6, y + 0.6), p - 1.2, p - 1.2, fill=False, ec="gold", lw=1.0))
+            ax.add_patch(Rectangle((x + 0.6, y + 0.6), patch - 1.2, patch - 1.2, fill=False, ec="gold", lw=1.0))
         if rel:
-            ax.add_patch(Rectangle((x, y), p, p, fill=False, ec="white", lw=2.0))
+            ax.add_patch(Rectangle((x, y), patch, patch, fill=False, ec="white", lw=2.0))
     ax.set_xticks([])
     ax.set_yticks([])
 
@@ -335,7 +336,7 @@ def plot_overlays(metrics: dict, out: Path, formats: Sequence[str]) -> list[Path
     keep = metrics["overlay"]["keep"]
     paths = []
     for ex in examples:
-        video = dataset[ex["index"]].video  # (T, H, W, 3) uint8
+        video = dataset[ex["index"]].video  # (F, H·P, W·P, 3) uint8
         fi, ri, ci = (np.asarray(ex[k]) for k in ("frame_index", "row_index", "col_index"))
         relevant = np.zeros(len(fi), dtype=bool)
         relevant[ex["relevant"]] = True
@@ -398,7 +399,7 @@ def plot_run(
     """Draw every figure whose sections exist in ``run_dir/metrics.json``.
 
     Args:
-        run_dir: an analysis run directory (written by :func:`analysis.collect.collect`).
+        run_dir: an analysis run directory (written by :func:`analysis.run.collect`).
         out_dir: where the figures go (default ``run_dir/plots``).
         formats: file formats, each figure is saved once per format.
 

@@ -1,9 +1,7 @@
 """Relevance of importance to ground truth: do a block's top tokens hold the tokens the answer needs?
 
-Glossary of dimension letters:
-    b   batch (samples)
-    V   visual tokens (the support of every importance vector)
-    k   top-k count, ``ceil(frac·V)`` (tolerant ceil of :func:`analysis.sparsity.ceil_count`)
+Shapes use the dimension letters of :mod:`hybridreduce.glossary`; a keep set of ``k`` tokens has
+``k = ceil(frac·V)`` (the tolerant ceil of :func:`analysis.sparsity.ceil_count`).
 
 Inputs are importance ``scores: (b, V)`` (nonnegative, normalised here) and the ground-truth
 ``relevant: (b, V)`` bool, e.g. ``relevant_visual`` of a :mod:`hybridreduce.toy` batch. All arithmetic

@@ -1,11 +1,8 @@
 """Stateful retention: after visual tokens are dropped at block ℓ, what of them survives in the kept stream?
 
-Glossary of dimension letters:
-    b   samples of one batch;  n   samples of a probe split (train or test)
-    L   prompt length;  V   visual tokens of a sample;  k   visual tokens a cut keeps (``K`` the kept set,
-        ``D = V \\ K`` the dropped set)
-    d   language-model width (one feature vector);  m   probe outputs (1, or one per colour)
-    B   blocks of the model;  ℓ   the cut block (tokens are dropped right before block ℓ runs)
+Shapes use the dimension letters of :mod:`hybridreduce.glossary` (``N``: the samples of a probe split, train or
+test; ``n_targets``: the outputs of a probe, 1 or one per colour). ℓ is the cut block (tokens are dropped right
+before block ℓ runs), ``K`` the set of the ``k`` visual tokens it keeps and ``D = V \\ K`` the dropped set.
 
 What is run. For each *configuration* ``(ℓ, keep, selector)`` a single cut before block ℓ keeps
 ``k = max(1, round(keep·V))`` visual tokens of every sample, chosen by the selector (``progressive``: the
@@ -56,7 +53,7 @@ the first ``n_train`` samples of the dataset and scored on the next ``n_test``; 
 keep sets, hence its own targets, so scores compare across conditions of one configuration, not across
 configurations.
 
-Task accuracy (:class:`TaskGroup`): the multiple-choice accuracy (:class:`hybridreduce.toy.train.AnswerSheet`)
+Task accuracy (:class:`TaskGroup`): the multiple-choice accuracy (:class:`hybridreduce.toy.evaluate.AnswerSheet`)
 of the same forwards over all ``n_train + n_test`` samples, split by how many of the sample's ground-truth
 relevant tokens (``relevant_visual``) the cut kept: ``all`` (none dropped), ``some``, ``none`` (every relevant
 token dropped), and ``total``. Each group reports ``n`` and the accuracy under the cut, under input_drop and
@@ -118,7 +115,7 @@ TARGETS = ("dropped_event_tokens", "dropped_only_colours")
 GROUPS = ("all", "some", "none", "total")
 MIN_TRAIN = 8  # a probe needs a few samples per fitted direction to choose its ridge penalty by leave-one-out
 MIN_TEST = 4
-#: Ridge penalties tried, relative to the number of training samples (standardised features have ‖x_j‖² = n).
+#: Ridge penalties tried, relative to the number of training samples (standardised features have ‖x_j‖² = N).
 ALPHAS = tuple(10.0**e for e in torch.linspace(-4, 3, 15).tolist())
 #: Resamples of the test split behind a probe score's standard error (:func:`bootstrap_stderr`).
 BOOTSTRAP_ROUNDS = 200
@@ -131,9 +128,9 @@ class RidgeProbe:
 
     Attributes:
         mean, scale: ``(d,)`` training mean and standard deviation of the features (1 where constant).
-        weight: ``(d, m)`` coefficients on the standardised features.
-        bias: ``(m,)`` intercept (the training mean of the targets; it is not penalised).
-        alpha: ``(m,)`` chosen penalty of each output, relative to the number of training samples.
+        weight: ``(d, n_targets)`` coefficients on the standardised features.
+        bias: ``(n_targets,)`` intercept (the training mean of the targets; it is not penalised).
+        alpha: ``(n_targets,)`` chosen penalty of each output, relative to the number of training samples.
     """
 
     mean: torch.Tensor
@@ -143,7 +140,7 @@ class RidgeProbe:
     alpha: torch.Tensor
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
-        """x: ``(n, d)`` → ``(n, m)`` float64 predictions."""
+        """x: ``(N, d)`` → ``(N, n_targets)`` float64 predictions."""
         x = _features(x, "x")
         if x.shape[1] != self.mean.shape[0]:
             raise InputError(f"the probe was fitted on {self.mean.shape[0]} features, got {x.shape[1]}")
@@ -151,12 +148,12 @@ class RidgeProbe:
 
     @property
     def coef(self) -> torch.Tensor:
-        """``(d, m)`` coefficients on the raw features."""
+        """``(d, n_targets)`` coefficients on the raw features."""
         return self.weight / self.scale[:, None]
 
     @property
     def intercept(self) -> torch.Tensor:
-        """``(m,)`` intercept on the raw features."""
+        """``(n_targets,)`` intercept on the raw features."""
         return self.bias - self.mean @ self.coef
 
 
@@ -175,17 +172,17 @@ def fit_ridge(x: torch.Tensor, y: torch.Tensor, alphas: Sequence[float] = ALPHAS
 
     Features are standardised with the training mean and standard deviation; the intercept is the mean of
     ``y`` and is not penalised. With the thin SVD ``X_c = U S Wᵀ`` of the standardised features and
-    ``λ = α·n``: coefficients ``W diag(s/(s²+λ)) Uᵀ y_c``; leave-one-out residuals ``e_i / (1 − h_ii)`` with
-    ``h_ii = 1/n + Σ_r U_ir² s_r²/(s_r²+λ)`` (the intercept's share is ``1/n`` because ``X_c ⊥ 1``). All in
+    ``λ = α·N``: coefficients ``W diag(s/(s²+λ)) Uᵀ y_c``; leave-one-out residuals ``e_i / (1 − h_ii)`` with
+    ``h_ii = 1/N + Σ_r U_ir² s_r²/(s_r²+λ)`` (the intercept's share is ``1/N`` because ``X_c ⊥ 1``). All in
     float64.
 
     Args:
-        x: ``(n, d)`` features.
-        y: ``(n,)`` or ``(n, m)`` targets.
-        alphas: penalties to try, relative to ``n``.
+        x: ``(N, d)`` features.
+        y: ``(N,)`` or ``(N, n_targets)`` targets.
+        alphas: penalties to try, relative to ``N``.
 
     Returns:
-        :class:`RidgeProbe` with ``m`` outputs (1 for a vector ``y``).
+        :class:`RidgeProbe` with ``n_targets`` outputs (1 for a vector ``y``).
 
     Raises:
         InputError: shapes that do not match, fewer than 3 samples, non-finite values, no penalty.
@@ -198,35 +195,35 @@ def fit_ridge(x: torch.Tensor, y: torch.Tensor, alphas: Sequence[float] = ALPHAS
         raise InputError(f"y must be ({x.shape[0]},) or ({x.shape[0]}, outputs) to match x, got {tuple(y.shape)}")
     if not bool(torch.isfinite(y).all()):
         raise InputError("y holds non-finite values")
-    n = x.shape[0]
-    if n < 3:
-        raise InputError(f"a ridge probe needs at least 3 training samples, got {n}")
+    N = x.shape[0]
+    if N < 3:
+        raise InputError(f"a ridge probe needs at least 3 training samples, got {N}")
     alphas = [float(a) for a in alphas]
     if not alphas or any(not a > 0 for a in alphas):
         raise InputError(f"alphas must be a non-empty list of positive penalties, got {alphas}")
     mean = x.mean(dim=0)
     std = x.std(dim=0, correction=0)
     scale = torch.where(std > 1e-12 * (1 + mean.abs()), std, torch.ones_like(std))
-    xs = (x - mean) / scale  # (n, d), columns centred
+    xs = (x - mean) / scale  # (N, d), columns centred
     y_mean = y.mean(dim=0)
-    yc = y - y_mean  # (n, m)
-    u, s, vh = torch.linalg.svd(xs, full_matrices=False)  # (n, r), (r,), (r, d)
-    uty = u.T @ yc  # (r, m)
+    yc = y - y_mean  # (N, n_targets)
+    u, s, vh = torch.linalg.svd(xs, full_matrices=False)  # (N, rank), (rank,), (rank, d)
+    uty = u.T @ yc  # (rank, n_targets)
     s2 = s**2
     best_err = torch.full((y.shape[1],), math.inf, dtype=torch.float64)
     best_alpha = torch.full((y.shape[1],), alphas[0], dtype=torch.float64)
     weight = torch.zeros(x.shape[1], y.shape[1], dtype=torch.float64)
     for a in alphas:
-        lam = a * n
-        shrink = s2 / (s2 + lam)  # (r,)
-        fitted = u @ (shrink[:, None] * uty)  # (n, m)
-        h = 1.0 / n + (u**2) @ shrink  # (n,)
+        lam = a * N
+        shrink = s2 / (s2 + lam)  # (rank,)
+        fitted = u @ (shrink[:, None] * uty)  # (N, n_targets)
+        h = 1.0 / N + (u**2) @ shrink  # (N,)
         loo = (yc - fitted) / (1.0 - h).clamp(min=1e-12)[:, None]
-        err = (loo**2).mean(dim=0)  # (m,)
+        err = (loo**2).mean(dim=0)  # (n_targets,)
         err = torch.where(torch.isfinite(err), err, torch.full_like(err, math.inf))
         better = err < best_err
         if bool(better.any()):
-            w = vh.T @ ((s / (s2 + lam))[:, None] * uty)  # (d, m)
+            w = vh.T @ ((s / (s2 + lam))[:, None] * uty)  # (d, n_targets)
             weight[:, better] = w[:, better]
             best_err = torch.where(better, err, best_err)
             best_alpha = torch.where(better, torch.full_like(best_alpha, a), best_alpha)
@@ -234,7 +231,7 @@ def fit_ridge(x: torch.Tensor, y: torch.Tensor, alphas: Sequence[float] = ALPHAS
 
 
 def r2_score(y_true: torch.Tensor, y_pred: torch.Tensor) -> float | None:
-    """``1 − Σ(y − ŷ)² / Σ(y − ȳ)²`` over ``(n,)`` values, ``ȳ`` their own mean; None when ``y`` is constant."""
+    """``1 − Σ(y − ŷ)² / Σ(y − ȳ)²`` over ``(N,)`` values, ``ȳ`` their own mean; None when ``y`` is constant."""
     y, p = y_true.to(torch.float64).reshape(-1), y_pred.to(torch.float64).reshape(-1)
     sst = ((y - y.mean()) ** 2).sum().item()
     if sst <= 1e-12 * max(1.0, (y**2).sum().item()):
@@ -243,7 +240,7 @@ def r2_score(y_true: torch.Tensor, y_pred: torch.Tensor) -> float | None:
 
 
 def _average_ranks(x: torch.Tensor) -> torch.Tensor:
-    """``(n,)`` ranks 1..n of ``x``, ties sharing their mean rank."""
+    """``(N,)`` ranks 1..N of ``x``, ties sharing their mean rank."""
     order = torch.argsort(x, stable=True)
     sorted_x = x[order]
     _, inverse, counts = torch.unique_consecutive(sorted_x, return_inverse=True, return_counts=True)
@@ -255,7 +252,7 @@ def _average_ranks(x: torch.Tensor) -> torch.Tensor:
 
 
 def roc_auc(labels: torch.Tensor, scores: torch.Tensor) -> float | None:
-    """Area under the ROC curve of ``(n,)`` scores for ``(n,)`` 0/1 labels (Mann–Whitney, ties count ½).
+    """Area under the ROC curve of ``(N,)`` scores for ``(N,)`` 0/1 labels (Mann–Whitney, ties count ½).
 
     Returns None when only one label occurs.
     """
@@ -279,7 +276,8 @@ def bootstrap_stderr(
     finite test split, not from the fit.
 
     Args:
-        score: ``idx: (n,) long`` → the score on those test rows, or None where undefined (e.g. one label only).
+        score: ``idx`` (``n`` long test indices) → the score on those test rows, or None where undefined (e.g. one
+            label only).
         n: test samples.
 
     Returns:
@@ -294,7 +292,7 @@ def bootstrap_stderr(
 def regression_probe(
     x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Tensor, y_test: torch.Tensor
 ) -> dict[str, Any]:
-    """Ridge regression of ``(n,)`` targets from ``(n, d)`` features, scored on the test split.
+    """Ridge regression of ``(N,)`` targets from ``(N, d)`` features, scored on the test split.
 
     Returns:
         ``{"metric": "r2", "score", "stderr", "baseline", "accuracy": None, "majority": None, "n_labels", "note"}``:
@@ -324,7 +322,7 @@ def regression_probe(
 def multilabel_probe(
     x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Tensor, y_test: torch.Tensor
 ) -> dict[str, Any]:
-    """Ridge classifiers of ``(n, m)`` 0/1 labels from ``(n, d)`` features, scored on the test split.
+    """Ridge classifiers of ``(N, n_targets)`` 0/1 labels from ``(N, d)`` features, scored on the test split.
 
     Returns:
         ``{"metric": "auc", "score", "stderr", "baseline": 0.5, "accuracy", "majority", "n_labels", "note"}``:
@@ -335,9 +333,9 @@ def multilabel_probe(
     """
     y_train = y_train.to(torch.float64)
     y_test = y_test.to(torch.float64)
-    pred = fit_ridge(x_train, y_train).predict(x_test)  # (n_test, m)
+    pred = fit_ridge(x_train, y_train).predict(x_test)  # (n_test, n_targets)
     accuracy = ((pred >= 0.5) == y_test.bool()).to(torch.float64).mean().item()
-    majority_label = y_train.mean(dim=0) > 0.5  # (m,)
+    majority_label = y_train.mean(dim=0) > 0.5  # (n_targets,)
     majority = (majority_label[None, :] == y_test.bool()).to(torch.float64).mean().item()
     both_in_train = [j for j in range(y_test.shape[1]) if 0 < y_train[:, j].sum() < y_train.shape[0]]
     used = [j for j in both_in_train if roc_auc(y_test[:, j], pred[:, j]) is not None]
@@ -357,8 +355,8 @@ def multilabel_probe(
 
 
 def _mean_auc(labels: torch.Tensor, scores: torch.Tensor, columns: list[int]) -> float | None:
-    """Mean :func:`roc_auc` of ``(n, m)`` scores for ``(n, m)`` 0/1 labels over ``columns``, skipping a column
-    whose labels are all equal; None when every column is skipped."""
+    """Mean :func:`roc_auc` of ``(N, n_targets)`` scores for ``(N, n_targets)`` 0/1 labels over ``columns``,
+    skipping a column whose labels are all equal; None when every column is skipped."""
     aucs = [auc for j in columns if (auc := roc_auc(labels[:, j], scores[:, j])) is not None]
     return sum(aucs) / len(aucs) if aucs else None
 
@@ -381,17 +379,17 @@ def dropped_targets(colours: torch.Tensor, kept: torch.Tensor, n_colours: int) -
     Args:
         colours: ``(b, V)`` long, colour index per visual token, −1 on background (:func:`token_colours`).
         kept: ``(b, V)`` bool, True at the visual tokens the cut kept.
-        n_colours: number of colours ``m``.
+        n_colours: number of colours (the outputs of ``dropped_only_colours``).
 
     Returns:
         ``dropped_event_tokens``: ``(b,)`` float64, event tokens among the dropped ones;
-        ``dropped_only_colours``: ``(b, m)`` float64 0/1, colour drawn on a dropped token and on no kept one.
+        ``dropped_only_colours``: ``(b, n_colours)`` float64 0/1, colour drawn on a dropped token and on no kept one.
     """
     if colours.shape != kept.shape:
         raise InputError(f"colours {tuple(colours.shape)} and kept {tuple(kept.shape)} must have the same shape")
     dropped = ~kept.bool()
     count = ((colours >= 0) & dropped).sum(dim=1).to(torch.float64)
-    onehot = colours[..., None] == torch.arange(n_colours)[None, None, :]  # (b, V, m)
+    onehot = colours[..., None] == torch.arange(n_colours)[None, None, :]  # (b, V, n_colours)
     in_dropped = (onehot & dropped[..., None]).any(dim=1)
     in_kept = (onehot & kept.bool()[..., None]).any(dim=1)
     return {"dropped_event_tokens": count, "dropped_only_colours": (in_dropped & ~in_kept).to(torch.float64)}
@@ -556,8 +554,7 @@ class RetentionReport:
 
 # Input checks -------------------------------------------------------------------------------------
 def _check_model(model: nn.Module, dataset) -> None:
-    from hybridreduce.toy.data import ToyDataset
-    from hybridreduce.toy.model import ToyVLM
+    from hybridreduce.toy import ToyDataset, ToyVLM
 
     if not isinstance(model, ToyVLM):
         raise InputError(
@@ -588,22 +585,22 @@ def _check_int(value: Any, name: str, minimum: int) -> int:
 
 
 def _check_blocks(blocks: Sequence[int] | None, kinds: list[str]) -> list[int]:
-    B = len(kinds)
+    n_blocks = len(kinds)
     if blocks is None:
-        return [i for i in range(1, B) if kinds[i] not in ("mlp", "moe")]
+        return [i for i in range(1, n_blocks) if kinds[i] not in ("mlp", "moe")]
     if isinstance(blocks, (str, bytes)) or not isinstance(blocks, Sequence) or not blocks:
-        raise InputError(f"blocks must be a non-empty list of cut blocks in [1, {B - 1}], got {blocks!r}")
+        raise InputError(f"blocks must be a non-empty list of cut blocks in [1, {n_blocks - 1}], got {blocks!r}")
     out = []
     for b in blocks:
-        if isinstance(b, bool) or not isinstance(b, numbers.Integral) or not 1 <= b < B:
+        if isinstance(b, bool) or not isinstance(b, numbers.Integral) or not 1 <= b < n_blocks:
             extra = (
                 " (block 0 is the input: dropping there is the input_drop control, reported for every cut)"
                 if b == 0 and not isinstance(b, bool)
                 else ""
             )
             raise InputError(
-                f"cut block {b!r} is out of range: a cut before block ℓ needs ℓ in [1, {B - 1}] for this "
-                f"{B}-block model{extra}"
+                f"cut block {b!r} is out of range: a cut before block ℓ needs ℓ in [1, {n_blocks - 1}] for this "
+                f"{n_blocks}-block model{extra}"
             )
         out.append(int(b))
     if len(set(out)) != len(out):
@@ -645,6 +642,97 @@ def _schedule(selector: str, block: int, keep: float, seed: int) -> Schedule:
 
 
 # The run ------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Cut:
+    """One configuration: a single cut before ``block`` that keeps the share ``keep`` of the visual tokens, chosen
+    by ``selector``."""
+
+    block: int
+    keep: float
+    selector: str
+
+    def schedule(self, seed: int) -> Schedule:
+        return _schedule(self.selector, self.block, self.keep, seed)
+
+
+@dataclass
+class _Plan:
+    """The checked arguments of :func:`retention_probe`: what runs, on which samples."""
+
+    kinds: list[str]  # (L,) kind of every block
+    cuts: list[_Cut]  # every (block, keep, selector), blocks outermost
+    blocks: list[int]
+    keeps: list[float]
+    selectors: list[str]
+    n_train: int
+    n_test: int
+    batch_size: int
+    seed: int
+
+    @property
+    def n(self) -> int:
+        """Samples run: the training split, then the test split."""
+        return self.n_train + self.n_test
+
+
+@dataclass
+class _CutRecord:
+    """What one configuration's forwards gave, batch by batch (each list grows by one ``(b, ...)`` entry a batch).
+
+    Attributes:
+        features: ``(condition, feature)`` → ``(b, d)`` float64 read-outs (:func:`_read_features`).
+        correct: condition → ``(b,)`` bool, the multiple-choice answer was right.
+        kept: ``(b, V)`` bool, the visual tokens the cut kept.
+        n_kept: ``k``, the visual tokens the cut keeps of every sample.
+    """
+
+    features: dict[tuple[str, str], list[torch.Tensor]] = field(default_factory=dict)
+    correct: dict[str, list[torch.Tensor]] = field(default_factory=dict)
+    kept: list[torch.Tensor] = field(default_factory=list)
+    n_kept: int = 0
+
+    def add(self, condition: str, features: dict[str, torch.Tensor], correct: torch.Tensor) -> None:
+        """One batch's read-outs and answers under ``condition``."""
+        for f in FEATURES:
+            self.features.setdefault((condition, f), []).append(features[f])
+        self.correct.setdefault(condition, []).append(correct)
+
+    def coordinates(self, cut: _Cut, kinds: list[str]) -> dict[str, Any]:
+        """The fields every :class:`ProbeResult` and :class:`TaskGroup` of this configuration starts with."""
+        return {
+            "block": cut.block,
+            "kind": kinds[cut.block],
+            "keep": cut.keep,
+            "n_kept": self.n_kept,
+            "selector": cut.selector,
+        }
+
+
+@dataclass
+class _Batch:
+    """One batch of prompts on the model's device, and its full-token forward.
+
+    Attributes:
+        ids, am, vm: ``(b, T)`` input ids, attention mask, visual mask. pixels: ``(b, F, 3, H·P, W·P)``.
+        answers: ``(b,)`` index of the right choice. qtypes: the question types (for the answer sheet).
+        vis_index: ``(b, T)`` visual index of each visual position. embeds: ``(b, T, d)`` input embeddings.
+        h_full: ``(b, T, d)`` final hidden states of the full forward. right_full: ``(b,)`` bool, its answers.
+        relevant: ``(b, V)`` the ground-truth relevant visual tokens (CPU).
+    """
+
+    ids: torch.Tensor
+    am: torch.Tensor
+    vm: torch.Tensor
+    pixels: torch.Tensor
+    answers: torch.Tensor
+    qtypes: Any
+    vis_index: torch.Tensor
+    embeds: torch.Tensor
+    h_full: torch.Tensor
+    right_full: torch.Tensor
+    relevant: torch.Tensor
+
+
 def _final_hidden(out) -> torch.Tensor:
     """``(b, T_out, d)`` hidden states after the last norm (``output_hidden_states=True``)."""
     return out.hidden_states[-1]
@@ -667,7 +755,7 @@ def _read_features(h: torch.Tensor, is_visual: torch.Tensor) -> dict[str, torch.
 
 
 def _mean_or_none(values: torch.Tensor) -> float | None:
-    """Mean of ``(n,)`` bool outcomes as a float; None for no sample."""
+    """Mean of ``(N,)`` bool outcomes as a float; None for no sample."""
     return values.double().mean().item() if values.numel() else None
 
 
@@ -675,51 +763,8 @@ def _forward(model: nn.Module, **kwargs):
     return model(**kwargs, output_hidden_states=True, use_cache=False, logits_to_keep=1)
 
 
-@torch.no_grad()
-def retention_probe(
-    model: nn.Module,
-    dataset,
-    blocks: Sequence[int] | None = None,
-    keeps: Sequence[float] = (0.25,),
-    selectors: Sequence[str] = ("random",),
-    n_train: int = 128,
-    n_test: int = 64,
-    batch_size: int = 16,
-    progress: bool = True,
-    seed: int = 0,
-    scorer: str | dict | None = None,
-) -> RetentionReport:
-    """Probe how much of the visual tokens dropped at a single cut survives in the kept stream.
-
-    See the module docstring for what is measured. Samples ``0 .. n_train − 1`` of ``dataset`` train the
-    probes, ``n_train .. n_train + n_test − 1`` test them; the task accuracy covers all of them.
-
-    Args:
-        model: a :class:`hybridreduce.toy.ToyVLM` (any device; run in eval mode, restored after).
-        dataset: the :class:`hybridreduce.toy.ToyDataset` of its benchmark, with at least ``n_train + n_test``
-            items.
-        blocks: cut blocks ℓ, each in ``[1, B − 1]``; default every attention/Mamba block from block 1.
-        keeps: shares of the visual tokens each cut keeps, in ``(0, 1]``.
-        selectors: ``progressive`` (unified score), ``random`` (seeded per batch), ``uniform``.
-        n_train, n_test: probe split sizes (at least :data:`MIN_TRAIN` and :data:`MIN_TEST`).
-        batch_size: samples per forward.
-        progress: show a tqdm bar over samples × (1 + configurations).
-        seed: seed of the ``random`` selector (batch ``i`` uses ``seed + i``).
-        scorer: the Mamba scorer of ``progressive`` (``decay_free`` by default, or ``exact``).
-
-    Returns:
-        :class:`RetentionReport`.
-
-    Raises:
-        InputError: a model that is not the toy VLM or does not match the dataset, blocks out of range, a keep
-            outside ``(0, 1]``, an unknown selector, a ``progressive`` cut with no scoring block before it, or too
-            few samples to fit a probe.
-    """
-    from tqdm.auto import tqdm
-
-    from hybridreduce.toy.data import collate, encode_sample
-    from hybridreduce.toy.train import AnswerSheet
-
+def _plan(model: nn.Module, dataset, blocks, keeps, selectors, n_train, n_test, batch_size, seed) -> _Plan:
+    """Check every argument of :func:`retention_probe`, and every cut's schedule, before any forward."""
     _check_model(model, dataset)
     adapted = get_adapter(model)
     kinds = list(adapted.kinds)
@@ -739,140 +784,215 @@ def retention_probe(
     n = n_train + n_test
     if n > len(dataset):
         raise InputError(f"n_train + n_test = {n} samples, but the dataset has only {len(dataset)}")
-    configs = [(b, k, s) for b in blocks for k in keeps for s in selectors]
-    for b, k, s in configs:  # fail before any forward (e.g. a progressive cut with nothing to score it)
-        sched = _schedule(s, b, k, seed)
+    cuts = [_Cut(b, k, s) for b in blocks for k in keeps for s in selectors]
+    for cut in cuts:  # fail before any forward (e.g. a progressive cut with nothing to score it)
+        sched = cut.schedule(seed)
         scoring_blocks(adapted, sched, sched.resolve(adapted.num_blocks))
+    return _Plan(kinds, cuts, blocks, keeps, selectors, n_train, n_test, batch_size, seed)
 
-    cfg = dataset.cfg
-    V, m = cfg.n_visual, len(cfg.colours)
+
+def _full_batch(model: nn.Module, samples: list, dataset, sheet, device: torch.device) -> _Batch:
+    """Encode ``samples`` and run them at full tokens."""
+    from hybridreduce.toy import collate, encode_sample
+
+    batch = collate([encode_sample(s, dataset.vocab, dataset.cfg) for s in samples])
+    ids = batch["input_ids"].to(device)  # (b, T)
+    am = batch["attention_mask"].to(device)  # (b, T)
+    vm = batch["visual_mask"].to(device)  # (b, T)
+    pixels = batch["pixels"].to(device)  # (b, F, 3, H·P, W·P)
+    if not bool((batch["input_ids"][:, -1] == dataset.vocab.answer_marker_id).all()):
+        raise InputError("every prompt must end on <answer> (encode_sample's layout)")
+    answers, qtypes = batch["answer_index"], batch["qtype"]
+    vis_index = vm.long().cumsum(dim=1) - 1  # (b, T): visual index of each visual position
+    full = _forward(model, input_ids=ids, pixel_values=pixels, attention_mask=am)
+    right_full = (sheet.choose(full.logits[:, -1].float(), qtypes) == answers).cpu()
+    embeds = model.embed(ids, pixels)  # (b, T, d), every token embedded as in the full run
+    h_full = _final_hidden(full)  # (b, T, d)
+    return _Batch(ids, am, vm, pixels, answers, qtypes, vis_index, embeds, h_full, right_full, batch["relevant_visual"])
+
+
+def _run_cut(
+    model: nn.Module, batch: _Batch, cut: _Cut, seed: int, scorer, sheet, n_visual: int, record: _CutRecord
+) -> None:
+    """The cut and its input_drop control on one batch, read out at the same positions as the full run, into
+    ``record``."""
+    device, b, d = batch.ids.device, batch.ids.shape[0], batch.embeds.shape[-1]
+    am, vm = batch.am, batch.vm
+    with reduce(model, cut.schedule(seed), visual_mask=vm, scorer=scorer, attention_mask=am) as red:
+        out = _forward(model, input_ids=batch.ids, pixel_values=batch.pixels, attention_mask=am)
+    idx = red.output_positions.to(device)  # (b, T'): text + kept visual, original positions
+    kept_pos = red.kept_positions[cut.block].to(device)  # (b, k)
+    record.n_kept = kept_pos.shape[1]
+    kept = torch.zeros(b, n_visual, dtype=torch.bool, device=device)
+    kept.scatter_(1, batch.vis_index.gather(1, kept_pos), True)
+    record.kept.append(kept.cpu())
+    is_visual = vm.gather(1, idx)  # (b, T')
+
+    # The control: the same kept rows of the input embeddings, at their original positions.
+    drop = _forward(
+        model,
+        inputs_embeds=batch.embeds.gather(1, idx[..., None].expand(-1, -1, d)),
+        attention_mask=am.gather(1, idx),
+        position_ids=idx,
+    )
+    full_rows = batch.h_full.gather(1, idx[..., None].expand(-1, -1, d))
+    record.add("full", _read_features(full_rows, is_visual), batch.right_full)
+    right_cut = (sheet.choose(out.logits[:, -1].float(), batch.qtypes) == batch.answers).cpu()
+    record.add("cut", _read_features(_final_hidden(out), is_visual), right_cut)
+    right_drop = (sheet.choose(drop.logits[:, -1].float(), batch.qtypes) == batch.answers).cpu()
+    record.add("input_drop", _read_features(_final_hidden(drop), is_visual), right_drop)
+
+
+def _collect(
+    model: nn.Module, dataset, plan: _Plan, scorer, progress: bool
+) -> tuple[dict[_Cut, _CutRecord], torch.Tensor, torch.Tensor]:
+    """Every sample at full tokens once, then under every cut and its control.
+
+    Returns:
+        ``(records, colours, relevant)``: cut → :class:`_CutRecord`; ``(N, V)`` long colour index per visual token
+        (:func:`token_colours`); ``(N, V)`` bool ground-truth relevant tokens.
+    """
+    from tqdm.auto import tqdm
+
+    from hybridreduce.toy.evaluate import AnswerSheet
+
     sheet = AnswerSheet(dataset.vocab)
     device = next(model.parameters()).device
-    feats = {c: {cond: {f: [] for f in FEATURES} for cond in CONDITIONS} for c in configs}
-    kept_all = {c: [] for c in configs}  # (b, V) bool per batch
-    correct = {c: {cond: [] for cond in CONDITIONS} for c in configs}
+    records = {cut: _CutRecord() for cut in plan.cuts}
     colours_all, relevant_all = [], []
-    n_kept: dict[tuple, int] = {}
-
+    n, V = plan.n, dataset.cfg.n_visual
     was_training = model.training
     model.eval()
-    bar = tqdm(total=n * (1 + len(configs)), desc="retention", unit="sample", disable=not progress)
+    bar = tqdm(total=n * (1 + len(plan.cuts)), desc="retention", unit="sample", disable=not progress)
     try:
-        for batch_no, start in enumerate(range(0, n, batch_size)):
-            samples = [dataset[i] for i in range(start, min(start + batch_size, n))]
-            batch = collate([encode_sample(s, dataset.vocab, cfg) for s in samples])
-            ids = batch["input_ids"].to(device)  # (b, L)
-            am = batch["attention_mask"].to(device)  # (b, L)
-            vm = batch["visual_mask"].to(device)  # (b, L)
-            pixels = batch["pixels"].to(device)  # (b, T, 3, H, W)
-            if not bool((batch["input_ids"][:, -1] == dataset.vocab.answer_marker_id).all()):
-                raise InputError("every prompt must end on <answer> (encode_sample's layout)")
-            answers, qtypes = batch["answer_index"], batch["qtype"]
-            colours_all.append(torch.stack([token_colours(s, cfg) for s in samples]))  # (b, V)
-            relevant_all.append(batch["relevant_visual"])  # (b, V)
-            vis_index = vm.long().cumsum(dim=1) - 1  # (b, L): visual index of each visual position
-            b = ids.shape[0]
-
-            full = _forward(model, input_ids=ids, pixel_values=pixels, attention_mask=am)
-            h_full = _final_hidden(full)  # (b, L, d)
-            right_full = (sheet.choose(full.logits[:, -1].float(), qtypes) == answers).cpu()
-            embeds = model.embed(ids, pixels)  # (b, L, d), every token embedded as in the full run
-            d = embeds.shape[-1]
-            bar.update(b)
-
-            for c in configs:
-                block, keep, selector = c
-                sched = _schedule(selector, block, keep, seed + batch_no)
-                with reduce(model, sched, visual_mask=vm, scorer=scorer, attention_mask=am) as red:
-                    out = _forward(model, input_ids=ids, pixel_values=pixels, attention_mask=am)
-                idx = red.output_positions.to(device)  # (b, T'): text + kept visual, original positions
-                kept_pos = red.kept_positions[block].to(device)  # (b, k)
-                n_kept[c] = kept_pos.shape[1]
-                kept = torch.zeros(b, V, dtype=torch.bool, device=device)
-                kept.scatter_(1, vis_index.gather(1, kept_pos), True)
-                kept_all[c].append(kept.cpu())
-                is_visual = vm.gather(1, idx)  # (b, T')
-
-                # The control: the same kept rows of the input embeddings, at their original positions.
-                drop = _forward(
-                    model,
-                    inputs_embeds=embeds.gather(1, idx[..., None].expand(-1, -1, d)),
-                    attention_mask=am.gather(1, idx),
-                    position_ids=idx,
-                )
-                reads = {
-                    "full": _read_features(h_full.gather(1, idx[..., None].expand(-1, -1, d)), is_visual),
-                    "cut": _read_features(_final_hidden(out), is_visual),
-                    "input_drop": _read_features(_final_hidden(drop), is_visual),
-                }
-                for cond, fs in reads.items():
-                    for f in FEATURES:
-                        feats[c][cond][f].append(fs[f])
-                correct[c]["full"].append(right_full)
-                correct[c]["cut"].append((sheet.choose(out.logits[:, -1].float(), qtypes) == answers).cpu())
-                correct[c]["input_drop"].append((sheet.choose(drop.logits[:, -1].float(), qtypes) == answers).cpu())
-                bar.update(b)
+        for batch_no, start in enumerate(range(0, n, plan.batch_size)):
+            samples = [dataset[i] for i in range(start, min(start + plan.batch_size, n))]
+            batch = _full_batch(model, samples, dataset, sheet, device)
+            colours_all.append(torch.stack([token_colours(s, dataset.cfg) for s in samples]))  # (b, V)
+            relevant_all.append(batch.relevant)  # (b, V)
+            bar.update(len(samples))
+            for cut in plan.cuts:
+                _run_cut(model, batch, cut, plan.seed + batch_no, scorer, sheet, V, records[cut])
+                bar.update(len(samples))
     finally:
         bar.close()
         model.train(was_training)
+    return records, torch.cat(colours_all), torch.cat(relevant_all).bool()
 
-    colours = torch.cat(colours_all)  # (n, V)
-    relevant = torch.cat(relevant_all).bool()  # (n, V)
-    report = RetentionReport(
-        blocks=blocks,
-        keeps=keeps,
-        selectors=selectors,
-        block_kinds=kinds,
-        n_visual=V,
-        n_train=n_train,
-        n_test=n_test,
-        colours=list(cfg.colours),
-        settings={"seed": seed, "scorer": scorer, "batch_size": batch_size, "split": dataset.split},
-    )
-    tr, te = slice(0, n_train), slice(n_train, n)
-    for c in configs:
-        block, keep, selector = c
-        kept = torch.cat(kept_all[c])  # (n, V)
-        targets = dropped_targets(colours, kept, m)
-        common = {"block": block, "kind": kinds[block], "keep": keep, "n_kept": n_kept[c], "selector": selector}
-        for cond in CONDITIONS:
-            for f in FEATURES:
-                x = torch.cat(feats[c][cond][f])  # (n, d)
-                for target in TARGETS:
-                    y = targets[target]
-                    fit = regression_probe if target == "dropped_event_tokens" else multilabel_probe
-                    res = fit(x[tr], y[tr], x[te], y[te])
-                    if keep == 1.0:
-                        res["note"] = "keep = 1: no token dropped, the target is constant"
-                    report.probes.append(
-                        ProbeResult(
-                            **common,
-                            condition=cond,
-                            feature=f,
-                            target=target,
-                            target_mean=y.mean().item(),
-                            **res,
-                        )
+
+def _fit_probes(cut: _Cut, record: _CutRecord, colours: torch.Tensor, plan: _Plan, n_colours: int) -> list[ProbeResult]:
+    """Every (condition, feature, target) probe of one configuration: fitted on the training split, scored on the
+    test split (:func:`regression_probe`, :func:`multilabel_probe`)."""
+    tr, te = slice(0, plan.n_train), slice(plan.n_train, plan.n)
+    targets = dropped_targets(colours, torch.cat(record.kept), n_colours)  # (N,) and (N, n_colours)
+    out = []
+    for cond in CONDITIONS:
+        for f in FEATURES:
+            x = torch.cat(record.features[cond, f])  # (N, d)
+            for target in TARGETS:
+                y = targets[target]
+                fit = regression_probe if target == "dropped_event_tokens" else multilabel_probe
+                res = fit(x[tr], y[tr], x[te], y[te])
+                if cut.keep == 1.0:
+                    res["note"] = "keep = 1: no token dropped, the target is constant"
+                out.append(
+                    ProbeResult(
+                        **record.coordinates(cut, plan.kinds),
+                        condition=cond,
+                        feature=f,
+                        target=target,
+                        target_mean=y.mean().item(),
+                        **res,
                     )
-        n_rel = relevant.sum(dim=1)
-        n_rel_kept = (relevant & kept).sum(dim=1)
-        groups = {
-            "all": n_rel_kept == n_rel,
-            "some": (n_rel_kept > 0) & (n_rel_kept < n_rel),
-            "none": (n_rel > 0) & (n_rel_kept == 0),
-            "total": torch.ones(n, dtype=torch.bool),
-        }
-        right = {cond: torch.cat(correct[c][cond]) for cond in CONDITIONS}  # (n,) bool
-        for g, members in groups.items():
-            acc = {cond: _mean_or_none(right[cond][members]) for cond in CONDITIONS}
-            report.task.append(
-                TaskGroup(
-                    **common,
-                    group=g,
-                    n=int(members.sum()),
-                    accuracy=acc["cut"],
-                    input_drop_accuracy=acc["input_drop"],
-                    full_accuracy=acc["full"],
                 )
+    return out
+
+
+def _task_groups(cut: _Cut, record: _CutRecord, relevant: torch.Tensor, plan: _Plan) -> list[TaskGroup]:
+    """The multiple-choice accuracy of one configuration in each of :data:`GROUPS` (``relevant``: ``(N, V)``)."""
+    kept = torch.cat(record.kept)  # (N, V)
+    n_rel = relevant.sum(dim=1)
+    n_rel_kept = (relevant & kept).sum(dim=1)
+    groups = {
+        "all": n_rel_kept == n_rel,
+        "some": (n_rel_kept > 0) & (n_rel_kept < n_rel),
+        "none": (n_rel > 0) & (n_rel_kept == 0),
+        "total": torch.ones(plan.n, dtype=torch.bool),
+    }
+    right = {cond: torch.cat(record.correct[cond]) for cond in CONDITIONS}  # (N,) bool
+    out = []
+    for g, members in groups.items():
+        acc = {cond: _mean_or_none(right[cond][members]) for cond in CONDITIONS}
+        out.append(
+            TaskGroup(
+                **record.coordinates(cut, plan.kinds),
+                group=g,
+                n=int(members.sum()),
+                accuracy=acc["cut"],
+                input_drop_accuracy=acc["input_drop"],
+                full_accuracy=acc["full"],
             )
+        )
+    return out
+
+
+@torch.no_grad()
+def retention_probe(
+    model: nn.Module,
+    dataset,
+    blocks: Sequence[int] | None = None,
+    keeps: Sequence[float] = (0.25,),
+    selectors: Sequence[str] = ("random",),
+    n_train: int = 128,
+    n_test: int = 64,
+    batch_size: int = 16,
+    progress: bool = True,
+    seed: int = 0,
+    scorer: str | dict | None = None,
+) -> RetentionReport:
+    """Probe how much of the visual tokens dropped at a single cut survives in the kept stream.
+
+    See the module docstring for what is measured. Samples ``0 .. n_train − 1`` of ``dataset`` train the
+    probes, ``n_train .. n_train + n_test − 1`` test them; the task accuracy covers all of them. The steps: check
+    every argument (:func:`_plan`), run the forwards and collect each condition's features (:func:`_collect`),
+    fit each configuration's probes (:func:`_fit_probes`) and count its task groups (:func:`_task_groups`).
+
+    Args:
+        model: a :class:`hybridreduce.toy.ToyVLM` (any device; run in eval mode, restored after).
+        dataset: the :class:`hybridreduce.toy.ToyDataset` of its benchmark, with at least ``n_train + n_test``
+            items.
+        blocks: cut blocks ℓ, each in ``[1, L − 1]``; default every attention/Mamba block from block 1.
+        keeps: shares of the visual tokens each cut keeps, in ``(0, 1]``.
+        selectors: ``progressive`` (unified score), ``random`` (seeded per batch), ``uniform``.
+        n_train, n_test: probe split sizes (at least :data:`MIN_TRAIN` and :data:`MIN_TEST`).
+        batch_size: samples per forward.
+        progress: show a tqdm bar over samples × (1 + configurations).
+        seed: seed of the ``random`` selector (batch ``i`` uses ``seed + i``).
+        scorer: the Mamba scorer of ``progressive`` (``decay_free`` by default, or ``exact``).
+
+    Returns:
+        :class:`RetentionReport`.
+
+    Raises:
+        InputError: a model that is not the toy VLM or does not match the dataset, blocks out of range, a keep
+            outside ``(0, 1]``, an unknown selector, a ``progressive`` cut with no scoring block before it, or too
+            few samples to fit a probe.
+    """
+    plan = _plan(model, dataset, blocks, keeps, selectors, n_train, n_test, batch_size, seed)
+    records, colours, relevant = _collect(model, dataset, plan, scorer, progress)
+    cfg = dataset.cfg
+    report = RetentionReport(
+        blocks=plan.blocks,
+        keeps=plan.keeps,
+        selectors=plan.selectors,
+        block_kinds=plan.kinds,
+        n_visual=cfg.n_visual,
+        n_train=plan.n_train,
+        n_test=plan.n_test,
+        colours=list(cfg.colours),
+        settings={"seed": plan.seed, "scorer": scorer, "batch_size": plan.batch_size, "split": dataset.split},
+    )
+    for cut in plan.cuts:
+        report.probes += _fit_probes(cut, records[cut], colours, plan, len(cfg.colours))
+        report.task += _task_groups(cut, records[cut], relevant, plan)
     return report

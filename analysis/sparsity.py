@@ -1,10 +1,7 @@
 """Layerwise sparsity of visual-token importance: how few tokens carry a layer's mass.
 
-Glossary of dimension letters:
-    b   batch (samples)
-    V   visual tokens (the support of every importance vector)
-    L   scored blocks (layers) of a :class:`~hybridreduce.ScoreCache`
-    ... any leading batch dimensions; every metric reduces the last (V) axis only
+Shapes use the dimension letters of :mod:`hybridreduce.glossary`; ``...`` stands for any leading batch dimensions,
+and every metric reduces the last (``V``) axis only, the support of every importance vector.
 
 All metrics take nonnegative scores ``(..., V)``, normalise each vector by its sum, and compute in
 float64 (a float32 cumsum over thousands of tokens drifts by more than the tolerances used here).
@@ -162,7 +159,7 @@ def gini(scores: torch.Tensor) -> torch.Tensor:
     """Gini coefficient of the importance distribution.
 
     With ``q`` normalised to sum one and sorted increasingly (``q_(1) ≤ … ≤ q_(V)``),
-    ``G = Σ_i (2i − V − 1) q_(i) / V``, which equals the mean absolute difference
+    ``G = Σ_rank (2·rank − V − 1) q_(rank) / V``, which equals the mean absolute difference
     ``Σ_u Σ_v |q_u − q_v| / (2 V² mean(q))``. 0 for uniform scores, ``(V − 1)/V`` for a one-hot
     (the maximum for V tokens); 0 when ``V = 1``.
 

@@ -1,10 +1,6 @@
 """Cross-layer stability of visual-token importance: does a token's rank persist across depth?
 
-Glossary of dimension letters:
-    L   scored blocks (layers), in block order
-    b   batch (samples)
-    V   visual tokens
-    c   a chunk of visual tokens (Kendall's pairwise signs are built chunk by chunk)
+Shapes use the dimension letters of :mod:`hybridreduce.glossary`; the scored blocks ``L`` are in block order.
 
 Every matrix function takes a stack ``x: (L, b, V)`` (``ScoreCache.stack()``) and returns per-sample
 matrices ``(b, L, L)``; :func:`layer_stability` averages them over samples. All arithmetic is float64.
@@ -36,7 +32,7 @@ from hybridreduce.errors import InputError
 
 from .sparsity import ceil_count, require_scored, validate_scores
 
-# Elements of one chunk of Kendall sign matrices (L·b·c·V float64 values): 2^22 is 32 MiB.
+# Elements of one chunk of Kendall sign matrices (L·b·rows·V float64 values, ``rows`` tokens a chunk): 2^22 is 32 MiB.
 KENDALL_CHUNK_ELEMENTS = 1 << 22
 
 KeepRatios = Sequence[float] | Mapping[int, float] | Callable[[int], float]
@@ -138,7 +134,7 @@ def kendall_matrix(x: torch.Tensor, chunk_elements: int = KENDALL_CHUNK_ELEMENTS
     rows = max(1, chunk_elements // (L * b * V))
     gram = torch.zeros(b, L, L, dtype=torch.float64)
     for start in range(0, V, rows):
-        signs = torch.sign(x[:, :, start : start + rows, None] - x[:, :, None, :])  # [L, b, c, V]
+        signs = torch.sign(x[:, :, start : start + rows, None] - x[:, :, None, :])  # [L, b, rows, V]
         gram += torch.einsum("ibcv,jbcv->bij", signs, signs)
     diag = torch.diagonal(gram, dim1=1, dim2=2)  # [b, L] = 2 · (pairs not tied)
     denom = (diag.unsqueeze(2) * diag.unsqueeze(1)).sqrt()

@@ -19,7 +19,7 @@ How each is measured, and when it holds, is in :data:`CLAIMS`. The criteria were
 measured; the script writes them to ``OUT/criteria.json`` before its first forward, and reports the numbers
 whichever way they go. "Beyond its standard error" means by more than :data:`Z` standard errors.
 
-Nothing here re-implements a metric: the scores come from the analysis runner (:func:`analysis.collect.collect`,
+Nothing here re-implements a metric: the scores come from the analysis runner (:func:`analysis.run.collect`,
 one pass per Mamba scorer, decay-free and exact), the metrics from :mod:`analysis.sparsity`,
 :mod:`analysis.stability`, :mod:`analysis.relevance` and :mod:`analysis.retention`, the accuracies from the
 demo's methods and schedules (:func:`hybridreduce.toy.demo.answers_correct`).
@@ -49,18 +49,21 @@ from typing import Any
 
 import torch
 
-from analysis.collect import AnalysisConfig, collect, load_run
+from analysis.config import AnalysisConfig
 from analysis.relevance import relevance_report, summarise
 from analysis.retention import MIN_TEST, MIN_TRAIN, RetentionReport, retention_probe
+from analysis.run import collect
+from analysis.rundir import load_run
 from analysis.sparsity import ceil_count, layer_sparsity
 from analysis.stability import layer_stability
 from hybridreduce import Schedule, get_adapter
 from hybridreduce.cache import ScoreCache
 from hybridreduce.errors import HybridReduceError, InputError
 from hybridreduce.toy import ToyDataset
-from hybridreduce.toy.data import SPLITS, VARIANTS
+from hybridreduce.toy.config import SPLITS, VARIANTS
 from hybridreduce.toy.demo import CHECKPOINT, answers_correct, feasible_schedule, load_toy_spec
-from hybridreduce.toy.train import AnswerSheet, accuracy_table, load_spec
+from hybridreduce.toy.evaluate import AnswerSheet, accuracy_table
+from hybridreduce.toy.train import load_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = "scripts/paper_claims.py"

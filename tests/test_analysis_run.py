@@ -13,10 +13,12 @@ import numpy as np
 import pytest
 import torch
 
-from analysis import collect as collect_module
-from analysis.collect import AnalysisConfig, collect, load_run, load_scores, read_metrics
+from analysis import run as run_module
+from analysis.config import AnalysisConfig
 from analysis.plots import PlotSkipped, plot_run
 from analysis.relevance import random_recall, recall_at_k, relevance_report, relevant_mass
+from analysis.run import collect
+from analysis.rundir import load_run, load_scores, read_metrics
 from hybridreduce.cache import ScoreCache
 from hybridreduce.cli import main
 from hybridreduce.errors import InputError, ScoreError
@@ -273,14 +275,14 @@ def test_bad_score_files_and_run_dirs(tiny_run, tmp_path):
 
 
 def test_a_failing_scorer_leaves_partial_results(tmp_path, monkeypatch):
-    real = collect_module.score_batch
+    real = run_module.score_batch
 
     def flaky(model, batch, scorer, config):
         if scorer == "exact":
             raise ScoreError("block 0 produced non-finite importance")
         return real(model, batch, scorer, config)
 
-    monkeypatch.setattr(collect_module, "score_batch", flaky)
+    monkeypatch.setattr(run_module, "score_batch", flaky)
     metrics = collect(tiny_config(samples=4), tmp_path / "partial", progress=False)
     assert metrics["scorers"]["exact"]["status"] == "failed" and metrics["scorers"]["decay_free"]["status"] == "ok"
     assert metrics["errors"][0] | {"stage": "collect", "scorer": "exact", "type": "ScoreError"} == metrics["errors"][0]
@@ -289,7 +291,7 @@ def test_a_failing_scorer_leaves_partial_results(tmp_path, monkeypatch):
     )
     assert json.loads((tmp_path / "partial" / "metrics.json").read_text())["errors"] == metrics["errors"]
 
-    monkeypatch.setattr(collect_module, "score_batch", lambda *a: (_ for _ in ()).throw(ScoreError("broken")))
+    monkeypatch.setattr(run_module, "score_batch", lambda *a: (_ for _ in ()).throw(ScoreError("broken")))
     with pytest.raises(ScoreError, match="every scorer failed"):
         collect(tiny_config(samples=4), tmp_path / "failed", progress=False)
     assert len(read_metrics(tmp_path / "failed")["errors"]) == 2
@@ -344,21 +346,39 @@ def _same_run(a: Path, b: Path) -> None:
             assert (a / name).read_text() == (b / name).read_text(), name
 
 
-def test_shards_merge_to_the_single_process_run(toy_checkpoint, tmp_path):
-    config = AnalysisConfig(model={"checkpoint": str(toy_checkpoint)}, samples=8, batch_size=5, examples=2)
-    config = replace(config, batch_size=2)  # 4 batches in 3 shards of 1, 1 and 2 batches
+def no_model_loads(monkeypatch) -> None:
+    """Loading or building any model fails the test (a merge reads the shards' files, never the model)."""
+    import hybridreduce.tiny
+    import hybridreduce.toy.demo
+    from hybridreduce.toy.model import ToyVLM
+
+    def fail(*args, **kwargs):
+        raise AssertionError("merge loaded a model")
+
+    monkeypatch.setattr(run_module, "load_model", fail)
+    monkeypatch.setattr(hybridreduce.toy.demo, "load_toy_spec", fail)
+    monkeypatch.setattr(hybridreduce.tiny, "build_tiny_model", fail)
+    monkeypatch.setattr(ToyVLM, "from_pretrained", fail)
+
+
+def test_shards_merge_to_the_single_process_run_without_loading_the_model(toy_checkpoint, tmp_path, monkeypatch):
+    config = AnalysisConfig(model={"checkpoint": str(toy_checkpoint)}, samples=8, batch_size=5, examples=3)
+    config = replace(config, batch_size=2)  # 4 batches in 3 shards of 1, 1 and 2 batches; examples span 2 shards
     single = tmp_path / "single"
     collect(config, single, progress=False)
     for i in range(3):
         info = collect(config, tmp_path, progress=False, shard=(i, 3))
         assert info["shard"] == [i, 3] and info["samples"] == [[0, 2], [2, 4], [4, 8]][i]
+        assert info["block_kinds"] == read_metrics(single)["block_kinds"]  # what the merge writes instead of loading
     assert not (tmp_path / "metrics.json").exists()
+    no_model_loads(monkeypatch)
     assert main(["merge", str(tmp_path)]) == 0
     _same_run(single, tmp_path)
+    assert len(read_metrics(tmp_path)["examples"]) == 3
 
 
 def test_shard_errors(toy_checkpoint, tmp_path):
-    from analysis.collect import merge_shards
+    from analysis.rundir import merge_shards
 
     config = AnalysisConfig(model={"checkpoint": str(toy_checkpoint)}, samples=4, batch_size=2, examples=0)
     with pytest.raises(InputError, match="shard must be"):
@@ -370,6 +390,17 @@ def test_shard_errors(toy_checkpoint, tmp_path):
         merge_shards(tmp_path)
     with pytest.raises(InputError, match="no shard"):
         merge_shards(tmp_path / "nothing")
+    collect(config, tmp_path, progress=False, shard=(0, 2))
+    first = tmp_path / "shard-0-of-2" / "shard.json"
+    written = json.loads(first.read_text())
+    old = {k: v for k, v in written.items() if k not in ("model", "block_kinds")}  # as shards were written before
+    first.write_text(json.dumps(old))
+    with pytest.raises(InputError, match=r"shards \[0\] of 2 were written by an older .* --shard i/2 --overwrite"):
+        merge_shards(tmp_path)
+    first.write_text(json.dumps(written | {"model": written["model"] | {"parameters": 1}}))
+    with pytest.raises(InputError, match="the shards were scored with different models"):
+        merge_shards(tmp_path)
+    assert not (tmp_path / "metrics.json").exists()
 
 
 def test_torchrun_analyze_merges_on_rank_zero(tiny_run, tmp_path):

@@ -21,11 +21,13 @@ import torch
 import yaml
 
 import analysis.cli
-import analysis.collect as collect_module
+import analysis.run as collect_module
 import hybridreduce.toy.demo as demo_module
 import hybridreduce.toy.train as train_module
-from analysis.collect import AnalysisConfig, Interrupted, collect, read_metrics
+from analysis.config import AnalysisConfig
 from analysis.plots import PartialRun, plot_run
+from analysis.run import Interrupted, collect
+from analysis.rundir import read_metrics
 from hybridreduce import InputError, Schedule, reduce, validate
 from hybridreduce.cli import main
 from hybridreduce.tiny import build_tiny_model
@@ -101,7 +103,7 @@ def nothing_runs(monkeypatch):
 
         return fail
 
-    monkeypatch.setattr(collect_module, "load_model", ran("analysis.collect.load_model"))
+    monkeypatch.setattr(collect_module, "load_model", ran("analysis.run.load_model"))
     monkeypatch.setattr(demo_module, "run_demo", ran("the demo's evaluation"))
     monkeypatch.setattr(train_module, "train", ran("train-toy's training"))
 
@@ -455,7 +457,7 @@ def test_a_real_sigint(files, tmp_path):
     out = tmp_path / "run"
     script = (
         "import os, signal, sys\n"
-        "import analysis.collect as c\n"
+        "import analysis.run as c\n"
         "real, calls = c.score_batch, []\n"
         "def score(*args):\n"
         "    calls.append(1)\n"
