@@ -467,7 +467,8 @@ def _training_config(given: str | None):
 
 def cmd_train_toy(args: argparse.Namespace) -> int:
     from . import validate
-    from .toy.train import _eval_line, load_spec, train
+    from .toy.evaluate import accuracy_line
+    from .toy.train import load_spec, train
 
     # Every argument before the config is read or a file is written (train() creates --out).
     config = _training_config(args.config)
@@ -504,7 +505,7 @@ def cmd_train_toy(args: argparse.Namespace) -> int:
     if result is None:
         print(f"stopped after --max-minutes {args.max_minutes:g}; continue with the same command plus --resume")
         return 0
-    print(_eval_line(f"held-out ({result['split']}, full tokens)", result))
+    print(accuracy_line(f"held-out ({result['split']}, full tokens)", result))
     print(f"wrote {args.out}/model.safetensors, config.json, train_config.yaml, train_log.jsonl, eval.json")
     return 0
 
@@ -682,7 +683,7 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--evs",
         type=float,
-        help="EVS pruning rate q before the language model (default: the checkpoint's video_pruning_rate, else off)",
+        help="EVS pruning rate before the language model (default: the checkpoint's video_pruning_rate, else off)",
     )
     p.add_argument("--max-new-tokens", type=int, default=8, help="greedy answer length (default 8)")
 

@@ -79,7 +79,7 @@ def _run(args, keep: float, out: Path) -> int:
     from hybridreduce.errors import InputError
     from hybridreduce.toy import ToyDataset
     from hybridreduce.toy.demo import calibration_batches, evaluate_method, load_toy_spec
-    from hybridreduce.toy.train import AnswerSheet
+    from hybridreduce.toy.evaluate import AnswerSheet
 
     torch.set_num_threads(1)
     model, spec = load_toy_spec(args.checkpoint)

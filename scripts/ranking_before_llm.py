@@ -31,7 +31,7 @@ from hybridreduce import capture, get_adapter
 from hybridreduce.evs import apply_retention
 from hybridreduce.toy import ToyDataset
 from hybridreduce.toy.demo import load_toy
-from hybridreduce.toy.train import AnswerSheet, evs_inputs
+from hybridreduce.toy.evaluate import AnswerSheet, evs_inputs
 
 
 def top_share(scores: torch.Tensor, keep: float) -> torch.Tensor:

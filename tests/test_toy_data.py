@@ -36,18 +36,19 @@ from hybridreduce.toy import (
     visual_grid,
 )
 from hybridreduce.toy import stats as toy_stats
-from hybridreduce.toy.data import (
-    BACKGROUND_MAX,
-    CANVAS_SCALE,
+from hybridreduce.toy.config import PRESETS
+from hybridreduce.toy.questions import (
     ORDER_WORDS,
-    PRESETS,
     QUADRANTS,
+    QUESTION_WORDS,
+    QUESTIONS,
     cell_word,
     follow_up_questions,
     quadrant,
-    shape_mask,
+    relevant_tokens,
     time_bin,
 )
+from hybridreduce.toy.render import BACKGROUND_MAX, CANVAS_SCALE, shape_mask
 
 CFG = ToyConfig()
 SMALL = ToyConfig(frames=16, height=24, width=32, patch=8, n_events=(2, 4), event_len=(2, 3), seed=3)  # 3x4 grid
@@ -250,6 +251,59 @@ def test_candidates_and_chance():
         assert vocab.decode(ids) == answer_words(CFG, qtype)
     assert chance_level(CFG) == {"colour": 1 / 8, "when": 1 / 4, "where": 1 / 16, "count": 1 / 4}
     assert Vocab(ToyConfig(where_answer="quadrant")).answer_words("where") == list(QUADRANTS)
+
+
+def matches_template(words: list[str], qtype: str) -> dict:
+    """The slot fillers of ``words`` when they follow ``qtype``'s template (assert otherwise)."""
+    template = QUESTIONS[qtype].template
+    assert len(words) == len(template), (words, template)
+    slots = {}
+    for w, t in zip(words, template, strict=True):
+        if t.startswith("{"):
+            slots[t[1:-1]] = w
+        else:
+            assert w == t, (words, template)
+    return slots
+
+
+def test_the_question_table_is_the_one_source_of_question_words():
+    # the vocabulary's question words come from the templates, in the ids the shipped checkpoint was trained with
+    assert QUESTION_WORDS == (
+        "what", "colour", "was", "at", "frame", "cell", "when", "did", "the", "shape", "appear", "where", "how",
+        "many", "shapes", "appeared", "?",
+    )  # fmt: skip
+    assert ORDER_WORDS == ("before", "yes", "no")
+    assert tuple(QUESTIONS) == ALL_QTYPES and set(QTYPES) < set(ALL_QTYPES)
+    for q, question in QUESTIONS.items():
+        assert question.name == q and ToyConfig.preset("clutter", qtypes=(q,)).max_question_len == question.length
+        assert question.candidates(CLUTTER) == answer_words(CLUTTER, q) and question.answer
+    assert CFG.max_question_len == max(QUESTIONS[q].length for q in QTYPES) == 8
+    count = QUESTIONS["count"]
+    assert count.words(colour="red") == ["how", "many", "red", "shapes", "appeared"]
+    assert QUESTIONS["colour"].words(frame=17, cell="r1c2") == "what colour was at frame 17 cell r1c2".split()
+    assert QUESTIONS["order"].named_colours(colour="red", later="blue") == ["red", "blue"]
+    assert QUESTIONS["colour"].named_colours(frame=3, cell="r0c0") == []
+    with pytest.raises(InputError, match=r"fills the slots \('colour',\)"):
+        count.words(colour="red", frame=3)
+    with pytest.raises(InputError, match="unknown question type"):
+        answer_words(CFG, "why")
+
+
+def test_questions_follow_their_templates_and_relevant_token_rules(samples, clutter_samples):
+    for s in [*samples, *clutter_samples]:
+        slots = matches_template(s.question, s.qtype)
+        assert QUESTIONS[s.qtype].named_colours(**slots) == named_colours(s)
+        if QUESTIONS[s.qtype].relevant == "token":
+            t, r, c = s.relevant[0]
+            assert slots == {"frame": str(t), "cell": cell_word(r, c)}
+            assert relevant_tokens(s.qtype, [], (t, r, c)) == s.relevant
+        else:
+            targets = [e for e in s.events if e.colour in slots.values()]
+            assert sorted(relevant_tokens(s.qtype, targets)) == s.relevant
+    rng = np.random.default_rng(0)
+    for s in clutter_samples[:40]:
+        for words, qtype, _ in follow_up_questions(s, CLUTTER, rng, 6):
+            matches_template(words, qtype)
 
 
 def test_answers_are_candidates(samples):

@@ -60,7 +60,7 @@ def test_adapter_finds_the_stock_language_model(ds):
     assert adapted.kinds == ["ssm", "mlp", "attn", "ssm", "mlp", "attn"]
 
 
-def test_roundtrip_and_visual_tokens_matter(ds, tmp_path):
+def test_save_load_and_visual_tokens_matter(ds, tmp_path):
     model = _model(ds)
     batch = ds.batch(range(2))
     model.save_pretrained(tmp_path)
@@ -111,3 +111,17 @@ def test_wrong_number_of_video_tokens(ds):
     ids[0, ids[0] == ds.vocab.video_id] = ds.vocab.pad_id
     with pytest.raises(InputError, match="<video> tokens"):
         model(ids, pixel_values=batch["pixels"])
+
+
+def test_the_shipped_checkpoint_loads():
+    """The shipped checkpoint loads with its saved class name and model_type (a run in progress, which a training
+    process may be rewriting, is not read here)."""
+    import json
+
+    from hybridreduce.toy.demo import CHECKPOINT as path
+
+    saved = json.loads((path / "config.json").read_text())
+    assert saved["model_type"] == ToyVLMConfig.model_type == "hybridreduce_toy_vlm"
+    assert saved["architectures"] == [ToyVLM.__name__]
+    model = ToyVLM.from_pretrained(path)
+    assert isinstance(model, ToyVLM) and model.config.text_config.num_hidden_layers == 12

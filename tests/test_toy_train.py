@@ -11,19 +11,21 @@ import torch
 from hybridreduce import InputError, Schedule, reduce
 from hybridreduce.cli import main
 from hybridreduce.toy import PALETTE, ToyDataset
-from hybridreduce.toy.data import follow_up_questions, quadrant, time_bin
 from hybridreduce.toy.demo import (
-    METHODS,
+    DEMO_METHODS,
+    DemoMethod,
     answers_correct,
+    demo_method,
     evaluate_method,
     format_table,
     load_toy,
     run_demo,
     write_outputs,
 )
+from hybridreduce.toy.evaluate import AnswerSheet, accuracy_line, accuracy_table, answer_logits, evaluate
 from hybridreduce.toy.model import ToyVLM
+from hybridreduce.toy.questions import follow_up_questions, quadrant, time_bin
 from hybridreduce.toy.train import (
-    AnswerSheet,
     PositionHeads,
     build_model,
     spec_from_dict,
@@ -214,6 +216,63 @@ def test_answer_sheet_is_multiple_choice(spec):
     assert torch.equal(sheet.choose(logits, batch["qtype"]), batch["answer_index"])
 
 
+def test_evaluation_helpers(run_dir):
+    model, data = load_toy(run_dir)
+    ds = ToyDataset(data, "test", 8)
+    batch = ds.batch(range(8))
+    with torch.no_grad():
+        full = model(batch["input_ids"], pixel_values=batch["pixels"], attention_mask=batch["attention_mask"])
+        assert torch.equal(answer_logits(model, batch), full.logits[:, -1].float())
+        assert answer_logits(model, batch, evs_rate=0.5).shape == (8, ds.vocab.size)
+    result = evaluate(model, ds, batch_size=3)
+    assert result["n"] == 8 and set(result["per_type"]) <= set(data.qtypes)
+    table = accuracy_table([True, False, True], ["colour", "count", "count"])
+    assert table == {
+        "accuracy": 2 / 3,
+        "n": 3,
+        "per_type": {"colour": {"accuracy": 1.0, "n": 1}, "count": {"accuracy": 0.5, "n": 2}},
+    }
+    assert accuracy_line("val", table) == "val: accuracy 0.667 on 3 (colour 1.000 count 0.500)"
+    assert (
+        accuracy_line("val", {"variants": {"static": table, "clutter": table}})
+        .splitlines()[1]
+        .startswith("val clutter: accuracy 0.667")
+    )
+
+
+def test_demo_methods_state_their_schedule_and_budget_split(run_dir):
+    import hybridreduce.toy.demo as demo
+
+    assert all(f"    {m} " in demo.__doc__ for m in DEMO_METHODS)  # the module docstring's table lists each
+    for keep in (0.5, 0.25, 0.125, 0.3):
+        for m in DEMO_METHODS.values():
+            evs_keep, lm_keep = m.split_budget(keep)
+            assert evs_keep * lm_keep == pytest.approx(keep) and (evs_keep < 1) == m.evs and (lm_keep < 1) == m.in_lm
+        assert DEMO_METHODS["evs+progressive"].split_budget(keep) == (keep**0.5, keep**0.5)
+        assert DEMO_METHODS["evs"].split_budget(keep) == (keep, 1.0)
+        assert DEMO_METHODS["fastv"].split_budget(keep) == (1.0, keep)
+    assert [m for m, r in DEMO_METHODS.items() if r.evs] == ["evs", "evs+progressive"]
+    assert [m for m, r in DEMO_METHODS.items() if r.calibrated] == ["progressive-calibrated"]
+    assert DEMO_METHODS["progressive-exact"].scorer == "exact" and DEMO_METHODS["progressive"].scorer is None
+    model, _ = load_toy(run_dir)
+    attn = DEMO_METHODS["progressive-attn-only"].schedule(0.25, model, budget="final")
+    assert attn == Schedule.preset("progressive", keep=0.25, budget="final", score="attention", first_prune=3)
+    assert DEMO_METHODS["evs+progressive"].schedule(0.5, model) == Schedule.preset("progressive", keep=0.5)
+    assert demo_method("full") is demo.FULL and not demo.FULL.in_lm and not demo.FULL.evs
+    own = demo_method("late", Schedule.preset("fastv"))
+    assert own.in_lm and own.scorer is None and demo_method(own) is own
+    with pytest.raises(InputError, match="has no in-LM schedule"):
+        demo_method("late")
+    with pytest.raises(InputError, match="has no in-LM schedule"):
+        DEMO_METHODS["evs"].schedule(0.25, model)
+    with pytest.raises(InputError, match="calibrate_schedules"):
+        DEMO_METHODS["progressive-calibrated"].schedule(0.25, model)
+    with pytest.raises(AssertionError):
+        DemoMethod("bad", preset="progressive", evs=True, budget_split="lm")
+    with pytest.raises(InputError, match="unknown demo methods"):
+        run_demo(run_dir, size=2, methods=("evs-only",), progress=False)
+
+
 #: Methods whose first cut comes too late in the 12-block tiny model to carry an average keep of 0.25.
 LATE_CUTS = ("fastv", "pyramiddrop", "progressive-attn-only", "progressive-depth")
 
@@ -222,7 +281,7 @@ def test_demo_runs_every_method(run_dir, tmp_path):
     summary = run_demo(run_dir, size=8, keeps=(0.5, 0.25), batch_size=4, progress=False)
     rows = summary["results"]
     assert rows[0]["method"] == "full" and rows[0]["speedup"] == 1.0 and rows[0]["relevant_kept"] == 1.0
-    assert [(r["method"], r["keep"]) for r in rows[1:]] == [(m, k) for k in (0.5, 0.25) for m in METHODS]
+    assert [(r["method"], r["keep"]) for r in rows[1:]] == [(m, k) for k in (0.5, 0.25) for m in DEMO_METHODS]
     for r in rows[1:]:
         assert 0 <= r["accuracy"] <= 1 and r["speedup"] > 0 and 0 <= r["relevant_kept"] <= 1
         if r["note"]:  # a layout that cannot meet the average budget runs at the final budget, and says so

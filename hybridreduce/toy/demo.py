@@ -3,19 +3,26 @@
 The shipped checkpoint (:data:`CHECKPOINT`) answers the held-out questions of its synthetic benchmark at
 full tokens and under each method at each average keep fraction ``k``:
 
-    method                  visual tokens chosen by                                     where
-    full                    —                                                            —
-    progressive             unified scores (attention rows + decay-free Mamba proxy)     low-to-high cuts in the LM
-    progressive-exact       unified scores, exact Mamba hidden attention                  same cuts
-    progressive-attn-only   attention rows only (first cut after the first attention)    same shape
-    progressive-depth       unified scores, first cut a quarter of the way down          low-to-high cuts in the LM
-    progressive-calibrated  unified scores, the layout hybridreduce.calibrate chooses     low-to-high cuts in the LM
-                            from CALIBRATION_PROMPTS unlabeled val prompts of the variant
-    fastv                   attention rows of the last token at block 2, one cut after    in the LM
-    pyramiddrop             attention rows, cuts at 1/4, 1/2, 3/4 of the depth           in the LM
-    random                  seeded uniform draws, progressive cuts                        in the LM
-    evs                     temporal change of each patch (pixels), rate 1 − k            before the LM
-    evs+progressive         EVS at keep √k, then progressive at average keep √k           both
+    method                  visual tokens chosen by                                         where          budget split
+    full                    —                                                               —              —
+    progressive             unified scores (attention rows + decay-free Mamba proxy),       in the LM      LM k
+                            low-to-high cuts
+    progressive-exact       unified scores, exact Mamba hidden attention; the same cuts     in the LM      LM k
+    progressive-attn-only   attention rows only; the same shape, first cut after the first  in the LM      LM k
+                            attention block
+    progressive-depth       unified scores, low-to-high cuts, the first a quarter down      in the LM      LM k
+    progressive-calibrated  unified scores, the layout hybridreduce.calibrate chooses from  in the LM      LM k
+                            CALIBRATION_PROMPTS unlabeled val prompts of the variant
+    fastv                   attention rows of the last token at block 2, one cut after      in the LM      LM k
+    pyramiddrop             attention rows, cuts at 1/4, 1/2, 3/4 of the depth              in the LM      LM k
+    random                  seeded uniform draws, progressive cuts                          in the LM      LM k
+    evs                     temporal change of each patch (pixels), rate 1 − k_evs          before the LM  EVS k
+    evs+progressive         EVS, then progressive on the tokens EVS kept                    both           EVS √k, LM √k
+
+Each method is a :class:`DemoMethod` record (:data:`DEMO_METHODS`): the schedule preset it runs in the language
+model (and its settings), its Mamba scorer, whether EVS runs before the LM, and how it splits the average keep
+``k`` between EVS and the in-LM schedule (:meth:`DemoMethod.split_budget`: EVS keeps ``k_evs`` of the visual
+tokens, the schedule is solved for an average keep ``k_lm`` of what EVS passed on, and ``k_evs · k_lm = k``).
 
 Every in-LM method is solved to the same *average* budget (mean share of visual tokens carried per block,
 see :mod:`hybridreduce.schedule`); EVS carries ``k`` of the tokens through every block, so its average is
@@ -28,7 +35,7 @@ That early cuts need Mamba-derived scores is the point of the hybrid method: a h
 attention blocks, and the first one may sit a quarter of the way down.
 
 A checkpoint trained on several benchmark variants (``static`` and ``clutter``, see
-:mod:`hybridreduce.toy.data`) is measured on each; every row names its ``variant``.
+:mod:`hybridreduce.toy.config`) is measured on each; every row names its ``variant``.
 
 Reported per (variant, method, k): multiple-choice accuracy (overall and per question type), prefill speed-up
 (wall time of the same forwards at full tokens over this method's, scoring and EVS selection included;
@@ -53,31 +60,133 @@ from ..engine import reduce
 from ..errors import InputError
 from ..schedule import Schedule
 from ..yamlio import read_yaml
-from .data import ToyConfig, ToyDataset, chance_level
+from .config import ToyConfig
+from .dataset import ToyDataset
+from .evaluate import AnswerSheet, accuracy_table, evs_inputs
 from .model import ToyVLM
-from .train import AnswerSheet, ToySpec, accuracy_table, evs_inputs, spec_from_dict
+from .questions import chance_level
+from .train import ToySpec, spec_from_dict
 
 #: The embedded checkpoint (``configs/toy.yaml``, then its warm restart ``configs/toy_continue.yaml``; see its README).
 CHECKPOINT = Path(__file__).parent / "checkpoint"
 
-METHODS = (
-    "progressive",
-    "progressive-exact",
-    "progressive-attn-only",
-    "progressive-depth",
-    "progressive-calibrated",
-    "fastv",
-    "pyramiddrop",
-    "random",
-    "evs",
-    "evs+progressive",
-)
 KEEPS = (0.5, 0.25, 0.125)
 #: ``progressive-depth``'s first cut, as a fraction of the depth (where PyramidDrop makes its first cut). Fixed,
 #: not tuned on the test split; ``hybridreduce calibrate`` is the way to choose it per model.
 DEPTH_FIRST_PRUNE = 0.25
 #: Unlabeled prompts of the val split ``progressive-calibrated`` calibrates on (never the test split it is measured on).
 CALIBRATION_PROMPTS = 64
+
+#: How a method splits the average keep ``k`` into ``(k_evs, k_lm)`` (:meth:`DemoMethod.split_budget`): ``none``
+#: no reduction, ``(1, 1)``; ``lm`` all of it in the LM, ``(1, k)``; ``evs`` all of it before the LM, ``(k, 1)``;
+#: ``sqrt`` half of it on a log scale each, ``(√k, √k)``.
+BUDGET_SPLITS = ("none", "lm", "evs", "sqrt")
+
+
+@dataclass(frozen=True)
+class DemoMethod:
+    """One method of the demo: what chooses its visual tokens, where, and how it spends the budget.
+
+    Attributes:
+        name: the method's name in the table, ``summary.json`` and the plots.
+        preset: the :meth:`~hybridreduce.schedule.Schedule.preset` its in-LM schedule starts from (None: no in-LM
+            reduction).
+        settings: further :class:`~hybridreduce.schedule.Schedule` settings of that schedule (e.g. ``first_prune``).
+        first_cut_after_attention: cut first right after the model's first attention block (``first_prune`` =
+            its index + 1): attention scores exist only from there on.
+        calibrated: the layout comes from :func:`calibrate_schedules` (the preset names the method it calibrates).
+        scorer: the Mamba scorer ``reduce`` uses for its keep sets (``"exact"``; None: the decay-free proxy).
+        evs: EVS (pixel mode, :func:`~hybridreduce.toy.evaluate.evs_inputs`) runs before the language model.
+        budget_split: one of :data:`BUDGET_SPLITS`, how the average keep ``k`` divides between EVS and the
+            in-LM schedule (:meth:`split_budget`).
+    """
+
+    name: str
+    preset: str | None = None
+    settings: dict = field(default_factory=dict, hash=False)
+    first_cut_after_attention: bool = False
+    calibrated: bool = False
+    scorer: str | None = None
+    evs: bool = False
+    budget_split: str = "lm"
+
+    def __post_init__(self):  # a guard on the records below
+        if self.budget_split not in BUDGET_SPLITS or (self.preset is None) != (self.budget_split in ("none", "evs")):
+            raise AssertionError(f"demo method {self.name!r}: its preset and budget split disagree")
+        if self.evs != (self.budget_split in ("evs", "sqrt")):
+            raise AssertionError(f"demo method {self.name!r}: evs and budget split disagree")
+
+    @property
+    def in_lm(self) -> bool:
+        """Whether it reduces inside the language model."""
+        return self.preset is not None
+
+    def split_budget(self, keep: float) -> tuple[float, float]:
+        """``(k_evs, k_lm)`` of average keep ``k``: EVS keeps ``k_evs`` of the visual tokens (pruning rate
+        ``1 − k_evs``), the in-LM schedule is solved for average keep ``k_lm`` of those; ``k_evs · k_lm = k``
+        (up to rounding for ``sqrt``: ``√k · √k``)."""
+        if self.budget_split == "none":
+            return 1.0, 1.0
+        if self.budget_split == "lm":
+            return 1.0, keep
+        if self.budget_split == "evs":
+            return keep, 1.0
+        root = math.sqrt(keep)
+        return root, root
+
+    def schedule(self, keep: float, model: ToyVLM, budget: str = "average") -> Schedule:
+        """Its in-LM schedule at keep ``keep`` (an average or a final budget; ``keep`` is ``k_lm``).
+
+        Raises:
+            InputError: a method without an in-LM schedule, or a calibrated one (:func:`calibrate_schedules`).
+        """
+        if self.calibrated:
+            raise InputError(f"{self.name}'s schedule comes from calibrate_schedules(), not from a preset")
+        if not self.in_lm:
+            raise InputError(f"{self.name!r} has no in-LM schedule; methods: {tuple(DEMO_METHODS)}")
+        settings = dict(self.settings)
+        if self.first_cut_after_attention:
+            settings["first_prune"] = get_adapter(model).kinds.index("attn") + 1
+        return Schedule.preset(self.preset, keep=keep, budget=budget, **settings)
+
+
+#: Full tokens: the reference every variant's speed-ups divide.
+FULL = DemoMethod("full", budget_split="none")
+#: The demo's methods, name → record, in the table's order (iterating gives the names).
+DEMO_METHODS: dict[str, DemoMethod] = {
+    m.name: m
+    for m in (
+        DemoMethod("progressive", preset="progressive"),
+        DemoMethod("progressive-exact", preset="progressive", scorer="exact"),
+        DemoMethod(
+            "progressive-attn-only",
+            preset="progressive",
+            settings={"score": "attention"},
+            first_cut_after_attention=True,
+        ),
+        DemoMethod("progressive-depth", preset="progressive", settings={"first_prune": DEPTH_FIRST_PRUNE}),
+        DemoMethod("progressive-calibrated", preset="progressive", calibrated=True),
+        DemoMethod("fastv", preset="fastv"),
+        DemoMethod("pyramiddrop", preset="pyramiddrop"),
+        DemoMethod("random", preset="random"),
+        DemoMethod("evs", evs=True, budget_split="evs"),
+        DemoMethod("evs+progressive", preset="progressive", evs=True, budget_split="sqrt"),
+    )
+}
+
+
+def demo_method(method: str | DemoMethod, schedule: Schedule | None = None) -> DemoMethod:
+    """The record of a method name (``full`` or one of :data:`DEMO_METHODS`); with ``schedule`` given, any other
+    name is an in-LM method that runs that schedule with the default scorer."""
+    if isinstance(method, DemoMethod):
+        return method
+    if method == "full":
+        return FULL
+    if method in DEMO_METHODS:
+        return DEMO_METHODS[method]
+    if schedule is not None and isinstance(method, str):
+        return DemoMethod(method, preset=schedule.method)
+    raise InputError(f"{method!r} has no in-LM schedule; methods: {tuple(DEMO_METHODS)}")
 
 
 def load_toy(path: str | Path | None = None) -> tuple[ToyVLM, ToyConfig]:
@@ -109,22 +218,6 @@ def calibration_batches(dataset: ToyDataset, batch_size: int = 32):
                "visual_mask": b["visual_mask"]}  # fmt: skip
 
 
-def schedule_for(method: str, keep: float, model: ToyVLM, budget: str = "average") -> Schedule:
-    """The in-LM schedule of a method at keep ``keep`` (an average or a final budget)."""
-    if method in ("progressive", "progressive-exact"):
-        return Schedule.preset("progressive", keep=keep, budget=budget)
-    if method == "progressive-attn-only":
-        first_attn = get_adapter(model).kinds.index("attn")  # attention scores exist only from here on
-        return Schedule.preset("progressive", keep=keep, budget=budget, score="attention", first_prune=first_attn + 1)
-    if method == "progressive-depth":
-        return Schedule.preset("progressive", keep=keep, budget=budget, first_prune=DEPTH_FIRST_PRUNE)
-    if method in ("fastv", "pyramiddrop", "random"):
-        return Schedule.preset(method, keep=keep, budget=budget)
-    if method == "progressive-calibrated":
-        raise InputError("progressive-calibrated's schedule comes from calibrate_schedules(), not from a preset")
-    raise InputError(f"{method!r} has no in-LM schedule; methods: {METHODS}")
-
-
 def calibrate_schedules(model: ToyVLM, data: ToyConfig, vocab, keeps) -> dict[float, Schedule]:
     """``progressive-calibrated``'s schedule at each keep: :func:`hybridreduce.calibrate.search` on the scores of
     :data:`CALIBRATION_PROMPTS` unlabeled val prompts (one scoring forward each, shared by every keep)."""
@@ -134,16 +227,17 @@ def calibrate_schedules(model: ToyVLM, data: ToyConfig, vocab, keeps) -> dict[fl
     return {k: search(scores, k).schedule for k in keeps}
 
 
-def feasible_schedule(method: str, keep: float, model: ToyVLM) -> tuple[Schedule, str]:
+def feasible_schedule(method: str | DemoMethod, keep: float, model: ToyVLM) -> tuple[Schedule, str]:
     """The method's schedule at average keep ``keep`` or, where its layout cannot carry so few tokens on
     average (every token passes the blocks before its first cut), at final keep ``keep``; and a note."""
+    record = demo_method(method)
     blocks = get_adapter(model).num_blocks
     try:
-        sched = schedule_for(method, keep, model)
+        sched = record.schedule(keep, model)
         sched.resolve(blocks)
         return sched, ""
     except InputError as exc:
-        sched = schedule_for(method, keep, model, budget="final")
+        sched = record.schedule(keep, model, budget="final")
         sched.resolve(blocks)
         return sched, f"average budget infeasible ({exc}); run with final keep {keep:g}"
 
@@ -171,31 +265,34 @@ class MethodResult:
 
 
 def _forward_logits(
-    model: ToyVLM, batch: dict, method: str, keep: float, schedule: Schedule | None, scorer: str | None, n_blocks: int
+    model: ToyVLM, batch: dict, method: DemoMethod, keep: float, schedule: Schedule | None, n_blocks: int
 ):
-    """``(logits (b, vocab), block_visual (blocks,), relevant_kept (b,))`` of one batch under one method.
+    """``(logits (b, vocab), block_visual (L,), relevant_kept (b,))`` of one batch under one method.
 
-    ``schedule`` is the in-LM schedule of the method (:func:`feasible_schedule`; None for full and EVS).
+    ``keep`` is the method's average keep ``k`` (split by :meth:`DemoMethod.split_budget` when EVS runs first);
+    ``schedule`` the in-LM schedule of a method without EVS (:func:`feasible_schedule`; None for full and EVS).
     """
     relevant = batch["relevant_mask"]
-    if method == "full":
-        out = model(batch["input_ids"], pixel_values=batch["pixels"], attention_mask=batch["attention_mask"])
-        V = int(batch["visual_mask"][0].sum())
-        return out.logits[:, -1], [V] * n_blocks, torch.ones(relevant.shape[0])
-    if method in ("evs", "evs+progressive"):
-        stage_keep = keep if method == "evs" else math.sqrt(keep)
-        r = evs_inputs(model, batch, 1.0 - stage_keep)
-        rel = relevant.gather(1, r.kept_index)  # (b, L') relevant flags of the kept rows
-        if method == "evs":
+    if method.evs:
+        evs_keep, lm_keep = method.split_budget(keep)
+        r = evs_inputs(model, batch, 1.0 - evs_keep)
+        rel = relevant.gather(1, r.kept_index)  # (b, T') relevant flags of the kept rows
+        if not method.in_lm:
             out = model(inputs_embeds=r.inputs, attention_mask=r.attention_mask)
             V = int(r.visual_mask[0].sum())
             return out.logits[:, -1], [V] * n_blocks, _share(rel, relevant)
-        sched = Schedule.preset("progressive", keep=stage_keep)
-        with reduce(model, sched, visual_mask=r.visual_mask, attention_mask=r.attention_mask) as red:
+        sched = method.schedule(lm_keep, model)
+        with reduce(
+            model, sched, visual_mask=r.visual_mask, scorer=method.scorer, attention_mask=r.attention_mask
+        ) as red:
             out = model(inputs_embeds=r.inputs, attention_mask=r.attention_mask)
         last = red.kept_positions[max(red.kept_positions)]  # (b, k) positions in the EVS-reduced sequence
         return out.logits[:, -1], red.block_visual, _share(rel.gather(1, last), relevant)
-    with reduce(model, schedule, scorer=scorer) as red:
+    if not method.in_lm:
+        out = model(batch["input_ids"], pixel_values=batch["pixels"], attention_mask=batch["attention_mask"])
+        V = int(batch["visual_mask"][0].sum())
+        return out.logits[:, -1], [V] * n_blocks, torch.ones(relevant.shape[0])
+    with reduce(model, schedule, scorer=method.scorer) as red:
         out = model(batch["input_ids"], pixel_values=batch["pixels"], attention_mask=batch["attention_mask"])
     last = red.kept_positions[max(red.kept_positions)]
     return out.logits[:, -1], red.block_visual, _share(relevant.gather(1, last), relevant)
@@ -210,7 +307,7 @@ def _share(kept: torch.Tensor, relevant: torch.Tensor) -> torch.Tensor:
 def evaluate_method(
     model: ToyVLM,
     batches: list[dict],
-    method: str,
+    method: str | DemoMethod,
     keep: float,
     sheet: AnswerSheet,
     progress=None,
@@ -219,17 +316,18 @@ def evaluate_method(
 ) -> MethodResult:
     """Accuracy, time and kept tokens of one method at one budget over pre-built batches.
 
-    ``schedule``: the in-LM schedule to use instead of the method's own (``progressive-calibrated``'s).
+    ``method``: ``full``, a name of :data:`DEMO_METHODS` or a :class:`DemoMethod`. ``schedule``: the in-LM schedule
+    to use instead of the method's own (``progressive-calibrated``'s).
     """
-    scorer = "exact" if method == "progressive-exact" else None
+    record = demo_method(method, schedule)
     note = ""
-    if schedule is None and method not in ("full", "evs", "evs+progressive"):
-        schedule, note = feasible_schedule(method, keep, model)
+    if schedule is None and record.in_lm and not record.evs:
+        schedule, note = feasible_schedule(record, keep, model)
     n_blocks = get_adapter(model).num_blocks
     correct, qtypes, blocks, rel, seconds = [], [], [], [], 0.0
     for batch in batches:
         start = time.perf_counter()
-        logits, block_visual, relevant_kept = _forward_logits(model, batch, method, keep, schedule, scorer, n_blocks)
+        logits, block_visual, relevant_kept = _forward_logits(model, batch, record, keep, schedule, n_blocks)
         seconds += time.perf_counter() - start
         chosen = sheet.choose(logits.float(), batch["qtype"])
         correct += (chosen == batch["answer_index"]).tolist()
@@ -245,7 +343,7 @@ def evaluate_method(
     mean_visual = sum(block_visual) / len(block_visual)
     return MethodResult(
         variant=variant,
-        method=method,
+        method=record.name,
         keep=keep,
         accuracy=table["accuracy"],
         per_type={q: r["accuracy"] for q, r in table["per_type"].items()},
@@ -263,7 +361,7 @@ def evaluate_method(
 def answers_correct(
     model: ToyVLM,
     batches: list[dict],
-    method: str,
+    method: str | DemoMethod,
     keep: float,
     sheet: AnswerSheet,
     schedule: Schedule | None = None,
@@ -274,22 +372,23 @@ def answers_correct(
 
     Args:
         batches: pre-built batches (``ToyDataset.batch``) of ``n`` questions in all.
-        method: ``full``, one of :data:`METHODS`, or any name of an in-LM method when ``schedule`` is given.
+        method: ``full``, one of :data:`DEMO_METHODS` (or its record), or any name of an in-LM method when
+            ``schedule`` is given.
         keep: the budget (:func:`feasible_schedule` solves the method's schedule for it).
         schedule: an in-LM schedule to run instead of the method's own (e.g. one with a late first cut);
             its keep sets use the method's Mamba scorer (exact for ``progressive-exact``, else decay-free).
         progress: called with the number of questions of each batch done.
 
     Returns:
-        ``(n,)`` bool, in the order of the batches' questions.
+        ``(N,)`` bool, in the order of the batches' questions.
     """
-    scorer = "exact" if method == "progressive-exact" else None
-    if schedule is None and method not in ("full", "evs", "evs+progressive"):
-        schedule, _ = feasible_schedule(method, keep, model)
+    record = demo_method(method, schedule)
+    if schedule is None and record.in_lm and not record.evs:
+        schedule, _ = feasible_schedule(record, keep, model)
     n_blocks = get_adapter(model).num_blocks
     correct = []
     for batch in batches:
-        logits, _, _ = _forward_logits(model, batch, method, keep, schedule, scorer, n_blocks)
+        logits, _, _ = _forward_logits(model, batch, record, keep, schedule, n_blocks)
         correct.append((sheet.choose(logits.float(), batch["qtype"]) == batch["answer_index"]).cpu())
         if progress is not None:
             progress(len(batch["qtype"]))
@@ -300,7 +399,7 @@ def run_demo(
     checkpoint: str | Path | None = None,
     size: int = 1024,
     keeps: tuple[float, ...] = KEEPS,
-    methods: tuple[str, ...] = METHODS,
+    methods: tuple[str, ...] = tuple(DEMO_METHODS),
     batch_size: int = 64,
     progress: bool = True,
     variants: tuple[str, ...] | None = None,
@@ -317,9 +416,9 @@ def run_demo(
     """
     from tqdm.auto import tqdm
 
-    unknown = [m for m in methods if m not in METHODS]
+    unknown = [m for m in methods if m not in DEMO_METHODS]
     if unknown:
-        raise InputError(f"unknown demo methods {unknown}; choose from {METHODS}")
+        raise InputError(f"unknown demo methods {unknown}; choose from {tuple(DEMO_METHODS)}")
     bad = [k for k in keeps if not 0 < k < 1]
     if bad:
         raise InputError(f"demo keep fractions must lie in (0, 1), got {bad}")
@@ -342,11 +441,12 @@ def run_demo(
         sheet = AnswerSheet(dataset.vocab)
         batches = [dataset.batch(range(s, min(s + batch_size, size))) for s in range(0, size, batch_size)]
         evaluate_method(model, batches[:1], "full", 1.0, sheet)  # warm-up: the first forward pays one-off costs
-        calibrated = calibrate_schedules(model, data, spec.vocab, keeps) if "progressive-calibrated" in methods else {}
+        calibrate = any(DEMO_METHODS[m].calibrated for m in methods)
+        calibrated = calibrate_schedules(model, data, spec.vocab, keeps) if calibrate else {}
         mine: list[MethodResult] = []
         for method, keep in runs:
             bar.set_postfix_str(f"{variant} {method} k={keep}")
-            own = calibrated[keep] if method == "progressive-calibrated" else None
+            own = calibrated[keep] if demo_method(method).calibrated else None
             mine.append(
                 evaluate_method(model, batches, method, keep, sheet, progress=bar.update, variant=variant, schedule=own)
             )

@@ -3,13 +3,13 @@ transformers ``NemotronHForCausalLM`` (Mamba-2, attention and MLP blocks in the 
 
 Nothing in the language model is ours: hybridreduce's adapters find it at ``model.language_model``
 as they find the language model of any LLaVA-style wrapper. The vision side is deliberately
-small: each ``p × p`` patch of each frame becomes one visual token, a linear patch embedding plus
+small: each ``P × P`` patch of each frame becomes one visual token, a linear patch embedding plus
 learned frame, row and column embeddings (Nemotron-H's attention has no positional encoding, so
 time and place must reach the language model through the tokens themselves; DESIGN, notes for the
 embedded model), a two-layer MLP, and a projector to the language model's width.
 
-Shapes: ``b`` batch, ``T`` frames, ``R × C`` patch grid, ``V = T·R·C`` visual tokens, ``L`` sequence
-length, ``d_v`` vision width, ``d`` language-model width.
+Shapes use the dimension letters of :mod:`hybridreduce.glossary` (``d_v`` the vision width, ``d`` the language
+model's).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from torch import nn
 from transformers import GenerationMixin, NemotronHConfig, NemotronHForCausalLM, PretrainedConfig, PreTrainedModel
 
 from ..errors import InputError
-from .data import patchify
+from .encoding import patchify
 
 
 class ToyVLMConfig(PretrainedConfig):
@@ -64,9 +64,9 @@ class ToyVisionEncoder(nn.Module):
 
     def __init__(self, config: ToyVLMConfig) -> None:
         super().__init__()
-        dv, p = config.vision_hidden, config.patch
-        self.patch = p
-        self.patch_embed = nn.Linear(2 * 3 * p * p, dv)  # the patch and its change from the video's median frame
+        dv, P = config.vision_hidden, config.patch
+        self.patch = P
+        self.patch_embed = nn.Linear(2 * 3 * P * P, dv)  # the patch and its change from the video's median frame
         self.frame_embed = nn.Embedding(config.frames, dv)
         self.row_embed = nn.Embedding(config.rows, dv)
         self.col_embed = nn.Embedding(config.cols, dv)
@@ -75,16 +75,16 @@ class ToyVisionEncoder(nn.Module):
         self.rows, self.cols = config.rows, config.cols
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        """pixels: ``(b, T, 3, H, W)`` in ``[0, 1]`` → ``(b, V, d_v)``.
+        """pixels: ``(b, F, 3, H·P, W·P)`` in ``[0, 1]`` → ``(b, V, d_v)``.
 
         Each patch is embedded together with its difference from the same patch of the video's per-pixel
         temporal median (the static background, in a video whose events are short): background patches
         then look alike whatever the video's texture, and what moves or appears stands out.
         """
-        background = pixels.median(dim=1, keepdim=True).values  # (b, 1, 3, H, W)
+        background = pixels.median(dim=1, keepdim=True).values  # (b, 1, 3, H·P, W·P)
         x = torch.cat([patchify(pixels, self.patch), patchify(pixels - background, self.patch)], dim=-1)
         x = self.patch_embed(x)
-        # (t, r, c) of each visual token in frame-major order (computed here, not kept as a buffer:
+        # (frame, row, column) of each visual token in frame-major order (computed here, not kept as a buffer:
         # from_pretrained materialises modules from the meta device and never fills non-persistent buffers).
         idx = torch.arange(x.shape[1], device=x.device)
         t, r, c = idx // (self.rows * self.cols), (idx // self.cols) % self.rows, idx % self.cols
@@ -113,11 +113,11 @@ class ToyVLM(PreTrainedModel, GenerationMixin):
         return self.language_model.get_input_embeddings()
 
     def visual_mask(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """``(b, L)`` bool: the ``<video>`` placeholders, whose embeddings the visual tokens replace."""
+        """``(b, T)`` bool: the ``<video>`` placeholders, whose embeddings the visual tokens replace."""
         return input_ids == self.config.video_token_id
 
     def embed(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None) -> torch.Tensor:
-        """``(b, L, d)`` token embeddings with the projected visual tokens at the ``<video>`` positions."""
+        """``(b, T, d)`` token embeddings with the projected visual tokens at the ``<video>`` positions."""
         embeds = self.get_input_embeddings()(input_ids)
         if pixel_values is None:
             return embeds
@@ -149,7 +149,7 @@ class ToyVLM(PreTrainedModel, GenerationMixin):
         logits_to_keep: int | torch.Tensor = 0,
         **kwargs,
     ):
-        """Args as ``NemotronHForCausalLM``'s, plus ``pixel_values (b, T, 3, H, W)`` for the prefill.
+        """Args as ``NemotronHForCausalLM``'s, plus ``pixel_values (b, F, 3, H·P, W·P)`` for the prefill.
 
         The cache travels in ``kwargs`` under whichever name the installed transformers uses (``cache`` from
         5.24, ``past_key_values`` before; see :mod:`hybridreduce.compat`) and reaches the language model as is.

@@ -1,6 +1,6 @@
 """The toy benchmark's own statistics: how few tokens a question needs, and how many of them EVS keeps.
 
-For ``size`` balanced items of one split of a config (:class:`~hybridreduce.toy.data.ToyDataset`)::
+For ``size`` balanced items of one split of a config (:class:`~hybridreduce.toy.dataset.ToyDataset`)::
 
     relevant_pct     relevant tokens per question, % of the V visual tokens     mean, max (overall, per type)
     evs[mode][k]     EVS (hybridreduce.evs) at keep k, i.e. pruning rate 1 − k:
@@ -17,8 +17,7 @@ Run as a script (prints a table; ``--out FILE`` also writes the dict as JSON)::
 
     python -m hybridreduce.toy.stats --variant clutter --split val --size 256 [--embedding] [--out stats.json]
 
-Dimension letters: ``b`` batch, ``T`` frames, ``R × C`` patch grid, ``V = T·R·C`` visual tokens, ``d`` the
-encoder width.
+Shapes use the dimension letters of :mod:`hybridreduce.glossary` (``d`` is the vision encoder's width here).
 """
 
 from __future__ import annotations
@@ -35,7 +34,8 @@ import torch
 
 from ..errors import HybridReduceError, InputError
 from ..evs import evs_retention_mask
-from .data import SPLITS, VARIANTS, ToyConfig, ToyDataset
+from .config import SPLITS, VARIANTS, ToyConfig
+from .dataset import ToyDataset
 
 #: The keep fractions reported by default.
 KEEPS = (0.5, 0.25, 0.125)
@@ -71,7 +71,7 @@ def benchmark_stats(
         split: ``"train"``, ``"val"`` or ``"test"``.
         size: number of items (``≥ 1``; a multiple of ``len(cfg.qtypes)`` keeps the types equally weighted).
         keeps: keep fractions ``k`` in ``(0, 1]``; EVS runs at pruning rate ``1 − k``.
-        encoder: optional vision encoder for embedding-mode EVS: pixels ``(b, T, 3, H, W)`` in ``[0, 1]`` →
+        encoder: optional vision encoder for embedding-mode EVS: pixels ``(b, F, 3, H·P, W·P)`` in ``[0, 1]`` →
             ``(b, V, d)`` in visual-token order (e.g. the shipped checkpoint's ``model.vision``,
             :class:`~hybridreduce.toy.model.ToyVisionEncoder`); called under ``torch.no_grad()``.
         batch_size: items per encoder call.
@@ -90,7 +90,7 @@ def benchmark_stats(
     if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
         raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
     dataset = ToyDataset(cfg, split, size)  # checks cfg, split and size
-    T, R, C, V = cfg.frames, cfg.rows, cfg.cols, cfg.n_visual
+    F, H, W, V = cfg.frames, cfg.rows, cfg.cols, cfg.n_visual
     modes = ("pixel", "embedding") if encoder is not None else ("pixel",)
     rel_pct = {q: [] for q in cfg.qtypes}
     kept = {
@@ -99,7 +99,7 @@ def benchmark_stats(
     }
     for start in range(0, len(dataset), batch_size):
         samples = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
-        pixels = torch.from_numpy(np.stack([s.video for s in samples])).permute(0, 1, 4, 2, 3)  # (b, T, 3, H, W) u8
+        pixels = torch.from_numpy(np.stack([s.video for s in samples])).permute(0, 1, 4, 2, 3)  # (b, F, 3, H·P, W·P) u8
         embeds = None
         if encoder is not None:
             with torch.no_grad():
@@ -107,22 +107,22 @@ def benchmark_stats(
             if not isinstance(embeds, torch.Tensor) or embeds.dim() != 3 or embeds.shape[:2] != (len(samples), V):
                 shape = tuple(embeds.shape) if isinstance(embeds, torch.Tensor) else type(embeds).__name__
                 raise InputError(
-                    f"encoder must map (b, T, 3, H, W) pixels to (b, V, d) = ({len(samples)}, {V}, d) embeddings, "
+                    f"encoder must map (b, F, 3, H·P, W·P) pixels to (b, V, d) = ({len(samples)}, {V}, d) embeddings, "
                     f"got {shape}; is it the encoder of a model with this config's frames and grid?"
                 )
             embeds = embeds.float()
         for b, sample in enumerate(samples):
             relevant = torch.zeros(V, dtype=torch.bool)
-            relevant[[t * R * C + r * C + c for t, r, c in sample.relevant]] = True
+            relevant[[t * H * W + r * W + c for t, r, c in sample.relevant]] = True
             n_rel = int(relevant.sum())
             rel_pct[sample.qtype].append(100.0 * n_rel / V)
             for mode in modes:
                 for k in keeps:
-                    q = 1.0 - k
+                    rate = 1.0 - k
                     if mode == "pixel":
-                        keep = evs_retention_mask(pixels[b], q, mode="pixel", patch_size=cfg.patch)  # (V,)
+                        keep = evs_retention_mask(pixels[b], rate, mode="pixel", patch_size=cfg.patch)  # (V,)
                     else:
-                        keep = evs_retention_mask(embeds[b].reshape(T, R, C, -1), q, mode="embedding")
+                        keep = evs_retention_mask(embeds[b].reshape(F, H, W, -1), rate, mode="embedding")
                     hit = int((keep & relevant).sum())
                     slot = kept[mode][k]
                     slot["share"][sample.qtype].append(hit / n_rel)

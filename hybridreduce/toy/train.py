@@ -1,4 +1,4 @@
-"""Training and evaluating the embedded toy video VLM (``hybridreduce train-toy``).
+"""Training the embedded toy video VLM (``hybridreduce train-toy``).
 
 One YAML file (``configs/toy.yaml``) holds everything a run depends on, in three sections:
 
@@ -9,9 +9,9 @@ One YAML file (``configs/toy.yaml``) holds everything a run depends on, in three
 The objective is cross-entropy on answer words: every training video is followed by ``1 + follow_ups``
 questions, each answer after its ``<answer>`` marker (:func:`training_batch`), plus, with
 ``content_weight``, an auxiliary cross-entropy that reads each visual token's content (its shape's colour,
-or background) from the logits at that token. A curriculum can start on shorter videos. Accuracy is
-multiple choice: the arg-max of the ``<answer>`` logits restricted to the question type's candidate words
-(:class:`AnswerSheet`), so a model is never marked wrong for naming a word that is not an option.
+or background) from the logits at that token. A curriculum can start on shorter videos. Validation and the
+final test are :func:`~hybridreduce.toy.evaluate.evaluate_variants` (multiple-choice accuracy,
+:class:`~hybridreduce.toy.evaluate.AnswerSheet`).
 
 Optional EVS uptraining (``train.evs_prob``): that share of the batches is trained with Efficient
 Video Sampling applied before the language model at a pruning rate drawn uniformly from
@@ -34,7 +34,6 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
@@ -46,21 +45,14 @@ from transformers import NemotronHConfig
 
 from ..engine import reduce
 from ..errors import InputError
-from ..evs import apply_retention, evs_retention_mask
 from ..schedule import Schedule
 from ..yamlio import read_yaml
-from .data import (
-    ALL_QTYPES,
-    VARIANTS,
-    ToyConfig,
-    ToyDataset,
-    Vocab,
-    align_lengths,
-    encode_sample,
-    follow_up_questions,
-    shared_vocab,
-)
+from .config import VARIANTS, ToyConfig, align_lengths
+from .dataset import ToyDataset
+from .encoding import Vocab, encode_sample, shared_vocab
+from .evaluate import accuracy_line, evaluate_variants, evs_inputs
 from .model import ToyVLM, ToyVLMConfig
+from .questions import follow_up_questions
 
 #: NemotronHConfig fields of the default language model (a 12-block Nemotron-H pattern, width 128).
 DEFAULT_TEXT = {
@@ -245,7 +237,7 @@ class ToySpec:
 
     Attributes:
         data: the benchmark config (with ``variants``: the settings every variant shares).
-        variants: benchmark variants (:data:`~hybridreduce.toy.data.VARIANTS`) trained on together, in equal
+        variants: benchmark variants (:data:`~hybridreduce.toy.config.VARIANTS`) trained on together, in equal
             shares, each ``ToyConfig.preset(variant, **data fields, **its overrides)``; empty: ``data`` alone.
             In YAML a list of names, or a mapping name → ToyConfig overrides of that variant alone.
         variant_overrides: variant → the ToyConfig fields set for it alone.
@@ -379,47 +371,7 @@ def build_model(spec: ToySpec, seed: int | None = None) -> ToyVLM:
     return ToyVLM(config)
 
 
-# --- prediction -----------------------------------------------------------------------------------------------
-
-
-class AnswerSheet:
-    """The candidate answer ids of every question type, to score logits as multiple choice.
-
-    ``candidates[q]`` is the ``(n_q,)`` long tensor of the vocabulary ids of ``answer_words(cfg, q)``, so a
-    sample's ``answer_index`` indexes it.
-    """
-
-    def __init__(self, vocab: Vocab):
-        self.candidates = {q: torch.tensor(vocab.answer_ids(q), dtype=torch.long) for q in vocab.cfg.qtypes}
-
-    def choose(self, logits: torch.Tensor, qtypes: list[str]) -> torch.Tensor:
-        """``(b,)`` long: the index of the best candidate of each sample's question type.
-
-        Args:
-            logits: ``(b, vocab)`` next-token logits at the ``<answer>`` marker.
-            qtypes: the ``b`` question types.
-        """
-        return torch.stack(
-            [logits[i, self.candidates[q].to(logits.device)].argmax() for i, q in enumerate(qtypes)]
-        ).cpu()
-
-
-def evs_inputs(model: ToyVLM, batch: dict, rate: float):
-    """The batch's language-model inputs with EVS applied before the language model.
-
-    Each video's retention mask comes from its pixels (mean absolute RGB change of every patch against the
-    previous frame; the first frame is always kept), at pruning rate ``rate``; the visual tokens keep the
-    frame / row / column embeddings of their original place, so nothing else needs renumbering.
-
-    Returns:
-        :class:`hybridreduce.evs.EVSResult` whose ``inputs`` are ``(b, L', d)`` embeddings.
-    """
-    cfg = model.config
-    embeds = model.embed(batch["input_ids"], batch["pixels"])
-    retention = torch.stack(
-        [evs_retention_mask(video, rate, mode="pixel", patch_size=cfg.patch) for video in batch["pixels"]]
-    )
-    return apply_retention(embeds, batch["visual_mask"], retention, batch["attention_mask"])
+# --- model forwards -----------------------------------------------------------------------------------------
 
 
 def _lm_forward(
@@ -474,67 +426,16 @@ def random_training_schedule(rng: np.random.Generator, cfg: TrainConfig, num_blo
     return Schedule(method=method, keep=keep, first_prune=1, stages=1, seed=seed)  # feasible for any keep > 1/depth
 
 
-def answer_logits(model: ToyVLM, batch: dict, evs_rate: float = 0.0) -> torch.Tensor:
-    """``(b, vocab)`` logits at the last position (the ``<answer>`` marker), optionally after EVS."""
-    return _lm_forward(model, batch, evs_rate, logits_to_keep=1)[0].logits[:, -1].float()
-
-
-def accuracy_table(correct: list[bool], qtypes: list[str]) -> dict:
-    """``{"accuracy", "n", "per_type": {qtype: {"accuracy", "n"}}}`` of per-sample outcomes."""
-    per = {}
-    for q in ALL_QTYPES:
-        hits = [c for c, t in zip(correct, qtypes, strict=True) if t == q]
-        if hits:
-            per[q] = {"accuracy": sum(hits) / len(hits), "n": len(hits)}
-    n = len(correct)
-    return {"accuracy": sum(correct) / n if n else float("nan"), "n": n, "per_type": per}
-
-
-@torch.no_grad()
-def evaluate(
-    model: ToyVLM,
-    dataset: ToyDataset,
-    batch_size: int = 64,
-    progress: Callable[[int], None] | None = None,
-) -> dict:
-    """Multiple-choice accuracy of ``model`` at full tokens on every item of ``dataset`` (see accuracy_table)."""
-    sheet = AnswerSheet(dataset.vocab)
-    was_training = model.training
-    model.eval()
-    correct, qtypes = [], []
-    for start in range(0, len(dataset), batch_size):
-        batch = dataset.batch(range(start, min(start + batch_size, len(dataset))))
-        chosen = sheet.choose(answer_logits(model, batch), batch["qtype"])
-        correct += (chosen == batch["answer_index"]).tolist()
-        qtypes += batch["qtype"]
-        if progress is not None:
-            progress(len(batch["qtype"]))
-    model.train(was_training)
-    return accuracy_table(correct, qtypes)
-
-
-def evaluate_variants(model: ToyVLM, datasets: list[ToyDataset]) -> dict:
-    """:func:`evaluate` of one dataset, or of several variants: their mean accuracy, each under ``variants``."""
-    if len(datasets) == 1:
-        return evaluate(model, datasets[0])
-    each = {d.cfg.variant: evaluate(model, d) for d in datasets}
-    return {
-        "accuracy": float(np.mean([r["accuracy"] for r in each.values()])),
-        "n": sum(r["n"] for r in each.values()),
-        "variants": each,
-    }
-
-
 def training_batch(dataset: ToyDataset | VariantMix, indices, follow_ups: int, rng: np.random.Generator) -> dict:
     """A training batch whose every video is followed by ``1 + follow_ups`` questions and answers.
 
     Each sample is ``<bos> video q1 <answer> a1 q2 <answer> a2 … qK <answer>`` (q1 the dataset's own
-    balanced question, the others from :func:`~hybridreduce.toy.data.follow_up_questions`), left-padded to
+    balanced question, the others from :func:`~hybridreduce.toy.questions.follow_up_questions`), left-padded to
     the longest sample of the batch. The answer after each ``<answer>`` is its target.
 
     Returns:
-        ``input_ids``, ``attention_mask`` ``(b, L')``, ``pixels`` ``(b, T, 3, H, W)``, ``visual_mask``
-        ``(b, L')`` and ``targets`` ``(b, 1 + follow_ups)`` — the answer ids in marker order.
+        ``input_ids``, ``attention_mask`` ``(b, T)``, ``pixels`` ``(b, F, 3, H·P, W·P)``, ``visual_mask``
+        ``(b, T)`` and ``targets`` ``(b, 1 + follow_ups)`` — the answer ids in marker order.
     """
     vocab = dataset.vocab
     rows, targets, pixels, contents = [], [], [], []
@@ -576,7 +477,7 @@ def training_batch(dataset: ToyDataset | VariantMix, indices, follow_ups: int, r
 
 
 def _question_mask(ids: torch.Tensor, attention_mask: torch.Tensor, visual_mask: torch.Tensor, marker: int):
-    """``(b, L)`` bool: the question words and markers after the video, not the answers that follow markers.
+    """``(b, T)`` bool: the question words and markers after the video, not the answers that follow markers.
 
     The query rows of in-LM reduction while training: scoring from the answer words would choose keep sets
     with knowledge no question at test time has.
@@ -592,7 +493,8 @@ class VariantMix:
     """Training items of several benchmark variants of one video geometry, interleaved in equal shares.
 
     Item ``i`` is item ``i // n`` of ``datasets[i % n]`` (``n`` datasets), so any run of ``n`` consecutive
-    items holds one of each variant. All datasets share one vocabulary (:func:`~hybridreduce.toy.data.shared_vocab`).
+    items holds one of each variant. All datasets share one vocabulary
+    (:func:`~hybridreduce.toy.encoding.shared_vocab`).
     """
 
     def __init__(self, datasets: list[ToyDataset]):
@@ -623,7 +525,8 @@ class PositionHeads(nn.Module):
         self.cell = nn.Linear(d, config.rows * config.cols)
 
     def loss(self, hidden: torch.Tensor, visual_index: torch.Tensor, tokens_per_frame: int) -> torch.Tensor:
-        """Mean cross-entropy of frame and cell. hidden: ``(n, d)``; visual_index: ``(n,)`` index in ``0..V-1``."""
+        """Mean cross-entropy of frame and cell. hidden: ``(n_rows, d)``; visual_index: ``(n_rows,)`` index in
+        ``0..V-1``."""
         frame, cell = visual_index // tokens_per_frame, visual_index % tokens_per_frame
         return F.cross_entropy(self.frame(hidden).float(), frame) + F.cross_entropy(self.cell(hidden).float(), cell)
 
@@ -648,9 +551,9 @@ def training_losses(
     marker = model.config.text_config.eos_token_id  # <answer>, see build_model
     out, ids, rows = _lm_forward(model, batch, evs_rate, hidden_states=heads is not None, schedule=schedule)
     V = batch["contents"].shape[1]
-    visual_index = torch.arange(V).expand(len(ids), V)  # (b, V') index of each visual row among the V tokens
+    visual_index = torch.arange(V).expand(len(ids), V)  # (b, V): index of each visual row among the V tokens
     if rows is not None:
-        kept_visual = rows[batch["visual_mask"].gather(1, rows)].view(len(ids), -1)  # (b, K) prompt positions
+        kept_visual = rows[batch["visual_mask"].gather(1, rows)].view(len(ids), -1)  # (b, k) prompt positions
         visual_index = _visual_rank(batch["visual_mask"], kept_visual)
     logits = out.logits[ids == marker]  # (b · n_questions, vocab), sample-major, in sequence order
     answer = F.cross_entropy(logits.float(), batch["targets"].reshape(-1))
@@ -668,8 +571,8 @@ def training_losses(
 
 
 def _visual_rank(visual_mask: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-    """``(b, K)`` index among the visual tokens of each of ``positions`` ``(b, K)`` (prompt positions)."""
-    rank = visual_mask.long().cumsum(dim=1) - 1  # (b, L): visual index at visual positions
+    """``(b, k)`` index among the visual tokens of each of ``positions`` ``(b, k)`` (prompt positions)."""
+    rank = visual_mask.long().cumsum(dim=1) - 1  # (b, T): visual index at visual positions
     return rank.gather(1, positions)
 
 
@@ -732,8 +635,8 @@ def train(
         resume: continue the run saved in ``out_dir`` (its ``train_config.yaml`` must equal ``spec``).
         max_minutes: stop at the first evaluation after this much wall time (state saved; resume later).
     Returns:
-        The final evaluation (:func:`evaluate` on the test split) with ``steps``, ``seconds`` and
-        ``parameters`` added, also written to ``eval.json``; ``None`` when stopped by ``max_minutes``.
+        The final evaluation (:func:`~hybridreduce.toy.evaluate.evaluate` on the test split) with ``steps``,
+        ``seconds`` and ``parameters`` added, also written to ``eval.json``; ``None`` when stopped by ``max_minutes``.
     """
     import yaml
     from tqdm.auto import tqdm
@@ -831,7 +734,7 @@ def train(
         if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
             result = evaluate_variants(model, val_sets)
             write({"event": "eval", "split": "val", "step": step + 1, **result})
-            bar.write(_eval_line(f"step {step + 1} val", result))
+            bar.write(accuracy_line(f"step {step + 1} val", result))
             model.save_pretrained(out)
             state = {"step": step + 1, "optimizer": opt.state_dict(), "rng": rng.bit_generator.state}
             if heads is not None:
@@ -962,10 +865,3 @@ def _stages(spec: ToySpec) -> list[tuple[int, ToyDataset]]:
     sets = [ToyDataset(c, "train", -(-size // len(spec.configs)), vocab=vocab) for c in spec.configs]
     stages.append((first, sets[0] if len(sets) == 1 else VariantMix(sets)))
     return stages
-
-
-def _eval_line(prefix: str, result: dict) -> str:
-    if "variants" in result:
-        return "\n".join(_eval_line(f"{prefix} {name}", r) for name, r in result["variants"].items())
-    per = " ".join(f"{q} {r['accuracy']:.3f}" for q, r in result["per_type"].items())
-    return f"{prefix}: accuracy {result['accuracy']:.3f} on {result['n']} ({per})"
