@@ -35,7 +35,7 @@ The reported figures:
 ``block_hook_s``, ``hook_s``  per block, and summed: the part of the reduced time spent in the reduction engine's
                            pre-hook (the cut at a prune point, the slicing of masks and position tensors).
 
-Glossary: ``T`` prompt tokens, ``V`` visual tokens, ``Q`` query rows, ``n`` tokens a block carries.
+Shapes and token counts use the letters of :mod:`hybridreduce.glossary`.
 """
 
 from __future__ import annotations
@@ -179,54 +179,57 @@ def mamba_path(model: nn.Module) -> str:
 # --------------------------------------------------------------------------------------------------
 # FLOP model
 # --------------------------------------------------------------------------------------------------
-def mamba_scan_flops(cfg: BenchConfig, n: int, path: str = "torch") -> float:
-    """FLOPs of the chunked Mamba-2 scan (SSD) on ``n`` tokens as ``path`` computes it (multiply-adds count 2).
+def mamba_scan_flops(cfg: BenchConfig, tokens: int, path: str = "torch") -> float:
+    """FLOPs of the chunked Mamba-2 scan (SSD) on ``T' = tokens`` tokens as ``path`` computes it (multiply-adds
+    count 2).
 
-    With ``L`` the chunk size, ``h`` heads of ``p`` channels (``h·p = d_inner``), state ``N`` in ``g`` groups:
+    With ``chunk`` the chunk size, ``h`` heads of ``p`` channels (``h·p = d_inner``), state ``n`` in ``g`` groups:
 
-    ``kernel`` (mamba-ssm): ``C·Bᵀ`` within each chunk per *group* (``2nL·gN``), its product with ``x``
-    (``2nL·d_inner``), the chunk states and their read-out (``4n·d_inner·N``): linear in ``n``.
+    ``kernel`` (mamba-ssm): ``C·Bᵀ`` within each chunk per *group* (``2T'·chunk·g·n``), its product with ``x``
+    (``2T'·chunk·d_inner``), the chunk states and their read-out (``4T'·d_inner·n``): linear in ``T'``.
 
     ``torch`` (transformers' ``mamba2_chunk_scan``): ``B`` and ``C`` are first repeated to every head, so
-    ``C·Bᵀ`` costs ``2mL·hN``; the sequence is padded to ``m = cL`` (``c = ⌈n/L⌉`` chunks); and the states
-    are passed between chunks by one ``(c+1) × (c+1)`` product per head and channel, ``2(c+1)²·d_inner·N``:
-    quadratic in the number of chunks (a sequential scan would be linear). Elementwise work (the
-    ``exp``/``cumsum``/masking of the ``(h, c, L, L)`` decay tensors) is not counted, in either path.
+    ``C·Bᵀ`` costs ``2·T_pad·chunk·h·n``; the sequence is padded to ``T_pad = n_chunks·chunk``
+    (``n_chunks = ⌈T'/chunk⌉``); and the states are passed between chunks by one
+    ``(n_chunks+1) × (n_chunks+1)`` product per head and channel, ``2(n_chunks+1)²·d_inner·n``: quadratic in the
+    number of chunks (a sequential scan would be linear). Elementwise work (the ``exp``/``cumsum``/masking of the
+    ``(h, n_chunks, chunk, chunk)`` decay tensors) is not counted, in either path.
     """
     if path not in MAMBA_PATHS:
         raise InputError(f"mamba path must be one of {MAMBA_PATHS}, got {path!r}")
-    d_inner, N, L = 2 * cfg.hidden, cfg.ssm_state, cfg.chunk_size
-    gN, hN = cfg.n_groups * N, cfg.mamba_heads * N
+    d_inner, n, chunk = 2 * cfg.hidden, cfg.ssm_state, cfg.chunk_size
+    gn, hn = cfg.n_groups * n, cfg.mamba_heads * n
     if path == "kernel":
-        return float(2 * n * L * (gN + d_inner) + 4 * n * d_inner * N)
-    c = -(-n // L)
-    m = c * L
-    return float(2 * m * L * (hN + d_inner) + 4 * m * d_inner * N + 2 * (c + 1) ** 2 * d_inner * N)
+        return float(2 * tokens * chunk * (gn + d_inner) + 4 * tokens * d_inner * n)
+    n_chunks = -(-tokens // chunk)
+    padded = n_chunks * chunk
+    return float(2 * padded * chunk * (hn + d_inner) + 4 * padded * d_inner * n + 2 * (n_chunks + 1) ** 2 * d_inner * n)
 
 
-def block_flops(cfg: BenchConfig, kind: str, n: int, mamba_path: str = "torch") -> float:
-    """Forward FLOPs of one block of ``kind`` (``M``, ``-``, ``*``) on ``n`` tokens (multiply-adds count 2).
+def block_flops(cfg: BenchConfig, kind: str, tokens: int, mamba_path: str = "torch") -> float:
+    """Forward FLOPs of one block of ``kind`` (``M``, ``-``, ``*``) on ``T' = tokens`` tokens (multiply-adds
+    count 2).
 
     Mamba: in/out projections, the depthwise convolution, the scan (:func:`mamba_scan_flops`). MLP: up and
-    down projections. Attention: projections and ``2n²`` times the query width (causal: ``QKᵀ`` and ``AV``
-    over half of the ``n²`` pairs each). On the torch path the Mamba and MLP counts equal what
+    down projections. Attention: projections and ``2T'²`` times the query width (causal: ``QKᵀ`` and ``AV``
+    over half of the ``T'²`` pairs each). On the torch path the Mamba and MLP counts equal what
     ``torch.utils.flop_counter`` counts on transformers' own code (``tests/test_bench.py``).
     """
     d = cfg.hidden
     if kind == "M":
         d_inner = 2 * d
         gn = cfg.n_groups * cfg.ssm_state
-        proj = 2 * n * d * (2 * d_inner + 2 * gn + cfg.mamba_heads) + 2 * n * d_inner * d
-        # transformers' torch path convolves with padding k - 1 on both sides and cuts the tail afterwards.
-        conv_out = n + (cfg.conv_kernel - 1 if mamba_path == "torch" else 0)
+        proj = 2 * tokens * d * (2 * d_inner + 2 * gn + cfg.mamba_heads) + 2 * tokens * d_inner * d
+        # transformers' torch path convolves with padding conv_kernel - 1 on both sides and cuts the tail afterwards.
+        conv_out = tokens + (cfg.conv_kernel - 1 if mamba_path == "torch" else 0)
         conv = 2 * conv_out * (d_inner + 2 * gn) * cfg.conv_kernel
-        return float(proj + conv) + mamba_scan_flops(cfg, n, mamba_path)
+        return float(proj + conv) + mamba_scan_flops(cfg, tokens, mamba_path)
     if kind == "-":
-        return float(2 * n * d * cfg.mlp_width * 2)
+        return float(2 * tokens * d * cfg.mlp_width * 2)
     inner = cfg.attn_heads * cfg.head_dim
     kv = cfg.kv_heads * cfg.head_dim
-    proj = 2 * n * d * (inner + 2 * kv) + 2 * n * inner * d
-    attn = 2 * n * n * inner  # causal: QKᵀ and AV over half of the n² pairs each
+    proj = 2 * tokens * d * (inner + 2 * kv) + 2 * tokens * inner * d
+    attn = 2 * tokens * tokens * inner  # causal: QKᵀ and AV over half of the T'² pairs each
     return float(proj + attn)
 
 
@@ -234,16 +237,17 @@ def block_flop_ratios(cfg: BenchConfig, block_visual: list[int], mamba_path: str
     """Per block: FLOPs on the full prompt / FLOPs on the ``block_visual[i]`` visual tokens it carries reduced."""
     T = cfg.visual_tokens + cfg.text_tokens
     return [
-        block_flops(cfg, k, T, mamba_path) / block_flops(cfg, k, v + cfg.text_tokens, mamba_path)
-        for k, v in zip(cfg.pattern, block_visual, strict=True)
+        block_flops(cfg, kind, T, mamba_path) / block_flops(cfg, kind, v + cfg.text_tokens, mamba_path)
+        for kind, v in zip(cfg.pattern, block_visual, strict=True)
     ]
 
 
 def ideal_speedup(cfg: BenchConfig, block_visual: list[int], mamba_path: str = "torch") -> float:
     """FLOPs of the full prefill / FLOPs with ``block_visual[i]`` visual tokens at block ``i``."""
-    full = sum(block_flops(cfg, k, cfg.visual_tokens + cfg.text_tokens, mamba_path) for k in cfg.pattern)
+    full = sum(block_flops(cfg, kind, cfg.visual_tokens + cfg.text_tokens, mamba_path) for kind in cfg.pattern)
     reduced = sum(
-        block_flops(cfg, k, v + cfg.text_tokens, mamba_path) for k, v in zip(cfg.pattern, block_visual, strict=True)
+        block_flops(cfg, kind, v + cfg.text_tokens, mamba_path)
+        for kind, v in zip(cfg.pattern, block_visual, strict=True)
     )
     return full / reduced
 
@@ -565,8 +569,8 @@ def scoring_peak_bytes(
     """Peak bytes the scorers allocate for one attention and one Mamba block of the bench model on its prompt.
 
     The same calls the taps make (``attention_rows`` then ``attention_importance``; ``mamba2_primitives``
-    then ``mamba2_importance``) on inputs of the shapes the taps receive — post-RoPE ``query (1, h, T, d)``
-    and ``key (1, h_kv, T, d)``, ``in_proj``'s output ``(1, T, 2·d_inner + 2·g·N + h)`` in the model's dtype
+    then ``mamba2_importance``) on inputs of the shapes the taps receive — post-RoPE ``query (1, h, T, p)``
+    and ``key (1, h_kv, T, p)``, ``in_proj``'s output ``(1, T, 2·d_inner + 2·g·n + h)`` in the model's dtype
     and device — measured with :class:`~hybridreduce.peakmem.TensorAllocations` (the inputs themselves do
     not count; their values are random, memory does not depend on them). The schedule decides which block
     kinds score (``score: attention`` leaves the Mamba entry out); ``scorer`` is the Mamba scorer's settings

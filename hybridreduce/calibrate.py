@@ -18,7 +18,7 @@ per model. :func:`calibrate` derives the layout for a given model from a few pro
    cut that keeps its few important tokens; a cut chosen by a block whose ranking disagrees with later
    blocks (low stability across depth) loses the later blocks' mass. Blocks before the first cut carry
    every token (mass 1), so the budget, not the objective, keeps the first cut from drifting late.
-4. **Search** (:func:`search`): exhaustive over ``first_prune ∈ [1, L − 1]`` (with a scoring block before it),
+4. **Search** (:func:`search`): exhaustive over ``first_prune ∈ [1, num_blocks − 1]`` (with a scoring block before it),
    ``stages ∈ 1..max_stages`` (spread evenly from the first cut to the end, as the progressive schedule does)
    and ``shape ∈ {geometric, linear}``, the ratios of each solved by the budget; the best ``J`` wins.
    Cost: ``O(candidates · prompts · scoring blocks · V log V)`` — under a second for 64 toy prompts,
@@ -28,7 +28,8 @@ Approximation: ``s_ℓ`` is measured with every token present. Under reduction a
 tokens and renormalises its importance over them; the simulation keeps the full-token ranking. The held-out
 evaluation (``hybridreduce demo``'s ``progressive-calibrated`` row) measures what that costs.
 
-Glossary: ``S`` scored blocks, ``N`` prompts, ``V`` visual tokens of a prompt, ``L`` blocks of the model.
+Shapes use the letters of :mod:`hybridreduce.glossary`; a stack of scores is ``(L, N, V)``: ``L`` scored blocks,
+``N`` prompts, ``V`` visual tokens of a prompt.
 """
 
 from __future__ import annotations
@@ -57,9 +58,9 @@ class CalibrationScores:
     """Full-token importance of every scoring block, per prompt (what :func:`score_prompts` collects).
 
     Attributes:
-        blocks: the scored block indices, in order (``S``).
-        num_blocks: ``L``, the model's depth.
-        groups: prompts grouped by their number of visual tokens: each ``(S, N_g, V_g)`` float64.
+        blocks: the scored block indices, in order (``L`` of them).
+        num_blocks: the model's depth (its blocks, scored or not).
+        groups: prompts grouped by their number of visual tokens: each ``(L, N_g, V_g)`` float64.
         model_type: the language model's ``model_type`` (provenance).
     """
 
@@ -84,11 +85,11 @@ class CalibrationScores:
         return cls([], adapted.num_blocks, model_type=adapted.model_type)
 
     def add(self, scores: torch.Tensor) -> None:
-        """Append ``(S, b, V)`` scores of a batch, into the group of its ``V``."""
+        """Append ``(L, b, V)`` scores of a batch, into the group of its ``V``."""
         scores = scores.detach().double().cpu()
-        for k, g in enumerate(self.groups):
+        for i, g in enumerate(self.groups):
             if g.shape[2] == scores.shape[2]:
-                self.groups[k] = torch.cat([g, scores], dim=1)
+                self.groups[i] = torch.cat([g, scores], dim=1)
                 return
         self.groups.append(scores)
 
@@ -117,7 +118,7 @@ def score_prompts(
 
     Args:
         model: a supported model (a VLM wrapper or a language model).
-        batches: dicts with ``visual_mask`` ``(b, L)`` and the model's forward arguments (``input_ids`` with
+        batches: dicts with ``visual_mask`` ``(b, T)`` and the model's forward arguments (``input_ids`` with
             ``pixel_values``, or ``inputs_embeds``; ``attention_mask``). The samples of one batch must share their
             number of visual tokens (capture's rule); prompts of different lengths go in different batches.
         scorer: Mamba scorer settings (default decay-free, as the progressive schedule uses).
@@ -140,7 +141,7 @@ def score_prompts(
             out.blocks = cache.layers
         elif cache.layers != out.blocks:
             raise InputError(f"batch {i} scored blocks {cache.layers}, the first batch {out.blocks}")
-        out.add(cache.stack())  # (S, b, V)
+        out.add(cache.stack())  # (L, b, V)
         if progress is not None:
             progress(int(batch["visual_mask"].shape[0]))
     return out
@@ -165,11 +166,11 @@ def retained_mass(scores: torch.Tensor, blocks: list[int], plan: Plan) -> torch.
     """``(N,)`` per prompt: the mean over scored blocks of the importance mass on the tokens each carries.
 
     Args:
-        scores: ``(S, N, V)`` importance of the scored ``blocks`` (each row sums to 1 over ``V``).
-        blocks: the ``S`` scored block indices.
+        scores: ``(L, N, V)`` importance of the scored ``blocks`` (each row sums to 1 over ``V``).
+        blocks: the ``L`` scored block indices.
         plan: the layout (prune points and the share of the original tokens kept from each).
     """
-    S, N, V = scores.shape
+    L, N, V = scores.shape
     carried = torch.ones(N, V, dtype=torch.bool)  # stage 0: every token
     stages = [carried]
     for chooser, k in zip(choosers(plan, blocks), plan.stage_counts(V), strict=True):
@@ -178,15 +179,15 @@ def retained_mass(scores: torch.Tensor, blocks: list[int], plan: Plan) -> torch.
         carried = torch.zeros(N, V, dtype=torch.bool).scatter(1, top, True)
         stages.append(carried)
     stage_of = [sum(b >= p for p in plan.prune_points) for b in blocks]
-    mass = torch.stack([(scores[i] * stages[stage_of[i]]).sum(dim=1) for i in range(S)])  # (S, N)
+    mass = torch.stack([(scores[i] * stages[stage_of[i]]).sum(dim=1) for i in range(L)])  # (L, N)
     return mass.mean(dim=0)
 
 
 def objective(scores: CalibrationScores, plan: Plan) -> tuple[float, float]:
     """``(J, standard error)`` of a layout: :func:`retained_mass` averaged over every prompt."""
     per_prompt = torch.cat([retained_mass(g, scores.blocks, plan) for g in scores.groups])
-    n = per_prompt.numel()
-    se = float(per_prompt.std() / math.sqrt(n)) if n > 1 else float("nan")
+    N = per_prompt.numel()
+    se = float(per_prompt.std() / math.sqrt(N)) if N > 1 else float("nan")
     return float(per_prompt.mean()), se
 
 
@@ -369,9 +370,9 @@ def plot_calibration(cal: Calibration, stem: Path) -> list[Path]:
     best = cal.candidates[0]
     ax.plot(best["first_prune"], best["objective"], marker="*", ms=16, color="black", ls="none",
             label=f"chosen: first cut {best['first_prune']}, {best['stages']} cuts, {best['shape']}")  # fmt: skip
-    for k, (name, value) in enumerate(cal.presets.items()):
+    for i, (name, value) in enumerate(cal.presets.items()):
         if value is not None:
-            ax.axhline(value, color="grey", ls=(0, (1, 1 + k)), lw=1, label=f"preset {name}")
+            ax.axhline(value, color="grey", ls=(0, (1, 1 + i)), lw=1, label=f"preset {name}")
     ax.set_xlabel("first cut (block index)")
     ax.set_ylabel("retained importance mass J")
     ax.set_title(f"Calibration at {cal.budget} keep {cal.keep:g}: {cal.n_prompts} prompts, {cal.model_type}")

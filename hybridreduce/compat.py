@@ -258,17 +258,17 @@ def local_attention_registrations() -> dict:
 # 5.24 moved the tubelet packing of ``nemotron_h_omni`` from the model into its video processor, which changed
 # four calls hybridreduce makes (5.23 → 5.24):
 #
-# * ``compute_retention_mask(*, video_embeds, thw, spatial_merge_size, q)`` → ``(video_embeds, num_tubelets, q)``.
-#   The mask is the same: both rank the same rows (one per language-model token, ``U`` units of ``n`` rows) with
-#   the same cosine, sentinel, budget ``max(n, int(U·n·(1 − q)))`` and stable sort; 5.23's ``thw`` and
-#   ``spatial_merge_size`` only reshape the rows to ``(T, H/s, W/s)`` (nothing is merged inside), 5.24 reshapes
-#   them to ``(U, n)``.
-# * the video processor: ``pixel_values_videos`` of ``(T, 3, h, w)`` frames with ``num_patches`` and
-#   ``num_tokens`` per frame → ``(videos, U, p·3, h, w)`` tubelets of ``p`` frames (it takes
+# * ``compute_retention_mask(*, video_embeds, thw, spatial_merge_size, q)`` → ``(video_embeds, num_tubelets, q)``,
+#   ``q`` being the pruning rate (hybridreduce's ``rate``). The mask is the same: both rank the same rows (one per
+#   language-model token, ``U`` units of ``H·W`` rows) with the same cosine, sentinel, budget
+#   ``max(H·W, int(U·H·W·(1 − rate)))`` and stable sort; 5.23's ``thw`` and ``spatial_merge_size`` only reshape the
+#   rows to ``(U, H, W)`` (nothing is merged inside), 5.24 reshapes them to ``(U, H·W)``.
+# * the video processor: ``pixel_values_videos`` of ``(F, 3, Himg, Wimg)`` frames with ``num_patches`` and
+#   ``num_tokens`` per frame → ``(n_videos, U, tubelet·3, Himg, Wimg)`` tubelets of ``tubelet`` frames (it takes
 #   ``temporal_patch_size``) with ``num_frames`` and, when asked (``return_metadata``), ``video_metadata``.
 # * ``replace_video_token``: ``num_frames=`` and ``video_metadata=`` keywords → read, with the tokens per
 #   tubelet, from the processor's output.
-# * ``get_video_features(...).pooler_output``: a ``(U, n, d)`` tensor → a tuple of one ``(U·n, d)`` tensor per
+# * ``get_video_features(...).pooler_output``: a ``(U, H·W, d)`` tensor → a tuple of one ``(U·H·W, d)`` tensor per
 #   video (4-D frames are still taken, deprecated, until 5.28).
 #
 # Each function below decides from what is installed (a signature, the keywords the processor accepts, the
@@ -304,42 +304,43 @@ def retention_mask_form() -> tuple[str, ...]:
 
 
 def retention_mask_reference(
-    embeds: torch.Tensor, T: int, H: int, W: int, q: float, spatial_merge_size: int = 1
+    embeds: torch.Tensor, n_units: int, H: int, W: int, rate: float, spatial_merge_size: int = 1
 ) -> torch.Tensor:
     """transformers' own EVS mask (``nemotron_h_omni``'s ``compute_retention_mask``) of one video.
 
     Called with whichever signature is installed (see the section comment): up to 5.23 as
-    ``compute_retention_mask(video_embeds=embeds, thw=(T, H, W), spatial_merge_size=s, q=q)``, from 5.24 as
-    ``compute_retention_mask(rows, T, q)`` with ``rows = embeds.reshape(T·(H/s)·(W/s), C)``. Both give the same
-    mask for the same rows; :func:`hybridreduce.evs.evs_retention_mask` is tested equal to it bit for bit.
+    ``compute_retention_mask(video_embeds=embeds, thw=(U, H, W), spatial_merge_size=s, q=rate)``, from 5.24 as
+    ``compute_retention_mask(rows, U, rate)`` with ``rows = embeds.reshape(U·(H/s)·(W/s), C)``. Both give the
+    same mask for the same rows; :func:`hybridreduce.evs.evs_retention_mask` is tested equal to it bit for bit.
 
     Args:
-        embeds: one row per language-model token, in ``(t, i, j)`` order, of ``C`` features each:
-            ``(T·(H/s)·(W/s), C)`` or any shape that reshapes to it (e.g. ``(T, (H/s)·(W/s), C)``, the model's
-            ``(U, n, d)`` features). With ``s > 1`` each row is one ``s × s`` block of the encoder grid, its
-            patches concatenated (:func:`hybridreduce.evs.merge_patches`).
-        T: temporal units (frames or tubelets).
-        H, W: the encoder's patch grid of one unit (``H/s × W/s`` tokens after the merge).
-        q: pruning rate in ``[0, 1)`` (not checked here: transformers does not check it either).
+        embeds: one row per language-model token, in (unit, row, column) order, of ``C`` features each:
+            ``(U·(H/s)·(W/s), C)`` or any shape that reshapes to it (e.g. ``(U, (H/s)·(W/s), C)``, the model's
+            ``(U, (H/s)·(W/s), d)`` features). With ``s > 1`` each row is one ``s × s`` block of the encoder grid,
+            its patches concatenated (:func:`hybridreduce.evs.merge_patches`).
+        n_units: ``U``, the temporal units (frames or tubelets).
+        H, W: the encoder's patch grid of one unit, before the merge (``H/s × W/s`` tokens after it).
+        rate: pruning rate in ``[0, 1)``, transformers' ``q`` (not checked here: transformers does not check it
+            either).
         spatial_merge_size: ``s``, the merge the rows already carry (5.23's ``spatial_merge_size``).
     Returns:
-        ``(T·(H/s)·(W/s),)`` bool, True for the kept tokens.
+        ``(U·(H/s)·(W/s),)`` bool, True for the kept tokens.
     Raises:
-        InputError: ``embeds`` has not ``T·(H/s)·(W/s)`` rows, or ``compute_retention_mask`` has an unknown form.
+        InputError: ``embeds`` has not ``U·(H/s)·(W/s)`` rows, or ``compute_retention_mask`` has an unknown form.
     """
     from transformers.models.nemotron_h_omni.modeling_nemotron_h_omni import compute_retention_mask
 
     s = int(spatial_merge_size)
-    rows = T * (H // s) * (W // s)
+    rows = n_units * (H // s) * (W // s)
     if embeds.dim() < 2 or embeds.numel() != rows * embeds.shape[-1]:
         raise InputError(
-            f"retention_mask_reference: embeds {tuple(embeds.shape)} is not {rows} rows (T={T} units of "
+            f"retention_mask_reference: embeds {tuple(embeds.shape)} is not {rows} rows (U={n_units} units of "
             f"{H // s}x{W // s} tokens for an {H}x{W} grid merged by {s}) of {embeds.shape[-1]} features; pass one "
             "row per language-model token"
         )
     if retention_mask_form() == RETENTION_MASK_GRID:  # up to 5.23
-        return compute_retention_mask(video_embeds=embeds, thw=(T, H, W), spatial_merge_size=s, q=q)
-    return compute_retention_mask(embeds.reshape(rows, embeds.shape[-1]), T, q)  # 5.24 on
+        return compute_retention_mask(video_embeds=embeds, thw=(n_units, H, W), spatial_merge_size=s, q=rate)
+    return compute_retention_mask(embeds.reshape(rows, embeds.shape[-1]), n_units, rate)  # 5.24 on
 
 
 def _packs_tubelets(video_processor) -> bool:
@@ -353,14 +354,14 @@ def omni_video_inputs(video_processor, frames, metadata, temporal_patch_size: in
 
     Args:
         video_processor: a ``NemotronH_Omni_Reasoning_V3VideoProcessor``.
-        frames: ``(T, Himg, Wimg, 3)`` uint8 frames.
+        frames: ``(F, Himg, Wimg, 3)`` uint8 frames.
         metadata: the video's ``transformers.video_utils.VideoMetadata`` (source frame rate and frame indices).
-        temporal_patch_size: ``p``, frames per tubelet (the model config's ``video_temporal_patch_size``).
+        temporal_patch_size: ``tubelet``, frames per tubelet (the model config's ``video_temporal_patch_size``).
     Returns:
-        The processor's output, ``pixel_values_videos`` in the layout the installed model takes. From 5.24:
-        ``(1, U, p·3, h, w)`` tubelets (the last one filled up with copies of the last frame), ``num_frames``
-        ``[T]`` and ``video_metadata`` ``[metadata]``. Up to 5.23: ``(T, 3, h, w)`` frames (the model packs
-        them), ``num_patches`` and ``num_tokens`` per frame.
+        The processor's output, ``pixel_values_videos`` in the layout the installed model takes, ``Himg × Wimg``
+        the processor's resized frame. From 5.24: ``(1, U, tubelet·3, Himg, Wimg)`` tubelets (the last one filled
+        up with copies of the last frame), ``num_frames`` ``[F]`` and ``video_metadata`` ``[metadata]``. Up to
+        5.23: ``(F, 3, Himg, Wimg)`` frames (the model packs them), ``num_patches`` and ``num_tokens`` per frame.
     Raises:
         InputError: the output has neither layout.
     """
@@ -384,7 +385,7 @@ def omni_video_inputs(video_processor, frames, metadata, temporal_patch_size: in
 def omni_video_placeholder(video_inputs: dict, video_processor, tokenizer, temporal_patch_size: int, metadata) -> str:
     """The prompt text that stands for one video: the Omni processor's own ``replace_video_token``.
 
-    One ``Frame i sampled at s seconds …: <img> <image>×n </img>`` chunk per tubelet, joined by newlines. The
+    One ``Frame i sampled at t seconds …: <img> <image>×H·W </img>`` chunk per tubelet, joined by newlines. The
     method is borrowed from the processor class, called on a stand-in that carries the attributes it reads
     (so no image processor, and no torchvision, is needed).
 
@@ -419,14 +420,14 @@ def omni_video_placeholder(video_inputs: dict, video_processor, tokenizer, tempo
 
 
 def omni_video_features(model: nn.Module, pixel_values_videos: torch.Tensor) -> torch.Tensor:
-    """``(U·n, d)`` projected features of one video, in placeholder order: ``get_video_features`` flattened.
+    """``(U·H·W, d)`` projected features of one video, in placeholder order: ``get_video_features`` flattened.
 
     Args:
         model: a ``NemotronH_Omni_Reasoning_V3``.
         pixel_values_videos: one video as :func:`omni_video_inputs` laid it out for the installed model.
     Returns:
-        ``(U·n, d)``: ``pooler_output`` flattened from ``(U, n, d)`` (up to 5.23), or the tuple's single
-        ``(U·n, d)`` entry (from 5.24, one per video).
+        ``(U·H·W, d)``: ``pooler_output`` flattened from ``(U, H·W, d)`` (up to 5.23), or the tuple's single
+        ``(U·H·W, d)`` entry (from 5.24, one per video).
     Raises:
         InputError: ``pooler_output`` has another form, or holds more than one video.
     """

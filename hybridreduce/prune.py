@@ -4,8 +4,8 @@ Nothing here touches a model. The reduction engine calls :func:`select_visual` w
 the current visual tokens, :func:`keep_index` to merge them with the always-kept text tokens, and
 :func:`prune` to gather hidden states, original position ids and masks.
 
-Shapes: ``b`` batch, ``T`` current sequence length, ``V`` current visual tokens, ``k`` visual
-tokens kept, ``T'`` = ``T − V + k``.
+Shapes use the letters of :mod:`hybridreduce.glossary`. Here ``T`` is the sequence a cut receives (already
+shortened by any earlier cut) and ``V`` its visual tokens, so a cut that keeps ``k`` leaves ``T' = T − V + k``.
 """
 
 from __future__ import annotations
@@ -62,10 +62,10 @@ def select_visual(
 
 
 def true_positions(mask: torch.Tensor, k: int) -> torch.Tensor:
-    """``(b, k)`` long: the increasing indices of the ``k`` True entries of each row of ``mask (b, n)``."""
-    n = mask.shape[1]
-    pos = torch.arange(n, device=mask.device).expand_as(mask)
-    return torch.where(mask, pos, pos + n).sort(dim=1).values[:, :k]
+    """``(b, k)`` long: the increasing indices of the ``k`` True entries of each row of ``mask (b, T)``."""
+    T = mask.shape[1]
+    pos = torch.arange(T, device=mask.device).expand_as(mask)
+    return torch.where(mask, pos, pos + T).sort(dim=1).values[:, :k]
 
 
 def keep_index(visual_mask: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
@@ -132,17 +132,17 @@ def gather_seq(tensor: torch.Tensor, idx: torch.Tensor, T: int) -> torch.Tensor:
 
     Args:
         tensor: the tensor to gather.
-        idx: ``(b, n)`` long, increasing indices into the length-``T`` sequence.
+        idx: ``(b, T')`` long, increasing indices into the length-``T`` sequence.
         T: the current sequence length.
     """
-    b, n = idx.shape
+    b, kept = idx.shape
     idx = idx.to(tensor.device)
     if tensor.dim() == 4 and tensor.shape[-1] == T and tensor.shape[-2] == T:
         h = tensor.shape[1]
-        m = tensor.expand(b, h, T, T).gather(2, idx[:, None, :, None].expand(b, h, n, T))
-        return m.gather(3, idx[:, None, None, :].expand(b, h, n, n))
+        m = tensor.expand(b, h, T, T).gather(2, idx[:, None, :, None].expand(b, h, kept, T))
+        return m.gather(3, idx[:, None, None, :].expand(b, h, kept, kept))
     if tensor.dim() >= 2 and tensor.shape[1] == T:
         rest = tensor.shape[2:]
         full = tensor.expand(b, T, *rest)
-        return full.gather(1, idx.view(b, n, *([1] * len(rest))).expand(b, n, *rest))
+        return full.gather(1, idx.view(b, kept, *([1] * len(rest))).expand(b, kept, *rest))
     return tensor

@@ -1,7 +1,7 @@
 """``hybridreduce run`` / ``merge``: answer a video-QA manifest with a real VLM, with and without reduction.
 
 Every item of the manifest (:mod:`hybridreduce.manifest`) is answered once per *setting*: ``full`` (every
-token), and the schedule's name (e.g. ``progressive``), each optionally after EVS at rate ``q``. Each answer
+token), and the schedule's name (e.g. ``progressive``), each optionally after EVS at a pruning rate. Each answer
 is one JSON line appended to the predictions file and flushed at once, so an interrupted run loses nothing.
 A broken item — a missing or corrupt video, too few frames — becomes a line with its ``error`` and the run
 goes on.
@@ -16,10 +16,11 @@ not have are left as they are.
 Every argument is checked (:mod:`hybridreduce.validate`) before anything is written: a bad one raises
 :class:`~hybridreduce.errors.InputError` instead of becoming an error line on every item.
 
-Sharding: ``shard=(i, N)`` answers items ``i, i + N, i + 2N, ...`` and writes
-``predictions.shard-i-of-N.jsonl``; :func:`merge` combines the shards in manifest order into
-``predictions.jsonl`` and writes the summary. Under ``torchrun --nproc-per-node N`` the command line takes
-``i`` and ``N`` from ``RANK`` / ``WORLD_SIZE``, and rank 0 merges after a barrier. :func:`merge` refuses
+Sharding: ``shard=(index, count)`` (``--shard i/N`` on the command line: shard ``i`` of ``N``) answers items
+``i, i + N, i + 2N, ...`` and writes ``predictions.shard-i-of-N.jsonl``; :func:`merge` combines the shards in
+manifest order into ``predictions.jsonl`` and writes the summary. Under ``torchrun --nproc-per-node N`` the command
+line takes ``i`` and ``N`` from ``RANK`` / ``WORLD_SIZE``, and rank 0 merges after a barrier. (``i/N`` is the
+command line's syntax; ``N`` here counts shards, not samples.) :func:`merge` refuses
 missing shards (``allow_partial=True`` merges them anyway and marks the summary ``"partial": true`` with the
 missing ones), shards of two different splits, an item answered in two files, and a setting answered
 under two configurations; :func:`run` refuses to start a shard that would collide with the files already
@@ -68,10 +69,10 @@ class Setting:
     evs: float = 0.0
 
 
-def check_evs(q) -> float:
-    """The EVS pruning rate: the fraction of video tokens dropped before the language model, ``0 <= q < 1``."""
+def check_evs(rate) -> float:
+    """The EVS pruning rate: the fraction of video tokens dropped before the language model, ``0 <= rate < 1``."""
     return validate.number(
-        q, "evs (--evs)", 0, 1, high_open=True, fix="it is the fraction of video tokens EVS drops; 0 turns EVS off"
+        rate, "evs (--evs)", 0, 1, high_open=True, fix="it is the fraction of video tokens EVS drops; 0 turns EVS off"
     )
 
 
@@ -80,10 +81,13 @@ def check_keep(keep, name: str = "keep (--keep)") -> float:
     return validate.number(keep, name, 0, 1, low_open=True, fix="it is the fraction of visual tokens kept, e.g. 0.25")
 
 
-def check_max_new_tokens(n) -> int:
+def check_max_new_tokens(max_new_tokens) -> int:
     """The greedy answer length: at least one token."""
     return validate.integer(
-        n, "max_new_tokens (--max-new-tokens)", 1, fix="the answer's length in tokens, e.g. 8 (the default)"
+        max_new_tokens,
+        "max_new_tokens (--max-new-tokens)",
+        1,
+        fix="the answer's length in tokens, e.g. 8 (the default)",
     )
 
 
@@ -167,7 +171,8 @@ def check_settings(settings: Sequence[Setting], num_blocks: int | None = None) -
 
 
 def check_shard(shard: tuple[int, int], shown: str | None = None) -> tuple[int, int]:
-    """``(i, N)`` with ``N >= 1`` and ``0 <= i < N``; ``shown`` is how the user wrote it (``"3/2"``)."""
+    """``(index, count)`` with ``count >= 1`` and ``0 <= index < count``; ``shown`` is how the user wrote it
+    (``"3/2"``)."""
     ok = isinstance(shard, tuple) and len(shard) == 2
     ok = ok and all(isinstance(x, int) and not isinstance(x, bool) for x in shard) and 0 <= shard[0] < shard[1]
     if not ok:
@@ -177,17 +182,17 @@ def check_shard(shard: tuple[int, int], shown: str | None = None) -> tuple[int, 
 
 
 def parse_shard(spec: str | None, env: dict | None = None) -> tuple[int, int]:
-    """``(i, N)`` from ``"i/N"``; without a spec, from torchrun's ``RANK``/``WORLD_SIZE``; else ``(0, 1)``."""
+    """``(index, count)`` from ``"i/N"``; without a spec, from torchrun's ``RANK``/``WORLD_SIZE``; else ``(0, 1)``."""
     env = os.environ if env is None else env
     if spec is None:
         if "WORLD_SIZE" in env and "RANK" in env:
             return int(env["RANK"]), int(env["WORLD_SIZE"])
         return 0, 1
     try:
-        i, n = (int(x) for x in str(spec).split("/"))
+        i, count = (int(x) for x in str(spec).split("/"))
     except ValueError:
         raise InputError(f"--shard must look like i/N (e.g. 0/4), got {spec!r}") from None
-    return check_shard((i, n), spec)
+    return check_shard((i, count), spec)
 
 
 def on_rank_zero_after_all(rank: int, work):
@@ -211,8 +216,8 @@ def on_rank_zero_after_all(rank: int, work):
 
 
 def predictions_path(out: Path, shard: tuple[int, int]) -> Path:
-    i, n = shard
-    return out / ("predictions.jsonl" if n == 1 else f"predictions.shard-{i}-of-{n}.jsonl")
+    i, count = shard
+    return out / ("predictions.jsonl" if count == 1 else f"predictions.shard-{i}-of-{count}.jsonl")
 
 
 def superseded_path(path: Path) -> Path:
@@ -221,7 +226,7 @@ def superseded_path(path: Path) -> Path:
 
 
 def shard_files(out: Path) -> dict[tuple[int, int], Path]:
-    """The ``predictions.shard-i-of-N.jsonl`` files of ``out``, by ``(i, N)``."""
+    """The ``predictions.shard-i-of-N.jsonl`` files of ``out``, by ``(index, count)``."""
     found = {}
     for path in sorted(out.glob("predictions.shard-*-of-*.jsonl")):
         match = _SHARD_FILE.fullmatch(path.name)
@@ -240,22 +245,22 @@ def _merged_from_shards(out: Path) -> bool:
 
 
 def check_out_dir(out_dir: str | Path, shard: tuple[int, int] = (0, 1)) -> Path:
-    """``out_dir`` as the output directory of shard ``(i, N)``: writable (or creatable), and holding no predictions
-    of another split, which the shard would answer a second time. Nothing is created."""
+    """``out_dir`` as the output directory of shard ``(index, count)``: writable (or creatable), and holding no
+    predictions of another split, which the shard would answer a second time. Nothing is created."""
     out = validate.writable_dir(out_dir, "out_dir (--out)")
     if not out.is_dir():
         return out
-    i, n = shard
-    other_splits = sorted(path.name for (_, m), path in shard_files(out).items() if m != n)
+    i, count = shard
+    other_splits = sorted(path.name for (_, other), path in shard_files(out).items() if other != count)
     if other_splits:
         raise InputError(
             f"{out} already holds shards of another split ({', '.join(other_splits)}); "
-            f"{'a run without --shard' if n == 1 else f'shard {i}/{n}'} would answer their items again. "
+            f"{'a run without --shard' if count == 1 else f'shard {i}/{count}'} would answer their items again. "
             "Finish that split (same --shard N, then hybridreduce merge), or give another --out"
         )
-    if n > 1 and (out / "predictions.jsonl").is_file() and not _merged_from_shards(out):
+    if count > 1 and (out / "predictions.jsonl").is_file() and not _merged_from_shards(out):
         raise InputError(
-            f"{out}/predictions.jsonl holds the answers of a run without --shard; shard {i}/{n} would answer its "
+            f"{out}/predictions.jsonl holds the answers of a run without --shard; shard {i}/{count} would answer its "
             "items again. Give another --out (or delete that file if it is an old merge's output)"
         )
     return out
@@ -346,7 +351,7 @@ def run(
         frames, fps, max_frames: frame sampling (:func:`hybridreduce.video.read_video`): ``frames`` or ``fps``
             (then ``frames=None``); ``max_frames`` caps ``fps``.
         max_new_tokens: greedy answer length.
-        shard: ``(i, N)``.
+        shard: ``(index, count)``.
         progress: a tqdm bar with ETA.
         retry_errors: answer again the error lines of an earlier run with the same settings (else keep them).
     Returns:
@@ -400,10 +405,10 @@ def run(
     else:
         _clean_tail(path)
     done = {(r["id"], r["setting"]) for r in reused}
-    i, n = shard
-    mine = [(k, item) for k, item in enumerate(items) if k % n == i]
+    i, count = shard
+    mine = [(k, item) for k, item in enumerate(items) if k % count == i]
     todo = [(k, item) for k, item in mine if any((item.id, s.name) not in done for s in settings)]
-    bar = tqdm(total=len(mine), initial=len(mine) - len(todo), desc=f"run {i}/{n}" if n > 1 else "run",
+    bar = tqdm(total=len(mine), initial=len(mine) - len(todo), desc=f"run {i}/{count}" if count > 1 else "run",
                disable=not progress, dynamic_ncols=True)  # fmt: skip
     with path.open("a") as f:
         for k, item in todo:
@@ -570,24 +575,26 @@ def merge(out_dir: str | Path, allow_partial: bool = False) -> dict:
     single = out / "predictions.jsonl"
     missing: list[str] = []
     if shards:
-        splits = sorted({n for _, n in shards})
+        splits = sorted({count for _, count in shards})
         if len(splits) > 1:
-            listing = "; ".join(f"of {n}: {', '.join(str(i) for i, m in sorted(shards) if m == n)}" for n in splits)
+            listing = "; ".join(
+                f"of {count}: {', '.join(str(i) for i, other in sorted(shards) if other == count)}" for count in splits
+            )
             raise InputError(
                 f"{out}: shards of {len(splits)} different splits answer the same items ({listing}); "
                 "keep the files of one split (move the others away) and merge again"
             )
-        n = splits[0]
+        count = splits[0]
         if single.is_file() and not _merged_from_shards(out):
             raise InputError(
-                f"{out}: predictions.jsonl (a run without --shard) and {len(shards)} shard file(s) of a {n}-way split "
-                "answer the same items; move one of them to another directory and merge again"
+                f"{out}: predictions.jsonl (a run without --shard) and {len(shards)} shard file(s) of a {count}-way "
+                "split answer the same items; move one of them to another directory and merge again"
             )
-        missing = [predictions_path(out, (i, n)).name for i in range(n) if (i, n) not in shards]
+        missing = [predictions_path(out, (i, count)).name for i in range(count) if (i, count) not in shards]
         if missing and not allow_partial:
             raise InputError(
-                f"{out}: {len(missing)} of {n} shards missing: {', '.join(missing)}; run them (hybridreduce run ... "
-                f"--shard I/{n} --out {out}), or merge what is there with --allow-partial"
+                f"{out}: {len(missing)} of {count} shards missing: {', '.join(missing)}; run them (hybridreduce run "
+                f"... --shard I/{count} --out {out}), or merge what is there with --allow-partial"
             )
         sources = [shards[key] for key in sorted(shards)]
     elif single.is_file():

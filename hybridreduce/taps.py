@@ -184,35 +184,37 @@ def resolve_positions(
     text = real & ~visual_mask
     pos = torch.arange(T, device=visual_mask.device).expand(b, T)
     if query_mask is not None:
-        q = as_bool_mask(query_mask, "query_mask").to(visual_mask.device)
-        if q.shape != visual_mask.shape:
-            raise InputError(f"query_mask has shape {tuple(q.shape)} but visual_mask has {tuple(visual_mask.shape)}")
-        if bool((q & visual_mask).any()):
+        is_query = as_bool_mask(query_mask, "query_mask").to(visual_mask.device)
+        if is_query.shape != visual_mask.shape:
+            raise InputError(
+                f"query_mask has shape {tuple(is_query.shape)} but visual_mask has {tuple(visual_mask.shape)}"
+            )
+        if bool((is_query & visual_mask).any()):
             raise InputError("query_mask overlaps visual_mask: query tokens must be text tokens")
-        q = q & real
+        is_query = is_query & real
         hint = "query_mask marks no real (non-padding) token"
     elif query == "after_visual":
         last_visual = torch.where(visual_mask, pos, torch.full_like(pos, -1)).amax(dim=1, keepdim=True)
-        q = text & (pos > last_visual)
+        is_query = text & (pos > last_visual)
         hint = "there is no text token after the last visual token; use query='last' or 'all_text', or pass query_mask"
     elif query == "last":
         last_real = torch.where(real, pos, torch.full_like(pos, -1)).amax(dim=1, keepdim=True)
-        q = pos == last_real
-        if bool((q & visual_mask).any()):
+        is_query = pos == last_real
+        if bool((is_query & visual_mask).any()):
             raise InputError("query='last' picks a visual token (the sequence ends with one); pass a query_mask")
         hint = "the sample has no real token"
     elif query == "all_text":
-        q = text
+        is_query = text
         hint = "there is no text token"
     else:
         raise InputError(f"query={query!r} is not one of {QUERY_MODES}")
-    n_q = q.sum(dim=1)
+    n_q = is_query.sum(dim=1)
     if bool((n_q == 0).any()):
         bad = (n_q == 0).nonzero().flatten().tolist()
         raise InputError(f"no query tokens in sample(s) {bad}: {hint}")
     Qmax = int(n_q.max())
     # Sort positions so that query positions come first in order; pad ragged rows with the last one.
-    key = torch.where(q, pos, pos + T)
+    key = torch.where(is_query, pos, pos + T)
     order = key.sort(dim=1).values[:, :Qmax]
     q_valid = torch.arange(Qmax, device=pos.device)[None, :] < n_q[:, None]
     last = order.gather(1, (n_q - 1)[:, None])
@@ -452,7 +454,7 @@ def capture(
 
         with hybridreduce.capture(model, visual_mask) as scores:
             model(input_ids)
-        scores.stack()  # [layers, batch, n_visual]
+        scores.stack()  # (L, b, V): L scored blocks
     """
     adapted = get_adapter(model)
     cfg = ScorerConfig.parse(scorer)

@@ -353,10 +353,10 @@ def left_pad(
     am = torch.zeros(len(prompts), T, dtype=torch.long)
     vm = torch.zeros(len(prompts), T, dtype=torch.bool)
     for i, p in enumerate(prompts):
-        n = p.input_ids.shape[1]
-        ids[i, T - n :] = p.input_ids[0]
-        am[i, T - n :] = 1
-        vm[i, T - n :] = p.visual_mask[0]
+        length = p.input_ids.shape[1]
+        ids[i, T - length :] = p.input_ids[0]
+        am[i, T - length :] = 1
+        vm[i, T - length :] = p.visual_mask[0]
     return ids.to(device), am.to(device), vm.to(device)
 
 

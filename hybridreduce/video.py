@@ -8,16 +8,16 @@ RGB, all of one size. Only the sampled frames are kept, and decoding stops after
 How frames are sampled, for a source of ``total`` frames at ``source_fps`` frames per second
 (:func:`sample_indices`)::
 
-    uniform, N frames:   index_i = floor((i + 0.5) · total / N)                 i = 0 … N−1
-                         (the centre frame of each of N equal segments)
-    by rate, r per s:    t_k = k / r  for every t_k < total / source_fps        k = 0, 1, 2, …
+    uniform, F frames:   index_i = floor((i + 0.5) · total / F)                 i = 0 … F−1
+                         (the centre frame of each of F equal segments)
+    by rate, r a second: t_k = k / r  for every t_k < total / source_fps        k = 0, 1, 2, …
                          index_k = min(floor(t_k · source_fps + 0.5), total − 1)    (nearest frame, halves up)
                          with repeated indices dropped (the list stays increasing)
 
 :func:`read_video` reads every frame when neither is asked for; ``max_frames`` caps a longer selection by taking
 ``max_frames`` of the selected frames with the uniform formula applied to the selection.
 
-Why frames are never repeated: a video shorter than the requested ``N`` would need repeated frames to fill ``N``
+Why frames are never repeated: a video shorter than the requested ``F`` would need repeated frames to fill ``F``
 slots. A repeated frame is no new evidence, yet it adds visual tokens and fakes exactly the temporal redundancy
 that token-reduction methods (EVS, query-conditioned pruning) exploit, so a result would be measured on a video that
 does not exist. :func:`sample_indices` raises :class:`~hybridreduce.errors.VideoError` instead: ask for fewer frames
@@ -66,10 +66,10 @@ class Video:
     """The sampled frames of one video and where they come from.
 
     Attributes:
-        frames: ``(T, H, W, 3)`` uint8 RGB.
-        timestamps: ``(T,)`` float64, each frame's time in seconds: the decoder's presentation time (``index / fps``
+        frames: ``(F, Himg, Wimg, 3)`` uint8 RGB.
+        timestamps: ``(F,)`` float64, each frame's time in seconds: the decoder's presentation time (``index / fps``
             when the container gives none, and for image folders).
-        indices: ``(T,)`` int64, each frame's 0-based index in the source, increasing.
+        indices: ``(F,)`` int64, each frame's 0-based index in the source, increasing.
         source_frames: number of frames in the source.
         fps: the source's frame rate; for an image folder the ``fps`` given to :func:`read_video`, or 1.0.
         path: the file or folder read.
@@ -102,11 +102,11 @@ def sample_indices(
 
     Args:
         total: frames in the source, ``≥ 1``.
-        num_frames: ``N``: keep the centre frame of each of ``N`` equal segments, ``floor((i + 0.5) · total / N)``.
+        num_frames: ``F``: keep the centre frame of each of ``F`` equal segments, ``floor((i + 0.5) · total / F)``.
         fps: ``r``: keep the frame nearest to each time ``0, 1/r, 2/r, …`` before the end of the source.
         source_fps: the source's frame rate; needed with ``fps``, ignored otherwise.
     Returns:
-        ``(n,)`` int64 indices, strictly increasing, in ``[0, total)``: ``N`` of them uniformly, at most
+        ``(F,)`` int64 indices, strictly increasing, in ``[0, total)``: ``F = num_frames`` of them uniformly, at most
         ``ceil(total · r / source_fps)`` by rate (fewer when several times fall on the same frame).
     Raises:
         InputError: not exactly one of ``num_frames`` and ``fps``, or a count or rate that is not positive.
@@ -119,13 +119,14 @@ def sample_indices(
             "num_frames samples uniformly, fps at a fixed rate"
         )
     if num_frames is not None:
-        n = _positive_int(num_frames, "num_frames (--frames)")
-        if n > total:
+        n_frames = _positive_int(num_frames, "num_frames (--frames)")
+        if n_frames > total:
             raise VideoError(
-                f"the video has only {total} frames, {n} requested; ask for fewer frames (--frames) or sample by fps"
+                f"the video has only {total} frames, {n_frames} requested; ask for fewer frames (--frames) or sample "
+                "by fps"
             )
-        i = np.arange(n, dtype=np.int64)
-        return (2 * i + 1) * total // (2 * n)  # floor((i + 0.5) * total / n) in exact integer arithmetic
+        i = np.arange(n_frames, dtype=np.int64)
+        return (2 * i + 1) * total // (2 * n_frames)  # floor((i + 0.5) * total / n_frames) in exact integer arithmetic
     fps = _positive_float(fps, "fps (--fps)")
     if source_fps is None:
         raise InputError("sampling by fps needs source_fps, the frame rate of the source")
@@ -302,9 +303,9 @@ def _read_folder(path: Path, select: Selector, fps: float) -> Video:
         with _open_image(image_path) as image:
             sizes.append(image.size)
         if sizes[-1] != sizes[0]:
-            (w, h), (w0, h0) = sizes[-1], sizes[0]
+            (width, height), (width0, height0) = sizes[-1], sizes[0]
             raise VideoError(
-                f"{image_path}: is {w}x{h} pixels but {images[0].name} is {w0}x{h0}; "
+                f"{image_path}: is {width}x{height} pixels but {images[0].name} is {width0}x{height0}; "
                 "every frame of a folder must have the same size: resize or remove it"
             )
     indices = select(len(images), fps)
@@ -331,7 +332,8 @@ def write_video(path: str | PathLike, frames: np.ndarray, fps: float = 24.0) -> 
 
     Args:
         path: the file to write (its folder is created); its extension picks the container and codec.
-        frames: ``(T, H, W, 3)`` uint8 RGB, ``T ≥ 1``, ``H`` and ``W`` even (4:2:0 halves both for colour).
+        frames: ``(F, Himg, Wimg, 3)`` uint8 RGB, ``F ≥ 1``, ``Himg`` and ``Wimg`` even (4:2:0 halves both for
+            colour).
         fps: frame rate; stored as a fraction with a denominator of at most 1001 (so 30000/1001 stays exact).
     Raises:
         InputError: an unsupported extension, malformed frames, an odd side, or no encoder for the container.
@@ -343,14 +345,14 @@ def write_video(path: str | PathLike, frames: np.ndarray, fps: float = 24.0) -> 
     frames = np.asarray(frames)
     if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3 or len(frames) == 0:
         raise InputError(
-            f"frames must be a non-empty (T, H, W, 3) uint8 RGB array, got {frames.dtype} {frames.shape}; "
+            f"frames must be a non-empty (F, Himg, Wimg, 3) uint8 RGB array, got {frames.dtype} {frames.shape}; "
             "convert with .astype(np.uint8) after scaling to 0..255"
         )
-    _, H, W, _ = frames.shape
-    if H % 2 or W % 2:
+    _, Himg, Wimg, _ = frames.shape
+    if Himg % 2 or Wimg % 2:
         raise InputError(
-            f"frames are {H}x{W} (HxW) but 4:2:0 video needs even sides; crop or pad them, e.g. to "
-            f"{H // 2 * 2}x{W // 2 * 2}"
+            f"frames are {Himg}x{Wimg} (height x width) but 4:2:0 video needs even sides; crop or pad them, e.g. to "
+            f"{Himg // 2 * 2}x{Wimg // 2 * 2}"
         )
     rate = Fraction(_positive_float(fps, "fps")).limit_denominator(1001)
     codec, pix_fmt = next(((c, p) for c, p in WRITE_CODECS[suffix] if c in av.codecs_available), (None, None))
@@ -360,7 +362,7 @@ def write_video(path: str | PathLike, frames: np.ndarray, fps: float = 24.0) -> 
     path.parent.mkdir(parents=True, exist_ok=True)
     with av.open(str(path), mode="w") as container:
         stream = container.add_stream(codec, rate=rate)
-        stream.width, stream.height, stream.pix_fmt = W, H, pix_fmt
+        stream.width, stream.height, stream.pix_fmt = Wimg, Himg, pix_fmt
         for image in frames:
             container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
         container.mux(stream.encode())  # flush the frames the encoder still holds

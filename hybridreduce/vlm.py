@@ -8,7 +8,7 @@ checkpoint's ``model_type``:
     transformers' ``NemotronH_Omni_Reasoning_V3`` (RADIO tower, Nemotron-H language model). Frames are
     packed in tubelets of ``video_temporal_patch_size`` frames (by the model up to transformers 5.23, by the
     video processor from 5.24: :mod:`hybridreduce.compat` knows both); each tubelet becomes one
-    ``<img> <image>×n </img>`` chunk labelled "Frame i sampled at s seconds". The model has EVS built in
+    ``<img> <image>×H·W </img>`` chunk labelled "Frame i sampled at t seconds". The model has EVS built in
     (``config.video_pruning_rate``).
 ``llava_next_video``
     LLaVA-NeXT-Video with a hybrid ``text_config`` (``nemotron_h``, ``jamba``, ``bamba``, ...): every frame
@@ -29,15 +29,15 @@ Answering (:meth:`VLM.answer`) runs in three steps, each timed:
    projector, placeholder scatter); a pre-hook on the decoder takes them and stops the forward there. The
    model's built-in EVS is switched off for this step, so the visual tokens arrive in full. (``nemotron_h_omni``
    calls the same pieces one by one, :meth:`OmniFamily.embed`: its forward takes videos only from 5.24.)
-2. *EVS* (optional, rate ``q``): :func:`hybridreduce.evs.evs_retention_mask` on those visual embeddings —
+2. *EVS* (optional, pruning rate ``rate``): :func:`hybridreduce.evs.evs_retention_mask` on those visual embeddings —
    for ``nemotron_h_omni`` exactly the tokens its own ``video_pruning_rate`` path keeps (same features,
    same cosine, same stable top-k). Kept tokens keep their original position ids.
 3. *prefill and greedy decode* on the language model, under ``reduce(model, schedule)`` when a schedule
    is given. The decode loop passes original position ids and its own attention mask, so what the
    language model sees is the same with and without reduction except for the dropped tokens.
 
-Glossary: ``T`` sampled frames, ``U`` temporal units (tubelets or frames) of the visual grid, ``n`` visual
-tokens per unit, ``L`` prompt length, ``V`` visual tokens.
+Shapes use the letters of :mod:`hybridreduce.glossary`; a temporal unit (tubelet or frame) carries ``H·W`` visual
+tokens (:attr:`Prompt.tokens_per_unit`).
 """
 
 from __future__ import annotations
@@ -71,11 +71,11 @@ class Prompt:
     Attributes:
         inputs: the wrapper's forward arguments (``input_ids``, ``attention_mask``, ``pixel_values_videos`` in
             the layout the installed processor and model use).
-        visual_mask: ``(1, L)`` bool, the video placeholder tokens.
+        visual_mask: ``(1, T)`` bool, the video placeholder tokens.
         units: ``U``, temporal units of the visual grid (tubelets or frames).
-        tokens_per_unit: ``n``: ``U · n`` visual tokens form the grid.
+        tokens_per_unit: ``H·W``: ``U·H·W`` visual tokens form the grid.
         text: the prompt text before placeholder expansion.
-        grid_mask: ``(1, L)`` bool, the visual tokens of the ``U × n`` grid (EVS ranks these); the visual mask
+        grid_mask: ``(1, T)`` bool, the visual tokens of the ``U × H·W`` grid (EVS ranks these); the visual mask
             unless the family adds visual tokens outside the grid (LLaVA-OneVision's closing newline).
     """
 
@@ -184,14 +184,14 @@ class VideoFamily:
         )
 
     def grid_mask(self, visual: torch.Tensor) -> torch.Tensor:
-        """The visual tokens that form the ``U × n`` grid (all of them unless a family says otherwise)."""
+        """The visual tokens that form the ``U × H·W`` grid (all of them unless a family says otherwise)."""
         return visual
 
     def units(self, video, inputs: dict) -> int:
         raise NotImplementedError
 
     def embed(self, model: nn.Module, decoder: nn.Module, inputs: dict) -> torch.Tensor:
-        """``(1, L, d)`` input embeddings of the decoder: the wrapper's own forward, stopped at the decoder.
+        """``(1, T, d)`` input embeddings of the decoder: the wrapper's own forward, stopped at the decoder.
 
         A pre-hook on ``decoder`` takes its ``inputs_embeds`` and stops the forward; the wrapper's built-in
         EVS (``video_pruning_rate``) is off meanwhile, so every visual token arrives.
@@ -264,9 +264,9 @@ class OmniFamily(VideoFamily):
         """What the processor's frame labels read: the source frame rate and each frame's index in the source."""
         from transformers.video_utils import VideoMetadata
 
-        T, H, W = video.frames.shape[:3]
+        Himg, Wimg = video.frames.shape[1:3]
         return VideoMetadata(
-            total_num_frames=int(video.source_frames), fps=float(video.fps), width=int(W), height=int(H),
+            total_num_frames=int(video.source_frames), fps=float(video.fps), width=int(Wimg), height=int(Himg),
             frames_indices=[int(i) for i in video.indices],
         )  # fmt: skip
 
@@ -284,9 +284,9 @@ class OmniFamily(VideoFamily):
         )
 
         video_processor = _from_pretrained(VideoProcessor, self.path, "video processor")
-        p, metadata = int(self.config.video_temporal_patch_size), self._metadata(video)
-        pixels = compat.omni_video_inputs(video_processor, video.frames, metadata, p)
-        expansion = compat.omni_video_placeholder(pixels, video_processor, self.tokenizer, p, metadata)
+        tubelet, metadata = int(self.config.video_temporal_patch_size), self._metadata(video)
+        pixels = compat.omni_video_inputs(video_processor, video.frames, metadata, tubelet)
+        expansion = compat.omni_video_placeholder(pixels, video_processor, self.tokenizer, tubelet, metadata)
         return {**self._tokenize(text.replace(self.video_token, expansion, 1)),
                 "pixel_values_videos": pixels["pixel_values_videos"]}  # fmt: skip
 
@@ -335,8 +335,9 @@ class LlavaVideoFamily(VideoFamily):
 
 
 class OnevisionFamily(LlavaVideoFamily):
-    """``llava_onevision``: frames resized to the tower's size, features pooled to ``⌈s/2⌉²`` per frame, and one
-    ``image_newline`` embedding closing the video (a ``<video>`` placeholder outside the frame grid)."""
+    """``llava_onevision``: frames resized to the tower's size, features pooled to ``⌈side/2⌉²`` per frame (``side``
+    the tower's patch-grid side), and one ``image_newline`` embedding closing the video (a ``<video>`` placeholder
+    outside the frame grid)."""
 
     model_type = "llava_onevision"
 
@@ -419,7 +420,7 @@ class VLM:
 
     # -- answering -----------------------------------------------------------------------------------------
     def embed(self, prompt: Prompt) -> dict:
-        """The language model's inputs for ``prompt``: ``inputs_embeds`` ``(1, L, d)`` and ``attention_mask``.
+        """The language model's inputs for ``prompt``: ``inputs_embeds`` ``(1, T, d)`` and ``attention_mask``.
 
         The wrapper's own vision tower, projector and placeholder scatter, with its built-in EVS off (see
         :meth:`VideoFamily.embed`).
@@ -430,15 +431,16 @@ class VLM:
             embeds = self.family.embed(self.model, self.adapted.decoder, inputs)
         return {"inputs_embeds": embeds, "attention_mask": inputs["attention_mask"]}
 
-    def evs(self, prompt: Prompt, embeds: dict, q: float):
-        """EVS at rate ``q`` on the visual embeddings: an :class:`hybridreduce.evs.EVSResult` (original positions)."""
+    def evs(self, prompt: Prompt, embeds: dict, rate: float):
+        """EVS at pruning rate ``rate`` on the visual embeddings: an :class:`hybridreduce.evs.EVSResult` (original
+        positions)."""
         x = embeds["inputs_embeds"]
         vm, grid = prompt.visual_mask.to(x.device), prompt.grid_mask.to(x.device)
-        # (U, 1, n, d): dissimilarity is per position and the top-k is global, so a one-row grid of n tokens
-        # gives the same keep set as the true h × w grid, whatever its aspect ratio.
+        # (U, 1, H·W, d): dissimilarity is per position and the top-k is global, so a one-row grid of H·W tokens
+        # gives the same keep set as the true H × W grid, whatever its aspect ratio.
         video = x[grid].view(prompt.units, 1, prompt.tokens_per_unit, x.shape[-1])
         keep = torch.ones(int(vm.sum()), dtype=torch.bool, device=x.device)  # visual tokens off the grid stay
-        keep[grid[vm]] = evs_retention_mask(video, q, mode="embedding")
+        keep[grid[vm]] = evs_retention_mask(video, rate, mode="embedding")
         return apply_retention(x, vm, keep, embeds["attention_mask"])
 
     @torch.no_grad()
@@ -455,7 +457,7 @@ class VLM:
         Args:
             prompt: from :meth:`prompt`.
             schedule: a schedule name, dict, file or :class:`Schedule`; ``None`` answers with every token.
-            evs: EVS pruning rate ``q`` in ``[0, 1)`` (0: off).
+            evs: EVS pruning rate in ``[0, 1)`` (0: off).
             max_new_tokens: most tokens to generate (stops earlier at the end-of-sequence token).
             scorer: Mamba scorer settings for the schedule (default decay-free).
         """

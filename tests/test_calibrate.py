@@ -34,15 +34,15 @@ def run_dir(tmp_path_factory):
     return out
 
 
-def _random_scores(S: int, N: int, V: int, seed: int = 0) -> torch.Tensor:
+def _random_scores(L: int, N: int, V: int, seed: int = 0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
-    x = torch.rand(S, N, V, generator=g, dtype=torch.float64) ** 4  # peaked, like real importance
+    x = torch.rand(L, N, V, generator=g, dtype=torch.float64) ** 4  # peaked, like real importance
     return x / x.sum(-1, keepdim=True)
 
 
 def _retained_mass_reference(scores, blocks, plan) -> list[float]:
     """Plain loops: per prompt, cut by cut, the chooser's top-k among the tokens still carried."""
-    S, N, V = scores.shape
+    L, N, V = scores.shape
     out = []
     for n in range(N):
         carried = set(range(V))
@@ -56,7 +56,7 @@ def _retained_mass_reference(scores, blocks, plan) -> list[float]:
         for i, b in enumerate(blocks):
             stage = sum(b >= p for p in plan.prune_points)
             masses.append(sum(float(scores[i, n, j]) for j in per_stage[stage]))
-        out.append(sum(masses) / S)
+        out.append(sum(masses) / L)
     return out
 
 

@@ -23,36 +23,36 @@ from hybridreduce.evs import (
     retention_mask,
 )
 
-QS = [0.0, 0.25, 0.5, 0.75, 0.9]
-SHAPES = [(4, 4, 4, 16), (6, 8, 6, 8), (3, 2, 2, 32), (1, 4, 4, 8), (9, 6, 10, 4)]  # (T, H, W, C)
+RATES = [0.0, 0.25, 0.5, 0.75, 0.9]
+SHAPES = [(4, 4, 4, 16), (6, 8, 6, 8), (3, 2, 2, 32), (1, 4, 4, 8), (9, 6, 10, 4)]  # (F, H, W, C)
 KINDS = ["random", "mostly_static", "static", "constant"]
 
 
-def make_video(kind: str, T: int, H: int, W: int, C: int, seed: int = 0) -> torch.Tensor:
-    """``(T, H, W, C)`` embeddings: i.i.d. noise, a static video with a few moving positions, or full ties."""
+def make_video(kind: str, n_frames: int, H: int, W: int, C: int, seed: int = 0) -> torch.Tensor:
+    """``(F, H, W, C)`` embeddings: i.i.d. noise, a static video with a few moving positions, or full ties."""
     g = torch.Generator().manual_seed(seed)
     if kind == "random":
-        return torch.randn(T, H, W, C, generator=g)
+        return torch.randn(n_frames, H, W, C, generator=g)
     if kind == "constant":  # every token the same vector: all later-frame dissimilarities tie exactly
-        return torch.randn(C, generator=g).expand(T, H, W, C).clone()
-    video = torch.randn(1, H, W, C, generator=g).expand(T, H, W, C).clone()  # frame 0 repeated
+        return torch.randn(C, generator=g).expand(n_frames, H, W, C).clone()
+    video = torch.randn(1, H, W, C, generator=g).expand(n_frames, H, W, C).clone()  # frame 0 repeated
     if kind == "mostly_static":
         moving = torch.randperm(H * W, generator=g)[: max(1, H * W // 8)]
-        flat = video.view(T, H * W, C)
-        flat[1:, moving] = torch.randn(T - 1, len(moving), C, generator=g)
+        flat = video.view(n_frames, H * W, C)
+        flat[1:, moving] = torch.randn(n_frames - 1, len(moving), C, generator=g)
     return video
 
 
-def reference_mask(video: torch.Tensor, q: float, s: int) -> torch.Tensor:
+def reference_mask(video: torch.Tensor, rate: float, s: int) -> torch.Tensor:
     """transformers' mask: its input is one row per LLM token (each s×s block concatenated), (H, W) the encoder grid.
 
-    Through compat.retention_mask_reference: up to 5.23 ``thw=(T, H, W), spatial_merge_size=s``, from 5.24
-    ``num_tubelets=T`` (the same rows either way).
+    Through compat.retention_mask_reference: up to 5.23 ``thw=(F, H, W), spatial_merge_size=s``, from 5.24
+    ``num_tubelets=F`` (the same rows either way).
     """
-    T, H, W, C = video.shape
-    # Built independently of merge_patches: (dy, dx, c) channel order by strided slicing.
+    n_frames, H, W, C = video.shape
+    # Built independently of merge_patches: (dy, dx, channel) order by strided slicing.
     merged = torch.cat([video[:, dy::s, dx::s, :] for dy in range(s) for dx in range(s)], dim=-1)
-    return retention_mask_reference(merged.reshape(-1, s * s * C), T, H, W, q, spatial_merge_size=s)
+    return retention_mask_reference(merged.reshape(-1, s * s * C), n_frames, H, W, rate, spatial_merge_size=s)
 
 
 # --- exact agreement with transformers -------------------------------------------------------------------------
@@ -61,38 +61,38 @@ def reference_mask(video: torch.Tensor, q: float, s: int) -> torch.Tensor:
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
 @pytest.mark.parametrize("s", [1, 2])
-@pytest.mark.parametrize("q", QS)
-def test_matches_transformers(kind, shape, s, q):
-    T, H, W, C = shape
-    video = make_video(kind, T, H, W, C, seed=10 * KINDS.index(kind) + SHAPES.index(shape))
-    ours = evs_retention_mask(video, q, spatial_merge_size=s)
-    ref = reference_mask(video, q, s)
-    assert ours.dtype == torch.bool and ours.shape == (T * (H // s) * (W // s),)
+@pytest.mark.parametrize("rate", RATES)
+def test_matches_transformers(kind, shape, s, rate):
+    n_frames, H, W, C = shape
+    video = make_video(kind, n_frames, H, W, C, seed=10 * KINDS.index(kind) + SHAPES.index(shape))
+    ours = evs_retention_mask(video, rate, spatial_merge_size=s)
+    ref = reference_mask(video, rate, s)
+    assert ours.dtype == torch.bool and ours.shape == (n_frames * (H // s) * (W // s),)
     assert torch.equal(ours, ref)
-    assert int(ours.sum()) == num_tokens_to_keep(T, (H // s) * (W // s), q)
+    assert int(ours.sum()) == num_tokens_to_keep(n_frames, (H // s) * (W // s), rate)
 
 
 @pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize("q", QS)
-def test_matches_transformers_model_call(kind, q):
-    """The (T, H*W, C) layout, called as NemotronH_Omni's forward calls it: the (T, H*W, C) features with a square
-    thw and s=1 up to 5.23, the (T*H*W, C) rows with T tubelets from 5.24."""
-    T, side, C = 5, 6, 12
-    video = make_video(kind, T, side, side, C, seed=7).reshape(T, side * side, C)
-    h = w = int(video.shape[1] ** 0.5)
-    ref = retention_mask_reference(video, video.shape[0], h, w, q)
-    assert torch.equal(evs_retention_mask(video, q), ref)
-    # The (T, H, W, C) layout of the same video gives the same mask.
-    assert torch.equal(evs_retention_mask(video.reshape(T, side, side, C), q), ref)
+@pytest.mark.parametrize("rate", RATES)
+def test_matches_transformers_model_call(kind, rate):
+    """The (F, H*W, C) layout, called as NemotronH_Omni's forward calls it: the (F, H*W, C) features with a square
+    thw and s=1 up to 5.23, the (F*H*W, C) rows with F tubelets from 5.24."""
+    n_frames, side, C = 5, 6, 12
+    video = make_video(kind, n_frames, side, side, C, seed=7).reshape(n_frames, side * side, C)
+    H = W = int(video.shape[1] ** 0.5)
+    ref = retention_mask_reference(video, video.shape[0], H, W, rate)
+    assert torch.equal(evs_retention_mask(video, rate), ref)
+    # The (F, H, W, C) layout of the same video gives the same mask.
+    assert torch.equal(evs_retention_mask(video.reshape(n_frames, side, side, C), rate), ref)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float64])
 @pytest.mark.parametrize("kind", ["random", "mostly_static"])
 def test_matches_transformers_other_dtypes(dtype, kind):
     video = make_video(kind, 6, 4, 6, 16, seed=3).to(dtype)
-    for q in QS:
+    for rate in RATES:
         for s in (1, 2):
-            assert torch.equal(evs_retention_mask(video, q, spatial_merge_size=s), reference_mask(video, q, s))
+            assert torch.equal(evs_retention_mask(video, rate, spatial_merge_size=s), reference_mask(video, rate, s))
 
 
 def test_retention_mask_reference_checks_rows_and_the_installed_form(monkeypatch):
@@ -114,10 +114,10 @@ def test_retention_mask_reference_checks_rows_and_the_installed_form(monkeypatch
 
 
 def test_merge_patches_layout():
-    T, H, W, C, s = 2, 4, 6, 3, 2
-    video = torch.arange(T * H * W * C, dtype=torch.float32).reshape(T, H, W, C)
+    n_frames, H, W, C, s = 2, 4, 6, 3, 2
+    video = torch.arange(n_frames * H * W * C, dtype=torch.float32).reshape(n_frames, H, W, C)
     merged = merge_patches(video, s)
-    assert merged.shape == (T, H // s, W // s, s * s * C)
+    assert merged.shape == (n_frames, H // s, W // s, s * s * C)
     # Token (t, i, j) concatenates patches (2i, 2j), (2i, 2j+1), (2i+1, 2j), (2i+1, 2j+1).
     t, i, j = 1, 1, 2
     expected = torch.cat(
@@ -155,13 +155,13 @@ def test_pixel_dissimilarity_values_and_uint8():
 
 
 def test_ties_go_to_earlier_tokens():
-    """A constant video ties every later-frame token: the stable sort keeps the first k in (T, H, W) order."""
-    T, H, W = 5, 3, 4
-    video = make_video("constant", T, H, W, 8)
-    for q in QS:
-        k = num_tokens_to_keep(T, H * W, q)
-        expected = torch.arange(T * H * W) < k
-        assert torch.equal(evs_retention_mask(video, q), expected)
+    """A constant video ties every later-frame token: the stable sort keeps the first k in (F, H, W) order."""
+    n_frames, H, W = 5, 3, 4
+    video = make_video("constant", n_frames, H, W, 8)
+    for rate in RATES:
+        k = num_tokens_to_keep(n_frames, H * W, rate)
+        expected = torch.arange(n_frames * H * W) < k
+        assert torch.equal(evs_retention_mask(video, rate), expected)
     d = torch.zeros(3, 2, 2)
     d[0] = 255.0
     d[2, 1, 1] = 0.5
@@ -170,7 +170,7 @@ def test_ties_go_to_earlier_tokens():
 
 
 @pytest.mark.parametrize(
-    "T, per_frame, q, expected",
+    "n_frames, per_frame, rate, expected",
     [
         (8, 64, 0.75, 128),
         (4, 16, 0.9, 16),
@@ -181,31 +181,36 @@ def test_ties_go_to_earlier_tokens():
         (20, 5, 0.9, 9),
     ],
 )
-def test_num_tokens_to_keep(T, per_frame, q, expected):
-    assert num_tokens_to_keep(T, per_frame, q) == expected == max(per_frame, int(T * per_frame * (1 - q)))
+def test_num_tokens_to_keep(n_frames, per_frame, rate, expected):
+    assert (
+        num_tokens_to_keep(n_frames, per_frame, rate)
+        == expected
+        == max(per_frame, int(n_frames * per_frame * (1 - rate)))
+    )
 
 
-@pytest.mark.parametrize("q", QS)
+@pytest.mark.parametrize("rate", RATES)
 @pytest.mark.parametrize("kind", ["random", "mostly_static"])
-def test_first_frame_kept_and_count(kind, q):
-    T, H, W = 8, 4, 5
-    mask = evs_retention_mask(make_video(kind, T, H, W, 8, seed=11), q).view(T, H, W)
+def test_first_frame_kept_and_count(kind, rate):
+    n_frames, H, W = 8, 4, 5
+    mask = evs_retention_mask(make_video(kind, n_frames, H, W, 8, seed=11), rate).view(n_frames, H, W)
     assert bool(mask[0].all())
-    assert int(mask.sum()) == num_tokens_to_keep(T, H * W, q)
+    assert int(mask.sum()) == num_tokens_to_keep(n_frames, H * W, rate)
 
 
 def test_first_frame_kept_even_when_later_frames_move_most():
     """Every later frame is the exact opposite of its predecessor (1 − cos = 2): frame 0 still wins."""
-    T, H, W = 10, 3, 3
+    n_frames, H, W = 10, 3, 3
     base = torch.randn(H, W, 6, generator=torch.Generator().manual_seed(0))
-    video = torch.stack([base * (-1) ** t for t in range(T)])
-    mask = evs_retention_mask(video, 0.9).view(T, H, W)  # budget max(9, int(90 * 0.1)) = 9: exactly one frame
+    video = torch.stack([base * (-1) ** t for t in range(n_frames)])
+    mask = evs_retention_mask(video, 0.9).view(n_frames, H, W)  # budget max(9, int(90 * 0.1)) = 9: exactly one frame
     assert bool(mask[0].all()) and int(mask.sum()) == H * W
 
 
-def test_q_zero_keeps_everything():
+def test_rate_zero_keeps_everything():
     video = make_video("static", 4, 4, 4, 8)
-    assert bool(evs_retention_mask(video, 0.0).all())
+    assert bool(evs_retention_mask(video, rate=0.0).all())
+    assert num_tokens_to_keep(n_frames=4, tokens_per_frame=16, rate=0.0) == 64
     frames = torch.rand(4, 3, 8, 8)
     assert bool(evs_retention_mask(frames, 0, mode="pixel", patch_size=4).all())
 
@@ -213,27 +218,29 @@ def test_q_zero_keeps_everything():
 # --- pixel space ------------------------------------------------------------------------------------------------
 
 
-def moving_square_video(T: int = 6, size: int = 48, p: int = 4, seed: int = 0):
+def moving_square_video(n_frames: int = 6, size: int = 48, patch: int = 4, seed: int = 0):
     """Static random background with faint sensor noise, and a white 2×2-patch square moving 2 patches per frame."""
     g = torch.Generator().manual_seed(seed)
     background = torch.rand(3, size, size, generator=g) * 0.5
-    frames = background.expand(T, 3, size, size).clone() + 0.02 * torch.rand(T, 3, size, size, generator=g)
+    frames = background.expand(n_frames, 3, size, size).clone() + 0.02 * torch.rand(
+        n_frames, 3, size, size, generator=g
+    )
     row = 5  # patch row of the square's top edge
-    cols = [2 * t for t in range(T)]  # patch column of the square's left edge in frame t
+    cols = [2 * t for t in range(n_frames)]  # patch column of the square's left edge in frame t
     for t, col in enumerate(cols):
-        frames[t, :, row * p : (row + 2) * p, col * p : (col + 2) * p] = 1.0
+        frames[t, :, row * patch : (row + 2) * patch, col * patch : (col + 2) * patch] = 1.0
     return frames, row, cols
 
 
 def test_pixel_mode_keeps_moving_square():
-    T, size, p, q = 6, 48, 4, 0.75
-    frames, row, cols = moving_square_video(T, size, p)
-    G = size // p
-    mask = evs_retention_mask(frames, q, mode="pixel", patch_size=p).view(T, G, G)
-    assert int(mask.sum()) == num_tokens_to_keep(T, G * G, q) == 216
+    n_frames, size, patch, rate = 6, 48, 4, 0.75
+    frames, row, cols = moving_square_video(n_frames, size, patch)
+    G = size // patch
+    mask = evs_retention_mask(frames, rate, mode="pixel", patch_size=patch).view(n_frames, G, G)
+    assert int(mask.sum()) == num_tokens_to_keep(n_frames, G * G, rate) == 216
     assert bool(mask[0].all())
-    moving = torch.zeros(T, G, G, dtype=torch.bool)
-    for t in range(1, T):
+    moving = torch.zeros(n_frames, G, G, dtype=torch.bool)
+    for t in range(1, n_frames):
         moving[t, row : row + 2, cols[t] : cols[t] + 2] = True  # where the square is now
         moving[t, row : row + 2, cols[t - 1] : cols[t - 1] + 2] = True  # where it was (background uncovered)
     assert bool(mask[moving].all())
@@ -243,7 +250,9 @@ def test_pixel_mode_keeps_moving_square():
     assert kept_static == 216 - G * G - int(moving.sum())  # only the leftover budget goes to static patches
     assert kept_static / int(static.sum()) < 0.1  # the static background is mostly dropped
     # uint8 frames give the same decision
-    mask_u8 = evs_retention_mask((frames * 255).round().to(torch.uint8), q, mode="pixel", patch_size=p).view(T, G, G)
+    mask_u8 = evs_retention_mask((frames * 255).round().to(torch.uint8), rate, mode="pixel", patch_size=patch).view(
+        n_frames, G, G
+    )
     assert bool(mask_u8[moving].all())
 
 
@@ -318,45 +327,45 @@ def test_apply_retention_left_padded_batch():
 
 def test_evs_end_to_end_positions():
     """Video tokens of a prompt pruned by EVS keep the positions they had in the full prompt."""
-    T, H, W, C = 4, 3, 3, 8
-    video = make_video("mostly_static", T, H, W, C, seed=5)
+    n_frames, H, W, C = 4, 3, 3, 8
+    video = make_video("mostly_static", n_frames, H, W, C, seed=5)
     retention = evs_retention_mask(video, 0.5)
     prefix, suffix = 3, 2
-    L = prefix + T * H * W + suffix
-    embeds = torch.randn(1, L, C)
-    embeds[0, prefix : prefix + T * H * W] = video.reshape(-1, C)
-    visual = torch.zeros(1, L, dtype=torch.bool)
-    visual[0, prefix : prefix + T * H * W] = True
+    T = prefix + n_frames * H * W + suffix
+    embeds = torch.randn(1, T, C)
+    embeds[0, prefix : prefix + n_frames * H * W] = video.reshape(-1, C)
+    visual = torch.zeros(1, T, dtype=torch.bool)
+    visual[0, prefix : prefix + n_frames * H * W] = True
     out = apply_retention(embeds, visual, retention)
     kept_visual_pos = out.position_ids[out.visual_mask]
     assert torch.equal(kept_visual_pos, prefix + retained_indices(retention))
-    assert out.inputs.shape == (1, prefix + num_tokens_to_keep(T, H * W, 0.5) + suffix, C)
+    assert out.inputs.shape == (1, prefix + num_tokens_to_keep(n_frames, H * W, 0.5) + suffix, C)
     assert torch.equal(out.inputs[0, out.visual_mask[0]], video.reshape(-1, C)[retention])
     assert out.position_ids[0, :prefix].tolist() == [0, 1, 2] and out.position_ids[0, -suffix:].tolist() == [
-        L - 2,
-        L - 1,
+        T - 2,
+        T - 1,
     ]
 
 
 # --- errors -----------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("q", [-0.1, 1.0, 1.5, math.nan])
-def test_invalid_q(q):
-    with pytest.raises(InputError, match=r"0 <= q < 1"):
-        num_tokens_to_keep(4, 16, q)
-    with pytest.raises(InputError, match=r"0 <= q < 1"):
-        evs_retention_mask(torch.randn(2, 2, 2, 4), q)
+@pytest.mark.parametrize("rate", [-0.1, 1.0, 1.5, math.nan])
+def test_invalid_rate(rate):
+    with pytest.raises(InputError, match=r"0 <= rate < 1"):
+        num_tokens_to_keep(4, 16, rate)
+    with pytest.raises(InputError, match=r"0 <= rate < 1"):
+        evs_retention_mask(torch.randn(2, 2, 2, 4), rate)
 
 
-@pytest.mark.parametrize("q", [True, "0.5", None])
-def test_q_wrong_type(q):
+@pytest.mark.parametrize("rate", [True, "0.5", None])
+def test_rate_wrong_type(rate):
     with pytest.raises(InputError, match="real number"):
-        retention_mask(torch.rand(2, 2, 2), q)
+        retention_mask(torch.rand(2, 2, 2), rate)
 
 
 def test_bad_shapes():
-    with pytest.raises(InputError, match=r"\(T, H, W, C\)"):
+    with pytest.raises(InputError, match=r"\(F, H, W, C\)"):
         dissimilarity_from_embeddings(torch.randn(4, 9, 8))
     with pytest.raises(InputError, match="floating point"):
         dissimilarity_from_embeddings(torch.ones(2, 2, 2, 3, dtype=torch.long))
@@ -364,11 +373,11 @@ def test_bad_shapes():
         dissimilarity_from_embeddings(torch.full((2, 2, 2, 3), math.nan))
     with pytest.raises(InputError, match="not a square"):
         evs_retention_mask(torch.randn(4, 10, 8), 0.5)
-    with pytest.raises(InputError, match=r"\(T, H\*W, C\) or \(T, H, W, C\)"):
+    with pytest.raises(InputError, match=r"\(F, H\*W, C\) or \(F, H, W, C\)"):
         evs_retention_mask(torch.randn(4, 8), 0.5)
     with pytest.raises(InputError, match="not divisible by spatial_merge_size 2"):
         evs_retention_mask(torch.randn(2, 3, 4, 8), 0.5, spatial_merge_size=2)
-    with pytest.raises(InputError, match=r"\(T, 3, Himg, Wimg\)"):
+    with pytest.raises(InputError, match=r"\(F, 3, Himg, Wimg\)"):
         dissimilarity_from_pixels(torch.rand(2, 32, 32, 3), 4)
     with pytest.raises(InputError, match="image size 30x32 is not divisible by patch_size 4"):
         dissimilarity_from_pixels(torch.rand(2, 3, 30, 32), 4)
@@ -380,7 +389,7 @@ def test_bad_shapes():
         evs_retention_mask(torch.randn(2, 2, 2, 4), 0.5, patch_size=14)
     with pytest.raises(InputError, match="not one of"):
         evs_retention_mask(torch.randn(2, 2, 2, 4), 0.5, mode="optical_flow")
-    with pytest.raises(InputError, match=r"\(T, H, W\)"):
+    with pytest.raises(InputError, match=r"\(F, H, W\)"):
         retention_mask(torch.rand(4, 4), 0.5)
 
 
@@ -392,7 +401,7 @@ def test_apply_retention_errors():
         apply_retention(torch.arange(6), visual[0], torch.ones(3, dtype=torch.bool))
     with pytest.raises(InputError, match="bool tensor, e.g. input_ids == video_token_id"):
         apply_retention(ids, visual.long(), torch.ones(3, dtype=torch.bool))
-    with pytest.raises(InputError, match=r"visual_mask must have shape \(b, L\) = \(2, 6\)"):
+    with pytest.raises(InputError, match=r"visual_mask must have shape \(b, T\) = \(2, 6\)"):
         apply_retention(ids, visual[:, :5], torch.ones(3, dtype=torch.bool))
     with pytest.raises(InputError, match="one entry per visual token"):
         apply_retention(ids, visual, torch.ones(4, dtype=torch.bool))
@@ -404,7 +413,7 @@ def test_apply_retention_errors():
     uneven[1, 4] = True
     with pytest.raises(InputError, match=r"different numbers of visual tokens \(\[3, 4\]\).*once per sample"):
         apply_retention(ids, uneven, torch.ones(3, dtype=torch.bool))
-    with pytest.raises(InputError, match=r"attention_mask must have shape \(b, L\)"):
+    with pytest.raises(InputError, match=r"attention_mask must have shape \(b, T\)"):
         apply_retention(ids, visual, torch.ones(3, dtype=torch.bool), attention_mask=torch.ones(2, 5))
     pads = torch.ones(2, 6, dtype=torch.long)
     pads[0, :2] = 0  # a visual token (index 1) marked as padding

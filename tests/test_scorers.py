@@ -148,20 +148,20 @@ def test_decay_free_differs_from_exact():
 
 
 # -- attention ---------------------------------------------------------------------------------------
-def _qk(b=2, h=4, h_kv=2, L=11, S=11, d=8, seed=0):
+def _qk(b=2, h=4, h_kv=2, T=11, S=11, p=8, seed=0):
     torch.manual_seed(seed)
-    return torch.randn(b, h, L, d), torch.randn(b, h_kv, S, d)
+    return torch.randn(b, h, T, p), torch.randn(b, h_kv, S, p)
 
 
-def _causal(b, L, S):
-    return (torch.arange(S)[None, :] <= (S - L + torch.arange(L))[:, None]).expand(b, L, S)
+def _causal(b, T, S):
+    return (torch.arange(S)[None, :] <= (S - T + torch.arange(T))[:, None]).expand(b, T, S)
 
 
 @pytest.mark.parametrize("mask_form", ["none", "bool4d", "float4d", "padding2d"])
-def test_attention_rows_match_reference(mask_form):
-    b, L, S = 2, 11, 11
-    query, key = _qk(b=b, L=L, S=S)
-    allowed = _causal(b, L, S).clone()
+def test_attention_scorer_matches_reference(mask_form):
+    b, T, S = 2, 11, 11
+    query, key = _qk(b=b, T=T, S=S)
+    allowed = _causal(b, T, S).clone()
     pad = torch.ones(b, S, dtype=torch.bool)
     pad[1, :2] = False  # sample 1 is left-padded by two tokens
     if mask_form == "none":
@@ -171,7 +171,7 @@ def test_attention_rows_match_reference(mask_form):
         if mask_form == "bool4d":
             mask = allowed[:, None]
         elif mask_form == "float4d":
-            mask = torch.zeros(b, 1, L, S).masked_fill(~allowed[:, None], torch.finfo(torch.float32).min)
+            mask = torch.zeros(b, 1, T, S).masked_fill(~allowed[:, None], torch.finfo(torch.float32).min)
         else:
             mask = pad.long()
     q_index = torch.tensor([[8, 9, 10], [7, 9, 10]])
@@ -186,9 +186,9 @@ def test_attention_rows_match_reference(mask_form):
     assert (imp.double() - ref_imp).abs().max() < ATOL
 
 
-def test_attention_rows_with_cache_offset():
-    """Decoding-style shapes: L queries after S - L cached keys; causal alignment is bottom-right."""
-    query, key = _qk(L=3, S=10)
+def test_attention_scorer_with_cache_offset():
+    """Decoding-style shapes: T queries after S - T cached keys; causal alignment is bottom-right."""
+    query, key = _qk(T=3, S=10)
     rows = attention_rows(query, key, None, 0.3, torch.tensor([[0, 2], [1, 2]]))
     ref = attention_rows_ref(query, key, _causal(2, 3, 10), 0.3)
     expected = ref.gather(2, torch.tensor([[0, 2], [1, 2]])[:, None, :, None].expand(2, 4, 2, 10))

@@ -239,9 +239,9 @@ def test_read_video_argument_errors(videos):
 
 
 def test_write_video_errors(tmp_path):
-    with pytest.raises(InputError, match=r"31x48 \(HxW\) but 4:2:0 video needs even sides; .* to 30x48"):
+    with pytest.raises(InputError, match=r"31x48 \(height x width\) but 4:2:0 video needs even sides; .* to 30x48"):
         write_video(tmp_path / "odd.mp4", GREY[:, :31])
     with pytest.raises(InputError, match=r"unsupported extension '\.gif'; use one of \.mp4"):
         write_video(tmp_path / "clip.gif", GREY)
-    with pytest.raises(InputError, match=r"\(T, H, W, 3\) uint8 RGB array, got float64"):
+    with pytest.raises(InputError, match=r"\(F, Himg, Wimg, 3\) uint8 RGB array, got float64"):
         write_video(tmp_path / "float.mp4", GREY / 255.0)

@@ -29,12 +29,12 @@ def vlms(checkpoints):
     return {w: load(path) for w, path in checkpoints.items()}
 
 
-def make_video(T: int = 8, H: int = 32, W: int = 32, seed: int = 0) -> Video:
+def make_video(n_frames: int = 8, Himg: int = 32, Wimg: int = 32, seed: int = 0) -> Video:
     """Random frames with a static half, so that EVS has something to drop."""
     rng = np.random.default_rng(seed)
-    frames = rng.integers(0, 256, (T, H, W, 3), dtype=np.uint8)
-    frames[:, : H // 2] = frames[0, : H // 2]
-    return Video(frames, np.arange(T) / 4.0, np.arange(T), T, 4.0, "<test>")
+    frames = rng.integers(0, 256, (n_frames, Himg, Wimg, 3), dtype=np.uint8)
+    frames[:, : Himg // 2] = frames[0, : Himg // 2]
+    return Video(frames, np.arange(n_frames) / 4.0, np.arange(n_frames), n_frames, 4.0, "<test>")
 
 
 def _processor(wrapper: str, path, tokenizer):
@@ -84,7 +84,7 @@ def test_load_and_prompt_layout(wrapper, vlms):
     vlm = vlms[wrapper]
     assert vlm.model_type == wrapper and not vlm.model.training
     assert vlm.processor_source in ("processor", "fallback")
-    prompt = vlm.prompt(make_video(T=8), "what colour is the shape ?")
+    prompt = vlm.prompt(make_video(n_frames=8), "what colour is the shape ?")
     per_frame = 4  # 16×16 px frames, 4-px patches, 2×2 merge (omni) or 2×2 pooling (llava)
     units = 4 if wrapper == "nemotron_h_omni" else 8  # tubelets of 2 frames vs frames
     newline = int(wrapper == "llava_onevision")  # OneVision closes the video with one newline token
@@ -110,7 +110,7 @@ def test_fallback_prompt_matches_the_checkpoints_processor(wrapper, vlms, checkp
     processor = _processor(wrapper, checkpoints[wrapper], vlm.tokenizer)
     with_processor = FAMILIES[wrapper](checkpoints[wrapper], config, vlm.tokenizer, processor)
     fallback = FAMILIES[wrapper](checkpoints[wrapper], config, vlm.tokenizer, None)
-    video = make_video(T=8, H=32, W=48)
+    video = make_video(n_frames=8, Himg=32, Wimg=48)
     a, b = with_processor.prompt(video, "what ?"), fallback.prompt(video, "what ?")
     assert torch.equal(a.inputs["input_ids"], b.inputs["input_ids"])
     pa, pb = a.inputs["pixel_values_videos"], b.inputs["pixel_values_videos"]
@@ -130,8 +130,9 @@ def test_omni_embeddings_are_the_models_own_pieces(vlms):
     with torch.no_grad():
         text = vlm.model.get_input_embeddings()(ids)
         video = vlm.model.get_video_features(prompt.inputs["pixel_values_videos"], return_dict=True).pooler_output
-    # pooler_output is a (U, n, d) tensor up to transformers 5.23 and a tuple of one (U·n, d) tensor per video from
-    # 5.24: concatenating its entries gives the (U·n, d) rows either way, independently of compat.omni_video_features.
+    # pooler_output is a (U, H·W, d) tensor up to transformers 5.23 and a tuple of one (U·H·W, d) tensor per video
+    # from 5.24: concatenating its entries gives the (U·H·W, d) rows either way, independently of
+    # compat.omni_video_features.
     video = torch.cat(list(video))
     assert torch.equal(embeds[~vm], text[~vm])
     assert torch.equal(embeds[vm], video.reshape(-1, video.shape[-1]))
@@ -149,13 +150,13 @@ class _Stop(Exception):
     """Raised by a decoder pre-hook to end a forward once its inputs are taken."""
 
 
-@pytest.mark.parametrize("q", [0.25, 0.5, 0.75])
-def test_evs_equals_the_omni_forwards_own_pruning(vlms, q):
+@pytest.mark.parametrize("rate", [0.25, 0.5, 0.75])
+def test_evs_equals_the_omni_forwards_own_pruning(vlms, rate):
     """Where the wrapper's forward takes videos (transformers 5.24 on), its video_pruning_rate path hands the language
     model exactly the rows VLM.evs keeps."""
     vlm = vlms["nemotron_h_omni"]
-    prompt = vlm.prompt(make_video(T=7, H=32, W=48), "what ?")  # 4 tubelets, the last one padded
-    kept = vlm.evs(prompt, vlm.embed(prompt), q)
+    prompt = vlm.prompt(make_video(n_frames=7, Himg=32, Wimg=48), "what ?")  # 4 tubelets, the last one padded
+    kept = vlm.evs(prompt, vlm.embed(prompt), rate)
     taken = {}
 
     def take(module, args, kwargs):
@@ -163,7 +164,7 @@ def test_evs_equals_the_omni_forwards_own_pruning(vlms, q):
         raise _Stop
 
     handle = vlm.adapted.decoder.register_forward_pre_hook(take, with_kwargs=True)
-    saved, vlm.model.video_pruning_rate = vlm.model.video_pruning_rate, q
+    saved, vlm.model.video_pruning_rate = vlm.model.video_pruning_rate, rate
     try:
         with torch.no_grad():
             vlm.model(**prompt.inputs, use_cache=False)
@@ -216,23 +217,23 @@ def test_llava_embeddings_give_the_wrappers_logits(wrapper, vlms):
     assert torch.equal(ours, ref)
 
 
-@pytest.mark.parametrize("H,W", [(32, 32), (32, 48)])  # square and non-square token grids
-@pytest.mark.parametrize("q", [0.25, 0.5, 0.75])
-def test_evs_keeps_what_the_omni_rule_keeps(vlms, H, W, q):
+@pytest.mark.parametrize("Himg,Wimg", [(32, 32), (32, 48)])  # square and non-square token grids
+@pytest.mark.parametrize("rate", [0.25, 0.5, 0.75])
+def test_evs_keeps_what_the_omni_rule_keeps(vlms, Himg, Wimg, rate):
     """Our EVS on the omni model keeps exactly compute_retention_mask's tokens of the same features."""
     vlm = vlms["nemotron_h_omni"]
-    prompt = vlm.prompt(make_video(T=8, H=H, W=W), "what ?")
+    prompt = vlm.prompt(make_video(n_frames=8, Himg=Himg, Wimg=Wimg), "what ?")
     embeds = vlm.embed(prompt)
-    kept = vlm.evs(prompt, embeds, q)
+    kept = vlm.evs(prompt, embeds, rate)
     with torch.no_grad():
-        features = compat.omni_video_features(vlm.model, prompt.inputs["pixel_values_videos"])  # (U·h·w, d)
+        features = compat.omni_video_features(vlm.model, prompt.inputs["pixel_values_videos"])  # (U·H·W, d)
     U = prompt.units
     pixels = prompt.inputs["pixel_values_videos"]  # frames up to 5.23, tubelets from 5.24: (..., height, width)
-    h = pixels.shape[-2] // vlm.model.vision_model.patch_size // 2
-    w = pixels.shape[-1] // vlm.model.vision_model.patch_size // 2
-    assert h * w == prompt.tokens_per_unit and (H == W) == (h == w)
-    assert features.shape[0] == U * h * w
-    ref = retention_mask_reference(features.reshape(U * h * w, -1), U, h, w, q)
+    H = pixels.shape[-2] // vlm.model.vision_model.patch_size // 2
+    W = pixels.shape[-1] // vlm.model.vision_model.patch_size // 2
+    assert H * W == prompt.tokens_per_unit and (Himg == Wimg) == (H == W)
+    assert features.shape[0] == U * H * W
+    ref = retention_mask_reference(features.reshape(U * H * W, -1), U, H, W, rate)
     visual_rows = prompt.visual_mask[0].nonzero().squeeze(1)
     assert torch.equal(kept.kept_index[kept.visual_mask], visual_rows[ref])
     assert torch.equal(kept.inputs[0], embeds["inputs_embeds"][0, kept.kept_index[0]])  # rows unchanged
@@ -311,7 +312,7 @@ def test_device_map_load_answers_like_a_plain_load(vlms, checkpoints):
 
 def test_onevision_evs_ranks_the_frame_grid_and_keeps_the_newline(vlms):
     vlm = vlms["llava_onevision"]
-    prompt = vlm.prompt(make_video(T=6), "what ?")
+    prompt = vlm.prompt(make_video(n_frames=6), "what ?")
     embeds = vlm.embed(prompt)
     kept = vlm.evs(prompt, embeds, 0.5)
     x = embeds["inputs_embeds"]

@@ -30,7 +30,7 @@ meet the schedule right after, before any request runs; an unknown one is refuse
 ``pretrained``   the checkpoint directory (required; local directories only).
 ``schedule``     a preset name (``progressive``, ``fastv``, ``pyramiddrop``, ``random``, ``uniform``, ``none``) or a
                  schedule YAML file; ``keep`` overrides its budget.
-``evs``          EVS pruning rate ``q`` in ``[0, 1)``; default the checkpoint's own ``video_pruning_rate`` (the model
+``evs``          EVS pruning rate in ``[0, 1)``; default the checkpoint's own ``video_pruning_rate`` (the model
                  as it ships, as ``run``); ``0`` turns it off.
 ``frames`` / ``fps`` / ``max_frames``   frame sampling, as ``hybridreduce run --frames / --fps / --max-frames``
                  (one of ``frames`` and ``fps``; 32 frames when neither is given).
@@ -43,7 +43,7 @@ meet the schedule right after, before any request runs; an unknown one is refuse
 ``log_path``     where the per-request side file goes (a ``.jsonl`` file or a directory); see below.
 
 The single ``setting`` of a model is what ``run`` would name it: ``full`` without a schedule, else
-``<schedule>@<keep>``, with ``+evs<q>`` when EVS runs (``progressive@0.25+evs0.5``).
+``<schedule>@<keep>``, with ``+evs<rate>`` when EVS runs (``progressive@0.25+evs0.5``).
 
 Visual inputs: one video file or folder of frames (what ``videomme``, ``mlvu_dev``, ``longvideobench_val_v``,
 ``mvbench`` and ``egoschema`` give); several images (paths or PIL images) are the frames of one video, sampled as
@@ -415,19 +415,19 @@ def frames_video(images: list, frames: int | None, fps: float | None, max_frames
     """Images (paths or PIL images, in order) as the frames of one video.
 
     One image is a one-frame video whatever the sampling. Several are sampled as :func:`read_video` samples a folder
-    of frame images: ``frames`` N keeps N uniformly (:func:`hybridreduce.video.sample_indices`; fewer images than N
-    is a VideoError, frames are never repeated), ``fps`` keeps every image (images are taken ``1 / fps`` seconds
-    apart), and ``max_frames`` caps what is kept uniformly.
+    of frame images: ``frames=F`` keeps ``F`` uniformly (:func:`hybridreduce.video.sample_indices`; fewer images
+    than ``F`` is a VideoError, frames are never repeated), ``fps`` keeps every image (images are taken ``1 / fps``
+    seconds apart), and ``max_frames`` caps what is kept uniformly.
     """
-    n = len(images)
+    n_images = len(images)
     rate = 1.0 if fps is None else float(fps)
-    if n == 1:
+    if n_images == 1:
         chosen = np.zeros(1, dtype=np.int64)
     else:
         try:
-            chosen = sample_indices(n, frames) if frames is not None else np.arange(n, dtype=np.int64)
+            chosen = sample_indices(n_images, frames) if frames is not None else np.arange(n_images, dtype=np.int64)
         except VideoError as exc:
-            raise VideoError(f"the request's {n} images: {exc}") from None
+            raise VideoError(f"the request's {n_images} images: {exc}") from None
         if max_frames is not None and len(chosen) > max_frames:
             chosen = chosen[sample_indices(len(chosen), max_frames)]
     arrays = [_rgb(images[i]) for i in chosen]
@@ -441,14 +441,14 @@ def frames_video(images: list, frames: int | None, fps: float | None, max_frames
         frames=np.stack(arrays),
         timestamps=chosen / rate,
         indices=chosen,
-        source_frames=n,
+        source_frames=n_images,
         fps=rate,
-        path=str(images[0]) if not isinstance(images[0], Image.Image) else f"<{n} image(s)>",
+        path=str(images[0]) if not isinstance(images[0], Image.Image) else f"<{n_images} image(s)>",
     )
 
 
 def _rgb(image) -> np.ndarray:
-    """``(H, W, 3)`` uint8 of a PIL image or an image file."""
+    """``(Himg, Wimg, 3)`` uint8 of a PIL image or an image file."""
     if isinstance(image, Image.Image):
         return np.asarray(image.convert("RGB"))
     try:

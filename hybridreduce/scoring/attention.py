@@ -13,7 +13,7 @@ from .config import ScorerConfig, normalise, reduce_heads, reduce_rows
 
 
 def _row_mask(
-    attention_mask: torch.Tensor | None, q_index: torch.Tensor, L: int, S: int, device
+    attention_mask: torch.Tensor | None, q_index: torch.Tensor, T: int, S: int, device
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """Return ``(bool_allowed, additive)`` masks for the selected rows, shape ``(b, 1|h, Q, S)``.
 
@@ -23,9 +23,9 @@ def _row_mask(
     """
     b, Q = q_index.shape
     if attention_mask is None or attention_mask.dim() == 2:
-        # Causal, aligned bottom-right: query row l of L sees keys up to S - L + l.
+        # Causal, aligned bottom-right: query row i of T sees keys up to S - T + i.
         key_pos = torch.arange(S, device=device)
-        allowed = key_pos[None, None, None, :] <= (S - L + q_index)[:, None, :, None]
+        allowed = key_pos[None, None, None, :] <= (S - T + q_index)[:, None, :, None]
         if attention_mask is not None:
             allowed = allowed & attention_mask[:, None, None, :].to(device=device, dtype=torch.bool)
         return allowed, None
@@ -50,27 +50,27 @@ def attention_rows(
     """Attention probabilities of the selected query rows over all keys, in float32.
 
     Args:
-        query: ``(b, h, L, d)`` post-RoPE queries of the current forward.
-        key: ``(b, h_kv, S, d)`` post-RoPE keys (cache included), ``h`` a multiple of ``h_kv``.
+        query: ``(b, h, T, p)`` post-RoPE queries of the current forward.
+        key: ``(b, h_kv, S, p)`` post-RoPE keys (cache included), ``h`` a multiple of ``h_kv``.
         attention_mask: as handed to the attention function (see :func:`_row_mask`).
         scaling: the softmax scale the module uses.
-        q_index: ``(b, Q)`` long, row positions in ``[0, L)``.
+        q_index: ``(b, Q)`` long, row positions in ``[0, T)``.
         softcap: optional logit soft-capping (``tanh(x / cap) * cap``).
     Returns:
         ``(b, h, Q, S)`` float32, each row sums to one.
     """
-    b, h, L, d = query.shape
+    b, h, T, p = query.shape
     h_kv, S = key.shape[1], key.shape[2]
     Q = q_index.shape[1]
     # float32 whatever the model dtype: these scores are compared and accumulated across layers.
-    q = query.gather(2, q_index[:, None, :, None].expand(b, h, Q, d)).float()
+    q = query.gather(2, q_index[:, None, :, None].expand(b, h, Q, p)).float()
     k = key.float()
     if h != h_kv:
         k = k.repeat_interleave(h // h_kv, dim=1)
     logits = torch.matmul(q, k.transpose(-1, -2)) * scaling  # [b, h, Q, S]
     if softcap is not None:
         logits = torch.tanh(logits / softcap) * softcap
-    allowed, additive = _row_mask(attention_mask, q_index, L, S, query.device)
+    allowed, additive = _row_mask(attention_mask, q_index, T, S, query.device)
     if additive is not None:
         logits = logits + additive
     if allowed is not None:

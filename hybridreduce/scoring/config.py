@@ -1,9 +1,6 @@
 """Scorer settings and the aggregation shared by every scorer.
 
-Glossary of dimension letters used across :mod:`hybridreduce.scoring`:
-``b`` batch, ``h`` head, ``g`` SSM group, ``n`` SSM state, ``p`` head dim, ``c`` channel (Mamba-1),
-``L`` query length of the current forward, ``S`` key length, ``Q`` selected query rows,
-``V`` visual tokens.
+Shapes in :mod:`hybridreduce.scoring` use the letters of :mod:`hybridreduce.glossary`.
 """
 
 from __future__ import annotations

@@ -34,7 +34,7 @@ def mamba2_scan_ref(p: Mamba2Primitives) -> torch.Tensor:
 
 
 def mamba2_hidden_attention_ref(p: Mamba2Primitives, decay: bool = True) -> torch.Tensor:
-    """Full hidden attention ``(b, h, T, T)`` in float64, one ``(i, j)`` pair at a time."""
+    """Full hidden attention ``(b, h, T, T)`` in float64, one query row ``i`` and key ``j`` at a time."""
     B, C, dt, A = p.B.double(), p.C.double(), p.dt.double(), p.A.double()
     b, T, g, _ = B.shape
     h = dt.shape[-1]
@@ -159,19 +159,19 @@ def mamba1_log_importance_ref(
 
 
 def attention_rows_ref(query: torch.Tensor, key: torch.Tensor, allowed: torch.Tensor, scaling: float) -> torch.Tensor:
-    """Full attention probabilities ``(b, h, L, S)`` in float64 from an explicit bool mask.
+    """Full attention probabilities ``(b, h, T, S)`` in float64 from an explicit bool mask.
 
     Args:
-        query: ``(b, h, L, d)``; key: ``(b, h_kv, S, d)``; allowed: ``(b, L, S)`` bool.
+        query: ``(b, h, T, p)``; key: ``(b, h_kv, S, p)``; allowed: ``(b, T, S)`` bool.
     """
     q, k = query.double(), key.double()
-    b, h, L, _ = q.shape
+    b, h, T, _ = q.shape
     rep = h // k.shape[1]
-    out = torch.zeros(b, h, L, k.shape[2], dtype=torch.float64)
+    out = torch.zeros(b, h, T, k.shape[2], dtype=torch.float64)
     for bi in range(b):
         for head in range(h):
             kh = k[bi, head // rep]
-            for i in range(L):
+            for i in range(T):
                 logits = [float(q[bi, head, i] @ kh[j]) * scaling for j in range(kh.shape[0])]
                 keep = [j for j in range(kh.shape[0]) if allowed[bi, i, j]]
                 if not keep:  # a padding row that attends to nothing: left at zero
