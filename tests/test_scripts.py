@@ -1,4 +1,4 @@
-"""The repository's scripts on tiny inputs: ranking_before_llm.py (the demo claim's diagnostic),
+"""The repository's scripts on tiny inputs: ranking_before_llm.py (the demo claim's diagnostic), answer_confusion.py,
 paper_claims.py (the papers' claims, measured on a toy checkpoint) and calibration_proxy.py (calibrate's
 objective against accuracy)."""
 
@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from hybridreduce.errors import InputError
 from hybridreduce.toy.train import train
 
 from .conftest import tiny_toy_spec
@@ -20,6 +21,7 @@ from .conftest import tiny_toy_spec
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 
+import answer_confusion  # noqa: E402
 import calibration_proxy  # noqa: E402
 import paper_claims  # noqa: E402
 from ranking_before_llm import _evs_mask, top_share  # noqa: E402
@@ -174,3 +176,34 @@ def test_calibration_proxy_on_a_tiny_checkpoint(toy_run, tmp_path, capsys):
     assert calibration_proxy.main(args) == 2  # a non-empty --out is refused
     assert "--overwrite" in capsys.readouterr().err
     assert calibration_proxy.main([*args[:-1], str(tmp_path / "p2"), "--keep", "1"]) == 2
+
+
+# answer_confusion.py ---------------------------------------------------------------------------------------------
+def test_confusion_counts_answers_and_order_gaps():
+    records = [
+        {"qtype": "order", "true": "yes", "given": "no", "gap": 5},
+        {"qtype": "order", "true": "no", "given": "no", "gap": 6},
+        {"qtype": "order", "true": "yes", "given": "yes", "gap": 20},
+        {"qtype": "count", "true": "2", "given": "3"},
+    ]
+    table = answer_confusion.confusion(records, {"order": ["yes", "no"], "count": ["1", "2", "3", "4"]})
+    assert table["order"]["n"] == 3 and table["order"]["accuracy"] == pytest.approx(2 / 3)
+    assert table["order"]["given"] == {"yes": 1, "no": 2} and table["order"]["true"] == {"yes": 2, "no": 1}
+    assert table["order"]["matrix"] == {"yes": {"yes": 1, "no": 1}, "no": {"yes": 0, "no": 1}}
+    assert table["order"]["by_gap"] == {"4-7": {"n": 2, "accuracy": 0.5}, "16-23": {"n": 1, "accuracy": 1.0}}
+    assert (
+        table["count"]["accuracy"] == 0 and table["count"]["matrix"]["2"]["3"] == 1 and "by_gap" not in table["count"]
+    )
+
+
+def test_answer_confusion_on_a_tiny_checkpoint(toy_run, tmp_path, capsys):
+    result = answer_confusion.main(["--checkpoint", str(toy_run), "--size", "8", "--out", str(tmp_path)])
+    assert json.loads((tmp_path / "confusion.json").read_text()) == result
+    assert result["variant"] == "static" and sum(t["n"] for t in result["types"].values()) == 8
+    for entry in result["types"].values():
+        assert sum(entry["given"].values()) == sum(entry["true"].values()) == entry["n"]
+        diagonal = sum(entry["matrix"][a][a] for a in entry["matrix"])
+        assert entry["accuracy"] == pytest.approx(diagonal / entry["n"])
+    assert "accuracy" in capsys.readouterr().out
+    with pytest.raises(InputError, match="trained on the variants"):
+        answer_confusion.main(["--checkpoint", str(toy_run), "--variant", "clutter"])
