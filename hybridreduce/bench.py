@@ -575,8 +575,8 @@ def scoring_peak_bytes(
     not count; their values are random, memory does not depend on them). The schedule decides which block
     kinds score (``score: attention`` leaves the Mamba entry out); ``scorer`` is the Mamba scorer's settings
     (default ``decay_free``, as :func:`~hybridreduce.engine.reduce`; ``"exact"`` works in chunks of
-    ``chunk_elements``). The scores themselves are ``O(Q·V·h)``; the Mamba primitives (``x, B, C, Δ`` in
-    float32) are ``O(T·d_inner)``: linear in the prompt either way, never ``O(T²)``.
+    ``chunk_elements``). The scores themselves are ``O(Q·V·h)``; the Mamba primitives the scorer builds (``B, C, Δ``
+    in float32, no ``x``) are ``O(T·(2·g·n + h))``: linear in the prompt either way, never ``O(T²)``.
 
     Returns:
         ``{"attention": bytes, "mamba": bytes}`` for the blocks kinds the schedule scores with.
@@ -614,7 +614,7 @@ def scoring_peak_bytes(
     if ssm is not None and sched.score == "unified":
         projected = randn(1, T, ssm.ssm.in_proj.out_features)
         with torch.no_grad(), TensorAllocations() as alloc:
-            prims = mamba2_primitives(ssm.ssm, projected, None)
+            prims = mamba2_primitives(ssm.ssm, projected, None, with_x=False)  # what the scorer builds
             mamba2_importance(prims, pos.q_index, pos.q_valid, pos.v_index, scorer)
             del prims
         out["mamba"] = alloc.peak

@@ -416,7 +416,7 @@ class ScoringSession:
                     prims = mamba1_primitives(spec.ssm, output, mask)
                     scores = mamba1_importance(prims, pos.q_index, pos.q_valid, pos.v_index, self.scorer)
                 else:
-                    prims = mamba2_primitives(spec.ssm, output, mask)
+                    prims = mamba2_primitives(spec.ssm, output, mask, with_x=False)
                     scores = mamba2_importance(prims, pos.q_index, pos.q_valid, pos.v_index, self.scorer)
             self.seconds += time.perf_counter() - start
             self._record(spec, "ssm", scores)

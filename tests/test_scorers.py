@@ -224,3 +224,22 @@ def test_shipped_scorer_configs_load():
     assert configs, "configs/scorers/ should ship the scorer presets"
     modes = {ScorerConfig.from_yaml(c).mamba for c in configs}
     assert modes == {"exact", "decay_free"}
+
+
+@pytest.mark.parametrize("arch", ["nemotron_h", "falcon_h1", "zamba2"])
+def test_primitives_without_x_are_the_same_B_C_and_delta(arch, tiny_models):
+    """Scoring builds the primitives without ``x`` (the conv on B and C's channels only): the same values, bit for
+    bit, as the full rebuild; Falcon-H1 also scales by its muP vector, Zamba2 by no bias-free conv."""
+    from hybridreduce import get_adapter
+    from hybridreduce.scoring.mamba import mamba2_primitives
+
+    spec = next(s for s in get_adapter(tiny_models(arch)).blocks if s.ssm is not None)
+    g = torch.Generator().manual_seed(0)
+    projected = torch.randn(2, 11, spec.ssm.in_proj.out_features, generator=g)
+    mask = torch.ones(2, 11, dtype=torch.long)
+    mask[1, :3] = 0
+    full = mamba2_primitives(spec.ssm, projected, mask)
+    lean = mamba2_primitives(spec.ssm, projected, mask, with_x=False)
+    assert lean.x is None and lean.gate is None and full.x is not None
+    for name in ("B", "C", "dt", "A", "D"):
+        assert torch.equal(getattr(lean, name), getattr(full, name)), name

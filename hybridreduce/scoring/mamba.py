@@ -56,21 +56,23 @@ from torch import nn
 from .config import ScorerConfig, normalise, reduce_heads, reduce_rows
 
 
-def _conv_act_mask(mixer: nn.Module, xs: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+def _conv_act_mask(
+    mixer: nn.Module, xs: torch.Tensor, attention_mask: torch.Tensor | None, first: int = 0
+) -> torch.Tensor:
     """Depthwise causal conv + activation + padding mask, as the mixer does. ``xs``: ``(b, T, ch)`` float32.
 
     The conv, of kernel width ``kw``, is written as ``kw`` shifted multiply-adds,
     ``out[t] = bias + Σ_j w[kw-1-j] · xs[t-j]`` for ``j = 0 .. kw-1`` (``xs[t-j] = 0`` before the sequence), which
-    is what ``conv1d(padding=kw-1)[..., :T]`` computes;
-    on CPU it takes about two thirds of the time of a grouped ``conv1d`` with ``ch`` groups of one channel, and
-    it works on the ``(b, T, ch)`` layout directly (no transposes)."""
-    weight = mixer.conv1d.weight.float()[:, 0, :]  # (ch, kw)
+    is what ``conv1d(padding=kw-1)[..., :T]`` computes; on CPU it takes half the time of a grouped ``conv1d`` with
+    ``ch`` groups of one channel, and it works on the ``(b, T, ch)`` layout directly (no transposes). ``xs`` holds
+    the conv's channels ``first ..`` (the conv is depthwise: each channel is its own filter)."""
+    weight = mixer.conv1d.weight.float()[first:, 0, :]  # (ch, kw)
     kw = weight.shape[-1]
     out = xs * weight[:, kw - 1]
     for j in range(1, min(kw, xs.shape[1])):
         out[:, j:] += xs[:, :-j] * weight[:, kw - 1 - j]
     if mixer.conv1d.bias is not None:
-        out = out + mixer.conv1d.bias.float()
+        out = out + mixer.conv1d.bias.float()[first:]
     out = mixer.act(out)
     if attention_mask is not None:
         out = out * attention_mask[:, :, None].to(out.dtype)
@@ -82,20 +84,21 @@ class Mamba2Primitives:
     """Selective-scan inputs of one Mamba-2 mixer call, float32.
 
     Shapes: ``x (b, T, h, p)``, ``B``/``C`` ``(b, T, g, n)``, ``dt`` = Δ ``(b, T, h)`` (softplus,
-    bias and clamp applied), ``A (h,)`` negative, ``D (h,)``, ``gate`` = z ``(b, T, h·p)``.
+    bias and clamp applied), ``A (h,)`` negative, ``D (h,)``, ``gate`` = z ``(b, T, h·p)``. ``x`` and ``gate`` are
+    ``None`` when built without them (``with_x=False``: what scoring needs).
     """
 
-    x: torch.Tensor
+    x: torch.Tensor | None
     B: torch.Tensor
     C: torch.Tensor
     dt: torch.Tensor
     A: torch.Tensor
     D: torch.Tensor
-    gate: torch.Tensor
+    gate: torch.Tensor | None
 
 
 def mamba2_primitives(
-    mixer: nn.Module, projected: torch.Tensor, attention_mask: torch.Tensor | None = None
+    mixer: nn.Module, projected: torch.Tensor, attention_mask: torch.Tensor | None = None, with_x: bool = True
 ) -> Mamba2Primitives:
     """Rebuild ``x, B, C, Δ`` from a Mamba-2 mixer's ``in_proj`` output.
 
@@ -103,21 +106,30 @@ def mamba2_primitives(
         mixer: a stock Mamba-2 mixer (Nemotron-H, Bamba, Falcon-H1, Granite hybrid, Zamba2, Mamba2).
         projected: ``(b, T, 2·d_inner + 2·g·n + h)`` the ``in_proj`` output of the current call.
         attention_mask: ``(b, T)`` padding mask the mixer received, or ``None``.
+        with_x: also rebuild ``x`` and the gate ``z``. The importance needs only ``B``, ``C`` and ``Δ``
+            (:func:`mamba2_importance`); without ``x`` the convolution runs on the ``2·g·n`` channels of ``B`` and
+            ``C`` alone, a third of its channels on the usual shapes (``d_inner = 2·d``), with the same values.
     """
-    zxbcdt = projected.float()
-    mup = getattr(mixer, "mup_vector", None)  # Falcon-H1 scales in_proj's output by muP multipliers.
-    if mup is not None:
-        zxbcdt = zxbcdt * mup.float()
     d_inner, conv_dim, h = mixer.intermediate_size, mixer.conv_dim, mixer.num_heads
     g, n, p = mixer.n_groups, mixer.ssm_state_size, mixer.head_dim
-    gate, xBC, dt = zxbcdt.split([d_inner, conv_dim, h], dim=-1)
-    xBC = _conv_act_mask(mixer, xBC, attention_mask)
-    x, B, C = xBC.split([d_inner, g * n, g * n], dim=-1)
-    b, T = x.shape[:2]
+    start = 0 if with_x else 2 * d_inner  # [z (d_inner) | x (d_inner) B C (2·g·n) | Δ (h)]
+    zxbcdt = projected[..., start:].float()
+    mup = getattr(mixer, "mup_vector", None)  # Falcon-H1 scales in_proj's output by muP multipliers.
+    if mup is not None:
+        zxbcdt = zxbcdt * mup.float()[..., start:]
+    b, T = zxbcdt.shape[:2]
+    if with_x:
+        gate, xBC, dt = zxbcdt.split([d_inner, conv_dim, h], dim=-1)
+        x, B, C = _conv_act_mask(mixer, xBC, attention_mask).split([d_inner, g * n, g * n], dim=-1)
+        x = x.reshape(b, T, h, p)
+    else:
+        BC, dt = zxbcdt.split([2 * g * n, h], dim=-1)
+        B, C = _conv_act_mask(mixer, BC, attention_mask, first=d_inner).split([g * n, g * n], dim=-1)
+        x = gate = None
     lo, hi = mixer.time_step_limit
     dt = F.softplus(dt + mixer.dt_bias.float()).clamp(min=float(lo), max=float(hi))
     return Mamba2Primitives(
-        x=x.reshape(b, T, h, p),
+        x=x,
         B=B.reshape(b, T, g, n),
         C=C.reshape(b, T, g, n),
         dt=dt,
