@@ -442,9 +442,7 @@ class _Engine:
         return state
 
     def _begin_frozen(self, b: int, T: int) -> _Prefill:
-        if not self.result.stages:
-            raise InputError("frozen() needs a selection: run a prefill (model(...) or generate) first")
-        prompt = self.result.stages[0].index
+        prompt = self.result.stages[0].index  # ReductionContext.frozen() refuses to freeze before a prefill
         T0 = prompt.shape[1]
         if b != prompt.shape[0]:
             raise InputError(f"the frozen selection was made for batch size {prompt.shape[0]}, this forward has {b}")

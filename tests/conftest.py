@@ -79,3 +79,13 @@ def prompt(vocab: int = 96, prefix: int = 4, visual: int = 24, question: int = 8
     vm = torch.zeros(batch, T, dtype=torch.bool)
     vm[:, prefix : prefix + visual] = True
     return ids, vm
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models run fastest on one thread (and do not fight other processes for cores); a module opts in with
+    ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -35,13 +35,7 @@ TABLES = ("sparsity.csv", "stability_spearman.csv", "stability_kendall.csv", "st
 FIGURES = ("sparsity", "stability", "survival", "schedule")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread (and do not fight other processes for cores)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def tiny_config(**overrides) -> AnalysisConfig:
