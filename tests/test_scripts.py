@@ -1,5 +1,5 @@
 """The repository's scripts on tiny inputs: ranking_before_llm.py (the demo claim's diagnostic), answer_confusion.py,
-paper_claims.py (the papers' claims, measured on a toy checkpoint) and calibration_proxy.py (calibrate's
+order_probe.py, paper_claims.py (the papers' claims, measured on a toy checkpoint) and calibration_proxy.py (calibrate's
 objective against accuracy)."""
 
 from __future__ import annotations
@@ -14,15 +14,16 @@ import pytest
 import torch
 
 from hybridreduce.errors import InputError
-from hybridreduce.toy.train import train
+from hybridreduce.toy.train import spec_from_dict, train
 
-from .conftest import tiny_toy_spec
+from .conftest import tiny_toy_raw, tiny_toy_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 
 import answer_confusion  # noqa: E402
 import calibration_proxy  # noqa: E402
+import order_probe  # noqa: E402
 import paper_claims  # noqa: E402
 from ranking_before_llm import _evs_mask, top_share  # noqa: E402
 
@@ -207,3 +208,42 @@ def test_answer_confusion_on_a_tiny_checkpoint(toy_run, tmp_path, capsys):
     assert "accuracy" in capsys.readouterr().out
     with pytest.raises(InputError, match="trained on the variants"):
         answer_confusion.main(["--checkpoint", str(toy_run), "--variant", "clutter"])
+
+
+# order_probe.py --------------------------------------------------------------------------------------------------
+def test_ridge_fit_matches_least_squares_and_probe_tells_signal_from_noise():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(90, 6, generator=g, dtype=torch.float64)
+    y = x @ torch.arange(1.0, 7.0, dtype=torch.float64) + 3.0
+    w, b = order_probe.ridge_fit(x, y, 1e-12)
+    design = torch.cat([x, torch.ones(90, 1, dtype=torch.float64)], dim=1)
+    reference = torch.linalg.lstsq(design, y.unsqueeze(1)).solution.squeeze(1)  # float64 least squares
+    torch.testing.assert_close(torch.cat([w, b.reshape(1)]), reference, rtol=1e-8, atol=1e-8)
+    parts = (slice(0, 30), slice(30, 60), slice(60, 90))
+    assert order_probe.probe(x, y, parts) > 0.999
+    assert order_probe.probe(x, torch.sign(y - 3.0), parts, sign=True) > 0.8  # linearly separable labels
+    noise = torch.randn(90, generator=g, dtype=torch.float64)
+    assert order_probe.probe(x, noise, parts) < 0.2  # no signal: held-out R² near or below zero
+    assert order_probe.probe(x, torch.sign(noise), parts, sign=True) < 0.75  # random labels: near one half
+    constant = torch.ones(90, 6, dtype=torch.float64)  # a feature with no variance (the embedding) still fits
+    assert order_probe.probe(constant, y, parts) <= 0.0
+
+
+def test_named_starts_follow_the_question_order():
+    events = [type("E", (), {"colour": c, "start": s}) for c, s in (("red", 9), ("blue", 2), ("green", 5))]
+    sample = type("S", (), {"events": events, "question": ["did", "blue", "appear", "before", "red"], "id": "x"})
+    assert order_probe.named_starts(sample) == [2, 9]
+
+
+def test_order_probe_on_a_tiny_clutter_checkpoint(tmp_path, capsys):
+    raw = tiny_toy_raw(eval_every=3, eval_size=4, test_size=4)
+    raw["data"]["variants"] = {"static": {}, "clutter": {"distractors": [1, 1], "camera_step": 4}}
+    run = tmp_path / "run"
+    train(spec_from_dict(raw), run, progress=False, command="pytest")
+    result = order_probe.main(["--checkpoint", str(run), "--size", "30", "--out", str(tmp_path / "probe")])
+    assert json.loads((tmp_path / "probe" / "order_probe.json").read_text()) == result
+    assert len(result["blocks"]) == 13 and result["blocks"][0]["kind"] == "embed"
+    assert set(result["blocks"][5]) == {"block", "kind", "start_a", "start_b", "order", "when"}
+    assert "block  kind" in capsys.readouterr().out
+    with pytest.raises(InputError, match="asks no order questions"):
+        order_probe.main(["--checkpoint", str(run), "--variant", "static"])

@@ -1,0 +1,147 @@
+"""Where does an ``order`` question fail: retrieving the two times, or comparing them?
+
+``did A appear before B`` needs two facts at the ``<answer>`` position — the first frame of shape A and of shape B —
+and one comparison. A model that answers one word to every order question (``scripts/answer_confusion.py``) either
+never brings the two times to that position or brings them and never learns to compare. Linear probes on the
+residual stream at ``<answer>``, after every block, tell those apart:
+
+- ``start_a`` / ``start_b``: ridge regression of each named shape's first frame (R² on held-out questions);
+- ``order``: the sign of ``start_b - start_a``, i.e. the answer (ridge on ±1, accuracy on held-out questions);
+- ``when``: the same regression for the one shape of ``when`` questions, the single retrieval the model does
+  answer, as the reference of what a probe finds when the information is there.
+
+If ``start_a`` and ``start_b`` are decodable late in the stack but ``order`` is not answered, the comparison is
+what is missing; if they are not decodable, retrieval is. Probes are fitted on one part of the ``val`` questions
+and scored on another (the ridge penalty picked on a third); the model is never changed.
+
+    python scripts/order_probe.py --checkpoint DIR [--size 768] [--out DIR]
+
+Prints one line per block and writes ``order_probe.json`` into ``--out`` (default: nothing written).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from hybridreduce.adapters import get_adapter
+from hybridreduce.errors import InputError
+from hybridreduce.toy import ToyDataset
+from hybridreduce.toy.demo import load_toy_spec
+
+PENALTIES = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)  # ridge penalties, relative to the mean feature variance
+
+
+def named_starts(sample) -> list[int]:
+    """First frames of the shapes a question names, in the order the question names their colours."""
+    starts = {e.colour: e.start for e in sample.events}
+    colours = [w for w in sample.question if w in starts]
+    if not colours:
+        raise AssertionError(f"{sample.id}: the question names no colour of its video")
+    return [starts[c] for c in colours]
+
+
+def ridge_fit(x: torch.Tensor, y: torch.Tensor, penalty: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weights and bias of ridge regression ``y ≈ x w + b`` (float64, ``x`` centred, penalty × mean variance)."""
+    mean, y_mean = x.mean(0), y.mean(0)
+    xc = x - mean
+    gram = xc.T @ xc
+    lam = penalty * gram.diagonal().mean().clamp_min(1e-12)  # a constant feature (the embedding) has no variance
+    w = torch.linalg.solve(gram + lam * torch.eye(gram.shape[0], dtype=x.dtype), xc.T @ (y - y_mean))
+    return w, y_mean - mean @ w
+
+
+def r2(pred: torch.Tensor, y: torch.Tensor) -> float:
+    return float(1 - ((pred - y) ** 2).sum() / ((y - y.mean()) ** 2).sum())
+
+
+def probe(x: torch.Tensor, y: torch.Tensor, parts: tuple[slice, slice, slice], sign: bool = False) -> float:
+    """Held-out R² (or sign accuracy with ``sign``) of the ridge probe whose penalty scores best on the middle part."""
+    fit, pick, test = parts
+
+    def score(w, b, part):
+        pred = x[part] @ w + b
+        return float(((pred > 0) == (y[part] > 0)).double().mean()) if sign else r2(pred, y[part])
+
+    best = max(PENALTIES, key=lambda p: score(*ridge_fit(x[fit], y[fit], p), pick))
+    return score(*ridge_fit(x[fit], y[fit], best), test)
+
+
+@torch.no_grad()
+def states_at_answer(model, data: ToyDataset, batch_size: int) -> torch.Tensor:
+    """``(blocks + 1, n, d)`` float64 residual stream at ``<answer>``: the embedding, then after every block."""
+    out = []
+    for start in range(0, len(data), batch_size):
+        idx = list(range(start, min(start + batch_size, len(data))))
+        batch = data.batch(idx)
+        hidden = model(
+            batch["input_ids"],
+            pixel_values=batch["pixels"],
+            attention_mask=batch["attention_mask"],
+            use_cache=False,
+            logits_to_keep=1,
+            output_hidden_states=True,
+        ).hidden_states
+        out.append(torch.stack([h[:, -1] for h in hidden]).double())
+    return torch.cat(out, dim=1)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", required=True, help="a train-toy output directory")
+    parser.add_argument("--variant", default="clutter", help="benchmark variant with order questions (clutter)")
+    parser.add_argument("--size", type=int, default=768, help="questions of each type probed (default 768)")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--out", default=None, help="a folder to write order_probe.json into")
+    args = parser.parse_args(argv)
+    if args.size < 30 or args.batch_size < 1:
+        parser.error("--size must be at least 30 (three probe parts) and --batch-size at least 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    model, spec = load_toy_spec(Path(args.checkpoint))
+    configs = {c.variant: c for c in spec.configs}
+    if args.variant not in configs:
+        raise InputError(f"{args.checkpoint} was trained on {list(configs)}, not {args.variant!r}; pick one of them")
+    cfg = configs[args.variant]
+    if "order" not in cfg.qtypes:
+        raise InputError(f"the {args.variant!r} variant asks no order questions; use a variant that does (clutter)")
+    third = args.size // 3
+    parts = (slice(0, third), slice(third, 2 * third), slice(2 * third, args.size))
+    columns: dict[str, list[float]] = {}
+    for qtype in ("order", "when"):
+        data = ToyDataset(dataclasses.replace(cfg, qtypes=(qtype,)), "val", args.size, vocab=spec.vocab)
+        states = states_at_answer(model, data, args.batch_size)
+        starts = torch.tensor([named_starts(data[i]) for i in range(len(data))], dtype=torch.float64)
+        if qtype == "order":
+            targets = {"start_a": (starts[:, 0], False), "start_b": (starts[:, 1], False)}
+            targets["order"] = (torch.sign(starts[:, 1] - starts[:, 0]), True)
+        else:
+            targets = {"when": (starts[:, 0], False)}
+        for name, (y, sign) in targets.items():
+            columns[name] = [probe(x, y, parts, sign=sign) for x in states]
+    print("block  kind   " + "  ".join(f"{n:>8s}" for n in columns) + "   (R², order: accuracy; held-out)")
+    kinds = ["embed", *get_adapter(model).kinds]
+    for layer, kind in enumerate(kinds):
+        print(f"{layer - 1:5d}  {kind:5s}  " + "  ".join(f"{columns[n][layer]:8.3f}" for n in columns))
+    result = {"checkpoint": str(args.checkpoint), "variant": args.variant, "split": "val", "size": args.size}
+    result["blocks"] = [{"block": i - 1, "kind": k, **{n: columns[n][i] for n in columns}} for i, k in enumerate(kinds)]
+    if args.out is not None:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "order_probe.json").write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except InputError as exc:
+        sys.exit(f"order_probe: {exc}")
