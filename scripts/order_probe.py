@@ -33,17 +33,20 @@ from hybridreduce.adapters import get_adapter
 from hybridreduce.errors import InputError
 from hybridreduce.toy import ToyDataset
 from hybridreduce.toy.demo import load_toy_spec
+from hybridreduce.toy.questions import order_starts
 
 PENALTIES = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)  # ridge penalties, relative to the mean feature variance
 
 
 def named_starts(sample) -> list[int]:
-    """First frames of the shapes a question names, in the order the question names their colours."""
-    starts = {e.colour: e.start for e in sample.events}
-    colours = [w for w in sample.question if w in starts]
-    if not colours:
-        raise AssertionError(f"{sample.id}: the question names no colour of its video")
-    return [starts[c] for c in colours]
+    """First frames of the shapes a question names: A's and B's for ``order``
+    (:func:`~hybridreduce.toy.questions.order_starts`), the one shape's for ``when``."""
+    if sample.qtype == "order":
+        return list(order_starts(sample.question, sample.events))
+    starts = [e.start for e in sample.events if e.colour in sample.question]
+    if len(starts) != 1:
+        raise AssertionError(f"{sample.id}: a {sample.qtype} question names one shape, found {len(starts)}")
+    return starts
 
 
 def ridge_fit(x: torch.Tensor, y: torch.Tensor, penalty: float) -> tuple[torch.Tensor, torch.Tensor]:

@@ -231,8 +231,14 @@ def test_ridge_fit_matches_least_squares_and_probe_tells_signal_from_noise():
 
 def test_named_starts_follow_the_question_order():
     events = [type("E", (), {"colour": c, "start": s}) for c, s in (("red", 9), ("blue", 2), ("green", 5))]
-    sample = type("S", (), {"events": events, "question": ["did", "blue", "appear", "before", "red"], "id": "x"})
+    words = ["did", "blue", "appear", "before", "red"]
+    sample = type("S", (), {"events": events, "question": words, "qtype": "order", "id": "x"})
     assert order_probe.named_starts(sample) == [2, 9]
+    sample.qtype, sample.question = "when", ["when", "did", "the", "green", "shape", "appear"]
+    assert order_probe.named_starts(sample) == [5]
+    sample.qtype, sample.question = "order", ["did", "blue", "appear", "before", "pink"]
+    with pytest.raises(InputError, match="names 1"):
+        order_probe.named_starts(sample)
 
 
 def test_order_probe_on_a_tiny_clutter_checkpoint(tmp_path, capsys):

@@ -111,16 +111,16 @@ def test_a_few_training_steps_lower_the_loss(spec):
     opt = torch.optim.AdamW([*model.parameters(), *heads.parameters()], lr=3e-3)
     losses = []
     for _ in range(8):
-        answer, content, position = training_losses(model, batch, heads=heads)
+        answer, content, position, _ = training_losses(model, batch, heads=heads)
         loss = answer + content + position
         opt.zero_grad()
         loss.backward()
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < 0.85 * losses[0], losses
-    answer, content, position = training_losses(model, batch, evs_rate=0.6, heads=heads)  # EVS uptraining runs
+    answer, content, position, _ = training_losses(model, batch, evs_rate=0.6, heads=heads)  # EVS uptraining runs
     assert torch.isfinite(answer) and content > 0 and position > 0
-    assert training_losses(model, batch, with_content=False)[1:] == (0, 0)  # no content loss, no heads
+    assert training_losses(model, batch, with_content=False)[1:] == (0, 0, 0)  # no content loss, no heads
 
 
 def test_content_targets_follow_the_video(spec):
@@ -385,8 +385,8 @@ def test_warm_start_loads_the_previous_run_and_trains_on_new_items(tmp_path, run
         first.setdefault("indices", [int(i) for i in indices])
         return real_batch(dataset, indices, follow_ups, rng)
 
-    def spy_warm(model, heads, source, layers=None):
-        real_warm(model, heads, source, layers)
+    def spy_warm(model, heads, source, layers=None, hint_heads=None):
+        real_warm(model, heads, source, layers, hint_heads)
         first["model"] = {k: v.clone() for k, v in model.state_dict().items()}
         first["heads"] = {k: v.clone() for k, v in heads.state_dict().items()}
 
@@ -510,7 +510,7 @@ def test_training_under_in_lm_reduction(spec):
 
     heads = PositionHeads(model.config)
     sched = Schedule.preset("progressive", keep=0.3, first_prune=2, stages=2)
-    answer, content, position = training_losses(model, batch, heads=heads, schedule=sched)
+    answer, content, position, _ = training_losses(model, batch, heads=heads, schedule=sched)
     full = training_losses(model, batch, heads=heads)
     assert all(torch.isfinite(x) and x > 0 for x in (answer, content, position))
     assert not torch.equal(answer, full[0])  # the reduction changed what the answers saw
@@ -559,3 +559,72 @@ def test_shipped_training_configs_load(name):
             stage1.to_dict()["model"],
         )
         assert sum(k == "attention" for k in spec.text["layers_block_type"]) <= 0.1 * 24
+
+
+# --- the order hint (train.order_hint_weight) ------------------------------------------------------------------
+def _clutter_spec(**train):
+    raw = tiny_toy_raw(**(TRAIN | train))
+    raw["data"]["variants"] = {"static": {}, "clutter": CLUTTER}
+    return spec_from_dict(raw)
+
+
+def test_order_hints_are_the_named_shapes_first_frames():
+    """Every order question's hint is (first frame of the shape named first, of the shape named second), so its
+    answer is "yes" exactly when the first is smaller; every other question's hint is IGNORE."""
+    from hybridreduce.toy.train import IGNORE, VariantMix
+
+    spec = _clutter_spec()
+    mix = VariantMix([ToyDataset(c, "train", 16, vocab=spec.vocab) for c in spec.configs])
+    batch = training_batch(mix, range(32), follow_ups=6, rng=np.random.default_rng(1))
+    yes, no = spec.vocab.token_id("yes"), spec.vocab.token_id("no")
+    hints, targets = batch["hints"], batch["targets"]
+    assert hints.shape == (*targets.shape, 2)
+    order = (targets == yes) | (targets == no)
+    assert order.sum() >= 8, "too few order questions to test"
+    assert ((hints[..., 0] != IGNORE) == order).all() and ((hints[..., 1] != IGNORE) == order).all()
+    assert torch.equal(targets[order] == yes, hints[order][:, 0] < hints[order][:, 1])
+    frames = spec.configs[1].frames
+    assert hints[order].min() >= 0 and hints[order].max() < frames
+
+
+def test_order_hint_loss_matches_a_float64_reference():
+    from hybridreduce.toy.train import IGNORE, OrderHintHeads
+
+    spec = _clutter_spec()
+    model = build_model(spec)
+    heads = OrderHintHeads(model.config).double()
+    hidden = torch.randn(5, model.config.text_config.hidden_size, dtype=torch.float64, requires_grad=True)
+    hints = torch.tensor([[3, 7], [IGNORE, IGNORE], [0, 11], [IGNORE, IGNORE], [9, 2]])
+    asked = torch.tensor([0, 2, 4])
+
+    def nll(head, column):
+        logp = torch.log_softmax(head(hidden[asked]), dim=-1)
+        return -logp[torch.arange(3), hints[asked, column]].mean()
+
+    reference = nll(heads.first, 0) + nll(heads.second, 1)
+    torch.testing.assert_close(heads.loss(hidden, hints), reference, rtol=1e-12, atol=1e-12)
+    none = heads.loss(hidden, torch.full((5, 2), IGNORE))
+    none.backward()
+    assert none.item() == 0 and torch.equal(hidden.grad, torch.zeros_like(hidden))  # no order question: no signal
+
+
+def test_a_run_with_the_order_hint_trains_and_resumes_exactly(tmp_path):
+    """order_hint_weight trains heads that are saved with the optimiser state and restored on --resume (resumed and
+    uninterrupted runs give the same weights), logs its loss, and is refused where no variant asks order."""
+    spec = _clutter_spec(steps=4, eval_every=2, order_hint_weight=1.0, follow_ups=4, eval_size=4, test_size=4)
+    whole = train(spec, tmp_path / "whole", progress=False)
+    assert train(spec, tmp_path / "parts", progress=False, max_minutes=0) is None
+    state = torch.load(tmp_path / "parts" / "trainer_state.pt", weights_only=False)
+    assert set(state["order_hint_heads"]) == {"first.weight", "first.bias", "second.weight", "second.bias"}
+    resumed = train(spec, tmp_path / "parts", progress=False, resume=True)
+    assert resumed["accuracy"] == whole["accuracy"]
+    a = ToyVLM.from_pretrained(tmp_path / "whole").state_dict()
+    b = ToyVLM.from_pretrained(tmp_path / "parts").state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    log = [json.loads(line) for line in (tmp_path / "whole" / "train_log.jsonl").read_text().splitlines()]
+    hint = [r["order_hint_loss"] for r in log if r["event"] == "train"]
+    assert len(hint) == 4 and all(np.isfinite(hint)) and max(hint) > 0
+    with pytest.raises(InputError, match="no variant asks them"):
+        train(_spec(steps=2, order_hint_weight=1.0), tmp_path / "static", progress=False)
+    with pytest.raises(InputError, match="order_hint_weight must be a number >= 0"):
+        spec_from_dict(tiny_toy_raw(order_hint_weight=-1.0))

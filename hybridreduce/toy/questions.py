@@ -261,6 +261,19 @@ def relevant_tokens(qtype: str, targets: list[Event], asked: tuple[int, int, int
     return [tok for e in targets for tok in e.tokens]
 
 
+def order_starts(words: list[str], events: list[Event]) -> tuple[int, int]:
+    """First frames of the two shapes an ``order`` question (``did A appear before B``) names, A's then B's.
+
+    The answer is "yes" exactly when the first is smaller. Used as the target of training's order hint
+    (``TrainConfig.order_hint_weight``) and by ``scripts/order_probe.py``.
+    """
+    starts = {e.colour: e.start for e in events}
+    named = [starts[w] for w in words if w in starts]
+    if len(named) != 2:
+        raise InputError(f"an order question names two shapes of its video; {' '.join(words)!r} names {len(named)}")
+    return named[0], named[1]
+
+
 def follow_up_questions(sample: Sample, cfg: ToyConfig, rng: np.random.Generator, n: int) -> list[tuple]:
     """``n`` more questions about ``sample``'s video, each answerable from the video alone (for training).
 

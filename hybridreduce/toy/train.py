@@ -36,6 +36,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -52,7 +53,10 @@ from .dataset import ToyDataset
 from .encoding import Vocab, encode_sample, shared_vocab
 from .evaluate import accuracy_line, evaluate_variants, evs_inputs
 from .model import ToyVLM, ToyVLMConfig
-from .questions import follow_up_questions
+from .questions import follow_up_questions, order_starts
+
+#: The target of a question without an order hint (cross-entropy's default ``ignore_index``).
+IGNORE = -100
 
 #: NemotronHConfig fields of the default language model (a 12-block Nemotron-H pattern, width 128).
 DEFAULT_TEXT = {
@@ -121,6 +125,13 @@ class TrainConfig:
             scores from the question words (answers excluded), or at random with probability ``reduce_random``.
         reduce_keep: inclusive ``[min, max]`` average keep of an in-LM reduced batch, in ``(0, 1]``.
         reduce_random: share of in-LM reduced batches whose keep sets are random drops instead of top scores.
+        order_hint_weight: weight of training-only heads (:class:`OrderHintHeads`) that read, from the final
+            hidden state at the ``<answer>`` of every ``order`` question (``did A appear before B``), the first
+            frame of shape A and of shape B. The answer needs both times at that position, and a linear probe
+            finds neither there on a model trained without the hint (``scripts/order_probe.py``: held-out R²
+            about 0 for both at every block, against 0.88 for the one shape of a ``when`` question), so the
+            one-bit answer alone gives no gradient towards fetching them; the hint supervises the retrieval and
+            leaves the comparison to the answer. 0: off.
         log_every: steps between training-loss log lines.
         eval_every: steps between validation evaluations (the checkpoint is saved at each).
         eval_size: validation questions per evaluation (split ``val``).
@@ -157,6 +168,7 @@ class TrainConfig:
     reduce_prob: float = 0.0
     reduce_keep: list = field(default_factory=lambda: [0.1, 1.0])
     reduce_random: float = 0.25
+    order_hint_weight: float = 0.0
     log_every: int = 10
     eval_every: int = 200
     eval_size: int = 256
@@ -216,6 +228,10 @@ class TrainConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
                 raise InputError(f"train.{name} must be a probability in [0, 1], got {value!r}")
+        for name in ("content_weight", "position_weight", "order_hint_weight"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0.0:
+                raise InputError(f"train.{name} must be a number >= 0 (0: off), got {value!r}")
         if self.evs_prob + self.reduce_prob > 1.0:
             raise InputError(
                 f"train.evs_prob + train.reduce_prob = {self.evs_prob + self.reduce_prob} > 1: a batch is trained "
@@ -435,10 +451,12 @@ def training_batch(dataset: ToyDataset | VariantMix, indices, follow_ups: int, r
 
     Returns:
         ``input_ids``, ``attention_mask`` ``(b, T)``, ``pixels`` ``(b, F, 3, H·P, W·P)``, ``visual_mask``
-        ``(b, T)`` and ``targets`` ``(b, 1 + follow_ups)`` — the answer ids in marker order.
+        ``(b, T)``, ``targets`` ``(b, 1 + follow_ups)`` — the answer ids in marker order — and ``hints``
+        ``(b, 1 + follow_ups, 2)``: for an ``order`` question the first frames of the two shapes it names
+        (:func:`~hybridreduce.toy.questions.order_starts`), :data:`IGNORE` for every other question.
     """
     vocab = dataset.vocab
-    rows, targets, pixels, contents = [], [], [], []
+    rows, targets, pixels, contents, hints = [], [], [], [], []
     for i in indices:
         source, j = _entry(dataset, int(i))
         cfg = source.cfg
@@ -452,11 +470,14 @@ def training_batch(dataset: ToyDataset | VariantMix, indices, follow_ups: int, r
         contents.append(content)
         ids = enc["input_ids"][enc["attention_mask"].bool()].tolist()  # without the left padding
         answers = [enc["answer_id"]]
-        for words, _, answer in follow_up_questions(sample, cfg, rng, follow_ups):
+        questions = [(sample.question, sample.qtype)]
+        for words, qtype, answer in follow_up_questions(sample, cfg, rng, follow_ups):
             ids += [answers[-1], *vocab.encode(words), vocab.answer_marker_id]
             answers.append(vocab.token_id(answer))
+            questions.append((words, qtype))
         rows.append(ids)
         targets.append(answers)
+        hints.append([order_starts(w, sample.events) if q == "order" else (IGNORE, IGNORE) for w, q in questions])
         pixels.append(enc["pixels"])
     width = max(len(r) for r in rows)
     input_ids = torch.full((len(rows), width), vocab.pad_id, dtype=torch.long)
@@ -473,6 +494,7 @@ def training_batch(dataset: ToyDataset | VariantMix, indices, follow_ups: int, r
         "query_mask": _question_mask(input_ids, attention_mask, visual_mask, vocab.answer_marker_id),
         "targets": torch.tensor(targets, dtype=torch.long),
         "contents": torch.stack(contents),
+        "hints": torch.tensor(hints, dtype=torch.long),
     }
 
 
@@ -531,6 +553,39 @@ class PositionHeads(nn.Module):
         return F.cross_entropy(self.frame(hidden).float(), frame) + F.cross_entropy(self.cell(hidden).float(), cell)
 
 
+class OrderHintHeads(nn.Module):
+    """Training-only linear read-outs, from the final hidden state at an ``order`` question's ``<answer>``, of the
+    first frame of the shape it names first (``first``) and second (``second``); see ``TrainConfig.order_hint_weight``.
+    """
+
+    def __init__(self, config: ToyVLMConfig) -> None:
+        super().__init__()
+        d = config.text_config.hidden_size
+        self.first = nn.Linear(d, config.frames)
+        self.second = nn.Linear(d, config.frames)
+
+    def loss(self, hidden: torch.Tensor, hints: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy of both frames, averaged over the order questions (0 when there are none).
+
+        hidden: ``(n, d)`` states at ``n`` ``<answer>`` markers; hints: ``(n, 2)`` their targets, :data:`IGNORE`
+        for questions of other types."""
+        asked = hints[:, 0] != IGNORE
+        if not asked.any():
+            return hidden.sum() * 0.0  # keeps the graph (and every parameter's grad) defined
+        h, t = hidden[asked], hints[asked]
+        wide = torch.promote_types(h.dtype, torch.float32)  # bfloat16 logits in float32, float64 kept
+        return F.cross_entropy(self.first(h).to(wide), t[:, 0]) + F.cross_entropy(self.second(h).to(wide), t[:, 1])
+
+
+class TrainingLosses(NamedTuple):
+    """The terms of one training batch's loss (see :func:`training_losses`)."""
+
+    answer: torch.Tensor
+    content: torch.Tensor
+    position: torch.Tensor
+    order_hint: torch.Tensor
+
+
 def training_losses(
     model: ToyVLM,
     batch: dict,
@@ -538,18 +593,20 @@ def training_losses(
     with_content: bool = True,
     heads: PositionHeads | None = None,
     schedule: Schedule | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(answer, content, position)`` mean cross-entropies of a :func:`training_batch` (after EVS if ``evs_rate``,
-    under in-LM reduction with ``schedule``; the content and position losses then cover the visual tokens the
-    last block carried).
+    hint_heads: OrderHintHeads | None = None,
+) -> TrainingLosses:
+    """The mean cross-entropies of a :func:`training_batch` (after EVS if ``evs_rate``, under in-LM reduction with
+    ``schedule``; the content and position losses then cover the visual tokens the last block carried).
 
     ``answer``: every answer after its ``<answer>`` marker. ``content``: every visual token's content (its
     shape's colour word or ``<video>``) read from the logits at that token (0 unless ``with_content``).
     ``position``: every visual token's frame and cell read by ``heads`` from its final hidden state (0
-    without heads).
+    without heads). ``order_hint``: the two named shapes' first frames read by ``hint_heads`` from the final
+    hidden state at every ``order`` question's marker (0 without hint heads).
     """
     marker = model.config.text_config.eos_token_id  # <answer>, see build_model
-    out, ids, rows = _lm_forward(model, batch, evs_rate, hidden_states=heads is not None, schedule=schedule)
+    states = heads is not None or hint_heads is not None
+    out, ids, rows = _lm_forward(model, batch, evs_rate, hidden_states=states, schedule=schedule)
     V = batch["contents"].shape[1]
     visual_index = torch.arange(V).expand(len(ids), V)  # (b, V): index of each visual row among the V tokens
     if rows is not None:
@@ -567,7 +624,10 @@ def training_losses(
     if heads is not None:
         tpf = model.config.rows * model.config.cols
         position = heads.loss(out.hidden_states[-1][is_visual], visual_index.reshape(-1), tpf)
-    return answer, content, position
+    order_hint = zero
+    if hint_heads is not None:
+        order_hint = hint_heads.loss(out.hidden_states[-1][ids == marker], batch["hints"].reshape(-1, 2))
+    return TrainingLosses(answer, content, position, order_hint)
 
 
 def _visual_rank(visual_mask: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
@@ -642,6 +702,11 @@ def train(
     from tqdm.auto import tqdm
 
     cfg = spec.train
+    if cfg.order_hint_weight > 0 and not any("order" in c.qtypes for c in spec.configs):
+        raise InputError(
+            "train.order_hint_weight > 0 supervises order questions, and no variant asks them; add clutter to "
+            "data.variants or set it to 0"
+        )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if cfg.threads:
@@ -664,19 +729,23 @@ def train(
     orders = [rng.permutation(len(ds)) for _, ds in stages[:-1]]
     orders.append(cfg.data_offset + rng.permutation(len(stages[-1][1]) - cfg.data_offset))
     heads = PositionHeads(model.config) if cfg.position_weight > 0 else None  # seeded after build_model's weights
+    hint_heads = OrderHintHeads(model.config) if cfg.order_hint_weight > 0 else None  # then these
     groups = _param_groups(model, cfg.weight_decay)
-    if heads is not None:
-        groups.append({"params": list(heads.parameters()), "weight_decay": 0.0})
+    for extra in (heads, hint_heads):
+        if extra is not None:
+            groups.append({"params": list(extra.parameters()), "weight_decay": 0.0})
     opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95))
     done = 0
     if cfg.init_from is not None and not resume:
-        _warm_start(model, heads, cfg.init_from, cfg.init_layers)
+        _warm_start(model, heads, cfg.init_from, cfg.init_layers, hint_heads)
     if resume:
         state = torch.load(state_path, weights_only=False)
         model.load_state_dict(ToyVLM.from_pretrained(out).state_dict())
         opt.load_state_dict(state["optimizer"])
         if heads is not None:
             heads.load_state_dict(state["position_heads"])
+        if hint_heads is not None:
+            hint_heads.load_state_dict(state["order_hint_heads"])
         rng.bit_generator.state = state["rng"]
         torch.set_rng_state(state["torch_rng"])
         done = state["step"]
@@ -702,18 +771,25 @@ def train(
         idx = order[(step - first_step) * cfg.batch_size : (step - first_step + 1) * cfg.batch_size]
         batch = training_batch(train_set, idx, cfg.follow_ups, rng)
         rate, schedule = _treatment(rng, cfg, model)
-        answer, content, position = training_losses(
-            model, batch, evs_rate=rate, with_content=cfg.content_weight > 0, heads=heads, schedule=schedule
+        answer, content, position, order_hint = training_losses(
+            model,
+            batch,
+            evs_rate=rate,
+            with_content=cfg.content_weight > 0,
+            heads=heads,
+            schedule=schedule,
+            hint_heads=hint_heads,
         )
         loss = answer + cfg.content_weight * content + cfg.position_weight * position
+        loss = loss + cfg.order_hint_weight * order_hint
         if not torch.isfinite(loss):
             raise RuntimeError(f"training loss became {loss.item()} at step {step}; lower train.lr (now {cfg.lr})")
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        params = [*model.parameters(), *(heads.parameters() if heads is not None else ())]
+        params = [*model.parameters(), *(p for m in (heads, hint_heads) if m is not None for p in m.parameters())]
         grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip or float("inf"))
         opt.step()
-        running.append((answer.item(), content.item(), position.item()))
+        running.append((answer.item(), content.item(), position.item(), order_hint.item()))
         bar.update(1)
         recent = np.mean(running[-cfg.log_every :], axis=0)
         bar.set_postfix(answer_loss=f"{recent[0]:.3f}")
@@ -725,6 +801,7 @@ def train(
                     "answer_loss": float(recent[0]),
                     "content_loss": float(recent[1]),
                     "position_loss": float(recent[2]),
+                    **({"order_hint_loss": float(recent[3])} if hint_heads is not None else {}),
                     "lr": lr,
                     "grad_norm": float(grad_norm),
                     "frames": int(_entry(train_set, 0)[0].cfg.frames),
@@ -739,6 +816,8 @@ def train(
             state = {"step": step + 1, "optimizer": opt.state_dict(), "rng": rng.bit_generator.state}
             if heads is not None:
                 state["position_heads"] = heads.state_dict()
+            if hint_heads is not None:
+                state["order_hint_heads"] = hint_heads.state_dict()
             torch.save({**state, "torch_rng": torch.get_rng_state()}, state_path)
             if max_minutes is not None and step + 1 < cfg.steps and time.perf_counter() - start > 60 * max_minutes:
                 write({"event": "stop", "step": step + 1, "reason": f"max_minutes={max_minutes}"})
@@ -777,8 +856,14 @@ def _architecture(config: dict) -> dict:
 _OUTPUT_PROJECTIONS = ("mixer.out_proj.weight", "mixer.o_proj.weight", "mixer.down_proj.weight")
 
 
-def _warm_start(model: ToyVLM, heads: PositionHeads | None, source: str, layers: list | None = None) -> None:
-    """Load the weights (and position heads, when saved) of the train-toy run in ``source`` into ``model``.
+def _warm_start(
+    model: ToyVLM,
+    heads: PositionHeads | None,
+    source: str,
+    layers: list | None = None,
+    hint_heads: OrderHintHeads | None = None,
+) -> None:
+    """Load the weights (and position and order-hint heads, when saved) of the train-toy run in ``source``.
 
     Args:
         layers: depth up-scaling (``train.init_layers``): block ``i`` of ``model`` starts from block ``layers[i]`` of
@@ -800,10 +885,11 @@ def _warm_start(model: ToyVLM, heads: PositionHeads | None, source: str, layers:
     else:
         _grow(model, previous, layers, src)
     state_path = src / "trainer_state.pt"
-    if heads is not None and state_path.is_file():
-        saved = torch.load(state_path, weights_only=False).get("position_heads")
-        if saved is not None:
-            heads.load_state_dict(saved)
+    if (heads is not None or hint_heads is not None) and state_path.is_file():
+        state = torch.load(state_path, weights_only=False)
+        for module, key in ((heads, "position_heads"), (hint_heads, "order_hint_heads")):
+            if module is not None and state.get(key) is not None:
+                module.load_state_dict(state[key])
 
 
 def _grow(model: ToyVLM, previous: ToyVLM, layers: list, src: Path) -> None:
