@@ -587,25 +587,52 @@ def test_order_hints_are_the_named_shapes_first_frames():
     assert hints[order].min() >= 0 and hints[order].max() < frames
 
 
-def test_order_hint_loss_matches_a_float64_reference():
+@pytest.mark.parametrize("at", ["answer", "words"])
+def test_order_hint_loss_matches_a_float64_reference(at):
     from hybridreduce.toy.train import IGNORE, OrderHintHeads
 
     spec = _clutter_spec()
     model = build_model(spec)
-    heads = OrderHintHeads(model.config).double()
-    hidden = torch.randn(5, model.config.text_config.hidden_size, dtype=torch.float64, requires_grad=True)
+    heads = OrderHintHeads(model.config, at).double()
+    assert heads.offsets == ((0, 0) if at == "answer" else (-4, -1))  # did {colour} appear before {later} <answer>
+    hidden = torch.randn(2, 12, model.config.text_config.hidden_size, dtype=torch.float64, requires_grad=True)
+    markers = (torch.tensor([0, 0, 1, 1, 1]), torch.tensor([5, 11, 4, 8, 11]))
     hints = torch.tensor([[3, 7], [IGNORE, IGNORE], [0, 11], [IGNORE, IGNORE], [9, 2]])
-    asked = torch.tensor([0, 2, 4])
+    asked = [0, 2, 4]
 
     def nll(head, column):
-        logp = torch.log_softmax(head(hidden[asked]), dim=-1)
+        offset = heads.offsets[column]
+        rows = torch.stack([hidden[markers[0][i], markers[1][i] + offset] for i in asked])
+        logp = torch.log_softmax(head(rows), dim=-1)
         return -logp[torch.arange(3), hints[asked, column]].mean()
 
     reference = nll(heads.first, 0) + nll(heads.second, 1)
-    torch.testing.assert_close(heads.loss(hidden, hints), reference, rtol=1e-12, atol=1e-12)
-    none = heads.loss(hidden, torch.full((5, 2), IGNORE))
+    torch.testing.assert_close(heads.loss(hidden, markers, hints), reference, rtol=1e-12, atol=1e-12)
+    none = heads.loss(hidden, markers, torch.full((5, 2), IGNORE))
     none.backward()
     assert none.item() == 0 and torch.equal(hidden.grad, torch.zeros_like(hidden))  # no order question: no signal
+
+
+def test_order_hint_words_are_the_colour_words_of_each_order_question():
+    """At the offsets the "words" hint reads, every order question's prompt holds the colour words whose shapes'
+    first frames are its hints (the two words name the shapes in that order)."""
+    from hybridreduce.toy.train import OrderHintHeads, VariantMix
+
+    spec = _clutter_spec()
+    mix = VariantMix([ToyDataset(c, "train", 16, vocab=spec.vocab) for c in spec.configs])
+    batch = training_batch(mix, range(32), follow_ups=6, rng=np.random.default_rng(1))
+    heads = OrderHintHeads(build_model(spec).config, "words")
+    ids, hints = batch["input_ids"], batch["hints"].reshape(-1, 2)
+    rows, positions = (ids == spec.vocab.answer_marker_id).nonzero(as_tuple=True)
+    colours = set(spec.configs[1].colours)
+    checked = 0
+    for n in (hints[:, 0] >= 0).nonzero().flatten().tolist():
+        sample = mix.entry(rows[n].item())[0][mix.entry(rows[n].item())[1]]
+        starts = {e.colour: e.start for e in sample.events}
+        words = [spec.vocab.decode([ids[rows[n], positions[n] + o].item()])[0] for o in heads.offsets]
+        assert set(words) <= colours and [starts[w] for w in words] == hints[n].tolist()
+        checked += 1
+    assert checked >= 8
 
 
 def test_a_run_with_the_order_hint_trains_and_resumes_exactly(tmp_path):

@@ -53,7 +53,10 @@ from .dataset import ToyDataset
 from .encoding import Vocab, encode_sample, shared_vocab
 from .evaluate import accuracy_line, evaluate_variants, evs_inputs
 from .model import ToyVLM, ToyVLMConfig
-from .questions import follow_up_questions, order_starts
+from .questions import QUESTIONS, follow_up_questions, order_starts
+
+#: Where the order hint reads (``TrainConfig.order_hint_at``).
+HINT_PLACES = ("answer", "words")
 
 #: The target of a question without an order hint (cross-entropy's default ``ignore_index``).
 IGNORE = -100
@@ -132,6 +135,9 @@ class TrainConfig:
             about 0 for both at every block, against 0.88 for the one shape of a ``when`` question), so the
             one-bit answer alone gives no gradient towards fetching them; the hint supervises the retrieval and
             leaves the comparison to the answer. 0: off.
+        order_hint_at: where the hint reads: ``"answer"`` (both frames from the state at ``<answer>``) or
+            ``"words"`` (each frame from the state at the colour word that names its shape: a one-hop lookup
+            like the one a ``when`` question makes, leaving ``<answer>`` to fetch and compare the two).
         log_every: steps between training-loss log lines.
         eval_every: steps between validation evaluations (the checkpoint is saved at each).
         eval_size: validation questions per evaluation (split ``val``).
@@ -169,6 +175,7 @@ class TrainConfig:
     reduce_keep: list = field(default_factory=lambda: [0.1, 1.0])
     reduce_random: float = 0.25
     order_hint_weight: float = 0.0
+    order_hint_at: str = "answer"
     log_every: int = 10
     eval_every: int = 200
     eval_size: int = 256
@@ -228,6 +235,8 @@ class TrainConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
                 raise InputError(f"train.{name} must be a probability in [0, 1], got {value!r}")
+        if self.order_hint_at not in HINT_PLACES:
+            raise InputError(f"train.order_hint_at must be one of {list(HINT_PLACES)}, got {self.order_hint_at!r}")
         for name in ("content_weight", "position_weight", "order_hint_weight"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0.0:
@@ -554,27 +563,36 @@ class PositionHeads(nn.Module):
 
 
 class OrderHintHeads(nn.Module):
-    """Training-only linear read-outs, from the final hidden state at an ``order`` question's ``<answer>``, of the
-    first frame of the shape it names first (``first``) and second (``second``); see ``TrainConfig.order_hint_weight``.
+    """Training-only linear read-outs of the first frames of the two shapes an ``order`` question names: the one
+    named first (``first``) and second (``second``), from the final hidden state at its ``<answer>`` or at each
+    shape's colour word (``at``; see ``TrainConfig.order_hint_weight``).
     """
 
-    def __init__(self, config: ToyVLMConfig) -> None:
+    def __init__(self, config: ToyVLMConfig, at: str = "answer") -> None:
         super().__init__()
         d = config.text_config.hidden_size
         self.first = nn.Linear(d, config.frames)
         self.second = nn.Linear(d, config.frames)
+        template = QUESTIONS["order"].template
+        slots = [i - len(template) for i, w in enumerate(template) if w in ("{colour}", "{later}")]
+        #: offsets from the ``<answer>`` marker of the rows each head reads
+        self.offsets = (0, 0) if at == "answer" else tuple(slots)
 
-    def loss(self, hidden: torch.Tensor, hints: torch.Tensor) -> torch.Tensor:
+    def loss(self, hidden: torch.Tensor, markers: tuple[torch.Tensor, torch.Tensor], hints: torch.Tensor):
         """Cross-entropy of both frames, averaged over the order questions (0 when there are none).
 
-        hidden: ``(n, d)`` states at ``n`` ``<answer>`` markers; hints: ``(n, 2)`` their targets, :data:`IGNORE`
-        for questions of other types."""
+        hidden: ``(b, T', d)`` final states; markers: ``(rows, positions)`` of the ``n`` ``<answer>`` markers, in
+        question order; hints: ``(n, 2)`` their targets, :data:`IGNORE` for questions of other types."""
         asked = hints[:, 0] != IGNORE
         if not asked.any():
             return hidden.sum() * 0.0  # keeps the graph (and every parameter's grad) defined
-        h, t = hidden[asked], hints[asked]
-        wide = torch.promote_types(h.dtype, torch.float32)  # bfloat16 logits in float32, float64 kept
-        return F.cross_entropy(self.first(h).to(wide), t[:, 0]) + F.cross_entropy(self.second(h).to(wide), t[:, 1])
+        rows, positions = markers[0][asked], markers[1][asked]
+        t = hints[asked]
+        total = hidden.new_zeros((), dtype=torch.promote_types(hidden.dtype, torch.float32))
+        for head, offset, target in ((self.first, self.offsets[0], t[:, 0]), (self.second, self.offsets[1], t[:, 1])):
+            logits = head(hidden[rows, positions + offset])
+            total = total + F.cross_entropy(logits.to(total.dtype), target)  # bfloat16 logits in float32
+        return total
 
 
 class TrainingLosses(NamedTuple):
@@ -626,7 +644,8 @@ def training_losses(
         position = heads.loss(out.hidden_states[-1][is_visual], visual_index.reshape(-1), tpf)
     order_hint = zero
     if hint_heads is not None:
-        order_hint = hint_heads.loss(out.hidden_states[-1][ids == marker], batch["hints"].reshape(-1, 2))
+        markers = (ids == marker).nonzero(as_tuple=True)  # row-major: the order of batch["targets"]
+        order_hint = hint_heads.loss(out.hidden_states[-1], markers, batch["hints"].reshape(-1, 2))
     return TrainingLosses(answer, content, position, order_hint)
 
 
@@ -729,7 +748,7 @@ def train(
     orders = [rng.permutation(len(ds)) for _, ds in stages[:-1]]
     orders.append(cfg.data_offset + rng.permutation(len(stages[-1][1]) - cfg.data_offset))
     heads = PositionHeads(model.config) if cfg.position_weight > 0 else None  # seeded after build_model's weights
-    hint_heads = OrderHintHeads(model.config) if cfg.order_hint_weight > 0 else None  # then these
+    hint_heads = OrderHintHeads(model.config, cfg.order_hint_at) if cfg.order_hint_weight > 0 else None  # then these
     groups = _param_groups(model, cfg.weight_decay)
     for extra in (heads, hint_heads):
         if extra is not None:
