@@ -373,6 +373,28 @@ def test_curriculum_trains_on_shorter_videos_first(tmp_path, monkeypatch):
         spec_from_dict({"train": {"curriculum": [[16, 4]]}})
 
 
+def test_a_curriculum_stage_can_train_on_some_variants_and_question_types():
+    from hybridreduce.toy.train import VariantMix, _stages
+
+    raw = tiny_toy_raw(**TRAIN, steps=4)
+    raw["data"]["variants"] = {"static": {}, "clutter": CLUTTER}
+    raw["train"]["curriculum"] = [
+        {"steps": 1, "data": {"frames": 8, "n_events": [2, 3], "variants": ["clutter"], "qtypes": ["when", "order"]}},
+        {"steps": 1, "data": {"move_prob": 0.0}},
+    ]
+    stages = _stages(spec_from_dict(raw))
+    first, both, full = (s for _, s in stages)
+    items = [first[i] for i in range(len(first))]
+    assert all(x.qtype in ("when", "order") and len(x.video) == 8 for x in items) and len(items) == 4
+    assert {x.qtype for x in items} == {"when", "order"}
+    assert isinstance(both, VariantMix) and [d.cfg.variant for d in both.datasets] == ["static", "clutter"]
+    assert all(d.cfg.move_prob == 0 for d in both.datasets) and all(d.cfg.move_prob > 0 for d in full.datasets)
+    for bad in (["foggy"], [], "clutter"):
+        raw["train"]["curriculum"][0]["data"]["variants"] = bad
+        with pytest.raises(InputError, match="must be a non-empty list of the run's variants"):
+            _stages(spec_from_dict(raw))
+
+
 def test_warm_start_loads_the_previous_run_and_trains_on_new_items(tmp_path, run_dir, monkeypatch):
     import hybridreduce.toy.train as train_module
 

@@ -106,8 +106,9 @@ class TrainConfig:
             so a video forward teaches ``1 + follow_ups`` answers. Evaluation always asks one question.
         curriculum: optional list of stages ``{"steps": n, "data": {ToyConfig overrides}}`` run first, in
             order (e.g. ``{"steps": 200, "data": {"frames": 4, "qtypes": ["colour", "where"]}}``): the benchmark
-            with those fields changed, encoded with the full config's vocabulary; the remaining steps use the
-            full config. Short videos make the first retrieval gradients strong (a needle among 64 tokens
+            with those fields changed in every variant, encoded with the full config's vocabulary; the remaining
+            steps use the full config. A stage's ``variants`` (a list of the run's variants) trains on those
+            alone (e.g. ``{"variants": ["clutter"], "qtypes": ["when", "order"]}``). Short videos make the first retrieval gradients strong (a needle among 64 tokens
             rather than 512); a model that has learnt to look up a (frame, cell) keeps doing so as the videos
             grow.
         content_weight: weight of an auxiliary loss that reads every visual token's content (its shape's
@@ -957,14 +958,26 @@ def _stages(spec: ToySpec) -> list[tuple[int, ToyDataset]]:
     vocab = spec.vocab
     stages, first = [], 0
     for k, stage in enumerate(cfg.curriculum or []):
-        overrides = stage.get("data", {})
+        overrides = dict(stage.get("data", {}))
         if overrides.get("frames", 0) > spec.data.frames:
             raise InputError(f"train.curriculum[{k}] asks for more frames than the benchmark has ({spec.data.frames})")
+        chosen = overrides.pop("variants", None)
+        configs = spec.configs
+        if chosen is not None:
+            known = [c.variant for c in configs] if spec.variants else []
+            if not isinstance(chosen, list) or not chosen or any(v not in known for v in chosen):
+                raise InputError(
+                    f"train.curriculum[{k}].data.variants must be a non-empty list of the run's variants {known}, "
+                    f"got {chosen!r}"
+                )
+            configs = [c for c in configs if c.variant in chosen]
         try:
-            short = replace(spec.data, **overrides)
+            short = [replace(c, **overrides) for c in configs]
         except TypeError as exc:
             raise InputError(f"train.curriculum[{k}].data: {exc}; use ToyConfig fields") from None
-        stages.append((first, ToyDataset(short, "train", stage["steps"] * cfg.batch_size, vocab=vocab)))
+        n = stage["steps"] * cfg.batch_size
+        sets = [ToyDataset(c, "train", -(-n // len(short)), vocab=vocab) for c in short]
+        stages.append((first, sets[0] if len(sets) == 1 else VariantMix(sets)))
         first += stage["steps"]
     size = cfg.data_offset + (cfg.steps - first) * cfg.batch_size
     sets = [ToyDataset(c, "train", -(-size // len(spec.configs)), vocab=vocab) for c in spec.configs]
