@@ -108,9 +108,9 @@ class TrainConfig:
             order (e.g. ``{"steps": 200, "data": {"frames": 4, "qtypes": ["colour", "where"]}}``): the benchmark
             with those fields changed in every variant, encoded with the full config's vocabulary; the remaining
             steps use the full config. A stage's ``variants`` (a list of the run's variants) trains on those
-            alone (e.g. ``{"variants": ["clutter"], "qtypes": ["when", "order"]}``). Short videos make the first retrieval gradients strong (a needle among 64 tokens
-            rather than 512); a model that has learnt to look up a (frame, cell) keeps doing so as the videos
-            grow.
+            alone (e.g. ``{"variants": ["clutter"], "qtypes": ["when", "order"]}``). Short videos make the first
+            retrieval gradients strong (a needle among 64 tokens rather than 512); a model that has learnt to
+            look up a (frame, cell) keeps doing so as the videos grow.
         content_weight: weight of an auxiliary loss that reads every visual token's content (its shape's
             colour word, or ``<video>`` for background) from the language model's logits at that token. It
             is dense supervision (512 labels per video against 8 answers): without it a small model sits at
