@@ -677,3 +677,17 @@ def test_a_run_with_the_order_hint_trains_and_resumes_exactly(tmp_path):
         train(_spec(steps=2, order_hint_weight=1.0), tmp_path / "static", progress=False)
     with pytest.raises(InputError, match="order_hint_weight must be a number >= 0"):
         spec_from_dict(tiny_toy_raw(order_hint_weight=-1.0))
+
+
+@pytest.mark.parametrize("name", ["hint_answer", "hint_words", "curriculum"])
+def test_the_order_pilot_configs_load(name):
+    """The recorded pilots of experiments/order_question parse into specs whose data and model are stage 1's."""
+    from pathlib import Path
+
+    from hybridreduce.toy.train import load_spec
+
+    root = Path(__file__).resolve().parents[1]
+    spec = load_spec(root / "experiments" / "order_question" / f"{name}.yaml")
+    stage1 = load_spec(root / "configs" / "toy24.yaml")
+    assert spec.train.order_hint_weight == 1.0 and spec.train.reduce_prob == 0
+    assert (spec.to_dict()["data"], spec.to_dict()["model"]) == (stage1.to_dict()["data"], stage1.to_dict()["model"])
