@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from hybridreduce import InputError, Schedule, reduce
 from hybridreduce.cli import main
@@ -691,3 +693,31 @@ def test_the_order_pilot_configs_load(name):
     stage1 = load_spec(root / "configs" / "toy24.yaml")
     assert spec.train.order_hint_weight == 1.0 and spec.train.reduce_prob == 0
     assert (spec.to_dict()["data"], spec.to_dict()["model"]) == (stage1.to_dict()["data"], stage1.to_dict()["model"])
+
+
+def test_demo_methods_are_checked_before_any_question_on_a_model_whose_attention_comes_late(monkeypatch):
+    """On a model whose first attention block is block 4 (the 24-block pattern), FastV and attention-only progressive
+    cut right after it; a method that cannot run is refused, naming it, before any forward."""
+    from hybridreduce.toy import demo as demo_module
+    from hybridreduce.toy.demo import DEMO_METHODS, KEEPS, DemoMethod, check_methods, feasible_schedule
+
+    raw = tiny_toy_raw(**TRAIN)
+    toy24 = yaml.safe_load((Path(__file__).resolve().parents[1] / "configs" / "toy24.yaml").read_text())
+    raw["model"]["text"]["layers_block_type"] = toy24["model"]["text"]["layers_block_type"]  # attention at 4 and 13
+    model = build_model(spec_from_dict(raw))
+    check_methods(model, tuple(DEMO_METHODS), KEEPS)
+    assert feasible_schedule("fastv", 0.25, model)[0].first_prune == 5
+    assert feasible_schedule("progressive-attn-only", 0.25, model)[0].first_prune == 5
+    with pytest.raises(InputError, match="demo method 'fastv-k2' at keep 0.5 cannot run on this model: the cut before"):
+        check_methods(model, (DemoMethod("fastv-k2", preset="fastv"),), (0.5,))
+
+    def forward(*args, **kwargs):
+        raise AssertionError("a method that cannot run must be refused before any question is asked")
+
+    monkeypatch.setattr(
+        demo_module, "DEMO_METHODS", {**DEMO_METHODS, "fastv-k2": DemoMethod("fastv-k2", preset="fastv")}
+    )
+    monkeypatch.setattr(demo_module, "evaluate_method", forward)
+    monkeypatch.setattr(demo_module, "load_toy_spec", lambda path: (model, spec_from_dict(raw)))
+    with pytest.raises(InputError, match="fastv-k2"):
+        demo_module.run_demo("unused", size=4, keeps=(0.5,), methods=("progressive", "fastv-k2"), progress=False)

@@ -166,7 +166,9 @@ DEMO_METHODS: dict[str, DemoMethod] = {
         ),
         DemoMethod("progressive-depth", preset="progressive", settings={"first_prune": DEPTH_FIRST_PRUNE}),
         DemoMethod("progressive-calibrated", preset="progressive", calibrated=True),
-        DemoMethod("fastv", preset="fastv"),
+        # FastV cuts after its K = 2nd block by attention; on a hybrid whose first attention block comes later, right
+        # after that block (on the 12-block model block 2 is attention: the preset's first_prune = 3 either way).
+        DemoMethod("fastv", preset="fastv", first_cut_after_attention=True),
         DemoMethod("pyramiddrop", preset="pyramiddrop"),
         DemoMethod("random", preset="random"),
         DemoMethod("evs", evs=True, budget_split="evs"),
@@ -240,6 +242,33 @@ def feasible_schedule(method: str | DemoMethod, keep: float, model: ToyVLM) -> t
         sched = record.schedule(keep, model, budget="final")
         sched.resolve(blocks)
         return sched, f"average budget infeasible ({exc}); run with final keep {keep:g}"
+
+
+def check_methods(model: ToyVLM, methods, keeps) -> None:
+    """Resolve every in-LM schedule the demo will run on ``model`` (each method at each keep, EVS's share split
+    off), and check that a block can score each cut, before any question is asked.
+
+    Raises:
+        InputError: naming the method, the keep and what cannot run.
+    """
+    from ..engine import scoring_blocks
+
+    adapted = get_adapter(model)
+    for name in methods:
+        record = demo_method(name)
+        if not record.in_lm or record.calibrated:
+            continue  # no in-LM schedule, or one that calibrate() searches among feasible layouts
+        for keep in keeps:
+            try:
+                if record.evs:
+                    sched = record.schedule(record.split_budget(keep)[1], model)
+                else:
+                    sched = feasible_schedule(record, keep, model)[0]
+                scoring_blocks(adapted, sched, sched.resolve(adapted.num_blocks))
+            except InputError as exc:
+                raise InputError(
+                    f"demo method {record.name!r} at keep {keep:g} cannot run on this model: {exc}"
+                ) from None
 
 
 @dataclass
@@ -431,6 +460,7 @@ def run_demo(
             f"the checkpoint was not trained on the variant(s) {missing}; it knows {sorted(configs)} "
             "(its vocabulary and question types come from them)"
         )
+    check_methods(model, methods, keeps)
     runs = [("full", 1.0)] + [(m, k) for k in keeps for m in methods]
     bar = tqdm(total=len(variants) * len(runs) * size, desc="demo", unit="q", disable=not progress, dynamic_ncols=True)
     results: list[MethodResult] = []
