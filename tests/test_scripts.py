@@ -1,6 +1,6 @@
 """The repository's scripts on tiny inputs: ranking_before_llm.py (the demo claim's diagnostic), answer_confusion.py,
-order_probe.py, paper_claims.py (the papers' claims, measured on a toy checkpoint) and calibration_proxy.py (calibrate's
-objective against accuracy)."""
+order_probe.py, step_sizes.py, paper_claims.py (the papers' claims, measured on a toy checkpoint) and
+calibration_proxy.py (calibrate's objective against accuracy)."""
 
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ import answer_confusion  # noqa: E402
 import calibration_proxy  # noqa: E402
 import order_probe  # noqa: E402
 import paper_claims  # noqa: E402
+import step_sizes  # noqa: E402
 from ranking_before_llm import _evs_mask, top_share  # noqa: E402
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -253,3 +254,20 @@ def test_order_probe_on_a_tiny_clutter_checkpoint(tmp_path, capsys):
     assert "block  kind" in capsys.readouterr().out
     with pytest.raises(InputError, match="asks no order questions"):
         order_probe.main(["--checkpoint", str(run), "--variant", "static"])
+
+
+# step_sizes.py ---------------------------------------------------------------------------------------------------
+def test_step_sizes_on_a_tiny_checkpoint(toy_run, tmp_path, capsys):
+    from hybridreduce.adapters import get_adapter
+    from hybridreduce.toy.demo import load_toy_spec
+
+    result = step_sizes.main(["--checkpoint", str(toy_run), "--size", "6", "--out", str(tmp_path)])
+    assert json.loads((tmp_path / "step_sizes.json").read_text()) == result
+    model, _ = load_toy_spec(toy_run)
+    assert [r["block"] for r in result["blocks"]] == [s.index for s in get_adapter(model).blocks if s.ssm is not None]
+    for r in result["blocks"]:
+        assert r["dt_relevant"] > 0 and r["dt_other"] > 0 and r["cb_relevant"] >= 0
+        assert r["dt_ratio"] == pytest.approx(r["dt_relevant"] / r["dt_other"])
+    assert "Δ relevant" in capsys.readouterr().out
+    with pytest.raises(InputError, match="not 'clutter'"):
+        step_sizes.main(["--checkpoint", str(toy_run), "--variant", "clutter"])
