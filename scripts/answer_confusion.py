@@ -14,16 +14,14 @@ Prints one block per question type and writes ``confusion.json`` into ``--out`` 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections import Counter
-from pathlib import Path
 
 import torch
+from toy_diagnostics import load_variant, write_result
 
 from hybridreduce.errors import InputError
 from hybridreduce.toy import ToyDataset
-from hybridreduce.toy.demo import load_toy_spec
 from hybridreduce.toy.evaluate import AnswerSheet, answer_logits
 from hybridreduce.toy.questions import answer_words
 
@@ -87,12 +85,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 @torch.no_grad()
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    model, spec = load_toy_spec(Path(args.checkpoint))
-    configs = {c.variant: c for c in spec.configs}
-    variant = args.variant or list(configs)[-1]
-    if variant not in configs:
-        raise InputError(f"{args.checkpoint} was trained on the variants {list(configs)}, not {variant!r}; pick one")
-    cfg = configs[variant]
+    model, spec, cfg = load_variant(args.checkpoint, args.variant)
+    variant = cfg.variant
     data = ToyDataset(cfg, args.split, args.size, vocab=spec.vocab)
     sheet = AnswerSheet(spec.vocab)
     candidates = {q: answer_words(cfg, q) for q in cfg.qtypes}
@@ -115,10 +109,7 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"          frames between the two shapes {label:>6s}: n={b['n']:4d} accuracy {b['accuracy']:.1%}")
     result = {"checkpoint": str(args.checkpoint), "variant": variant, "split": args.split, "size": args.size}
     result["types"] = table
-    if args.out is not None:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "confusion.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_result(args.out, "confusion.json", result)
     return result
 
 

@@ -23,16 +23,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
-from pathlib import Path
 
 import torch
+from toy_diagnostics import load_variant, write_result
 
 from hybridreduce.adapters import get_adapter
 from hybridreduce.errors import InputError
 from hybridreduce.toy import ToyDataset
-from hybridreduce.toy.demo import load_toy_spec
 from hybridreduce.toy.questions import order_starts
 
 PENALTIES = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)  # ridge penalties, relative to the mean feature variance
@@ -109,11 +107,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    model, spec = load_toy_spec(Path(args.checkpoint))
-    configs = {c.variant: c for c in spec.configs}
-    if args.variant not in configs:
-        raise InputError(f"{args.checkpoint} was trained on {list(configs)}, not {args.variant!r}; pick one of them")
-    cfg = configs[args.variant]
+    model, spec, cfg = load_variant(args.checkpoint, args.variant)
     if "order" not in cfg.qtypes:
         raise InputError(f"the {args.variant!r} variant asks no order questions; use a variant that does (clutter)")
     third = args.size // 3
@@ -136,10 +130,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"{layer - 1:5d}  {kind:5s}  " + "  ".join(f"{columns[n][layer]:8.3f}" for n in columns))
     result = {"checkpoint": str(args.checkpoint), "variant": args.variant, "split": "val", "size": args.size}
     result["blocks"] = [{"block": i - 1, "kind": k, **{n: columns[n][i] for n in columns}} for i, k in enumerate(kinds)]
-    if args.out is not None:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "order_probe.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_result(args.out, "order_probe.json", result)
     return result
 
 

@@ -13,17 +13,15 @@ and on the other visual tokens, and their ratio.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from pathlib import Path
 
 import torch
+from toy_diagnostics import load_variant, write_result
 
 from hybridreduce.adapters import get_adapter
 from hybridreduce.errors import InputError
 from hybridreduce.scoring.mamba import mamba2_primitives
 from hybridreduce.toy import ToyDataset
-from hybridreduce.toy.demo import load_toy_spec
 
 
 @torch.no_grad()
@@ -73,12 +71,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    model, spec = load_toy_spec(Path(args.checkpoint))
-    configs = {c.variant: c for c in spec.configs}
-    variant = args.variant or list(configs)[-1]
-    if variant not in configs:
-        raise InputError(f"{args.checkpoint} was trained on the variants {list(configs)}, not {variant!r}; pick one")
-    data = ToyDataset(configs[variant], "test", args.size, vocab=spec.vocab)
+    model, spec, cfg = load_variant(args.checkpoint, args.variant)
+    variant = cfg.variant
+    data = ToyDataset(cfg, "test", args.size, vocab=spec.vocab)
     rows = step_sizes(model, data.batch(range(args.size)))
     print("block   Δ relevant   Δ other   ratio   |C·B| relevant   |C·B| other   ratio")
     for r in rows:
@@ -88,10 +83,7 @@ def main(argv: list[str] | None = None) -> dict:
         )
     result = {"checkpoint": str(args.checkpoint), "variant": variant, "split": "test", "size": args.size}
     result["blocks"] = rows
-    if args.out is not None:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "step_sizes.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_result(args.out, "step_sizes.json", result)
     return result
 
 
