@@ -451,6 +451,9 @@ def test_a_real_sigint(files, tmp_path):
     out = tmp_path / "run"
     script = (
         "import os, signal, sys\n"
+        # A suite started in the background (`cmd &`, nohup) hands its children SIGINT ignored, and Python then
+        # installs no KeyboardInterrupt handler; restore the one an interactive interpreter has.
+        "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
         "import analysis.run as c\n"
         "real, calls = c.score_batch, []\n"
         "def score(*args):\n"
