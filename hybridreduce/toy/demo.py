@@ -230,9 +230,13 @@ def calibrate_schedules(model: ToyVLM, data: ToyConfig, vocab, keeps) -> dict[fl
 
 
 def feasible_schedule(method: str | DemoMethod, keep: float, model: ToyVLM) -> tuple[Schedule, str]:
-    """The method's schedule at average keep ``keep`` or, where its layout cannot carry so few tokens on
-    average (every token passes the blocks before its first cut), at final keep ``keep``; and a note."""
+    """The in-LM schedule the method runs at average keep ``keep``, and a note: at average keep ``keep`` or, where
+    its layout cannot carry so few tokens on average (every token passes the blocks before its first cut), at final
+    keep ``keep``. A method with EVS first runs its in-LM share of the budget (:meth:`DemoMethod.split_budget`).
+    """
     record = demo_method(method)
+    if record.evs:
+        return record.schedule(record.split_budget(keep)[1], model), ""
     blocks = get_adapter(model).num_blocks
     try:
         sched = record.schedule(keep, model)
@@ -260,10 +264,7 @@ def check_methods(model: ToyVLM, methods, keeps) -> None:
             continue  # no in-LM schedule, or one that calibrate() searches among feasible layouts
         for keep in keeps:
             try:
-                if record.evs:
-                    sched = record.schedule(record.split_budget(keep)[1], model)
-                else:
-                    sched = feasible_schedule(record, keep, model)[0]
+                sched = feasible_schedule(record, keep, model)[0]
                 scoring_blocks(adapted, sched, sched.resolve(adapted.num_blocks))
             except InputError as exc:
                 raise InputError(
@@ -299,20 +300,19 @@ def _forward_logits(
     """``(logits (b, vocab), block_visual (L,), relevant_kept (b,))`` of one batch under one method.
 
     ``keep`` is the method's average keep ``k`` (split by :meth:`DemoMethod.split_budget` when EVS runs first);
-    ``schedule`` the in-LM schedule of a method without EVS (:func:`feasible_schedule`; None for full and EVS).
+    ``schedule`` the method's in-LM schedule (:func:`feasible_schedule`; None for full tokens and EVS alone).
     """
     relevant = batch["relevant_mask"]
     if method.evs:
-        evs_keep, lm_keep = method.split_budget(keep)
+        evs_keep = method.split_budget(keep)[0]
         r = evs_inputs(model, batch, 1.0 - evs_keep)
         rel = relevant.gather(1, r.kept_index)  # (b, T') relevant flags of the kept rows
         if not method.in_lm:
             out = model(inputs_embeds=r.inputs, attention_mask=r.attention_mask)
             V = int(r.visual_mask[0].sum())
             return out.logits[:, -1], [V] * n_blocks, _share(rel, relevant)
-        sched = method.schedule(lm_keep, model)
         with reduce(
-            model, sched, visual_mask=r.visual_mask, scorer=method.scorer, attention_mask=r.attention_mask
+            model, schedule, visual_mask=r.visual_mask, scorer=method.scorer, attention_mask=r.attention_mask
         ) as red:
             out = model(inputs_embeds=r.inputs, attention_mask=r.attention_mask)
         last = red.kept_positions[max(red.kept_positions)]  # (b, k) positions in the EVS-reduced sequence
@@ -350,7 +350,7 @@ def evaluate_method(
     """
     record = demo_method(method, schedule)
     note = ""
-    if schedule is None and record.in_lm and not record.evs:
+    if schedule is None and record.in_lm:
         schedule, note = feasible_schedule(record, keep, model)
     n_blocks = get_adapter(model).num_blocks
     correct, qtypes, blocks, rel, seconds = [], [], [], [], 0.0
@@ -412,7 +412,7 @@ def answers_correct(
         ``(N,)`` bool, in the order of the batches' questions.
     """
     record = demo_method(method, schedule)
-    if schedule is None and record.in_lm and not record.evs:
+    if schedule is None and record.in_lm:
         schedule, _ = feasible_schedule(record, keep, model)
     n_blocks = get_adapter(model).num_blocks
     correct = []
