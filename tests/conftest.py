@@ -41,6 +41,18 @@ def tiny_toy_raw(**train) -> dict:
     return raw
 
 
+#: The variants of a tiny mixed run: ``static``, and ``clutter`` with as few distractors as the 12-frame 2×2 grid holds
+#: (the preset's 20–26 would fill it).
+TINY_VARIANTS = {"static": {}, "clutter": {"distractors": [1, 1], "camera_step": 4}}
+
+
+def tiny_mixed_raw(**train) -> dict:
+    """:func:`tiny_toy_raw` trained on both benchmark variants (:data:`TINY_VARIANTS`)."""
+    raw = tiny_toy_raw(**train)
+    raw["data"]["variants"] = copy.deepcopy(TINY_VARIANTS)
+    return raw
+
+
 def tiny_toy_spec(**train) -> ToySpec:
     """The :class:`ToySpec` of :data:`TINY_TOY` with ``train`` settings overridden."""
     return spec_from_dict(tiny_toy_raw(**train))

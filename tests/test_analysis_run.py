@@ -25,7 +25,7 @@ from hybridreduce.errors import InputError, ScoreError
 from hybridreduce.toy import ToyDataset
 from hybridreduce.toy.train import spec_from_dict, train
 
-from .conftest import tiny_toy_raw, tiny_toy_spec
+from .conftest import tiny_mixed_raw, tiny_toy_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_YAML = ROOT / "configs" / "analysis" / "tiny_nemotron_h.yaml"
@@ -220,8 +220,7 @@ def test_bad_configs():
 
 
 def test_collect_measures_the_benchmark_variant_asked_for(toy_checkpoint, tmp_path):
-    raw = tiny_toy_raw(steps=1, eval_every=1, eval_size=4, test_size=4)
-    raw["data"]["variants"] = {"static": {}, "clutter": {"distractors": [1, 1], "camera_step": 4}}
+    raw = tiny_mixed_raw(steps=1, eval_every=1, eval_size=4, test_size=4)
     train(spec_from_dict(raw), tmp_path / "mix", progress=False)
     for variant, camera in ((None, 0), ("static", 0), ("clutter", 4)):  # None: the checkpoint's first variant
         config = AnalysisConfig(model={"checkpoint": str(tmp_path / "mix")}, variant=variant, samples=4, examples=1)

@@ -16,7 +16,7 @@ import torch
 from hybridreduce.errors import InputError
 from hybridreduce.toy.train import spec_from_dict, train
 
-from .conftest import tiny_toy_raw, tiny_toy_spec
+from .conftest import tiny_mixed_raw, tiny_toy_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -243,8 +243,7 @@ def test_named_starts_follow_the_question_order():
 
 
 def test_order_probe_on_a_tiny_clutter_checkpoint(tmp_path, capsys):
-    raw = tiny_toy_raw(eval_every=3, eval_size=4, test_size=4)
-    raw["data"]["variants"] = {"static": {}, "clutter": {"distractors": [1, 1], "camera_step": 4}}
+    raw = tiny_mixed_raw(eval_every=3, eval_size=4, test_size=4)
     run = tmp_path / "run"
     train(spec_from_dict(raw), run, progress=False, command="pytest")
     result = order_probe.main(["--checkpoint", str(run), "--size", "30", "--out", str(tmp_path / "probe")])

@@ -36,11 +36,9 @@ from hybridreduce.toy.train import (
     training_losses,
 )
 
-from .conftest import tiny_toy_raw, tiny_toy_spec
+from .conftest import tiny_mixed_raw, tiny_toy_raw, tiny_toy_spec
 
 TRAIN = {"follow_ups": 2, "evs_prob": 0.5, "content_weight": 1.0, "position_weight": 1.0}
-#: The clutter variant on the tiny 12-frame 2×2 grid: a few distractors (the preset's 20–26 would fill it).
-CLUTTER = {"distractors": [1, 1], "camera_step": 4}
 
 
 def _spec(**train):
@@ -378,8 +376,7 @@ def test_curriculum_trains_on_shorter_videos_first(tmp_path, monkeypatch):
 def test_a_curriculum_stage_can_train_on_some_variants_and_question_types():
     from hybridreduce.toy.train import VariantMix, _stages
 
-    raw = tiny_toy_raw(**TRAIN, steps=4)
-    raw["data"]["variants"] = {"static": {}, "clutter": CLUTTER}
+    raw = tiny_mixed_raw(**TRAIN, steps=4)
     raw["train"]["curriculum"] = [
         {"steps": 1, "data": {"frames": 8, "n_events": [2, 3], "variants": ["clutter"], "qtypes": ["when", "order"]}},
         {"steps": 1, "data": {"move_prob": 0.0}},
@@ -449,9 +446,8 @@ def test_depth_upscaling_starts_with_the_source_models_function(run_dir):
         if kind != "attention":
             grown_kinds.append(kind)
             layers.append(None)
-    raw = tiny_toy_raw(**TRAIN, init_from=str(run_dir), init_layers=layers)
+    raw = tiny_mixed_raw(**TRAIN, init_from=str(run_dir), init_layers=layers)
     raw["model"]["text"]["layers_block_type"] = grown_kinds
-    raw["data"]["variants"] = {"static": {}, "clutter": CLUTTER}
     spec = spec_from_dict(raw)
     grown = build_model(spec)
     heads = PositionHeads(grown.config)
@@ -476,8 +472,7 @@ def test_depth_upscaling_starts_with_the_source_models_function(run_dir):
 
 
 def test_a_mixed_run_trains_on_both_variants_and_reports_each(tmp_path):
-    raw = tiny_toy_raw(**TRAIN, steps=2, eval_every=2, eval_size=5, test_size=5)
-    raw["data"]["variants"] = {"static": {}, "clutter": CLUTTER}
+    raw = tiny_mixed_raw(**TRAIN, steps=2, eval_every=2, eval_size=5, test_size=5)
     spec = spec_from_dict(raw)
     final = train(spec, tmp_path / "mix", progress=False)
     assert set(final["variants"]) == {"static", "clutter"}
@@ -587,9 +582,7 @@ def test_shipped_training_configs_load(name):
 
 # --- the order hint (train.order_hint_weight) ------------------------------------------------------------------
 def _clutter_spec(**train):
-    raw = tiny_toy_raw(**(TRAIN | train))
-    raw["data"]["variants"] = {"static": {}, "clutter": CLUTTER}
-    return spec_from_dict(raw)
+    return spec_from_dict(tiny_mixed_raw(**(TRAIN | train)))
 
 
 def test_order_hints_are_the_named_shapes_first_frames():
