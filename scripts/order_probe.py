@@ -7,6 +7,9 @@ residual stream at ``<answer>``, after every block, tell those apart:
 
 - ``start_a`` / ``start_b``: ridge regression of each named shape's first frame (R² on held-out questions);
 - ``order``: the sign of ``start_b - start_a``, i.e. the answer (ridge on ±1, accuracy on held-out questions);
+The same probes apply to ``first`` questions (``which appeared first A or B``: the same two facts, answered with
+the earlier colour); the probe reads the pair question the variant asks (``order``, else ``first``).
+
 - ``when``: the same regression for the one shape of ``when`` questions, the single retrieval the model does
   answer, as the reference of what a probe finds when the information is there.
 
@@ -31,15 +34,15 @@ from toy_diagnostics import load_variant, write_result
 from hybridreduce.adapters import get_adapter
 from hybridreduce.errors import InputError
 from hybridreduce.toy import ToyDataset
-from hybridreduce.toy.questions import order_starts
+from hybridreduce.toy.questions import PAIR_QTYPES, order_starts
 
 PENALTIES = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)  # ridge penalties, relative to the mean feature variance
 
 
 def named_starts(sample) -> list[int]:
-    """First frames of the shapes a question names: A's and B's for ``order``
+    """First frames of the shapes a question names: A's and B's for ``order`` and ``first``
     (:func:`~hybridreduce.toy.questions.order_starts`), the one shape's for ``when``."""
-    if sample.qtype == "order":
+    if sample.qtype in PAIR_QTYPES:
         return list(order_starts(sample.question, sample.events))
     starts = [e.start for e in sample.events if e.colour in sample.question]
     if len(starts) != 1:
@@ -95,7 +98,7 @@ def states_at_answer(model, data: ToyDataset, batch_size: int) -> torch.Tensor:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True, help="a train-toy output directory")
-    parser.add_argument("--variant", default="clutter", help="benchmark variant with order questions (clutter)")
+    parser.add_argument("--variant", default="clutter", help="benchmark variant with order or first questions")
     parser.add_argument("--size", type=int, default=768, help="questions of each type probed (default 768)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--out", default=None, help="a folder to write order_probe.json into")
@@ -108,16 +111,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     model, spec, cfg = load_variant(args.checkpoint, args.variant)
-    if "order" not in cfg.qtypes:
-        raise InputError(f"the {args.variant!r} variant asks no order questions; use a variant that does (clutter)")
+    pair = next((q for q in PAIR_QTYPES if q in cfg.qtypes), None)
+    if pair is None:
+        raise InputError(f"the {args.variant!r} variant asks no order or first questions; use one that does (clutter)")
     third = args.size // 3
     parts = (slice(0, third), slice(third, 2 * third), slice(2 * third, args.size))
     columns: dict[str, list[float]] = {}
-    for qtype in ("order", "when"):
+    for qtype in (pair, "when"):
         data = ToyDataset(dataclasses.replace(cfg, qtypes=(qtype,)), "val", args.size, vocab=spec.vocab)
         states = states_at_answer(model, data, args.batch_size)
         starts = torch.tensor([named_starts(data[i]) for i in range(len(data))], dtype=torch.float64)
-        if qtype == "order":
+        if qtype == pair:
             targets = {"start_a": (starts[:, 0], False), "start_b": (starts[:, 1], False)}
             targets["order"] = (torch.sign(starts[:, 1] - starts[:, 0]), True)
         else:
@@ -128,7 +132,8 @@ def main(argv: list[str] | None = None) -> dict:
     kinds = ["embed", *get_adapter(model).kinds]
     for layer, kind in enumerate(kinds):
         print(f"{layer - 1:5d}  {kind:5s}  " + "  ".join(f"{columns[n][layer]:8.3f}" for n in columns))
-    result = {"checkpoint": str(args.checkpoint), "variant": args.variant, "split": "val", "size": args.size}
+    result = {"checkpoint": str(args.checkpoint), "variant": args.variant, "pair": pair, "split": "val"}
+    result["size"] = args.size
     result["blocks"] = [{"block": i - 1, "kind": k, **{n: columns[n][i] for n in columns}} for i, k in enumerate(kinds)]
     write_result(args.out, "order_probe.json", result)
     return result

@@ -251,7 +251,8 @@ def test_order_probe_on_a_tiny_clutter_checkpoint(tmp_path, capsys):
     assert len(result["blocks"]) == 13 and result["blocks"][0]["kind"] == "embed"
     assert set(result["blocks"][5]) == {"block", "kind", "start_a", "start_b", "order", "when"}
     assert "block  kind" in capsys.readouterr().out
-    with pytest.raises(InputError, match="asks no order questions"):
+    assert result["pair"] == "first"  # the clutter preset asks `first`
+    with pytest.raises(InputError, match="asks no order or first questions"):
         order_probe.main(["--checkpoint", str(run), "--variant", "static"])
 
 

@@ -38,6 +38,7 @@ from hybridreduce.toy import (
 from hybridreduce.toy import stats as toy_stats
 from hybridreduce.toy.config import PRESETS
 from hybridreduce.toy.questions import (
+    FIRST_WORDS,
     ORDER_WORDS,
     QUADRANTS,
     QUESTION_WORDS,
@@ -53,6 +54,7 @@ from hybridreduce.toy.render import BACKGROUND_MAX, CANVAS_SCALE, shape_mask
 CFG = ToyConfig()
 SMALL = ToyConfig(frames=16, height=24, width=32, patch=8, n_events=(2, 4), event_len=(2, 3), seed=3)  # 3x4 grid
 CLUTTER = ToyConfig.preset("clutter")
+CLUTTER_ALL = ToyConfig.preset("clutter", qtypes=ALL_QTYPES)  # clutter videos, every question type (+ `order`)
 
 
 @pytest.fixture(scope="module")
@@ -75,9 +77,10 @@ def centre_colour(patch: np.ndarray) -> str:
 
 
 def named_colours(sample: Sample) -> list[str]:
-    """The colours a question names: none (colour), the asked one (when, where, count), both (order)."""
+    """The colours a question names: none (colour), the asked one (when, where, count), both (order, first)."""
     q = sample.question
-    return {"colour": [], "when": [q[3]], "where": [q[3]], "count": [q[2]], "order": [q[1], q[4]]}[sample.qtype]
+    slots = {"colour": [], "when": [3], "where": [3], "count": [2], "order": [1, 4], "first": [3, 5]}[sample.qtype]
+    return [q[i] for i in slots]
 
 
 def oracle(sample: Sample, cfg: ToyConfig) -> str:
@@ -93,6 +96,12 @@ def oracle(sample: Sample, cfg: ToyConfig) -> str:
             first.setdefault(centre_colour(patches[tok]), tok[0])
         assert sorted(first) == sorted(named_colours(sample))
         return "yes" if first[q[1]] < first[q[4]] else "no"
+    if sample.qtype == "first":  # the named colour whose first frame is earlier
+        first = {}
+        for tok in sorted(patches):
+            first.setdefault(centre_colour(patches[tok]), tok[0])
+        assert sorted(first) == sorted(named_colours(sample))
+        return min(first, key=first.get)
     colour = q[3] if sample.qtype in ("when", "where") else q[2]
     assert all(centre_colour(p) == colour for p in patches.values())
     tokens = sorted(patches)
@@ -166,6 +175,8 @@ def test_config_derived_fields():
         (dict(qtypes=["order"], n_events=(1, 1)), ["n_events max 1", "'order'"]),
         (dict(qtypes=["order"], frames=8, event_len=(4, 4), n_events=(2, 2)), ["two events", "8 frames"]),
         (dict(qtypes=["order", "why"]), ["qtypes", "'why'", "'order'"]),
+        (dict(qtypes=["first"], n_events=(1, 1)), ["n_events max 1", "'first'"]),
+        (dict(qtypes=["first"], frames=8, event_len=(4, 4), n_events=(2, 2)), ["two events", "8 frames"]),
     ],
 )
 def test_config_errors(kwargs, words):
@@ -272,7 +283,7 @@ def test_the_question_table_is_the_one_source_of_question_words():
         "what", "colour", "was", "at", "frame", "cell", "when", "did", "the", "shape", "appear", "where", "how",
         "many", "shapes", "appeared", "?",
     )  # fmt: skip
-    assert ORDER_WORDS == ("before", "yes", "no")
+    assert ORDER_WORDS == ("before", "yes", "no") and FIRST_WORDS == ("which", "first", "or")
     assert tuple(QUESTIONS) == ALL_QTYPES and set(QTYPES) < set(ALL_QTYPES)
     for q, question in QUESTIONS.items():
         assert question.name == q and ToyConfig.preset("clutter", qtypes=(q,)).max_question_len == question.length
@@ -282,6 +293,9 @@ def test_the_question_table_is_the_one_source_of_question_words():
     assert count.words(colour="red") == ["how", "many", "red", "shapes", "appeared"]
     assert QUESTIONS["colour"].words(frame=17, cell="r1c2") == "what colour was at frame 17 cell r1c2".split()
     assert QUESTIONS["order"].named_colours(colour="red", later="blue") == ["red", "blue"]
+    assert QUESTIONS["first"].words(colour="red", later="blue") == "which appeared first red or blue".split()
+    assert QUESTIONS["first"].named_colours(colour="red", later="blue") == ["red", "blue"]
+    assert answer_words(CLUTTER, "first") == list(CLUTTER.colours) and chance_level(CLUTTER)["first"] == 0.5
     assert QUESTIONS["colour"].named_colours(frame=3, cell="r0c0") == []
     with pytest.raises(InputError, match=r"fills the slots \('colour',\)"):
         count.words(colour="red", frame=3)
@@ -641,10 +655,10 @@ def test_static_still_camera():
 def test_presets():
     assert VARIANTS == ("static", "clutter") and set(PRESETS) == set(VARIANTS)
     assert ToyConfig.preset("static") == ToyConfig() and ToyConfig.preset("static", seed=3) == ToyConfig(seed=3)
-    assert ToyConfig().variant == "static" and "order" not in ToyConfig().qtypes
+    assert ToyConfig().variant == "static" and not {"order", "first"} & set(ToyConfig().qtypes)
     for name, value in PRESETS["clutter"].items():
         assert getattr(CLUTTER, name) == value, name
-    assert CLUTTER.variant == "clutter" and CLUTTER.qtypes == ALL_QTYPES and "order" in CLUTTER.qtypes
+    assert CLUTTER.variant == "clutter" and CLUTTER.qtypes == (*QTYPES, "first")
     assert CLUTTER.camera_step >= CLUTTER.patch  # whole-patch steps happen
     assert CLUTTER.frame_noise > 0 and CLUTTER.distractors[0] > 0
     q = ToyConfig.preset("clutter", where_answer="quadrant", event_len=[3, 3])
@@ -676,8 +690,8 @@ def test_preset_errors(call, words):
 
 @pytest.fixture(scope="module")
 def clutter_samples() -> list[Sample]:
-    """250 balanced test-split samples of the clutter preset (50 per question type)."""
-    return list(ToyDataset(CLUTTER, "test", 250))
+    """300 balanced test-split samples of clutter videos, every question type (50 per type, ``order`` included)."""
+    return list(ToyDataset(CLUTTER_ALL, "test", 300))
 
 
 def test_clutter_deterministic():
@@ -723,7 +737,7 @@ def test_clutter_answers_are_unique_and_distractors_avoid_named_colours(clutter_
             colour_answer_repeated += per_colour[s.answer] > 1
         elif s.qtype == "count":
             assert per_colour[named[0]] == int(s.answer)
-        else:  # when, where, order: each named colour in exactly one event
+        else:  # when, where, order, first: each named colour in exactly one event
             assert all(per_colour[c] == 1 for c in named), (s.id, named, per_colour)
             ev = {e.colour: e for e in s.events if e.colour in named}
             if s.qtype == "when":
@@ -733,7 +747,10 @@ def test_clutter_answers_are_unique_and_distractors_avoid_named_colours(clutter_
             else:
                 a, b = ev[named[0]], ev[named[1]]
                 assert a.end < b.start or b.end < a.start  # two distinct times, a frame or more apart
-                assert s.answer == ("yes" if a.start < b.start else "no")
+                if s.qtype == "order":
+                    assert s.answer == ("yes" if a.start < b.start else "no")
+                else:
+                    assert s.qtype == "first" and s.answer == (a.colour if a.start < b.start else b.colour)
     assert repeated == len(clutter_samples)  # distractor colours repeat in every video
     assert colour_answer_repeated > 10  # a colour question's answer is not "the colour seen once"
 
@@ -746,14 +763,14 @@ def test_clutter_relevant_tokens_are_exactly_the_asked_shapes(clutter_samples):
         else:
             named = set(named_colours(s))
             assert set(s.relevant) == {tok for e in s.events if e.colour in named for tok in e.tokens}
-        if s.qtype == "order":
+        if s.qtype in ("order", "first"):
             assert len({t for t, _, _ in s.relevant}) >= 2
 
 
 def test_clutter_balanced_dataset_is_exact(clutter_samples):
     by_type = collections.defaultdict(list)
     for i, s in enumerate(clutter_samples):
-        assert s.qtype == CLUTTER.qtypes[i % len(CLUTTER.qtypes)]
+        assert s.qtype == CLUTTER_ALL.qtypes[i % len(CLUTTER_ALL.qtypes)]
         by_type[s.qtype].append(s.answer)
     assert set(by_type) == set(ALL_QTYPES)
     assert collections.Counter(by_type["order"]) == {"yes": 25, "no": 25}
@@ -765,15 +782,30 @@ def test_clutter_balanced_dataset_is_exact(clutter_samples):
 
 def test_order_answers_drawn_at_random_are_balanced():
     rng = np.random.default_rng(21)
-    samples = [make_sample(CLUTTER, rng, qtype="order") for _ in range(300)]
+    samples = [make_sample(CLUTTER_ALL, rng, qtype="order") for _ in range(300)]
     counts = collections.Counter(s.answer for s in samples)
     assert set(counts) == {"yes", "no"} and abs(counts["yes"] - 150) < 45, counts  # > 5 sigma away otherwise
-    assert answer_words(CLUTTER, "order") == ["yes", "no"] and chance_level(CLUTTER)["order"] == 0.5
+    assert answer_words(CLUTTER_ALL, "order") == ["yes", "no"] and chance_level(CLUTTER_ALL)["order"] == 0.5
     # no shortcut from the first-named colour's start: it is early as often for yes as for no
     early = collections.Counter(
         (s.answer, next(e.start for e in s.events if e.colour == s.question[1]) < CLUTTER.frames // 2) for s in samples
     )
     assert early[("yes", True)] > early[("no", True)] > 0
+
+
+def test_first_answers_are_named_first_and_second_equally_often():
+    """No shortcut from the words: the earlier colour is the one named first about half the time, and an early
+    first-named colour is no clue either."""
+    rng = np.random.default_rng(22)
+    samples = [make_sample(CLUTTER, rng, qtype="first") for _ in range(300)]
+    named_first = collections.Counter(s.answer == s.question[3] for s in samples)
+    assert abs(named_first[True] - 150) < 45, named_first  # > 5 sigma away otherwise
+    assert set(collections.Counter(s.answer for s in samples)) == set(CLUTTER.colours)
+    early = collections.Counter(
+        (s.answer == s.question[3], next(e.start for e in s.events if e.colour == s.question[3]) < CLUTTER.frames // 2)
+        for s in samples
+    )
+    assert early[(True, True)] > early[(False, True)] > 0
 
 
 def test_camera_motion_changes_every_background_patch():
@@ -818,13 +850,18 @@ def test_clutter_follow_up_questions_follow_the_video(clutter_samples):
         per_colour = collections.defaultdict(list)
         for e in s.events:
             per_colour[e.colour].append(e)
-        for words, qtype, answer in follow_up_questions(s, CLUTTER, rng, 10):
+        for words, qtype, answer in follow_up_questions(s, CLUTTER_ALL, rng, 10):
             seen[qtype] += 1
             if qtype == "order":
                 assert words[0] == "did" and words[3] == "before" and len(words) == 5
                 (a,), (b,) = per_colour[words[1]], per_colour[words[4]]
                 assert a.end < b.start or b.end < a.start
                 assert answer == ("yes" if a.start < b.start else "no")
+            elif qtype == "first":
+                assert words[:3] == ["which", "appeared", "first"] and words[4] == "or" and len(words) == 6
+                (a,), (b,) = per_colour[words[3]], per_colour[words[5]]
+                assert a.end < b.start or b.end < a.start
+                assert answer == (a.colour if a.start < b.start else b.colour)
             elif qtype == "count":
                 assert answer == str(len(per_colour[words[2]]))
             elif qtype in ("when", "where"):
@@ -848,8 +885,10 @@ def test_clutter_generation_stays_fast():
 def test_vocab_of_static_is_a_prefix_of_clutter():
     static, clutter = Vocab(ToyConfig.preset("static")), Vocab(CLUTTER)
     assert clutter.words[: len(static)] == static.words
-    assert clutter.words[len(static) :] == list(ORDER_WORDS)
-    assert not set(ORDER_WORDS) & set(static.words)
+    assert clutter.words[len(static) :] == [*ORDER_WORDS, *FIRST_WORDS]
+    assert not set(ORDER_WORDS + FIRST_WORDS) & set(static.words)
+    with_order = Vocab(ToyConfig.preset("clutter", qtypes=(*QTYPES, "order")))  # the stage-2 models' vocabulary
+    assert clutter.words[: len(with_order)] == with_order.words == [*static.words, *ORDER_WORDS]
     assert Vocab(ToyConfig(qtypes=ALL_QTYPES)).words == clutter.words  # the words follow qtypes, not the camera
     for a, b in [(static, clutter), (clutter, static)]:
         assert shared_vocab([a.cfg, b.cfg]).words == clutter.words
@@ -888,7 +927,7 @@ def test_align_lengths_gives_one_sequence_length():
     assert static.seq_len == clutter.seq_len == CFG.seq_len
     vocab = shared_vocab([static, clutter])
     mixed = [ToyDataset(a, "val", 3, vocab=vocab).encoded(i) for i in range(3)]
-    mixed += [ToyDataset(clutter, "val", 5, vocab=vocab).encoded(4)]  # an order question
+    mixed += [ToyDataset(clutter, "val", 5, vocab=vocab).encoded(4)]  # a first question
     batch = collate(mixed)
     assert batch["input_ids"].shape == (4, CFG.seq_len)
     for enc in mixed:  # left padding: the question ends at the <answer> marker, the video starts after <bos>
@@ -916,7 +955,7 @@ def test_stats_static_vs_clutter():
     # a still camera: EVS keeps a token of every asked shape; clutter: under half of the relevant tokens at 0.25
     assert all(static["evs"]["pixel"]["0.25"]["any"]["per_type"][q] == 1.0 for q in ("when", "where", "count"))
     clutter = toy_stats.benchmark_stats(CLUTTER, "val", 100, keeps=(0.25,))
-    assert clutter["variant"] == "clutter" and set(clutter["relevant_pct"]["per_type"]) == set(ALL_QTYPES)
+    assert clutter["variant"] == "clutter" and set(clutter["relevant_pct"]["per_type"]) == set(CLUTTER.qtypes)
     assert clutter["relevant_pct"]["max"] < 5.0  # events stay a small share of the tokens
     assert clutter["evs"]["pixel"]["0.25"]["share"]["mean"] < 0.5
     assert static["evs"]["pixel"]["0.25"]["share"]["mean"] > clutter["evs"]["pixel"]["0.25"]["share"]["mean"] + 0.1

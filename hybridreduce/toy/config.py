@@ -17,7 +17,7 @@ Two **variants** (:data:`VARIANTS`, :meth:`ToyConfig.preset`; DESIGN decision 12
     static   still                       low-contrast grey, ±15      none     n_events (3–6); distinct    colour when
                                                                               colours, but count's        where count
                                                                               distractors may repeat
-    clutter  random walk, steps of 1–8   high-contrast grey, ±90     ±6 per   the same, plus 20–26        + order
+    clutter  random walk, steps of 1–8   high-contrast grey, ±90     ±6 per   the same, plus 20–26        + first
              pixels per axis per frame   (cut at 180), on a canvas   frame    distractor events
              (sub-patch and whole-patch  of twice the frame's size            (colours repeat; 70% step
              steps)                      that wraps around: every             every frame, 30% stand still)
@@ -27,7 +27,7 @@ Two **variants** (:data:`VARIANTS`, :meth:`ToyConfig.preset`; DESIGN decision 12
 0.125 and loses only their still frames. In ``clutter`` temporal change marks far more tokens than any question
 needs, and EVS at keep 0.25 keeps under half of the relevant tokens (:mod:`hybridreduce.toy.stats` measures
 both; val, pixel EVS at 0.25: 62% of the relevant tokens on ``static``, 39% on ``clutter``). A distractor
-never has a colour the question names (the asked colour of ``when`` / ``where``, both of ``order``, the
+never has a colour the question names (the asked colour of ``when`` / ``where``, both of ``order`` / ``first``, the
 counted one of ``count``); ``colour`` questions name no colour, so their distractors may take any colour,
 the answer's included (no "the colour seen once" shortcut). In ``static`` only ``count`` questions repeat a
 colour within a video; ``static`` items are bit-identical to those of the benchmark before the variants.
@@ -42,7 +42,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, fields, replace
 
 from ..errors import InputError
-from .questions import ALL_QTYPES, QTYPES, QUESTIONS, WHERE_ANSWERS
+from .questions import ALL_QTYPES, PAIR_QTYPES, QTYPES, QUESTIONS, WHERE_ANSWERS
 
 #: The named colours (RGB). Every one has a channel ≥ 220; the background never exceeds 130 at the default
 #: texture (15) and :data:`~hybridreduce.toy.render.BACKGROUND_MAX` (180) at any, before ``frame_noise``.
@@ -72,7 +72,7 @@ PRESETS: dict[str, dict] = {
         "frame_noise": 6,
         "distractors": (20, 26),
         "distractor_motion": 0.7,
-        "qtypes": ALL_QTYPES,
+        "qtypes": (*QTYPES, "first"),  # `order` asks the same with a yes / no answer; no model here learned it
     },
 }
 
@@ -121,8 +121,8 @@ class ToyConfig:
             ``max(min, count_range[1]) .. max`` so the total number of shapes says nothing about the answer.
         event_len: inclusive ``(min, max)`` frames an event lasts.
         move_prob: probability that an event steps to a random 4-neighbouring cell between two frames.
-        qtypes: the question types to ask, a subset of :data:`ALL_QTYPES` (default :data:`QTYPES`: ``order`` is
-            opt-in, so the default benchmark stays as it was).
+        qtypes: the question types to ask, a subset of :data:`ALL_QTYPES` (default :data:`QTYPES`: ``order`` and
+            ``first`` are opt-in, so the default benchmark stays as it was).
         colours: the colour names used, a subset of :data:`PALETTE` (at least 4, and at least
             ``n_events[1]`` since colours are distinct within a video).
         shapes: the shapes drawn, a subset of :data:`SHAPES` (a nuisance variable, never asked).
@@ -302,16 +302,16 @@ class ToyConfig:
                     f"ToyConfig: {c_hi} same-colour events of up to {hi_len} frames, one empty frame apart, do not "
                     f"fit in {self.frames} frames; lower count_range or event_len, or add frames"
                 )
-        if "order" in self.qtypes:
+        for q in (q for q in PAIR_QTYPES if q in self.qtypes):
             if self.n_events[1] < 2:
                 raise InputError(
-                    f"ToyConfig.n_events max {self.n_events[1]} is below 2, but 'order' questions compare two "
-                    "shapes: raise n_events[1] to at least 2 or drop 'order' from qtypes"
+                    f"ToyConfig.n_events max {self.n_events[1]} is below 2, but {q!r} questions compare two "
+                    f"shapes: raise n_events[1] to at least 2 or drop {q!r} from qtypes"
                 )
             if 2 * hi_len + 1 > self.frames:
                 raise InputError(
                     f"ToyConfig: two events of up to {hi_len} frames, one empty frame apart, do not fit in "
-                    f"{self.frames} frames ('order' questions); lower event_len or add frames"
+                    f"{self.frames} frames ({q!r} questions); lower event_len or add frames"
                 )
         self.max_question_len = max(self.question_len, *(QUESTIONS[q].length for q in self.qtypes))
         self.seq_len = 1 + self.frames * (1 + self.tokens_per_frame) + self.max_question_len + 1

@@ -4,7 +4,7 @@
 A sample is one question (:mod:`~hybridreduce.toy.questions`) about one video (:mod:`~hybridreduce.toy.render`).
 Its answer is chosen first and the video built around it: the question's target events are placed first
 (the asked token's shape; the asked colour's one shape; every shape of the counted colour; both shapes of
-``order``), then the video's other events in distinct colours (a ``count`` video's may repeat), then the
+``order`` / ``first``), then the video's other events in distinct colours (a ``count`` video's may repeat), then the
 ``distractors`` in colours the question does not name. The relevant tokens follow the type's rule
 (:func:`~hybridreduce.toy.questions.relevant_tokens`). :func:`~hybridreduce.toy.encoding.encode_sample`
 turns a sample into language-model inputs.
@@ -85,16 +85,23 @@ def make_sample(
         if any(e is None for e in targets):  # unreachable: targets never overlap in time
             raise AssertionError("a count target did not fit")
         slots = {"colour": colour}
-    elif qtype == "order":
+    elif qtype in ("order", "first"):
         total = int(rng.integers(max(lo_ev, 2), hi_ev + 1))
-        i, j = rng.choice(len(cfg.colours), size=2, replace=False)
-        colour, later = cfg.colours[i], cfg.colours[j]  # asked: "did {colour} appear before {later}"
+        if qtype == "order":
+            i, j = rng.choice(len(cfg.colours), size=2, replace=False)
+            colour, later = cfg.colours[i], cfg.colours[j]  # asked: "did {colour} appear before {later}"
+        else:  # asked: "which appeared first {colour} or {later}", the answer named first or second at random
+            other = [c for c in cfg.colours if c != answer][rng.integers(len(cfg.colours) - 1)]
+            colour, later = (answer, other) if rng.random() < 0.5 else (other, answer)
         lengths = [int(x) for x in rng.integers(lo_len, hi_len + 1, size=2)]
         starts = spread_starts(rng, lengths, F)  # at least one empty frame between the two
-        order = (colour, later) if answer == "yes" else (later, colour)
+        if qtype == "order":
+            order = (colour, later) if answer == "yes" else (later, colour)
+        else:
+            order = (answer, other)
         targets = [canvas.place(rng, c, start=t0, length=k) for c, t0, k in zip(order, starts, lengths, strict=True)]
         if any(e is None for e in targets):  # unreachable: the two never overlap in time
-            raise AssertionError("an order target did not fit")
+            raise AssertionError(f"an {qtype} target did not fit")
         slots = {"colour": colour, "later": later}
         others = [c for c in cfg.colours if c not in (colour, later)]
         for k in rng.permutation(len(others))[: total - 2]:  # distinct colours

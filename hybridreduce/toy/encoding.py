@@ -13,7 +13,8 @@ the order of :func:`patchify`. ``max_question_len`` is the longest question of `
 geometry (say ``static`` and ``clutter``) one common ``T``, so their samples stack into one batch.
 
 Mixing variants in one model: the vocabulary of a config with ``order`` is the one without it plus the
-words ``before yes no`` at the end (:class:`Vocab`), so every id of a ``static`` model keeps its meaning;
+words ``before yes no`` at the end, and one with ``first`` adds ``which first or`` after those (:class:`Vocab`),
+so every id of a ``static`` model keeps its meaning;
 :func:`shared_vocab` returns the vocabulary that covers a list of configs.
 
 Shapes use the dimension letters of :mod:`hybridreduce.glossary`; a frame's pixel size is ``H·P × W·P``.
@@ -29,7 +30,7 @@ import torch
 
 from ..errors import InputError
 from .config import ToyConfig
-from .questions import ORDER_WORDS, QUADRANTS, QUESTION_WORDS, answer_words, bin_word, cell_word
+from .questions import FIRST_WORDS, ORDER_WORDS, QUADRANTS, QUESTION_WORDS, answer_words, bin_word, cell_word
 from .render import Sample
 
 SPECIAL_TOKENS = ("<pad>", "<bos>", "<video>", "<frame>", "<answer>")
@@ -41,11 +42,13 @@ class Vocab:
     Ids are fixed by the config: ``<pad>`` = 0, ``<bos>`` = 1, ``<video>`` = 2, ``<frame>`` = 3,
     ``<answer>`` = 4, then :data:`~hybridreduce.toy.questions.QUESTION_WORDS`, the config's colours, the numbers
     ``0 .. max(frames − 1, count_range[1])``, the cell words, the time-bin words and the quadrant words;
-    then, only when ``qtypes`` has ``order``, :data:`~hybridreduce.toy.questions.ORDER_WORDS` (``before yes no``).
+    then, only when ``qtypes`` has ``order`` or ``first``, :data:`~hybridreduce.toy.questions.ORDER_WORDS`
+    (``before yes no``), and only when it has ``first``, :data:`~hybridreduce.toy.questions.FIRST_WORDS`
+    (``which first or``).
     New words are only ever appended, so two configs that differ only in variant settings (camera, noise,
-    distractors, ``order``) have vocabularies one of which is a prefix of the other, and a model trained on the
-    shorter keeps every id (the shipped checkpoint's ``static`` vocabulary is the first 86 words of the ``clutter``
-    one). Use :func:`shared_vocab` for a model trained on several configs.
+    distractors, ``order``, ``first``) have vocabularies one of which is a prefix of the other, and a model trained
+    on the shorter keeps every id (the shipped checkpoint's ``static`` vocabulary is the first 86 words of the
+    ``clutter`` one). Use :func:`shared_vocab` for a model trained on several configs.
     """
 
     def __init__(self, cfg: ToyConfig):
@@ -56,8 +59,10 @@ class Vocab:
         words = [*SPECIAL_TOKENS, *QUESTION_WORDS, *cfg.colours, *(str(n) for n in range(n_numbers))]
         words += [cell_word(r, c) for r in range(cfg.rows) for c in range(cfg.cols)]
         words += [bin_word(k) for k in range(cfg.time_bins)] + list(QUADRANTS)
-        if "order" in cfg.qtypes:  # appended only here: a config without order keeps its old vocabulary
-            words += ORDER_WORDS
+        if "order" in cfg.qtypes or "first" in cfg.qtypes:  # appended only here: a config without them keeps
+            words += ORDER_WORDS  # its old vocabulary
+        if "first" in cfg.qtypes:  # after ORDER_WORDS, so a model trained with `order` grows to `first`
+            words += FIRST_WORDS
         self.words: list[str] = words
         self._ids = {w: i for i, w in enumerate(words)}
         if len(self._ids) != len(words):  # a guard on the word lists above

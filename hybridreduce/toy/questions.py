@@ -16,13 +16,20 @@ The types (chance is one over the number of candidates; answers are drawn unifor
     where   where did the red shape appear                 cell of first frame      H·W (or 4)    1/16 (1/4)
     count   how many red shapes appeared                   number                   count_range   1/4
     order   did red appear before blue                     yes / no                 2             1/2
+    first   which appeared first red or blue               the earlier colour       colours       1/2
 
     relevant tokens: colour → the one asked (frame, row, column); when / where → every token of that shape
-    (its first token alone suffices); count → every token of every shape of that colour; order → every token
-    of both shapes (the first token of each suffices).
+    (its first token alone suffices); count → every token of every shape of that colour; order / first → every
+    token of both shapes (the first token of each suffices).
 
-``order`` is opt-in (not in the default :data:`QTYPES`, so ``static`` items do not change): the two named
-colours appear once each, in two events at least one frame apart, so "before" compares two distinct times.
+``order`` and ``first`` are opt-in (not in the default :data:`QTYPES`, so ``static`` items do not change): the
+two named colours appear once each, in two events at least one frame apart, so "before" compares two distinct
+times. Both need tokens from two different times; they ask the same fact in two forms. ``order`` answers with
+one bit that must be compared against the colour named first; ``first`` answers with the earlier colour itself,
+the word a lookup of "the earliest token of either colour" returns. The 24-block model never learned ``order``
+(``experiments/order_question/``), which is why ``clutter`` asks ``first``. ``first``'s candidates are all the
+colours (its answer is a colour word), but a model that reads the question can tell that only the two named
+colours are possible, so its chance level is 1/2 (:attr:`QuestionType.plausible`).
 
 Chance is for a model that knows only the question (defaults in brackets: ``where_answer="quadrant"``).
 A model that sees which colours are present but not where does better on ``colour`` (about one over
@@ -51,6 +58,8 @@ WHERE_ANSWERS = ("cell", "quadrant")
 QUADRANTS = ("top-left", "top-right", "bottom-left", "bottom-right")
 #: The answers of ``order`` questions.
 ORDER_ANSWERS = ("yes", "no")
+#: The two-shape question types (subject ``pair``): both ask which of two named shapes appeared first.
+PAIR_QTYPES = ("order", "first")
 #: Slots whose filler is a colour word: the colours a question names.
 COLOUR_SLOTS = ("colour", "later")
 #: What a question asks about, hence which videos allow it (:func:`follow_up_questions`): ``token`` any token of
@@ -117,6 +126,8 @@ class QuestionType:
         candidates: ``cfg → list[str]``, the candidate answer words in their fixed order (:func:`answer_words`).
         subject: what it asks about, one of :data:`SUBJECTS`.
         relevant: its relevant-token rule, one of :data:`RELEVANT_RULES`.
+        plausible: how many of the candidates a model that reads only the question cannot rule out (``first``:
+            the two colours it names), when fewer than all of them; :func:`chance_level` is one over it.
     Derived: ``length`` (words, :attr:`length`; the sequence layout pads every question of a config to the
     longest), ``slots`` and ``fixed`` (the template's slots and its literal words).
     """
@@ -127,6 +138,7 @@ class QuestionType:
     candidates: Callable[[ToyConfig], list[str]]
     subject: str
     relevant: str
+    plausible: int | None = None
 
     def __post_init__(self):  # a guard on the table below
         if self.subject not in SUBJECTS or self.relevant not in RELEVANT_RULES:
@@ -211,11 +223,20 @@ QUESTIONS: dict[str, QuestionType] = {
             subject="pair",
             relevant="events",
         ),
+        QuestionType(
+            "first",
+            ("which", "appeared", "first", "{colour}", "or", "{later}"),
+            "the colour of the shape that appeared first",
+            _colour_answers,
+            subject="pair",
+            relevant="events",
+            plausible=2,
+        ),
     )
 }
 #: The default question types (those of ``static``).
 QTYPES = ("colour", "when", "where", "count")
-#: Every question type; ``order`` is opt-in (``ToyConfig.qtypes``), as in the ``clutter`` preset.
+#: Every question type; ``order`` and ``first`` are opt-in (``ToyConfig.qtypes``); ``clutter`` asks ``first``.
 ALL_QTYPES = tuple(QUESTIONS)
 
 
@@ -230,6 +251,9 @@ QUESTION_WORDS = (*_literal_words(QTYPES), "?")
 #: Words only ``order`` questions use (its new literal words, then its answers); :class:`Vocab` appends them, in
 #: this order, when ``qtypes`` has ``order``.
 ORDER_WORDS = (*(w for w in _literal_words(["order"]) if w not in QUESTION_WORDS), *ORDER_ANSWERS)
+#: Words only ``first`` questions use; :class:`Vocab` appends them after :data:`ORDER_WORDS` when ``qtypes`` has
+#: ``first`` (so a vocabulary with ``first`` extends one with ``order``, and a model trained on ``order`` grows).
+FIRST_WORDS = tuple(w for w in _literal_words(["first"]) if w not in (*QUESTION_WORDS, *ORDER_WORDS))
 
 
 def answer_words(cfg: ToyConfig, qtype: str) -> list[str]:
@@ -244,8 +268,9 @@ def answer_words(cfg: ToyConfig, qtype: str) -> list[str]:
 
 
 def chance_level(cfg: ToyConfig) -> dict[str, float]:
-    """One over the number of candidate answers, for each question type of the config."""
-    return {q: 1.0 / len(answer_words(cfg, q)) for q in cfg.qtypes}
+    """One over the number of candidate answers a model that reads only the question cannot rule out (all of
+    them, or :attr:`QuestionType.plausible`), for each question type of the config."""
+    return {q: 1.0 / (QUESTIONS[q].plausible or len(answer_words(cfg, q))) for q in cfg.qtypes}
 
 
 def relevant_tokens(qtype: str, targets: list[Event], asked: tuple[int, int, int] | None = None) -> list[tuple]:
@@ -253,7 +278,7 @@ def relevant_tokens(qtype: str, targets: list[Event], asked: tuple[int, int, int
 
     Args:
         targets: the question's target events (the one shape of ``when`` / ``where``, every shape of the counted
-            colour, both shapes of ``order``); unused by the ``token`` rule.
+            colour, both shapes of ``order`` / ``first``); unused by the ``token`` rule.
         asked: the token a ``token``-rule question asks about.
     """
     if QUESTIONS[qtype].relevant == "token":
@@ -279,10 +304,10 @@ def follow_up_questions(sample: Sample, cfg: ToyConfig, rng: np.random.Generator
 
     Every question is well defined on the video, by its type's subject (:data:`SUBJECTS`): ``colour`` asks a
     random token of a random event; ``when`` / ``where`` ask a colour that appears in exactly one event;
-    ``count`` asks a colour seen in at least two events (and at most ``cfg.count_range[1]``); ``order`` asks two
-    colours that appear in exactly one event each, at least one frame apart, in a random order. Types are drawn
-    uniformly among those of ``cfg.qtypes`` that the video allows; answers follow the video, so they are not
-    balanced.
+    ``count`` asks a colour seen in at least two events (and at most ``cfg.count_range[1]``); ``order`` and
+    ``first`` ask two colours that appear in exactly one event each, at least one frame apart, in a random order.
+    Types are drawn uniformly among those of ``cfg.qtypes`` that the video allows; answers follow the video, so
+    they are not balanced.
 
     Returns:
         ``n`` tuples ``(question words, qtype, answer word)``.
@@ -296,7 +321,7 @@ def follow_up_questions(sample: Sample, cfg: ToyConfig, rng: np.random.Generator
     # would make "1" the usual count answer.
     countable = sorted(c for c, es in per_colour.items() if max(lo, 2) <= len(es) <= hi)
     pairs = []  # (earlier, later) single colours, one frame or more apart; computed only when asked (no draws)
-    if "order" in cfg.qtypes:
+    if set(PAIR_QTYPES) & set(cfg.qtypes):
         for a, b in ((a, b) for a in single for b in single if a != b):
             if per_colour[a][0].end < per_colour[b][0].start:
                 pairs.append((a, b))
@@ -319,6 +344,10 @@ def follow_up_questions(sample: Sample, cfg: ToyConfig, rng: np.random.Generator
                 out.append((question.words(colour=first, later=second), qtype, "yes"))
             else:
                 out.append((question.words(colour=second, later=first), qtype, "no"))
+        elif qtype == "first":
+            earlier, later = pairs[rng.integers(len(pairs))]
+            named = (earlier, later) if rng.random() < 0.5 else (later, earlier)
+            out.append((question.words(colour=named[0], later=named[1]), qtype, earlier))
         else:
             colour = single[rng.integers(len(single))]
             event = per_colour[colour][0]

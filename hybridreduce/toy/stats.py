@@ -7,7 +7,7 @@ For ``size`` balanced items of one split of a config (:class:`~hybridreduce.toy.
         share        kept relevant tokens / relevant tokens, averaged over questions (overall, per type)
         complete     share of questions whose every relevant token is kept
         any          share of questions with at least one relevant token kept (enough for when / where /
-                     colour; order needs one of each shape, count every shape)
+                     colour; order and first need one of each shape, count every shape)
 
 ``mode`` is ``"pixel"`` (mean absolute RGB change of each patch against the previous frame) and, when a vision
 encoder is given, ``"embedding"`` (1 − cos of its embeddings against the previous frame). On ``static`` a
