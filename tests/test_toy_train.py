@@ -26,7 +26,7 @@ from hybridreduce.toy.demo import (
 )
 from hybridreduce.toy.evaluate import AnswerSheet, accuracy_line, accuracy_table, answer_logits, evaluate
 from hybridreduce.toy.model import ToyVLM
-from hybridreduce.toy.questions import follow_up_questions, quadrant, time_bin
+from hybridreduce.toy.questions import FIRST_WORDS, ORDER_WORDS, follow_up_questions, quadrant, time_bin
 from hybridreduce.toy.train import (
     PositionHeads,
     build_model,
@@ -430,6 +430,33 @@ def test_warm_start_loads_the_previous_run_and_trains_on_new_items(tmp_path, run
         train(_spec(steps=1, init_from=str(tmp_path / "nothing")), tmp_path / "none", progress=False)
     with pytest.raises(InputError, match="data_offset"):
         spec_from_dict({"train": {"data_offset": -1}})
+
+
+def test_a_warm_restart_may_grow_the_vocabulary(run_dir, tmp_path):
+    """Same blocks, more words (a static run continued on static + clutter, whose ``first`` questions add words):
+    every parameter of the source is copied, old rows of the vocabulary-sized tables included, and the new rows
+    keep their fresh values; a smaller vocabulary is refused."""
+    from hybridreduce.toy.train import _warm_start
+
+    source = ToyVLM.from_pretrained(run_dir).state_dict()
+    spec = spec_from_dict(tiny_mixed_raw(**TRAIN, init_from=str(run_dir)))
+    model = build_model(spec)
+    fresh = {k: v.clone() for k, v in model.state_dict().items()}
+    _warm_start(model, PositionHeads(model.config), str(run_dir))
+    grown = model.state_dict()
+    assert set(grown) == set(source)
+    resized = [k for k in source if source[k].shape != grown[k].shape]
+    assert resized, "the mixed spec's vocabulary should be larger than the static run's"
+    for k, old in source.items():
+        n = old.shape[0]
+        assert torch.equal(grown[k][:n], old), k
+        assert torch.equal(grown[k][n:], fresh[k][n:]), k  # new words' rows: untouched
+    assert all(grown[k].shape[0] - source[k].shape[0] == len(FIRST_WORDS) + len(ORDER_WORDS) for k in resized)
+
+    with pytest.raises(InputError, match=r"vocabulary \(\d+ words there, \d+ here\)"):
+        mixed = tmp_path / "mixed"
+        model.save_pretrained(mixed)
+        _warm_start(build_model(_spec()), None, str(mixed))
 
 
 def test_depth_upscaling_starts_with_the_source_models_function(run_dir):

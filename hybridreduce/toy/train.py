@@ -887,7 +887,9 @@ def _warm_start(
 
     Args:
         layers: depth up-scaling (``train.init_layers``): block ``i`` of ``model`` starts from block ``layers[i]`` of
-            the source, or as the identity when ``None``. Without it the two models must be the same.
+            the source, or as the identity when ``None``. Without it the two models must be the same, except that
+            the vocabulary may grow (words appended, as :class:`~hybridreduce.toy.encoding.Vocab` does): the
+            source's rows are copied and the new rows keep their fresh initialisation.
     """
     src = Path(source)
     if not (src / "config.json").is_file() or not (src / "model.safetensors").is_file():
@@ -895,13 +897,19 @@ def _warm_start(
     previous = ToyVLM.from_pretrained(src)
     if layers is None:
         mine, theirs = _architecture(model.config.to_dict()), _architecture(previous.config.to_dict())
-        if mine != theirs:
+        words, their_words = mine["text_config"].pop("vocab_size"), theirs["text_config"].pop("vocab_size")
+        if mine != theirs or words < their_words:
             differ = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+            differ += [f"vocabulary ({their_words} words there, {words} here)"] if words < their_words else []
             raise InputError(
-                f"train.init_from: the model in {src} differs from this config's in {differ}; "
-                "a warm restart needs the same data geometry and model sections (or train.init_layers to grow it)"
+                f"train.init_from: the model in {src} differs from this config's in {differ}; a warm restart needs "
+                "the same data geometry and model sections (or train.init_layers to grow it); only the vocabulary "
+                "may grow (appended words)"
             )
-        model.load_state_dict(previous.state_dict())
+        if words == their_words:
+            model.load_state_dict(previous.state_dict())
+        else:  # new question words (e.g. a new question type): every block from itself, new rows stay fresh
+            _grow(model, previous, list(range(len(model.config.text_config.layers_block_type))), src)
     else:
         _grow(model, previous, layers, src)
     state_path = src / "trainer_state.pt"
