@@ -428,6 +428,8 @@ def test_warm_start_loads_the_previous_run_and_trains_on_new_items(tmp_path, run
         train(spec_from_dict(other), tmp_path / "other", progress=False)
     with pytest.raises(InputError, match="not a train-toy output directory"):
         train(_spec(steps=1, init_from=str(tmp_path / "nothing")), tmp_path / "none", progress=False)
+    assert not (tmp_path / "other" / "train_config.yaml").exists()  # a run that failed to start leaves no run
+    assert not (tmp_path / "none" / "train_config.yaml").exists()  # behind, so the same --out starts it again
     with pytest.raises(InputError, match="data_offset"):
         spec_from_dict({"train": {"data_offset": -1}})
 

@@ -738,8 +738,6 @@ def train(
         saved = yaml.safe_load((out / "train_config.yaml").read_text())
         if saved != _as_saved_by(saved, yaml.safe_load(yaml.safe_dump(spec.to_dict(), sort_keys=False))):
             raise InputError(f"{out}/train_config.yaml differs from the given config; resume with the run's own config")
-    else:
-        (out / "train_config.yaml").write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False))
 
     model = build_model(spec)
     n_params = sum(p.numel() for p in model.parameters())
@@ -770,6 +768,8 @@ def train(
         torch.set_rng_state(state["torch_rng"])
         done = state["step"]
     model.train()
+    if not resume:  # only now, once init_from has loaded: a run that failed to start leaves no run behind
+        (out / "train_config.yaml").write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False))
 
     log = (out / "train_log.jsonl").open("a" if resume else "w")
 
