@@ -281,6 +281,11 @@ def with_tail(prompt_index: torch.Tensor, T0: int, T: int) -> torch.Tensor:
     return torch.cat([prompt_index, tail], dim=1)
 
 
+#: Block kinds without an attention mixer (:data:`~hybridreduce.adapters.base.BLOCK_KINDS`): their decode steps
+#: need nothing from the engine.
+KEYLESS_KINDS = ("ssm", "mlp", "moe")
+
+
 # --------------------------------------------------------------------------------------------------
 # The hooks
 # --------------------------------------------------------------------------------------------------
@@ -494,10 +499,14 @@ class _Engine:
     # -- block hooks -----------------------------------------------------------------------------
     def _block_hook(self, block: int):
         stage = self.stage_of[block]
+        # A block without attention holds no keys in the cache: a decode step gives it the stock arguments of the new
+        # tokens (its Mamba state or its MLP input does not depend on what was dropped), so its hook returns at once.
+        # It runs for every block and step, and at 2k tokens it cost about as much as the smaller KV saved.
+        keyless = self.adapted.kinds[block] in KEYLESS_KINDS
 
         def hook(module, args, kwargs):
             if self.step is not None:
-                return self._decode_block(self.step, stage, module, args, kwargs)
+                return None if keyless else self._decode_block(self.step, stage, module, args, kwargs)
             forward = self.forward
             if forward is None:
                 return None

@@ -240,6 +240,22 @@ def test_a_decode_step_without_masks_leaves_the_blocks_untouched(monkeypatch, ti
     assert all(result is None for result in blocks) and not tails
 
 
+@pytest.mark.parametrize("arch", ["nemotron_h", "falcon_h1"])
+def test_decode_steps_pass_the_blocks_without_attention_by(monkeypatch, tiny_models, arch):
+    """A Mamba, MLP or MoE block holds no keys: in a decode step its hook returns before any work, and only the
+    blocks with attention (``attn``; ``parallel``: Falcon-H1's side-by-side mixers) reach the decode path."""
+    model = tiny_models(arch)
+    kinds = get_adapter(model).kinds
+    ids, vm = prompt(batch=1)
+    with reduce(model, PROGRESSIVE, visual_mask=vm) as red:
+        calls = _record(monkeypatch, engine_mod._Engine, "_decode_block")
+        _greedy_steps(model, ids, torch.ones_like(ids), steps=3)
+    hooked = kinds[red.plan.prune_points[0] :]  # the engine hooks the blocks from the first cut on
+    with_attention = sum(k in ("attn", "parallel") for k in hooked)
+    assert with_attention > 0 and (arch == "falcon_h1" or len(hooked) > with_attention)  # Nemotron-H: both kinds
+    assert len(calls) == 3 * with_attention
+
+
 # --------------------------------------------------------------------------------------------------
 # Bad input
 # --------------------------------------------------------------------------------------------------
