@@ -1,5 +1,6 @@
 """What does a toy checkpoint answer? Per question type: accuracy, the answers given against the true ones, and, for
-``order`` questions, accuracy by the number of frames between the two named shapes.
+``order`` and ``first`` questions, accuracy by the number of frames between the two named shapes (and for ``first``,
+how often the answer is one of the two named colours, and the one named first).
 
 A question type stuck at chance is either a model that answers one word whatever it sees (a bias: the histogram of
 answers given has one bar) or one that answers at random (a flat histogram), and an ``order`` question that fails
@@ -25,21 +26,24 @@ from hybridreduce.toy import ToyDataset
 from hybridreduce.toy.evaluate import AnswerSheet, answer_logits
 from hybridreduce.toy.questions import answer_words
 
-GAP_BINS = (0, 4, 8, 12, 16, 24)  # frames between the starts of the two shapes of an order question
+GAP_BINS = (0, 4, 8, 12, 16, 24)  # frames between the starts of the two shapes of an order / first question
+PAIR_QTYPES = ("order", "first")
 
 
 def order_gap(sample) -> int:
-    """Frames between the starts of the two shapes an ``order`` question names (``did A appear before B``)."""
+    """Frames between the starts of the two shapes an ``order`` or ``first`` question names."""
     named = {w for w in sample.question if any(e.colour == w for e in sample.events)}
     starts = [e.start for e in sample.events if e.colour in named]
     if len(starts) != 2:
-        raise AssertionError(f"{sample.id}: an order question names two shapes, found {len(starts)}")
+        raise AssertionError(f"{sample.id}: a {sample.qtype} question names two shapes, found {len(starts)}")
     return abs(starts[0] - starts[1])
 
 
 def confusion(records: list[dict], candidates: dict[str, list[str]]) -> dict:
     """Per question type: ``n``, ``accuracy``, ``given`` and ``true`` answer counts and the ``matrix`` true →
-    given → count (every candidate, zeros included), and for ``order`` the accuracy per :data:`GAP_BINS` bin."""
+    given → count (every candidate, zeros included); for ``order`` and ``first`` the accuracy per :data:`GAP_BINS`
+    bin; for records with ``named`` (``first``: the two colours, in the question's order) the shares of answers that
+    are a named colour (``named``) and the colour named first (``named_first``)."""
     out = {}
     for qtype in sorted({r["qtype"] for r in records}):
         rows = [r for r in records if r["qtype"] == qtype]
@@ -53,7 +57,10 @@ def confusion(records: list[dict], candidates: dict[str, list[str]]) -> dict:
                 for t in candidates[qtype]
             },
         }
-        if qtype == "order":
+        if any("named" in r for r in rows):
+            entry["named"] = sum(r["given"] in r["named"] for r in rows) / len(rows)
+            entry["named_first"] = sum(r["given"] == r["named"][0] for r in rows) / len(rows)
+        if qtype in PAIR_QTYPES:
             bins = {}
             for lo, hi in zip(GAP_BINS, (*GAP_BINS[1:], None), strict=True):
                 inside = [r for r in rows if r["gap"] >= lo and (hi is None or r["gap"] < hi)]
@@ -98,13 +105,17 @@ def main(argv: list[str] | None = None) -> dict:
         picks = sheet.choose(answer_logits(model, data.batch(indices)), qtypes)
         for sample, pick in zip(samples, picks.tolist(), strict=True):
             record = {"qtype": sample.qtype, "true": sample.answer, "given": candidates[sample.qtype][pick]}
-            if sample.qtype == "order":
+            if sample.qtype in PAIR_QTYPES:
                 record["gap"] = order_gap(sample)
+            if sample.qtype == "first":
+                record["named"] = [w for w in sample.question if w in cfg.colours]
             records.append(record)
     table = confusion(records, candidates)
     for qtype, entry in table.items():
         given = ", ".join(f"{a} {n}" for a, n in entry["given"].items())
         print(f"{qtype:7s} n={entry['n']:4d} accuracy {entry['accuracy']:.1%}   answers given: {given}")
+        if "named" in entry:
+            print(f"          a named colour {entry['named']:.1%}, the one named first {entry['named_first']:.1%}")
         for label, b in entry.get("by_gap", {}).items():
             print(f"          frames between the two shapes {label:>6s}: n={b['n']:4d} accuracy {b['accuracy']:.1%}")
     result = {"checkpoint": str(args.checkpoint), "variant": variant, "split": args.split, "size": args.size}

@@ -198,6 +198,19 @@ def test_confusion_counts_answers_and_order_gaps():
     )
 
 
+def test_confusion_of_first_questions_counts_named_colours():
+    records = [
+        {"qtype": "first", "true": "red", "given": "red", "gap": 3, "named": ["red", "blue"]},
+        {"qtype": "first", "true": "red", "given": "blue", "gap": 9, "named": ["blue", "red"]},
+        {"qtype": "first", "true": "blue", "given": "green", "gap": 9, "named": ["red", "blue"]},
+    ]
+    colours = ["red", "blue", "green"]
+    table = answer_confusion.confusion(records, {"first": colours})["first"]
+    assert table["accuracy"] == pytest.approx(1 / 3) and table["given"] == {"red": 1, "blue": 1, "green": 1}
+    assert table["named"] == pytest.approx(2 / 3) and table["named_first"] == pytest.approx(2 / 3)
+    assert table["by_gap"] == {"0-3": {"n": 1, "accuracy": 1.0}, "8-11": {"n": 2, "accuracy": 0.0}}
+
+
 def test_answer_confusion_on_a_tiny_checkpoint(toy_run, tmp_path, capsys):
     result = answer_confusion.main(["--checkpoint", str(toy_run), "--size", "8", "--out", str(tmp_path)])
     assert json.loads((tmp_path / "confusion.json").read_text()) == result
