@@ -24,10 +24,9 @@ from toy_diagnostics import load_variant, write_result
 from hybridreduce.errors import InputError
 from hybridreduce.toy import ToyDataset
 from hybridreduce.toy.evaluate import AnswerSheet, answer_logits
-from hybridreduce.toy.questions import answer_words
+from hybridreduce.toy.questions import PAIR_QTYPES, answer_words
 
 GAP_BINS = (0, 4, 8, 12, 16, 24)  # frames between the starts of the two shapes of an order / first question
-PAIR_QTYPES = ("order", "first")
 
 
 def order_gap(sample) -> int:

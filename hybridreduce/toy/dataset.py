@@ -20,7 +20,7 @@ import numpy as np
 from ..errors import InputError
 from .config import SPLITS, ToyConfig
 from .encoding import Vocab, collate, encode_sample
-from .questions import QUADRANTS, QUESTIONS, answer_words, cell_word, relevant_tokens
+from .questions import PAIR_QTYPES, QUADRANTS, QUESTIONS, answer_words, cell_word, relevant_tokens
 from .render import Canvas, Sample, background_canvas, camera_path, render_video, spread_starts
 
 
@@ -85,20 +85,18 @@ def make_sample(
         if any(e is None for e in targets):  # unreachable: targets never overlap in time
             raise AssertionError("a count target did not fit")
         slots = {"colour": colour}
-    elif qtype in ("order", "first"):
+    elif qtype in PAIR_QTYPES:
         total = int(rng.integers(max(lo_ev, 2), hi_ev + 1))
         if qtype == "order":
             i, j = rng.choice(len(cfg.colours), size=2, replace=False)
             colour, later = cfg.colours[i], cfg.colours[j]  # asked: "did {colour} appear before {later}"
+            order = (colour, later) if answer == "yes" else (later, colour)  # the two shapes, earlier first
         else:  # asked: "which appeared first {colour} or {later}", the answer named first or second at random
             other = [c for c in cfg.colours if c != answer][rng.integers(len(cfg.colours) - 1)]
             colour, later = (answer, other) if rng.random() < 0.5 else (other, answer)
+            order = (answer, other)
         lengths = [int(x) for x in rng.integers(lo_len, hi_len + 1, size=2)]
         starts = spread_starts(rng, lengths, F)  # at least one empty frame between the two
-        if qtype == "order":
-            order = (colour, later) if answer == "yes" else (later, colour)
-        else:
-            order = (answer, other)
         targets = [canvas.place(rng, c, start=t0, length=k) for c, t0, k in zip(order, starts, lengths, strict=True)]
         if any(e is None for e in targets):  # unreachable: the two never overlap in time
             raise AssertionError(f"an {qtype} target did not fit")

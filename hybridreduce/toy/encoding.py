@@ -30,7 +30,16 @@ import torch
 
 from ..errors import InputError
 from .config import ToyConfig
-from .questions import FIRST_WORDS, ORDER_WORDS, QUADRANTS, QUESTION_WORDS, answer_words, bin_word, cell_word
+from .questions import (
+    FIRST_WORDS,
+    ORDER_WORDS,
+    PAIR_QTYPES,
+    QUADRANTS,
+    QUESTION_WORDS,
+    answer_words,
+    bin_word,
+    cell_word,
+)
 from .render import Sample
 
 SPECIAL_TOKENS = ("<pad>", "<bos>", "<video>", "<frame>", "<answer>")
@@ -59,8 +68,8 @@ class Vocab:
         words = [*SPECIAL_TOKENS, *QUESTION_WORDS, *cfg.colours, *(str(n) for n in range(n_numbers))]
         words += [cell_word(r, c) for r in range(cfg.rows) for c in range(cfg.cols)]
         words += [bin_word(k) for k in range(cfg.time_bins)] + list(QUADRANTS)
-        if "order" in cfg.qtypes or "first" in cfg.qtypes:  # appended only here: a config without them keeps
-            words += ORDER_WORDS  # its old vocabulary
+        if set(PAIR_QTYPES) & set(cfg.qtypes):  # appended only here: a config without them keeps its old words
+            words += ORDER_WORDS
         if "first" in cfg.qtypes:  # after ORDER_WORDS, so a model trained with `order` grows to `first`
             words += FIRST_WORDS
         self.words: list[str] = words
