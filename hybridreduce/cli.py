@@ -480,7 +480,13 @@ def cmd_train_toy(args: argparse.Namespace) -> int:
             args.max_minutes, "max_minutes (--max-minutes)", 0,
             fix="0 stops at the first evaluation; leave it out to train to the end",
         )  # fmt: skip
+    if args.branch_from is not None:
+        if args.resume:
+            raise InputError("--branch-from starts a new run from another run's saved state; drop --resume")
+        validate.checkpoint_dir(args.branch_from, "branch_from (--branch-from)")
     previous = [n for n in ("train_config.yaml", "model.safetensors", "trainer_state.pt") if (out / n).exists()]
+    if previous and args.branch_from is not None:
+        raise InputError(f"{out} holds a train-toy run ({', '.join(previous)}); --branch-from needs a new --out")
     if previous and not (args.resume or args.overwrite):
         raise InputError(
             f"{out} holds a train-toy run ({', '.join(previous)}); continue it with --resume, replace it with "
@@ -496,12 +502,13 @@ def cmd_train_toy(args: argparse.Namespace) -> int:
     if args.init_from is not None:
         spec.train.init_from = args.init_from
     spec.train.__post_init__()
-    if spec.train.init_from is not None and not args.resume:
+    if spec.train.init_from is not None and not args.resume and args.branch_from is None:
         validate.checkpoint_dir(spec.train.init_from, "init_from (--init-from, or train.init_from in the config)")
     command = "hybridreduce " + " ".join(sys.argv[1:]) if args.command_line is None else args.command_line
     result = train(
-        spec, out, progress=not args.no_progress, command=command, resume=args.resume, max_minutes=args.max_minutes
-    )
+        spec, out, progress=not args.no_progress, command=command, resume=args.resume, max_minutes=args.max_minutes,
+        branch_from=args.branch_from,
+    )  # fmt: skip
     if result is None:
         print(f"stopped after --max-minutes {args.max_minutes:g}; continue with the same command plus --resume")
         return 0
@@ -753,6 +760,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="stop (state saved) at the first evaluation after this many minutes, >= 0 (0: at the first evaluation)",
     )  # fmt: skip
     t.add_argument("--init-from", metavar="DIR", help="warm restart from this train-toy run (sets train.init_from)")
+    t.add_argument(
+        "--branch-from", metavar="DIR",
+        help="continue another train-toy run from its last saved state into a new --out, under a config that changes "
+        "only how batches are treated (e.g. train.reduce_prob) or evaluated",
+    )  # fmt: skip
     t.add_argument("--command-line", help=argparse.SUPPRESS)
     t.set_defaults(func=cmd_train_toy)
 

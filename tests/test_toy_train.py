@@ -155,6 +155,45 @@ def test_resume_continues_exactly(tmp_path):
         train(_spec(steps=5, eval_every=2), tmp_path / "parts", progress=False, resume=True)
 
 
+def test_a_branch_continues_the_run_it_branches_from(tmp_path):
+    """A branch with the same settings is the uninterrupted run; one under in-LM reduction differs only after the
+    saved step, and says so in its log; a branch that would change what the steps draw is refused."""
+    spec = _spec(steps=4, eval_every=2)
+    spec.train.eval_size = spec.train.test_size = 4
+    whole = train(spec, tmp_path / "whole", progress=False)
+    assert train(spec, tmp_path / "trunk", progress=False, max_minutes=0) is None  # saved at step 2
+    with (tmp_path / "trunk" / "train_log.jsonl").open("a") as log:  # a step trained past the checkpoint
+        log.write(json.dumps({"event": "train", "step": 3}) + "\n")
+    same = train(spec, tmp_path / "same", progress=False, branch_from=tmp_path / "trunk")
+    assert same["accuracy"] == whole["accuracy"]
+    a = ToyVLM.from_pretrained(tmp_path / "whole").state_dict()
+    b = ToyVLM.from_pretrained(tmp_path / "same").state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    log = [json.loads(line) for line in (tmp_path / "same" / "train_log.jsonl").read_text().splitlines()]
+    branch = next(r for r in log if r["event"] == "branch")
+    assert log[0]["event"] == "start" and log[log.index(branch) - 1]["event"] == "stop"  # the trunk's history to 2
+    assert branch["step"] == 2 and branch["changed"] == {} and branch["from"] == str(tmp_path / "trunk")
+    assert [r["step"] for r in log if r["event"] == "train"] == [1, 2, 3, 4]  # not the trunk's step 3 (dropped)
+
+    treated = _spec(steps=4, eval_every=2, reduce_prob=0.5)
+    treated.train.eval_size = treated.train.test_size = 4
+    train(treated, tmp_path / "reduced", progress=False, branch_from=tmp_path / "trunk")
+    log = [json.loads(line) for line in (tmp_path / "reduced" / "train_log.jsonl").read_text().splitlines()]
+    assert next(r for r in log if r["event"] == "branch")["changed"] == {"reduce_prob": [0.0, 0.5]}
+    c = ToyVLM.from_pretrained(tmp_path / "reduced").state_dict()
+    assert not all(torch.equal(a[k], c[k]) for k in a)  # the treatment changed the steps after the branch
+    assert train(treated, tmp_path / "reduced", progress=False, resume=True)["n"] == 4  # and the branch resumes
+
+    with pytest.raises(InputError, match="train.lr"):  # the optimiser's path: not the same run
+        train(_spec(steps=4, eval_every=2, lr=1e-2), tmp_path / "lr", progress=False, branch_from=tmp_path / "trunk")
+    with pytest.raises(InputError, match="already holds"):
+        train(spec, tmp_path / "same", progress=False, branch_from=tmp_path / "trunk")
+    with pytest.raises(InputError, match="no trainer_state"):
+        train(spec, tmp_path / "new", progress=False, branch_from=tmp_path / "nowhere")
+    with pytest.raises(InputError, match="cannot also resume"):
+        train(spec, tmp_path / "same", progress=False, branch_from=tmp_path / "trunk", resume=True)
+
+
 def test_train_writes_a_loadable_run(run_dir, spec):
     names = {p.name for p in run_dir.iterdir()}
     assert {"model.safetensors", "config.json", "train_config.yaml", "train_log.jsonl", "eval.json"} <= names

@@ -696,6 +696,7 @@ def train(
     command: str | None = None,
     resume: bool = False,
     max_minutes: float | None = None,
+    branch_from: str | Path | None = None,
 ) -> dict | None:
     """Train a :class:`ToyVLM` on the spec's benchmark and write the run into ``out_dir``.
 
@@ -714,6 +715,10 @@ def train(
         command: the command line to record in the log (what made the checkpoint).
         resume: continue the run saved in ``out_dir`` (its ``train_config.yaml`` must equal ``spec``).
         max_minutes: stop at the first evaluation after this much wall time (state saved; resume later).
+        branch_from: start from the state another run saved at its last evaluation (weights, optimiser, step and
+            random state, and its log up to that step, are copied into ``out_dir``), continuing under ``spec``,
+            which may change only the settings in :data:`BRANCH_SETTINGS` (:func:`branch_run`). Up to the saved
+            step the branch is that run; the two differ only after it, e.g. in in-LM reduction (the ablation).
     Returns:
         The final evaluation (:func:`~hybridreduce.toy.evaluate.evaluate` on the test split) with ``steps``,
         ``seconds`` and ``parameters`` added, also written to ``eval.json``; ``None`` when stopped by ``max_minutes``.
@@ -732,6 +737,11 @@ def train(
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     state_path = out / "trainer_state.pt"
+    if branch_from is not None:
+        if resume:
+            raise InputError("branch_from starts a new run from another run's state; it cannot also resume one")
+        branched = branch_run(spec, branch_from, out)
+        resume = True
     if resume:
         if not state_path.is_file():
             raise InputError(f"nothing to resume in {out}: no trainer_state.pt (start the run without --resume)")
@@ -777,7 +787,9 @@ def train(
         log.write(json.dumps(record) + "\n")
         log.flush()
 
-    write({"event": "resume" if resume else "start", "step": done, "command": command, "parameters": n_params,
+    event = "branch" if branch_from is not None else "resume" if resume else "start"
+    extra = {"from": str(branch_from), "changed": branched} if branch_from is not None else {}
+    write({"event": event, "step": done, "command": command, "parameters": n_params, **extra,
            "config": spec.to_dict()})  # fmt: skip
     start = time.perf_counter()
     bar = tqdm(total=cfg.steps, initial=done, desc="train-toy", disable=not progress, dynamic_ncols=True)
@@ -856,6 +868,70 @@ def train(
     (out / "eval.json").write_text(json.dumps(final, indent=2) + "\n")
     model.save_pretrained(out)
     return final
+
+
+#: The train settings a branch (:func:`branch_run`) may change: what a batch is treated with, and what is evaluated
+#: and logged. Everything else (model, data, optimiser, schedule, curriculum, seed) fixes which items each step draws
+#: and how the weights move, so changing it would not continue the same run.
+BRANCH_SETTINGS = (
+    "evs_prob", "evs_max_rate", "reduce_prob", "reduce_keep", "reduce_random", "content_weight",
+    "log_every", "eval_every", "eval_size", "test_size", "threads",
+)  # fmt: skip
+
+#: Files of a run that a branch copies (the log is copied up to the saved step).
+_RUN_FILES = ("model.safetensors", "config.json", "generation_config.json", "trainer_state.pt")
+
+
+def branch_run(spec: ToySpec, source: str | Path, out: Path) -> dict:
+    """Copy the state that the run in ``source`` saved at its last evaluation into ``out``, to continue under ``spec``.
+
+    ``spec`` may differ from the source's ``train_config.yaml`` only in :data:`BRANCH_SETTINGS`; ``out`` must not
+    hold a run. The source's log is copied up to the saved step (records of steps it trained past the checkpoint are
+    dropped: the branch never took them), and ``out/train_config.yaml`` is ``spec``. Returns the changed settings,
+    ``{name: [source's, spec's]}``.
+    """
+    import shutil
+
+    import yaml
+
+    src = Path(source)
+    if not (src / "trainer_state.pt").is_file() or not (src / "train_config.yaml").is_file():
+        raise InputError(
+            f"branch from {src}: not a train-toy run with saved state (no trainer_state.pt and train_config.yaml; "
+            "a run saves them at every evaluation)"
+        )
+    if src.resolve() == out.resolve():
+        raise InputError(f"branch from {src} into itself; choose another --out (or continue the run with --resume)")
+    held = [n for n in (*_RUN_FILES, "train_config.yaml", "train_log.jsonl") if (out / n).exists()]
+    if held:
+        raise InputError(f"{out} already holds a train-toy run ({', '.join(held)}); branch into an empty --out")
+    saved = yaml.safe_load((src / "train_config.yaml").read_text())
+    mine = yaml.safe_load(yaml.safe_dump(spec.to_dict(), sort_keys=False))
+    mine = _as_saved_by(saved, mine)
+    fixed = {k: v for k, v in mine.items() if k != "train"}
+    if fixed != {k: v for k, v in saved.items() if k != "train"}:
+        differ = sorted(k for k in {*fixed, *saved} - {"train"} if fixed.get(k) != saved.get(k))
+        raise InputError(f"branch from {src}: the config changes {', '.join(differ)}; a branch may change only "
+                         f"train settings among {', '.join(BRANCH_SETTINGS)}")  # fmt: skip
+    theirs, ours = saved.get("train", {}), mine.get("train", {})
+    changed = {k: [theirs.get(k), ours.get(k)] for k in sorted({*theirs, *ours}) if theirs.get(k) != ours.get(k)}
+    refused = [k for k in changed if k not in BRANCH_SETTINGS]
+    if refused:
+        raise InputError(
+            f"branch from {src}: the config changes train.{', train.'.join(refused)}, which decide the items each step "
+            f"draws or how the weights move; a branch may change only {', '.join(BRANCH_SETTINGS)}"
+        )
+    step = torch.load(src / "trainer_state.pt", weights_only=False)["step"]
+    for name in _RUN_FILES:
+        if (src / name).is_file():
+            shutil.copy2(src / name, out / name)
+    history = []
+    for line in (src / "train_log.jsonl").read_text().splitlines() if (src / "train_log.jsonl").is_file() else []:
+        if json.loads(line).get("step", 0) <= step:
+            history.append(line)
+    (out / "train_log.jsonl").write_text("".join(f"{line}\n" for line in history))
+    (out / "train_config.yaml").write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False))
+    return changed
 
 
 def _as_saved_by(saved: dict, current: dict) -> dict:
