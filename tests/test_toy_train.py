@@ -628,24 +628,50 @@ def test_a_run_with_in_lm_reduction_and_an_old_run_resumes(tmp_path):
         spec_from_dict(tiny_toy_raw(reduce_keep=[0.0, 1.0]))
 
 
-@pytest.mark.parametrize("name", ["toy", "toy_continue", "toy24", "toy24_reduce", "toy24_control"])
+TRAINING_CONFIGS = (
+    "toy",
+    "toy_continue",
+    "toy24",
+    "toy24_reduce",
+    "toy24_control",
+    "toy24_stage3",
+    "toy24_stage3_reduce",
+)
+
+
+@pytest.mark.parametrize("name", TRAINING_CONFIGS)
 def test_shipped_training_configs_load(name):
-    """Every training config in configs/ parses into a valid spec; the 24-block stages agree on data and model."""
+    """Every training config in configs/ parses into a valid spec; the 24-block stages agree on the model and, but
+    for the question types ``clutter`` asks from stage 3 on (``first`` for ``order``), on the data."""
     from pathlib import Path
 
     from hybridreduce.toy.train import load_spec
 
     root = Path(__file__).resolve().parents[1] / "configs"
+    assert sorted(p.stem for p in root.glob("toy*.yaml")) == sorted(TRAINING_CONFIGS)  # none left untested
     spec = load_spec(root / f"{name}.yaml")
     assert spec.train.steps > 0
     if name.startswith("toy24"):
         stage1 = load_spec(root / "toy24.yaml")
         assert spec.variants == ("static", "clutter") and len(spec.text["layers_block_type"]) == 24
-        assert (spec.to_dict()["data"], spec.to_dict()["model"]) == (
-            stage1.to_dict()["data"],
-            stage1.to_dict()["model"],
-        )
+        assert spec.to_dict()["model"] == stage1.to_dict()["model"]
+        data, data1 = spec.to_dict()["data"], stage1.to_dict()["data"]
+        if name.startswith("toy24_stage3"):
+            assert data1["variants"]["clutter"].pop("qtypes")[-1] == "order" and "first" in spec.configs[1].qtypes
+        assert data == data1
         assert sum(k == "attention" for k in spec.text["layers_block_type"]) <= 0.1 * 24
+
+
+def test_stage_3s_arms_differ_only_in_in_lm_reduction():
+    """The shipped arm branches off the trunk (train-toy --branch-from): its config may differ in reduce_prob only."""
+    from pathlib import Path
+
+    from hybridreduce.toy.train import load_spec
+
+    root = Path(__file__).resolve().parents[1] / "configs"
+    trunk, branch = (load_spec(root / f"{n}.yaml").to_dict() for n in ("toy24_stage3", "toy24_stage3_reduce"))
+    assert (trunk["train"].pop("reduce_prob"), branch["train"].pop("reduce_prob")) == (0.0, 0.4)
+    assert trunk == branch
 
 
 # --- the order hint (train.order_hint_weight) ------------------------------------------------------------------
@@ -757,6 +783,26 @@ def test_the_order_pilot_configs_load(name):
     stage1 = load_spec(root / "configs" / "toy24.yaml")
     assert spec.train.order_hint_weight == 1.0 and spec.train.reduce_prob == 0
     assert (spec.to_dict()["data"], spec.to_dict()["model"]) == (stage1.to_dict()["data"], stage1.to_dict()["model"])
+
+
+FIRST_QUESTION_RUNS = ("curriculum8", "curriculum_stage", "stage3_full_length/reduce", "stage3_full_length/control")
+
+
+@pytest.mark.parametrize("name", FIRST_QUESTION_RUNS)
+def test_the_first_question_run_configs_load(name):
+    """The recorded runs of experiments/first_question parse into specs of stage 1's model whose clutter asks first."""
+    from pathlib import Path
+
+    from hybridreduce.toy.train import load_spec
+
+    root = Path(__file__).resolve().parents[1]
+    folder = root / "experiments" / "first_question"
+    assert sorted(str(p.relative_to(folder))[:-5] for p in folder.rglob("*.yaml") if p.name != "train_config.yaml") == (
+        sorted(FIRST_QUESTION_RUNS)
+    )
+    spec = load_spec(folder / f"{name}.yaml")
+    assert spec.to_dict()["model"] == load_spec(root / "configs" / "toy24.yaml").to_dict()["model"]
+    assert "first" in spec.configs[spec.variants.index("clutter")].qtypes
 
 
 def test_demo_methods_are_checked_before_any_question_on_a_model_whose_attention_comes_late(monkeypatch):
