@@ -67,7 +67,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     """The embedded toy VLM under every reduction method: a table, summary.json, results.csv and plots."""
     from . import validate
-    from .toy.demo import KEEPS, format_table, run_demo, write_outputs
+    from .toy.demo import DEMO_METHODS, KEEPS, format_table, run_demo, write_outputs
 
     # Every argument, the checkpoint and --out before the first question is answered: the table takes minutes,
     # and a folder that cannot be written must not be found only after it.
@@ -77,17 +77,29 @@ def cmd_demo(args: argparse.Namespace) -> int:
         validate.integer(args.size, "size (--size)", 1, fix="held-out questions per variant, e.g. 256 (the default)")
     if args.checkpoint is not None:
         validate.checkpoint_dir(args.checkpoint, "checkpoint (--checkpoint)")
+    keeps = (0.25,) if args.quick else KEEPS
+    if args.keeps is not None:
+        keeps = tuple(_parse_keeps(args.keeps, "--keeps"))
+        if any(k >= 1 for k in keeps):
+            raise InputError(f"--keeps: full tokens is every table's first row; give fractions below 1, got {keeps}")
+    methods = tuple(DEMO_METHODS)
+    if args.methods is not None:
+        methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
+        unknown = [m for m in methods if m not in DEMO_METHODS]
+        if unknown or not methods:
+            raise InputError(f"--methods: unknown {unknown or args.methods!r}; choose from {', '.join(DEMO_METHODS)}")
     validate.writable_dir(args.out, "out (--out)")
     _quiet_transformers()
     size = args.size if args.size is not None else (128 if args.quick else 1024 if args.full else 256)
-    keeps = (0.25,) if args.quick else KEEPS
-    summary = run_demo(args.checkpoint, size=size, keeps=keeps, progress=not args.no_progress)
+    summary = run_demo(
+        args.checkpoint, size=size, keeps=keeps, methods=methods, progress=not args.no_progress, split=args.split
+    )
     print(format_table(summary))
     paths = _write_atomically(lambda folder: write_outputs(summary, folder), args.out)
     print(
         "\nfull-token accuracy "
         + ", ".join(f"{v} {100 * i['full_accuracy']:.1f}%" for v, i in summary["variants"].items())
-        + f" on {size} held-out questions per variant; "
+        + f" on {size} {args.split} questions per variant; "
         f"wrote {', '.join(p.name for p in paths)} to {args.out}"
     )
     return 0
@@ -119,18 +131,18 @@ def _write_atomically(write, out: str):
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def _parse_keeps(text: str) -> list[float]:
+def _parse_keeps(text: str, flag: str = "--sweep") -> list[float]:
     from .runner import check_keep
 
     try:
         keeps = [float(x) for x in text.split(",") if x.strip()]
     except ValueError:
         raise HybridReduceError(
-            f"--sweep takes comma-separated keep fractions, e.g. 0.125,0.25,0.5; got {text!r}"
+            f"{flag} takes comma-separated keep fractions, e.g. 0.125,0.25,0.5; got {text!r}"
         ) from None
     if not keeps:
-        raise HybridReduceError("--sweep needs at least one keep fraction")
-    return [check_keep(k, name=f"keep {k:g} of --sweep") for k in keeps]
+        raise HybridReduceError(f"{flag} needs at least one keep fraction")
+    return [check_keep(k, name=f"keep {k:g} of {flag}") for k in keeps]
 
 
 #: Peak memory of the default bench model per prompt token, above a fixed part: measured as the process's peak RSS
@@ -774,6 +786,12 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--full", action="store_true", help="the complete table: 1,024 questions per variant")
     d.add_argument("--size", type=int, help="held-out questions per variant (default 256; --quick 128, --full 1024)")
     d.add_argument("--checkpoint", metavar="DIR", help="a train-toy output directory (default: the shipped one)")
+    d.add_argument(
+        "--split", default="test", choices=("val", "test"),
+        help="questions to answer: test (default; the reported table) or val (to choose settings on)",
+    )  # fmt: skip
+    d.add_argument("--methods", metavar="M1,M2", help="comma-separated demo methods (default: all)")
+    d.add_argument("--keeps", metavar="K1,K2", help="comma-separated average keeps below 1 (default 0.5,0.25,0.125)")
     d.add_argument("--no-progress", action="store_true", help="no progress bar")
     d.set_defaults(func=cmd_demo)
 

@@ -196,6 +196,10 @@ DEMO_CASES = {
     "quick and full": (["--quick", "--full"], ["--quick and --full"]),
     "checkpoint nowhere": (["--checkpoint", "ROOT/nowhere"], ["checkpoint (--checkpoint)", "not a directory"]),
     "checkpoint without weights": (["--checkpoint", "ROOT/no_weights"], ["has config.json but no weights"]),
+    "unknown method": (["--methods", "progressive,fastv2"], ["--methods", "fastv2", "choose from", "pyramiddrop"]),
+    "keeps not numbers": (["--keeps", "0.25,half"], ["--keeps", "comma-separated", "half"]),
+    "keep 1": (["--keeps", "0.5,1"], ["--keeps", "below 1"]),
+    "keep 0": (["--keeps", "0"], ["keep 0 of --keeps"]),
 }
 
 

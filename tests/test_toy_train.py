@@ -338,6 +338,26 @@ def test_demo_runs_every_method(run_dir, tmp_path):
     assert json.loads((tmp_path / "summary.json").read_text())["results"][0]["method"] == "full"
 
 
+def test_demo_on_val_answers_val_questions(run_dir, monkeypatch):
+    """``split="val"`` (where settings are chosen) builds its questions from the val split, and says so."""
+    import hybridreduce.toy.demo as demo_module
+
+    asked = []
+
+    class Recording(ToyDataset):
+        def __init__(self, cfg, split, *args, **kwargs):
+            asked.append(split)
+            super().__init__(cfg, split, *args, **kwargs)
+
+    monkeypatch.setattr(demo_module, "ToyDataset", Recording)
+    for split in ("val", "test"):
+        asked.clear()
+        summary = run_demo(run_dir, size=4, keeps=(0.5,), methods=("random",), progress=False, split=split)
+        assert summary["split"] == split and asked == [split], asked
+    with pytest.raises(InputError, match="'val' .* or 'test'"):
+        run_demo(run_dir, size=2, keeps=(0.5,), methods=("random",), progress=False, split="train")
+
+
 def test_answers_correct_are_the_outcomes_behind_the_accuracy(run_dir):
     model, data = load_toy(run_dir)
     ds = ToyDataset(data, "test", 8)

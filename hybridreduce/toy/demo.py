@@ -432,11 +432,15 @@ def run_demo(
     batch_size: int = 64,
     progress: bool = True,
     variants: tuple[str, ...] | None = None,
+    split: str = "test",
 ) -> dict:
     """Evaluate every method at every keep on ``size`` questions of the test split of every variant.
 
     Args:
         variants: the benchmark variants to measure (default: every variant the checkpoint was trained on).
+        split: ``"test"`` (the reported table) or ``"val"``, where schedules and settings are chosen before the
+            test split is looked at once. ``progressive-calibrated`` calibrates on unlabeled val prompts either way
+            (:data:`CALIBRATION_PROMPTS`), so on ``val`` it has seen the prompts (never the answers) it is measured on.
     Returns:
         ``{"results": [MethodResult.to_dict(), ...], "variants": {variant: {"full_accuracy", "chance",
         "n_visual"}}, "full_accuracy", "chance", "n_visual", ...}``; each variant's results start with
@@ -451,6 +455,8 @@ def run_demo(
     bad = [k for k in keeps if not 0 < k < 1]
     if bad:
         raise InputError(f"demo keep fractions must lie in (0, 1), got {bad}")
+    if split not in ("val", "test"):
+        raise InputError(f"demo split must be 'val' (to choose settings) or 'test' (to report them), got {split!r}")
     model, spec = load_toy_spec(checkpoint)
     configs = {c.variant: c for c in spec.configs}
     variants = tuple(configs) if variants is None else tuple(variants)
@@ -467,7 +473,7 @@ def run_demo(
     per_variant = {}
     for variant in variants:
         data = configs[variant]
-        dataset = ToyDataset(data, "test", size, vocab=spec.vocab)
+        dataset = ToyDataset(data, split, size, vocab=spec.vocab)
         sheet = AnswerSheet(dataset.vocab)
         batches = [dataset.batch(range(s, min(s + batch_size, size))) for s in range(0, size, batch_size)]
         evaluate_method(model, batches[:1], "full", 1.0, sheet)  # warm-up: the first forward pays one-off costs
@@ -498,6 +504,7 @@ def run_demo(
         "chance": first["chance"],
         "n_visual": first["n_visual"],
         "n_questions": size,
+        "split": split,
         "block_kinds": get_adapter(model).kinds,
         "checkpoint": str(checkpoint or CHECKPOINT),
     }
