@@ -18,11 +18,23 @@ per model. :func:`calibrate` derives the layout for a given model from a few pro
    cut that keeps its few important tokens; a cut chosen by a block whose ranking disagrees with later
    blocks (low stability across depth) loses the later blocks' mass. Blocks before the first cut carry
    every token (mass 1), so the budget, not the objective, keeps the first cut from drifting late.
+   ``objective="reference"`` measures instead what the *deepest attention block* (the last scoring block on a
+   model without attention; :func:`reference_block`) needs, at the end of the model::
+
+       J_ref(layout) = mean over prompts p of   Σ_{j ∈ K_last(p)} s_ref^p(j)
+
+   the share of the reference block's full-token importance that the tokens carried by the last block hold.
+   Mamba blocks whose decay-free importance is nearly flat score every layout alike under ``J`` (a cut keeping
+   a quarter of the tokens keeps about a quarter of their mass whatever it keeps); ``J_ref`` asks whether the
+   tokens the question's deepest attention looks at survive every cut, which is what a block that ranks them
+   last before a cut destroys.
 4. **Search** (:func:`search`): exhaustive over ``first_prune ∈ [1, num_blocks − 1]`` (with a scoring block before it),
    ``stages ∈ 1..max_stages`` (spread evenly from the first cut to the end, as the progressive schedule does)
    and ``shape ∈ {geometric, linear}``, the ratios of each solved by the budget; the best ``J`` wins.
-   Cost: ``O(candidates · prompts · scoring blocks · V log V)`` — under a second for 64 toy prompts,
-   after one scoring forward per prompt.
+   ``placement="free"`` tries every increasing list of up to :data:`MAX_FREE_STAGES` prune points instead, so
+   that each cut can follow the block that should score it. Cost: ``O(candidates · prompts · scoring blocks ·
+   V log V)`` — under a second for 64 toy prompts with spread cuts, seconds with free ones, after one scoring
+   forward per prompt.
 
 Approximation: ``s_ℓ`` is measured with every token present. Under reduction a later block sees only the kept
 tokens and renormalises its importance over them; the simulation keeps the full-token ranking. The held-out
@@ -49,6 +61,12 @@ from .schedule import BUDGETS, Plan, Schedule
 from .taps import capture
 
 SHAPES = ("geometric", "linear")
+#: What a layout is scored by: every scored block's own retained mass, or the deepest attention block's at the end.
+OBJECTIVES = ("own", "reference")
+#: Where a layout's cuts may go: spread evenly after the first (as presets do), or any increasing list.
+PLACEMENTS = ("spread", "free")
+#: Most cuts of a ``free`` layout: the candidates grow as ``C(depth, stages)``.
+MAX_FREE_STAGES = 3
 #: Fewest prompts a calibration accepts: the objective is a mean over prompts, and a handful gives a noisy choice.
 MIN_PROMPTS = 4
 
@@ -62,12 +80,15 @@ class CalibrationScores:
         num_blocks: the model's depth (its blocks, scored or not).
         groups: prompts grouped by their number of visual tokens: each ``(L, N_g, V_g)`` float64.
         model_type: the language model's ``model_type`` (provenance).
+        kinds: the kind of every block of the model (``'attn'``, ``'ssm'``, ``'parallel'``, ...; empty when
+            unknown, e.g. scores saved by an earlier version): where :func:`reference_block` looks for attention.
     """
 
     blocks: list[int]
     num_blocks: int
     groups: list[torch.Tensor] = field(default_factory=list)
     model_type: str = ""
+    kinds: list[str] = field(default_factory=list)
 
     @property
     def n_prompts(self) -> int:
@@ -82,7 +103,7 @@ class CalibrationScores:
     def empty(cls, model: nn.Module) -> CalibrationScores:
         """No scores yet, for ``model`` (its depth and ``model_type``)."""
         adapted = get_adapter(model)
-        return cls([], adapted.num_blocks, model_type=adapted.model_type)
+        return cls([], adapted.num_blocks, model_type=adapted.model_type, kinds=list(adapted.kinds))
 
     def add(self, scores: torch.Tensor) -> None:
         """Append ``(L, b, V)`` scores of a batch, into the group of its ``V``."""
@@ -98,13 +119,13 @@ class CalibrationScores:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         torch.save({"blocks": self.blocks, "num_blocks": self.num_blocks, "groups": self.groups,
-                    "model_type": self.model_type}, path)  # fmt: skip
+                    "model_type": self.model_type, "kinds": self.kinds}, path)  # fmt: skip
         return path
 
     @classmethod
     def load(cls, path: str | Path) -> CalibrationScores:
         data = torch.load(Path(path), weights_only=True)
-        return cls(data["blocks"], data["num_blocks"], data["groups"], data["model_type"])
+        return cls(data["blocks"], data["num_blocks"], data["groups"], data["model_type"], data.get("kinds", []))
 
 
 def score_prompts(
@@ -162,13 +183,25 @@ def choosers(plan: Plan, blocks: list[int]) -> list[int]:
     return out
 
 
-def retained_mass(scores: torch.Tensor, blocks: list[int], plan: Plan) -> torch.Tensor:
-    """``(N,)`` per prompt: the mean over scored blocks of the importance mass on the tokens each carries.
+def reference_block(blocks: list[int], kinds: list[str]) -> int:
+    """Index into ``blocks`` of the reference of ``objective="reference"``: the deepest scored block with attention
+    (``'attn'`` or ``'parallel'`` in ``kinds``, the kind of every block of the model), else the deepest scored
+    block."""
+    if not blocks:
+        raise InputError("no block of the model scored the visual tokens: nothing to calibrate a schedule from")
+    with_attention = [i for i, b in enumerate(blocks) if b < len(kinds) and kinds[b] in ("attn", "parallel")]
+    return with_attention[-1] if with_attention else len(blocks) - 1
+
+
+def retained_mass(scores: torch.Tensor, blocks: list[int], plan: Plan, reference: int | None = None) -> torch.Tensor:
+    """``(N,)`` per prompt: the mean over scored blocks of the importance mass on the tokens each carries, or with
+    ``reference`` (an index into ``blocks``) that block's full-token importance on the tokens the last block carries.
 
     Args:
         scores: ``(L, N, V)`` importance of the scored ``blocks`` (each row sums to 1 over ``V``).
         blocks: the ``L`` scored block indices.
         plan: the layout (prune points and the share of the original tokens kept from each).
+        reference: see :func:`reference_block`; None for the module docstring's ``J``.
     """
     L, N, V = scores.shape
     carried = torch.ones(N, V, dtype=torch.bool)  # stage 0: every token
@@ -178,14 +211,20 @@ def retained_mass(scores: torch.Tensor, blocks: list[int], plan: Plan) -> torch.
         top = ranked.topk(k, dim=1).indices  # (N, k)
         carried = torch.zeros(N, V, dtype=torch.bool).scatter(1, top, True)
         stages.append(carried)
+    if reference is not None:
+        return (scores[reference] * carried).sum(dim=1)
     stage_of = [sum(b >= p for p in plan.prune_points) for b in blocks]
     mass = torch.stack([(scores[i] * stages[stage_of[i]]).sum(dim=1) for i in range(L)])  # (L, N)
     return mass.mean(dim=0)
 
 
-def objective(scores: CalibrationScores, plan: Plan) -> tuple[float, float]:
-    """``(J, standard error)`` of a layout: :func:`retained_mass` averaged over every prompt."""
-    per_prompt = torch.cat([retained_mass(g, scores.blocks, plan) for g in scores.groups])
+def objective(scores: CalibrationScores, plan: Plan, kind: str = "own") -> tuple[float, float]:
+    """``(J, standard error)`` of a layout: :func:`retained_mass` averaged over every prompt (``kind``: one of
+    :data:`OBJECTIVES`)."""
+    if kind not in OBJECTIVES:
+        raise InputError(f"objective must be one of {OBJECTIVES}, got {kind!r}")
+    reference = reference_block(scores.blocks, scores.kinds) if kind == "reference" else None
+    per_prompt = torch.cat([retained_mass(g, scores.blocks, plan, reference) for g in scores.groups])
     N = per_prompt.numel()
     se = float(per_prompt.std() / math.sqrt(N)) if N > 1 else float("nan")
     return float(per_prompt.mean()), se
@@ -203,6 +242,9 @@ class Calibration:
         presets: preset name → ``J`` of its layout (None where the budget cannot be met), for comparison; every
             preset is simulated with unified scores (FastV and PyramidDrop score by attention in the engine).
         keep, budget, n_prompts, n_visual, blocks, num_blocks, model_type, seconds: provenance.
+        target: the objective, one of :data:`OBJECTIVES`; reference: the block ``"reference"`` measures (None for
+            ``"own"``).
+        placement: the candidate cuts, one of :data:`PLACEMENTS`.
     """
 
     schedule: Schedule
@@ -218,6 +260,9 @@ class Calibration:
     num_blocks: int
     model_type: str
     seconds: float
+    target: str = "own"
+    reference: int | None = None
+    placement: str = "spread"
 
     def to_dict(self) -> dict:
         out = {k: v for k, v in self.__dict__.items() if k != "schedule"}
@@ -226,10 +271,33 @@ class Calibration:
 
 
 def candidate_schedules(
-    num_blocks: int, blocks: list[int], keep: float, budget: str = "average", max_stages: int = 4
+    num_blocks: int,
+    blocks: list[int],
+    keep: float,
+    budget: str = "average",
+    max_stages: int = 4,
+    placement: str = "spread",
 ) -> list[Schedule]:
-    """Every progressive layout the search tries whose budget can be met (see the module docstring)."""
+    """Every progressive layout the search tries whose budget can be met (see the module docstring): spread cuts,
+    or with ``placement="free"`` every increasing list of at most ``min(max_stages, MAX_FREE_STAGES)`` prune
+    points after the first scoring block."""
+    if placement not in PLACEMENTS:
+        raise InputError(f"placement must be one of {PLACEMENTS}, got {placement!r}")
     out = []
+    if placement == "free":
+        import itertools
+
+        points = range(min(blocks) + 1 if blocks else num_blocks, num_blocks)
+        for stages in range(1, min(max_stages, MAX_FREE_STAGES) + 1):
+            for cuts in itertools.combinations(points, stages):
+                for shape in SHAPES[:1] if stages == 1 else SHAPES:
+                    sched = Schedule(keep=keep, budget=budget, first_prune=cuts[0], stages=cuts, shape=shape)
+                    try:
+                        sched.resolve(num_blocks)
+                    except InputError:
+                        continue
+                    out.append(sched)
+        return out
     for first in range(min(blocks) + 1 if blocks else num_blocks, num_blocks):
         for stages in range(1, min(max_stages, num_blocks - first) + 1):
             for shape in SHAPES[:1] if stages == 1 else SHAPES:  # one cut: both shapes give the same ratio
@@ -242,8 +310,16 @@ def candidate_schedules(
     return out
 
 
-def search(scores: CalibrationScores, keep: float = 0.25, budget: str = "average", max_stages: int = 4) -> Calibration:
-    """Choose the layout of :func:`candidate_schedules` with the largest retained importance mass.
+def search(
+    scores: CalibrationScores,
+    keep: float = 0.25,
+    budget: str = "average",
+    max_stages: int = 4,
+    target: str = "own",
+    placement: str = "spread",
+) -> Calibration:
+    """Choose the layout of :func:`candidate_schedules` with the largest retained importance mass (``target``: the
+    :func:`objective`, one of :data:`OBJECTIVES`; ``placement``: one of :data:`PLACEMENTS`).
 
     Raises:
         InputError: fewer than :data:`MIN_PROMPTS` prompts, no scoring block, a bad keep or budget, or a budget
@@ -261,12 +337,15 @@ def search(scores: CalibrationScores, keep: float = 0.25, budget: str = "average
         raise InputError(f"keep must be a fraction in (0, 1), got {keep!r}")
     if budget not in BUDGETS:
         raise InputError(f"budget must be one of {BUDGETS}, got {budget!r}")
+    if target not in OBJECTIVES:
+        raise InputError(f"the objective must be one of {OBJECTIVES}, got {target!r}")
     L = scores.num_blocks
     rows = []
-    for sched in candidate_schedules(L, scores.blocks, keep, budget, max_stages):
+    for sched in candidate_schedules(L, scores.blocks, keep, budget, max_stages, placement):
         plan = sched.resolve(L)
-        j, se = objective(scores, plan)
-        rows.append({"first_prune": sched.first_prune, "stages": sched.stages, "shape": sched.shape,
+        j, se = objective(scores, plan, target)
+        n_stages = sched.stages if isinstance(sched.stages, int) else len(sched.stages)
+        rows.append({"first_prune": plan.prune_points[0], "stages": n_stages, "shape": sched.shape,
                      "prune_points": list(plan.prune_points), "ratios": [round(r, 6) for r in plan.ratios],
                      "objective": j, "objective_se": se})  # fmt: skip
     if not rows:
@@ -276,22 +355,24 @@ def search(scores: CalibrationScores, keep: float = 0.25, budget: str = "average
         )
     rows.sort(key=lambda r: (-r["objective"], r["first_prune"], r["stages"], r["shape"]))
     best = rows[0]
+    stages = best["stages"] if placement == "spread" else tuple(best["prune_points"])
     schedule = Schedule(
-        keep=keep, budget=budget, first_prune=best["first_prune"], stages=best["stages"], shape=best["shape"],
+        keep=keep, budget=budget, first_prune=best["first_prune"], stages=stages, shape=best["shape"],
         name="progressive-calibrated",
     )  # fmt: skip
     presets = {}
     for name in ("progressive", "fastv", "pyramiddrop"):
         try:
             plan = Schedule.preset(name, keep=keep, budget=budget).resolve(L)
-            presets[name] = objective(scores, plan)[0]
+            presets[name] = objective(scores, plan, target)[0]
         except InputError:
             presets[name] = None
     return Calibration(
         schedule=schedule, objective=best["objective"], objective_se=best["objective_se"], candidates=rows,
         presets=presets, keep=float(keep), budget=budget, n_prompts=scores.n_prompts, n_visual=scores.n_visual,
         blocks=list(scores.blocks), num_blocks=L, model_type=scores.model_type,
-        seconds=round(time.perf_counter() - start, 3),
+        seconds=round(time.perf_counter() - start, 3), target=target, placement=placement,
+        reference=scores.blocks[reference_block(scores.blocks, scores.kinds)] if target == "reference" else None,
     )  # fmt: skip
 
 
@@ -302,6 +383,8 @@ def calibrate(
     budget: str = "average",
     max_stages: int = 4,
     scorer=None,
+    target: str = "own",
+    placement: str = "spread",
 ) -> Schedule:
     """The progressive schedule whose layout keeps the most importance for ``model`` on ``prompts``.
 
@@ -311,11 +394,12 @@ def calibrate(
         keep, budget: the budget to meet (see :class:`~hybridreduce.schedule.Schedule`).
         max_stages: most cuts a candidate layout has.
         scorer: Mamba scorer settings of the scoring forwards.
+        target, placement: the objective and the candidate cuts (:func:`search`).
     Returns:
         The chosen :class:`~hybridreduce.schedule.Schedule`; :func:`search` on :func:`score_prompts` gives the
         whole :class:`Calibration` (every candidate and the presets' objectives).
     """
-    return search(score_prompts(model, prompts, scorer=scorer), keep, budget, max_stages).schedule
+    return search(score_prompts(model, prompts, scorer=scorer), keep, budget, max_stages, target, placement).schedule
 
 
 # --- files ----------------------------------------------------------------------------------------------------
@@ -333,9 +417,14 @@ def write_calibration(cal: Calibration, schedule_path: str | Path, command: str 
     path.parent.mkdir(parents=True, exist_ok=True)
     best = cal.candidates[0]
     presets = ", ".join(f"{k} {v:.4f}" if v is not None else f"{k} infeasible" for k, v in cal.presets.items())
+    measured = (
+        f"the reference block {cal.reference}'s importance carried to the last block (J_ref)"
+        if cal.target == "reference"
+        else "retained importance mass J"
+    )
     header = [
         "# Calibrated by hybridreduce calibrate (hybridreduce/calibrate.py): the progressive layout with the largest",
-        "# retained importance mass J on unlabeled prompts (label-free; see the module docstring).",
+        f"# {measured} on unlabeled prompts (label-free; see the module docstring); {cal.placement} cuts.",
         f"# model_type {cal.model_type}, {cal.num_blocks} blocks, scored blocks {cal.blocks}",
         f"# {cal.n_prompts} prompts of {sorted(set(cal.n_visual))} visual tokens; {len(cal.candidates)} layouts",
         f"# J = {cal.objective:.4f} ± {cal.objective_se:.4f}; presets: {presets}",
@@ -360,11 +449,12 @@ def plot_calibration(cal: Calibration, stem: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 4.2))
-    series: dict[tuple, list] = {}
+    series: dict[tuple, dict] = {}  # (stages, shape) -> first cut -> best objective (free cuts: many per first cut)
     for r in cal.candidates:
-        series.setdefault((r["stages"], r["shape"]), []).append((r["first_prune"], r["objective"]))
-    for (stages, shape), pts in sorted(series.items()):
-        pts.sort()
+        line = series.setdefault((r["stages"], r["shape"]), {})
+        line[r["first_prune"]] = max(line.get(r["first_prune"], -math.inf), r["objective"])
+    for (stages, shape), best_at in sorted(series.items()):
+        pts = sorted(best_at.items())
         ax.plot(*zip(*pts, strict=True), marker="o", ms=3, ls="-" if shape == "geometric" else "--",
                 color=plt.cm.tab10(stages % 10), label=f"{stages} cut{'s' if stages > 1 else ''}, {shape}")  # fmt: skip
     best = cal.candidates[0]
@@ -374,7 +464,7 @@ def plot_calibration(cal: Calibration, stem: Path) -> list[Path]:
         if value is not None:
             ax.axhline(value, color="grey", ls=(0, (1, 1 + i)), lw=1, label=f"preset {name}")
     ax.set_xlabel("first cut (block index)")
-    ax.set_ylabel("retained importance mass J")
+    ax.set_ylabel("reference importance carried, J_ref" if cal.target == "reference" else "retained importance mass J")
     ax.set_title(f"Calibration at {cal.budget} keep {cal.keep:g}: {cal.n_prompts} prompts, {cal.model_type}")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2)

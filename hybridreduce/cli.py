@@ -371,13 +371,15 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from . import validate
-    from .calibrate import CalibrationScores, score_prompts, search, write_calibration
+    from .calibrate import OBJECTIVES, PLACEMENTS, CalibrationScores, score_prompts, search, write_calibration
     from .runner import check_keep, check_sampling
     from .schedule import BUDGETS
 
     # -- every argument first ------------------------------------------------------------------------------
     keep = check_keep(args.keep)
     validate.choice(args.budget, "budget (--budget)", BUDGETS)
+    validate.choice(args.objective, "objective (--objective)", OBJECTIVES)
+    validate.choice(args.placement, "placement (--placement)", PLACEMENTS)
     validate.integer(args.size, "size (--size)", 4, fix="the number of calibration prompts, e.g. 64")
     validate.integer(args.max_stages, "max_stages (--max-stages)", 1, 8)
     check_sampling(args.frames, None, None)
@@ -441,14 +443,15 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
             return 130
         raise
     bar.close()
-    cal = search(scores, keep, args.budget, args.max_stages)
+    cal = search(scores, keep, args.budget, args.max_stages, target=args.objective, placement=args.placement)
     command = "hybridreduce " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else ""
     paths = write_calibration(cal, out, command)
     best = cal.candidates[0]
     presets = ", ".join(f"{k} {v:.4f}" for k, v in cal.presets.items() if v is not None)
     print(
         f"chosen: first cut before block {best['first_prune']}, {best['stages']} cut(s) at {best['prune_points']}, "
-        f"{best['shape']}; retained importance mass J = {cal.objective:.4f} ± {cal.objective_se:.4f} over "
+        f"{best['shape']}; {'J_ref' if cal.target == 'reference' else 'retained importance mass J'} = "
+        f"{cal.objective:.4f} ± {cal.objective_se:.4f} over "
         f"{cal.n_prompts} prompts ({len(cal.candidates)} layouts; presets: {presets or 'none feasible'})"
     )
     print(f"wrote {', '.join(str(p) for p in paths)}; use it with --schedule {out}")
@@ -747,6 +750,15 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--budget", default="average", help="average (default) or final")
     c.add_argument("--size", type=int, default=64, help="calibration prompts (default 64)")
     c.add_argument("--max-stages", type=int, default=4, help="most cuts a candidate layout has (default 4)")
+    c.add_argument(
+        "--objective", default="own",
+        help="own (default: every block's own importance kept) or reference (the deepest attention block's, carried "
+        "to the last block)",
+    )  # fmt: skip
+    c.add_argument(
+        "--placement", default="spread",
+        help="spread (default: cuts evenly after the first, as presets) or free (any cut positions, at most 3 cuts)",
+    )  # fmt: skip
     c.add_argument("--split", default="val", choices=("train", "val", "test"), help="toy split (default val)")
     c.add_argument("--variant", help="toy benchmark variant (default: the checkpoint's first)")
     c.add_argument("--overwrite", action="store_true", help="replace an existing --out")

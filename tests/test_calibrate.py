@@ -10,9 +10,11 @@ import torch
 
 from hybridreduce import InputError, Schedule, reduce
 from hybridreduce.calibrate import (
+    MAX_FREE_STAGES,
     CalibrationScores,
     candidate_schedules,
     objective,
+    reference_block,
     retained_mass,
     score_prompts,
     search,
@@ -85,6 +87,114 @@ def test_retained_mass_rewards_a_chooser_that_agrees_with_the_later_blocks():
     assert float(bad) < float(good) - 0.3
 
 
+def _reference_mass_loop(scores, blocks, plan, reference) -> list[float]:
+    """Plain loops: per prompt, cut by cut, the chooser's top-k among the tokens still carried; then the reference
+    block's full-token mass on what the last block carries."""
+    L, N, V = scores.shape
+    out = []
+    for n in range(N):
+        carried = set(range(V))
+        for point, k in zip(plan.prune_points, plan.stage_counts(V), strict=True):
+            chooser = max(i for i, b in enumerate(blocks) if b < point)
+            carried = set(sorted(carried, key=lambda j: -float(scores[chooser, n, j]))[:k])
+        out.append(sum(float(scores[reference, n, j]) for j in carried))
+    return out
+
+
+def test_reference_mass_equals_the_loop_reference():
+    blocks = [0, 2, 3, 5, 7]
+    scores = _random_scores(len(blocks), 6, 40, seed=3)
+    for plan, reference in ((Plan(9, (1, 4, 6), (0.5, 0.25, 0.1)), 3), (Plan(9, (8,), (0.3,)), 4)):
+        got = retained_mass(scores, blocks, plan, reference=reference)
+        ref = torch.tensor(_reference_mass_loop(scores, blocks, plan, reference), dtype=torch.float64)
+        assert torch.allclose(got, ref, atol=1e-12), (got, ref)
+    # with no cut the last block carries everything: the whole of the reference's mass
+    whole = retained_mass(scores, blocks, Plan(9, (), ()), reference=2)
+    assert torch.allclose(whole, torch.ones(6, dtype=torch.float64))
+
+
+def test_the_reference_is_the_deepest_attention_block():
+    kinds = ["ssm", "mlp", "attn", "ssm", "mlp", "attn", "ssm", "parallel", "ssm"]
+    assert reference_block([0, 2, 3, 5, 6], kinds) == 3  # block 5
+    assert reference_block([0, 2, 3, 5, 6, 7, 8], kinds) == 5  # a parallel block has attention
+    assert reference_block([0, 3, 6], kinds) == 2  # none scored has attention: the deepest scored
+    assert reference_block([0, 3], []) == 1  # kinds unknown (scores saved by an earlier version)
+    with pytest.raises(InputError, match="no block"):
+        reference_block([], kinds)
+
+
+def _planted(n: int = 8, V: int = 32, seed: int = 0) -> tuple[CalibrationScores, torch.Tensor]:
+    """A 10-block model scored at blocks 0, 2, 4 (attention), 6 and 8. Each prompt has 4 relevant tokens: Mamba
+    blocks 2 and 8 and attention block 4 rank them first; block 6 ranks them last (as the blocks that depth
+    up-scaling added do on the toy model); block 0 is noise. Importance of the other tokens is nearly flat."""
+    g = torch.Generator().manual_seed(seed)
+    blocks, kinds = [0, 2, 4, 6, 8], ["ssm", "mlp", "ssm", "mlp", "attn", "mlp", "ssm", "mlp", "ssm", "mlp"]
+    relevant = torch.zeros(n, V, dtype=torch.bool)
+    for i in range(n):
+        relevant[i, torch.randperm(V, generator=g)[:4]] = True
+    flat = 1.0 + 0.1 * torch.rand(len(blocks), n, V, generator=g, dtype=torch.float64)
+    flat[1] += 2.0 * relevant  # block 2: relevant first, by a little (a dense Mamba block)
+    flat[2] += 40.0 * relevant  # block 4 (attention): sparse, on the relevant tokens
+    flat[3] -= 0.5 * relevant  # block 6: relevant last
+    flat[4] += 2.0 * relevant  # block 8
+    scores = flat / flat.sum(-1, keepdim=True)
+    return CalibrationScores(blocks, 10, [scores], "nemotron_h", kinds), relevant
+
+
+def test_the_reference_objective_places_cuts_where_blocks_rank_what_the_deepest_attention_needs():
+    """On planted scores a cut scored by block 6 drops the relevant tokens. Free cuts under the reference objective
+    avoid it and keep them all."""
+    scores, relevant = _planted()
+    cal = search(scores, keep=0.5, target="reference", placement="free")
+    plan = cal.schedule.resolve(10)
+    assert cal.reference == 4 and cal.target == "reference" and cal.placement == "free"
+    assert cal.schedule.stages == tuple(plan.prune_points) == tuple(cal.candidates[0]["prune_points"])
+    assert all(not 6 < p <= 8 for p in plan.prune_points), plan  # no cut is scored by block 6
+    carried = torch.ones_like(relevant)  # replay the cuts: every relevant token reaches the last block
+    g = scores.groups[0]
+    for point, k in zip(plan.prune_points, plan.stage_counts(g.shape[2]), strict=True):
+        chooser = max(i for i, b in enumerate(scores.blocks) if b < point)
+        top = g[chooser].masked_fill(~carried, -torch.inf).topk(k, dim=1).indices
+        carried = torch.zeros_like(carried).scatter(1, top, True)
+    assert bool((carried | ~relevant).all())
+    # the preset's first cut (block 1, scored by block 0's noise) and the own-mass choice carry far less of it
+    own = search(scores, keep=0.5, target="own", placement="free")
+    assert objective(scores, own.schedule.resolve(10), "reference")[0] < cal.objective - 0.2
+    assert cal.presets["progressive"] < 0.1
+
+
+def test_free_placement_tries_every_feasible_list_of_cuts():
+    import itertools
+
+    blocks, L, keep = [0, 2, 3, 5, 7], 12, 0.4
+    free = candidate_schedules(L, blocks, keep, placement="free")
+    expected = set()
+    for n in range(1, MAX_FREE_STAGES + 1):
+        for cuts in itertools.combinations(range(1, L), n):
+            for shape in ("geometric",) if n == 1 else ("geometric", "linear"):
+                try:
+                    Schedule(keep=keep, stages=cuts, shape=shape).resolve(L)
+                except InputError:
+                    continue
+                expected.add((cuts, shape))
+    assert {(s.stages, s.shape) for s in free} == expected and len(free) == len(expected) > 100
+    spread = {tuple(s.resolve(L).prune_points) for s in candidate_schedules(L, blocks, keep, max_stages=3)}
+    assert spread <= {s.stages for s in free}  # every spread layout of up to 3 cuts is among the free ones
+    with pytest.raises(InputError, match="placement"):
+        candidate_schedules(L, blocks, keep, placement="anywhere")
+    with pytest.raises(InputError, match="objective"):
+        search(_scores([_random_scores(5, 8, 32)]), 0.25, target="mine")
+
+
+def test_scores_keep_the_block_kinds_through_a_file(tmp_path):
+    scores, _ = _planted(n=4)
+    back = CalibrationScores.load(scores.save(tmp_path / "s.pt"))
+    assert back.kinds == scores.kinds and back.blocks == scores.blocks
+    old = {"blocks": scores.blocks, "num_blocks": 10, "groups": scores.groups, "model_type": "nemotron_h"}
+    torch.save(old, tmp_path / "old.pt")  # written before the kinds were saved
+    assert CalibrationScores.load(tmp_path / "old.pt").kinds == []
+
+
 def _scores(groups, blocks=(0, 2, 3, 5, 7), L=12) -> CalibrationScores:
     return CalibrationScores(list(blocks), L, [g for g in groups], "nemotron_h")
 
@@ -148,12 +258,20 @@ def test_cli_calibrate(run_dir, tmp_path, capsys):
     before = out.read_bytes()
     assert main([*args, "--out", str(out)]) == 2  # no silent overwrite
     assert "--overwrite" in capsys.readouterr().err and out.read_bytes() == before
+    free = tmp_path / "free.yaml"
+    assert main([*args, "--out", str(free), "--objective", "reference", "--placement", "free"]) == 0
+    assert "J_ref" in capsys.readouterr().out and "reference block" in free.read_text()
+    record = json.loads((tmp_path / "calibration.json").read_text())
+    assert (record["target"], record["placement"]) == ("reference", "free")
+    assert Schedule.load(free).stages == tuple(record["candidates"][0]["prune_points"])
     for bad, message in (
         (["--keep", "0"], "keep"),
         (["--size", "2"], "size"),
         (["--budget", "mean"], "budget"),
         (["--data", "questions.jsonl"], "takes --data toy"),
         (["--variant", "foggy"], "the checkpoint knows"),
+        (["--objective", "mine"], "objective (--objective) must be one of own, reference"),
+        (["--placement", "anywhere"], "placement (--placement) must be one of spread, free"),
     ):
         assert main([*args, "--out", str(tmp_path / "x.yaml"), *bad]) == 2, bad
         assert message in capsys.readouterr().err, bad
