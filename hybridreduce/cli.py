@@ -74,7 +74,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if args.quick and args.full:
         raise InputError("--quick and --full contradict each other; pick one")
     if args.size is not None:
-        validate.integer(args.size, "size (--size)", 1, fix="held-out questions per variant, e.g. 256 (the default)")
+        validate.integer(args.size, "size (--size)", 1, fix="held-out questions per variant, e.g. 192 (the default)")
     if args.checkpoint is not None:
         validate.checkpoint_dir(args.checkpoint, "checkpoint (--checkpoint)")
     keeps = (0.25,) if args.quick else KEEPS
@@ -90,7 +90,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             raise InputError(f"--methods: unknown {unknown or args.methods!r}; choose from {', '.join(DEMO_METHODS)}")
     validate.writable_dir(args.out, "out (--out)")
     _quiet_transformers()
-    size = args.size if args.size is not None else (128 if args.quick else 1024 if args.full else 256)
+    size = args.size if args.size is not None else (96 if args.quick else 1024 if args.full else 192)
     summary = run_demo(
         args.checkpoint, size=size, keeps=keeps, methods=methods, progress=not args.no_progress, split=args.split
     )
@@ -794,9 +794,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="every reduction method on the embedded toy video VLM (the main job)")
     d.add_argument("--out", default="runs/demo", metavar="DIR", help="output directory (default runs/demo)")
-    d.add_argument("--quick", action="store_true", help="128 questions per variant at keep 0.25 only (under a minute)")
+    d.add_argument("--quick", action="store_true", help="96 questions per variant at keep 0.25 only (under a minute)")
     d.add_argument("--full", action="store_true", help="the complete table: 1,024 questions per variant")
-    d.add_argument("--size", type=int, help="held-out questions per variant (default 256; --quick 128, --full 1024)")
+    d.add_argument("--size", type=int, help="held-out questions per variant (default 192; --quick 96, --full 1024)")
     d.add_argument("--checkpoint", metavar="DIR", help="a train-toy output directory (default: the shipped one)")
     d.add_argument(
         "--split", default="test", choices=("val", "test"),

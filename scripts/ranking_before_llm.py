@@ -1,7 +1,8 @@
 """Which ranking of the visual tokens survives a cut? A diagnostic of the demo's claim on the embedded model.
 
-The demo's ``progressive`` schedule must make its first cut before block 1 (an average keep of 0.25 on 12
-blocks allows no later one), so block 0's scores choose what the rest of the model sees. This script holds
+Measured on the 12-block model (``hybridreduce/toy/checkpoint12``, the default ``--checkpoint``), whose demo
+``progressive`` schedule must make its first cut before block 1 (an average keep of 0.25 on 12 blocks allows no
+later one), so block 0's scores choose what the rest of the model sees. This script holds
 the mechanism and the budget fixed and varies only the ranking. For every held-out question it keeps the
 top ``keep`` share of the visual tokens *before* the language model — the cut EVS makes, which the model
 was uptrained on — ranked by
@@ -15,7 +16,7 @@ and answers from the kept tokens at every block (average keep = ``keep`` exactly
 ranking: accuracy, share of full-token accuracy, the share of each question's ground-truth tokens kept, and
 accuracy per question type.
 
-    python scripts/ranking_before_llm.py [--size 1024] [--keep 0.25] [--blocks 0 2 3 7 10]
+    python scripts/ranking_before_llm.py [--checkpoint DIR] [--size 1024] [--keep 0.25] [--blocks 0 2 3 7 10]
 
 A block ranking is an oracle for a cut at block 0 (it looks ahead at block B): it says what the cut could
 keep with block-B-quality scores, not what a one-pass method can do.
@@ -30,7 +31,7 @@ import torch
 from hybridreduce import capture, get_adapter
 from hybridreduce.evs import apply_retention
 from hybridreduce.toy import ToyDataset
-from hybridreduce.toy.demo import load_toy
+from hybridreduce.toy.demo import CHECKPOINT12, load_toy
 from hybridreduce.toy.evaluate import AnswerSheet, evs_inputs
 
 
@@ -45,12 +46,15 @@ def top_share(scores: torch.Tensor, keep: float) -> torch.Tensor:
 @torch.no_grad()
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument(
+        "--checkpoint", default=str(CHECKPOINT12), help="a train-toy output directory (default: the 12-block model)"
+    )
     parser.add_argument("--size", type=int, default=1024, help="held-out questions (default 1024)")
     parser.add_argument("--keep", type=float, default=0.25, help="share of visual tokens kept (default 0.25)")
     parser.add_argument("--blocks", type=int, nargs="+", default=[0, 2, 3, 7, 10], help="blocks whose scores rank")
     args = parser.parse_args()
 
-    model, data = load_toy()
+    model, data = load_toy(args.checkpoint)
     kinds = get_adapter(model).kinds
     bad = [b for b in args.blocks if not 0 <= b < len(kinds) or kinds[b] in ("mlp", "moe")]
     if bad:

@@ -77,8 +77,10 @@ def test_shipped_configs_parse():
     tiny = AnalysisConfig.from_yaml(TINY_YAML)
     assert (tiny.source, tiny.target, tiny.name) == ("tiny", "nemotron_h", "tiny_nemotron_h")
     assert AnalysisConfig.from_yaml("toy").samples == 256  # a bare name finds configs/analysis/<name>.yaml
-    toy24 = AnalysisConfig.from_yaml("toy24")
-    assert toy24.model == {"checkpoint": "hybridreduce/toy/partial/toy24_reduce"} and toy24.variant == "clutter"
+    clutter, toy12 = AnalysisConfig.from_yaml("toy_clutter"), AnalysisConfig.from_yaml("toy12")
+    assert clutter.source == "toy" and clutter.variant == "clutter" and toy.variant is None  # the first: static
+    assert toy12.model == {"checkpoint": "hybridreduce/toy/checkpoint12"} and toy12.kendall
+    assert (ROOT / toy12.model["checkpoint"] / "model.safetensors").is_file()
 
 
 def test_tiny_run_writes_every_file(tiny_run):

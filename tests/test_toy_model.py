@@ -124,4 +124,4 @@ def test_the_shipped_checkpoint_loads():
     assert saved["model_type"] == ToyVLMConfig.model_type == "hybridreduce_toy_vlm"
     assert saved["architectures"] == [ToyVLM.__name__]
     model = ToyVLM.from_pretrained(path)
-    assert isinstance(model, ToyVLM) and model.config.text_config.num_hidden_layers == 12
+    assert isinstance(model, ToyVLM) and model.config.text_config.num_hidden_layers == 24

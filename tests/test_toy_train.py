@@ -656,6 +656,8 @@ TRAINING_CONFIGS = (
     "toy24_control",
     "toy24_stage3",
     "toy24_stage3_reduce",
+    "toy24_stage4",
+    "toy24_stage4_control",
 )
 
 
@@ -676,22 +678,57 @@ def test_shipped_training_configs_load(name):
         assert spec.variants == ("static", "clutter") and len(spec.text["layers_block_type"]) == 24
         assert spec.to_dict()["model"] == stage1.to_dict()["model"]
         data, data1 = spec.to_dict()["data"], stage1.to_dict()["data"]
-        if name.startswith("toy24_stage3"):
+        if name.startswith(("toy24_stage3", "toy24_stage4")):
             assert data1["variants"]["clutter"].pop("qtypes")[-1] == "order" and "first" in spec.configs[1].qtypes
         assert data == data1
         assert sum(k == "attention" for k in spec.text["layers_block_type"]) <= 0.1 * 24
 
 
-def test_stage_3s_arms_differ_only_in_in_lm_reduction():
-    """The shipped arm branches off the trunk (train-toy --branch-from): its config may differ in reduce_prob only."""
+@pytest.mark.parametrize(
+    "arms", [("toy24_stage3", "toy24_stage3_reduce"), ("toy24_stage4_control", "toy24_stage4")], ids=str
+)
+def test_the_arms_of_a_stage_differ_only_in_in_lm_reduction(arms):
+    """Stage 3's shipped arm branched off the trunk (train-toy --branch-from), stage 4's two arms start from the same
+    weights: each pair's configs may differ in reduce_prob only."""
     from pathlib import Path
 
     from hybridreduce.toy.train import load_spec
 
     root = Path(__file__).resolve().parents[1] / "configs"
-    trunk, branch = (load_spec(root / f"{n}.yaml").to_dict() for n in ("toy24_stage3", "toy24_stage3_reduce"))
-    assert (trunk["train"].pop("reduce_prob"), branch["train"].pop("reduce_prob")) == (0.0, 0.4)
-    assert trunk == branch
+    control, reduced = (load_spec(root / f"{n}.yaml").to_dict() for n in arms)
+    assert (control["train"].pop("reduce_prob"), reduced["train"].pop("reduce_prob")) == (0.0, 0.4)
+    assert control == reduced
+
+
+def test_the_shipped_checkpoint_carries_every_stage_record():
+    """The shipped checkpoint's folder holds its config, log and test evaluation and those of every stage before
+    it and of the ablation; the last stage's settings are configs/toy24_stage4.yaml's, and each stage starts from
+    the one before."""
+    from pathlib import Path
+
+    from hybridreduce.toy.demo import CHECKPOINT
+    from hybridreduce.toy.train import _as_saved_by, load_spec
+
+    root = Path(__file__).resolve().parents[1]
+    stages = {"stage1_": "toy24", "stage2_": "toy24_control", "stage3_": "toy24_stage3", "": "toy24_stage4",
+              "ablation_": "toy24_stage4_control"}  # fmt: skip
+    for prefix, config in stages.items():
+        saved = yaml.safe_load((CHECKPOINT / f"{prefix}train_config.yaml").read_text())
+        # stage 1 ran when the 12-block model was the shipped checkpoint
+        if saved["train"]["init_from"] == "hybridreduce/toy/checkpoint":
+            saved["train"]["init_from"] = "hybridreduce/toy/checkpoint12"
+        current = yaml.safe_load(yaml.safe_dump(load_spec(root / "configs" / f"{config}.yaml").to_dict()))
+        assert saved == _as_saved_by(saved, current), config  # settings added since, at their defaults, aside
+        log = [json.loads(line) for line in (CHECKPOINT / f"{prefix}train_log.jsonl").read_text().splitlines()]
+        assert log[0]["event"] == "start" and (log[-1]["event"], log[-1]["split"]) == ("eval", "test"), config
+        assert max(e["step"] for e in log if e["event"] == "train") == saved["train"]["steps"], config
+        result = json.loads((CHECKPOINT / f"{prefix}eval.json").read_text())
+        assert result == {k: v for k, v in log[-1].items() if k != "event"}, config  # the log's test evaluation
+        assert result["steps"] == saved["train"]["steps"] and set(result["variants"]) == {"static", "clutter"}
+        assert min(v["n"] for v in result["variants"].values()) >= 1000, config
+    inits = [load_spec(root / "configs" / f"{c}.yaml").train.init_from for c in stages.values()]
+    assert inits == ["hybridreduce/toy/checkpoint12", *(f"hybridreduce/toy/partial/{c}" for c in
+                     ("toy24_stage1", "toy24_control", "toy24_stage3", "toy24_stage3"))]  # fmt: skip
 
 
 # --- the order hint (train.order_hint_weight) ------------------------------------------------------------------

@@ -12,8 +12,10 @@ full tokens and under each method at each average keep fraction ``k``:
                             attention block
     progressive-depth       unified scores, low-to-high cuts, the first a quarter down      in the LM      LM k
     progressive-calibrated  unified scores, the layout hybridreduce.calibrate chooses from  in the LM      LM k
-                            CALIBRATION_PROMPTS unlabeled val prompts of the variant
-    fastv                   attention rows of the last token at block 2, one cut after      in the LM      LM k
+                            CALIBRATION_PROMPTS unlabeled val prompts of the variant (cuts
+                            anywhere, keeping what the deepest attention block attends to)
+    fastv                   last token's attention at the first attention block, one cut    in the LM      LM k
+                            right after it
     pyramiddrop             attention rows, cuts at 1/4, 1/2, 3/4 of the depth              in the LM      LM k
     random                  seeded uniform draws, progressive cuts                          in the LM      LM k
     evs                     temporal change of each patch (pixels), rate 1 − k_evs          before the LM  EVS k
@@ -27,10 +29,11 @@ tokens, the schedule is solved for an average keep ``k_lm`` of what EVS passed o
 Every in-LM method is solved to the same *average* budget (mean share of visual tokens carried per block,
 see :mod:`hybridreduce.schedule`); EVS carries ``k`` of the tokens through every block, so its average is
 ``k`` too. A method whose layout keeps every token up to a late first cut cannot carry so few on average:
-FastV (cut after block 2, the first attention block), attention-only progressive (first cut after the
-first attention block) and PyramidDrop (first quarter of the depth) at ``k ≤ 0.25`` on the 12-block toy
-model. Those rows run at *final* keep ``k`` instead (the share kept after the last cut), are marked
-``final`` in the table, and carry more tokens on average than ``k``; the ``avg keep`` column says how many.
+FastV (cut right after the first attention block, block 4 of the shipped 24-block model), attention-only
+progressive (first cut after the first attention block), depth-placed progressive and PyramidDrop (first
+quarter of the depth) at ``k ≤ 0.25``. Those rows run at *final* keep ``k`` instead (the share kept after the
+last cut), are marked ``final`` in the table, and carry more tokens on average than ``k``; the ``avg keep``
+column says how many.
 That early cuts need Mamba-derived scores is the point of the hybrid method: a hybrid model has few
 attention blocks, and the first one may sit a quarter of the way down.
 
@@ -67,8 +70,12 @@ from .model import ToyVLM
 from .questions import chance_level
 from .train import ToySpec, spec_from_dict
 
-#: The embedded checkpoint (``configs/toy.yaml``, then its warm restart ``configs/toy_continue.yaml``; see its README).
+#: The embedded checkpoint: the 24-block model trained on ``static`` and ``clutter`` (``configs/toy24*.yaml``, four
+#: stages; its README has the commands, its folder the configs, logs and evaluations of every stage).
 CHECKPOINT = Path(__file__).parent / "checkpoint"
+#: The 12-block model the 24-block one was grown from (``configs/toy.yaml``, then ``configs/toy_continue.yaml``;
+#: ``static`` only), kept as the depth up-scaling source and for the diagnostics measured on it.
+CHECKPOINT12 = Path(__file__).parent / "checkpoint12"
 
 KEEPS = (0.5, 0.25, 0.125)
 #: ``progressive-depth``'s first cut, as a fraction of the depth (where PyramidDrop makes its first cut). Fixed,
@@ -76,6 +83,11 @@ KEEPS = (0.5, 0.25, 0.125)
 DEPTH_FIRST_PRUNE = 0.25
 #: Unlabeled prompts of the val split ``progressive-calibrated`` calibrates on (never the test split it is measured on).
 CALIBRATION_PROMPTS = 64
+#: ``progressive-calibrated``'s objective and cut placement (:func:`hybridreduce.calibrate.search`), chosen on val
+#: (``experiments/block_scores/val_layouts.py``): the own-mass objective with spread cuts picked layouts scored by
+#: blocks that rank the relevant tokens last (39% / 48% on 128 `static` / `clutter` val questions at keep 0.5, the
+#: reference objective 82% / 87%).
+CALIBRATION_TARGET, CALIBRATION_PLACEMENT = "reference", "free"
 
 #: How a method splits the average keep ``k`` into ``(k_evs, k_lm)`` (:meth:`DemoMethod.split_budget`): ``none``
 #: no reduction, ``(1, 1)``; ``lm`` all of it in the LM, ``(1, k)``; ``evs`` all of it before the LM, ``(k, 1)``;
@@ -226,7 +238,7 @@ def calibrate_schedules(model: ToyVLM, data: ToyConfig, vocab, keeps) -> dict[fl
     from ..calibrate import score_prompts, search
 
     scores = score_prompts(model, calibration_batches(ToyDataset(data, "val", CALIBRATION_PROMPTS, vocab=vocab)))
-    return {k: search(scores, k).schedule for k in keeps}
+    return {k: search(scores, k, target=CALIBRATION_TARGET, placement=CALIBRATION_PLACEMENT).schedule for k in keeps}
 
 
 def feasible_schedule(method: str | DemoMethod, keep: float, model: ToyVLM) -> tuple[Schedule, str]:
@@ -610,19 +622,22 @@ def plot_summary(summary: dict, out: Path) -> list[Path]:
                 chance = info[variant]["chance"]
                 ax.axhline(sum(chance.values()) / len(chance), color="grey", ls=":", lw=1, label="chance")
             ax.set_xscale("log", base=2)
-            ticks = sorted({r["keep"] for r in mine} | {round(r["achieved_keep"], 2) for r in mine})
+            ticks = sorted({r["keep"] for r in mine})  # the budgets, labelled; what rows carried, unlabelled ticks
             ax.set_xticks(ticks, [f"{k:g}" for k in ticks], fontsize=7)
-            ax.minorticks_off()
-            ax.set_xlabel("average share of visual tokens carried per block (hollow: run at final keep)")
+            ax.set_xticks(sorted({round(r["achieved_keep"], 3) for r in mine} - set(ticks)), minor=True)
+            ax.tick_params(axis="x", which="minor", length=3, labelbottom=False)
+            ax.set_xlabel("average share of visual tokens carried per block (hollow: at final keep)")
             ax.set_ylabel(label)
             ax.set_ylim(0, 1.02)
             ax.grid(alpha=0.3)
         ax_acc.set_title(f"{variant}: accuracy vs budget")
         ax_rel.set_title(f"{variant}: relevant tokens that survive to the last block")
-        ax_acc.legend(fontsize=7, loc="lower right")
+    handles, labels = axes[0, 0].get_legend_handles_labels()  # one legend for every panel, below them
+    fig.legend(handles, labels, loc="lower center", ncol=min(6, len(labels)), fontsize=8, frameon=False)
     n = summary["n_questions"]
-    fig.suptitle(f"Toy hybrid video VLM, {n} held-out questions per variant, {summary['n_visual']} visual tokens")
-    fig.tight_layout()
+    split = summary.get("split", "test")
+    fig.suptitle(f"Toy hybrid video VLM, {n} {split} questions per variant, {summary['n_visual']} visual tokens")
+    fig.tight_layout(rect=(0, 0.035 * (1 + len(labels) // 6) / len(variants), 1, 1))
     paths += _save(fig, out / "accuracy_vs_keep")
     plt.close(fig)
 
