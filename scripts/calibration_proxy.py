@@ -1,10 +1,11 @@
 """Is calibrate's label-free objective a good proxy for accuracy? (issue 17)
 
-Scores ``--prompts`` unlabeled val prompts once (as ``hybridreduce calibrate`` does), computes the retained
-importance mass ``J`` of every candidate layout at ``--keep``, then measures each candidate's accuracy on
-``--size`` *other* val questions (the calibration prompts are never scored for accuracy; the test split is never
-touched) and reports the Spearman rank correlation between ``J`` and accuracy, with the layout ``J`` picks and
-the layout accuracy would have picked.
+Scores ``--prompts`` unlabeled val prompts once (as ``hybridreduce calibrate`` does), computes both objectives of
+every candidate layout (spread cuts) at ``--keep`` — the retained importance mass ``J`` and the reference objective
+``J_ref`` (:func:`hybridreduce.calibrate.objective`) — then measures each candidate's accuracy on ``--size``
+*other* val questions (the calibration prompts are never scored for accuracy; the test split is never touched) and
+reports the Spearman rank correlation of each objective with accuracy, with the layout each picks and the layout
+accuracy would have picked.
 
     python scripts/calibration_proxy.py --keep 0.5 --size 256 --out runs/calibration_proxy
 
@@ -75,7 +76,7 @@ def _run(args, keep: float, out: Path) -> int:
     from tqdm.auto import tqdm
 
     from hybridreduce import Schedule
-    from hybridreduce.calibrate import score_prompts, search
+    from hybridreduce.calibrate import objective, score_prompts, search
     from hybridreduce.errors import InputError
     from hybridreduce.toy import ToyDataset
     from hybridreduce.toy.demo import calibration_batches, evaluate_method, load_toy_spec
@@ -97,11 +98,15 @@ def _run(args, keep: float, out: Path) -> int:
     for cand in tqdm(cal.candidates, desc="candidates", dynamic_ncols=True):
         sched = Schedule(keep=keep, first_prune=cand["first_prune"], stages=cand["stages"], shape=cand["shape"])
         r = evaluate_method(model, batches, "progressive", keep, sheet, variant=variant, schedule=sched)
-        rows.append({**cand, "accuracy": r.accuracy, "relevant_kept": r.relevant_kept, "per_type": r.per_type})
+        reference = objective(scores, sched.resolve(scores.num_blocks), "reference")[0]
+        rows.append({**cand, "reference_objective": reference, "accuracy": r.accuracy,
+                     "relevant_kept": r.relevant_kept, "per_type": r.per_type})  # fmt: skip
     J = [r["objective"] for r in rows]
     acc = [r["accuracy"] for r in rows]
     rho = spearman(J, acc)
     rho_rel = spearman(J, [r["relevant_kept"] for r in rows])
+    rho_ref = spearman([r["reference_objective"] for r in rows], acc)
+    by_ref = max(rows, key=lambda r: r["reference_objective"])
     by_acc = max(rows, key=lambda r: r["accuracy"])
     result = {
         "checkpoint": args.checkpoint or "shipped",
@@ -111,7 +116,9 @@ def _run(args, keep: float, out: Path) -> int:
         "questions": args.size,
         "spearman_objective_accuracy": rho,
         "spearman_objective_relevant_kept": rho_rel,
+        "spearman_reference_objective_accuracy": rho_ref,
         "chosen_by_objective": rows[0],
+        "chosen_by_reference_objective": by_ref,
         "best_by_accuracy": by_acc,
         "candidates": rows,
     }
@@ -119,16 +126,18 @@ def _run(args, keep: float, out: Path) -> int:
     (out / "proxy.json").write_text(json.dumps(result, indent=2) + "\n")
     with (out / "proxy.csv").open("w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["first_prune", "stages", "shape", "prune_points", "objective", "accuracy", "relevant_kept"])
+        w.writerow(["first_prune", "stages", "shape", "prune_points", "objective", "reference_objective", "accuracy",
+                    "relevant_kept"])  # fmt: skip
         for r in rows:
             w.writerow([r["first_prune"], r["stages"], r["shape"], " ".join(map(str, r["prune_points"])),
-                        r["objective"], r["accuracy"], r["relevant_kept"]])  # fmt: skip
+                        r["objective"], r["reference_objective"], r["accuracy"], r["relevant_kept"]])  # fmt: skip
     _plot(rows, rho, keep, variant, out / "proxy")
     print(
         f"{len(rows)} layouts at keep {keep:g} ({variant}, {args.size} val questions): Spearman rho(J, accuracy) = "
         f"{rho:.2f}, rho(J, relevant kept) = {rho_rel:.2f}; J picks first cut {rows[0]['first_prune']} "
-        f"({rows[0]['accuracy']:.3f}), accuracy would pick {by_acc['first_prune']}/{by_acc['stages']}/"
-        f"{by_acc['shape']} ({by_acc['accuracy']:.3f}); wrote {out}"
+        f"({rows[0]['accuracy']:.3f}); rho(J_ref, accuracy) = {rho_ref:.2f}, J_ref picks {by_ref['prune_points']} "
+        f"({by_ref['accuracy']:.3f}); accuracy would pick {by_acc['prune_points']} {by_acc['shape']} "
+        f"({by_acc['accuracy']:.3f}); wrote {out}"
     )
     return 0
 

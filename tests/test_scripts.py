@@ -174,6 +174,13 @@ def test_calibration_proxy_on_a_tiny_checkpoint(toy_run, tmp_path, capsys):
     rows = result["candidates"]
     assert len(rows) > 1 and all(0 <= r["accuracy"] <= 1 for r in rows)
     assert result["chosen_by_objective"]["objective"] == max(r["objective"] for r in rows)
+    best = result["chosen_by_reference_objective"]
+    assert (
+        best["reference_objective"] == max(r["reference_objective"] for r in rows)
+        and 0 < best["reference_objective"] <= 1
+    )
+    rho = calibration_proxy.spearman([r["reference_objective"] for r in rows], [r["accuracy"] for r in rows])
+    assert result["spearman_reference_objective_accuracy"] == pytest.approx(rho, nan_ok=True)
     assert (out / "proxy.png").stat().st_size > 1000 and "Spearman rho" in capsys.readouterr().out
     assert calibration_proxy.main(args) == 2  # a non-empty --out is refused
     assert "--overwrite" in capsys.readouterr().err
