@@ -46,6 +46,7 @@ Shapes use the letters of :mod:`hybridreduce.glossary`; a stack of scores is ``(
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from collections.abc import Callable, Iterable
@@ -283,30 +284,22 @@ def candidate_schedules(
     points after the first scoring block."""
     if placement not in PLACEMENTS:
         raise InputError(f"placement must be one of {PLACEMENTS}, got {placement!r}")
-    out = []
+    points = range(min(blocks) + 1 if blocks else num_blocks, num_blocks)  # cuts with a scoring block before them
     if placement == "free":
-        import itertools
-
-        points = range(min(blocks) + 1 if blocks else num_blocks, num_blocks)
-        for stages in range(1, min(max_stages, MAX_FREE_STAGES) + 1):
-            for cuts in itertools.combinations(points, stages):
-                for shape in SHAPES[:1] if stages == 1 else SHAPES:
-                    sched = Schedule(keep=keep, budget=budget, first_prune=cuts[0], stages=cuts, shape=shape)
-                    try:
-                        sched.resolve(num_blocks)
-                    except InputError:
-                        continue
-                    out.append(sched)
-        return out
-    for first in range(min(blocks) + 1 if blocks else num_blocks, num_blocks):
-        for stages in range(1, min(max_stages, num_blocks - first) + 1):
-            for shape in SHAPES[:1] if stages == 1 else SHAPES:  # one cut: both shapes give the same ratio
-                sched = Schedule(keep=keep, budget=budget, first_prune=first, stages=stages, shape=shape)
-                try:
-                    sched.resolve(num_blocks)
-                except InputError:
-                    continue  # the budget cannot be met with this layout
-                out.append(sched)
+        layouts = [(cuts[0], cuts) for n in range(1, min(max_stages, MAX_FREE_STAGES) + 1)
+                   for cuts in itertools.combinations(points, n)]  # fmt: skip
+    else:
+        layouts = [(first, n) for first in points for n in range(1, min(max_stages, num_blocks - first) + 1)]
+    out = []
+    for first, stages in layouts:
+        n_cuts = stages if isinstance(stages, int) else len(stages)
+        for shape in SHAPES[:1] if n_cuts == 1 else SHAPES:  # one cut: both shapes give the same ratio
+            sched = Schedule(keep=keep, budget=budget, first_prune=first, stages=stages, shape=shape)
+            try:
+                sched.resolve(num_blocks)
+            except InputError:
+                continue  # the budget cannot be met with this layout
+            out.append(sched)
     return out
 
 
