@@ -31,7 +31,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from hybridreduce import validate
-    from hybridreduce.runner import on_rank_zero_after_all, parse_shard
+    from hybridreduce.rundir import on_rank_zero_after_all, parse_shard
 
     from .config import AnalysisConfig
     from .run import Interrupted, collect

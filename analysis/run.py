@@ -15,9 +15,7 @@ Ctrl-C saves the batches already scored as a partial run (:class:`Interrupted` s
 from __future__ import annotations
 
 import math
-import os
 import shutil
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, fields
@@ -30,6 +28,7 @@ from torch import nn
 from hybridreduce import capture, get_adapter
 from hybridreduce.cache import ScoreCache
 from hybridreduce.errors import InputError, ScoreError
+from hybridreduce.rundir import RunFolder, check_shard, display_path, holds_files, install_dir, staging_dir
 
 from .config import AnalysisConfig, checkpoint_dir, toy_benchmark
 from .relevance import NO_SCORES_KINDS
@@ -38,9 +37,7 @@ from .rundir import (
     Collected,
     ModelFacts,
     check_out_dir,
-    display_path,
     every_scorer_failed,
-    holds_files,
     is_run_dir,
     write_run,
     write_shard,
@@ -218,26 +215,6 @@ class Interrupted(KeyboardInterrupt):
         self.saved, self.metrics = saved, metrics
 
 
-def _staging_dir(target: Path) -> Path:
-    """A new hidden directory beside ``target``, on its file system, so that moving it into place is a rename."""
-    parent = target.absolute().parent
-    while not parent.exists():
-        parent = parent.parent
-    return Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=parent))
-
-
-def _install(staging: Path, target: Path) -> Path:
-    """Move the complete directory ``staging`` to ``target``; what was there is moved aside first, deleted last."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    old = target.with_name(f".{target.name}.old-{os.getpid()}")
-    if target.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        target.rename(old)
-    staging.rename(target)
-    shutil.rmtree(old, ignore_errors=True)
-    return target
-
-
 def collect(
     config: AnalysisConfig,
     out_dir: str | Path,
@@ -274,9 +251,7 @@ def collect(
     """
     if not isinstance(config, AnalysisConfig):
         raise InputError(f"collect needs an AnalysisConfig, got {type(config).__name__}")
-    i, n = shard
-    if not (isinstance(i, int) and isinstance(n, int) and n >= 1 and 0 <= i < n):
-        raise InputError(f"shard must be (index, count) with 0 <= index < count, got {shard!r}")
+    i, n = check_shard(tuple(shard) if isinstance(shard, list) else shard)
     batches = math.ceil(config.samples / config.batch_size)
     if n > batches:
         raise InputError(
@@ -284,45 +259,48 @@ def collect(
             "or a smaller batch_size"
         )
     target = check_out_dir(out_dir, shard, overwrite)
-    loaded = load_model(config)
-    kinds = loaded.facts.block_kinds
-    check_overlay_blocks(config.overlay_blocks or default_overlay_blocks(kinds), kinds)
-    # Shards are runs of whole batches, so every sample is scored in the same batch as in one process and the
-    # merged run is bit-identical to it.
-    bs = config.batch_size
-    samples = range(i * batches // n * bs, min((i + 1) * batches // n * bs, config.samples))
-    run = _run_forwards(config, loaded, progress, samples)
-    if run.interrupted and n > 1:
-        raise Interrupted(
-            f"interrupted after {run.scored} of {len(samples)} samples of shard {i}/{n}; a shard is kept only whole, "
-            f"so nothing was written ({display_path(target)} is as it was): run the shard again"
-        )
-    if run.interrupted and not run.scored:
-        raise Interrupted(
-            f"interrupted before the first batch was scored; nothing written ({display_path(target)} is as it was)"
-        )
-    place = target
-    if run.interrupted and holds_files(target):  # keep the run that is there; the partial one goes beside it
-        place = target.with_name(f"{target.name}.partial")
-        if holds_files(place) and not is_run_dir(place):
-            place = target.with_name(f"{target.name}.partial-{time.strftime('%Y%m%d-%H%M%S')}")
-    staging = _staging_dir(target)
-    try:
-        if n > 1:
-            result = write_shard(config, loaded.facts, run, staging, shard, samples)
-        else:
-            result = write_run(config, loaded.facts, run, staging)
-        _install(staging, place)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)  # gone after a successful install; else what was written
-    if run.interrupted:
-        kept = f"; {display_path(target)} is as it was" if place != target else ""
-        raise Interrupted(
-            f"interrupted after {run.scored} of {config.samples} samples: the partial run is in {display_path(place)} "
-            f"(metrics.json says partial){kept}; run again to score every sample",
-            saved=place,
-            metrics=result,
-        )
-    if n == 1:
-        every_scorer_failed(run, place)
-    return result
+    # The lock first (a second writer into the same run, or the same shard, is refused before any work); a shard's
+    # lock is its own, in the run directory, so the shards of one split write side by side.
+    with RunFolder(target if n == 1 else target.parent, shard) as folder:
+        loaded = load_model(config)
+        kinds = loaded.facts.block_kinds
+        check_overlay_blocks(config.overlay_blocks or default_overlay_blocks(kinds), kinds)
+        # Shards are runs of whole batches, so every sample is scored in the same batch as in one process and the
+        # merged run is bit-identical to it.
+        bs = config.batch_size
+        samples = range(i * batches // n * bs, min((i + 1) * batches // n * bs, config.samples))
+        run = _run_forwards(config, loaded, progress, samples)
+        if run.interrupted and n > 1:
+            raise Interrupted(
+                f"interrupted after {run.scored} of {len(samples)} samples of shard {i}/{n}; a shard is kept only "
+                f"whole, so nothing was written ({display_path(target)} is as it was): run the shard again"
+            )
+        if run.interrupted and not run.scored:
+            raise Interrupted(
+                f"interrupted before the first batch was scored; nothing written ({display_path(target)} is as it was)"
+            )
+        place = target
+        if run.interrupted and holds_files(target):  # keep the run that is there; the partial one goes beside it
+            place = target.with_name(f"{target.name}.partial")
+            if holds_files(place) and not is_run_dir(place):
+                place = target.with_name(f"{target.name}.partial-{time.strftime('%Y%m%d-%H%M%S')}")
+        staging = staging_dir(target)
+        try:
+            if n > 1:
+                result = write_shard(config, loaded.facts, run, staging, shard, samples)
+            else:
+                result = write_run(config, loaded.facts, run, staging)
+            install_dir(staging, place, folder)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)  # gone after a successful install; else what was written
+        if run.interrupted:
+            kept = f"; {display_path(target)} is as it was" if place != target else ""
+            raise Interrupted(
+                f"interrupted after {run.scored} of {config.samples} samples: the partial run is in "
+                f"{display_path(place)} (metrics.json says partial){kept}; run again to score every sample",
+                saved=place,
+                metrics=result,
+            )
+        if n == 1:
+            every_scorer_failed(run, place)
+        return result

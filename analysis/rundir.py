@@ -49,6 +49,15 @@ import torch
 
 from hybridreduce.cache import ScoreCache
 from hybridreduce.errors import HybridReduceError, InputError, ScoreError
+from hybridreduce.rundir import (  # noqa: F401  (display_path, holds_files: used by analysis.run)
+    RunFolder,
+    display_path,
+    find_shards,
+    holds_files,
+    missing_shards,
+    shard_name,
+    shards_being_written,
+)
 
 from .config import AnalysisConfig, toy_benchmark
 from .relevance import NO_SCORES_KINDS, check_relevant
@@ -257,8 +266,12 @@ def write_ground_truth(batches_meta: list[dict[str, torch.Tensor]], out: Path) -
 
 
 # Shards -------------------------------------------------------------------------------------------
+#: The folder of one shard (:func:`hybridreduce.rundir.find_shards`).
+SHARD_DIRS = "{shard}"
+
+
 def shard_dir(out: Path, shard: tuple[int, int]) -> Path:
-    return out / f"shard-{shard[0]}-of-{shard[1]}"
+    return Path(out) / SHARD_DIRS.format(shard=shard_name(shard))
 
 
 def write_shard(
@@ -288,9 +301,14 @@ def write_shard(
     return info
 
 
+def _shards(out_dir: str | Path) -> dict[tuple[int, int], Path]:
+    """The shard folders of ``out_dir`` that hold a ``shard.json``, by ``(index, count)``."""
+    return {key: path for key, path in find_shards(out_dir, SHARD_DIRS).items() if (path / "shard.json").is_file()}
+
+
 def is_sharded_run(out_dir: str | Path) -> bool:
     """Whether ``out_dir`` holds shards written by ``collect(..., shard=(index, count))``."""
-    return any(Path(out_dir).glob("shard-*-of-*/shard.json"))
+    return bool(_shards(out_dir))
 
 
 def merge_shards(out_dir: str | Path) -> dict[str, Any]:
@@ -308,15 +326,23 @@ def merge_shards(out_dir: str | Path) -> dict[str, Any]:
     from safetensors.torch import load_file
 
     out = Path(out_dir)
-    infos = [json.loads(p.read_text()) for p in sorted(out.glob("shard-*-of-*/shard.json"))]
-    if not infos:
+    shards = _shards(out)
+    if not shards:
         raise InputError(f"{out}: no shard-i-of-N/shard.json; run `hybridreduce analyze ... --shard i/N` first")
-    n = infos[0]["shard"][1]
-    infos.sort(key=lambda info: info["shard"][0])
-    have = [info["shard"] for info in infos]
-    if have != [[i, n] for i in range(n)]:
-        missing = sorted(set(range(n)) - {i for i, m in have if m == n})
-        raise InputError(f"{out}: shards {missing} of {n} are missing (or shards of another N are mixed in)")
+    busy = shards_being_written(out)
+    if busy:
+        raise InputError(f"{out}: {'; '.join(busy)} is still being written; merge when every shard has finished")
+    splits, missing = missing_shards(shards)
+    if len(splits) > 1:
+        raise InputError(
+            f"{out}: shards of {len(splits)} different splits ({', '.join(f'of {n}' for n in splits)}); keep the "
+            "shard folders of one split (move the others away) and merge again"
+        )
+    n = splits[0]
+    if missing:
+        raise InputError(f"{out}: shards {missing} of {n} are missing; run them (hybridreduce analyze ... --shard "
+                         f"I/{n} --out {out}) and merge again")  # fmt: skip
+    infos = [_read_shard_info(shards[(i, n)]) for i in range(n)]
     if any(info["config"] != infos[0]["config"] for info in infos):
         raise InputError(f"{out}: the shards were run with different configs; rerun them with one config")
     stale = [info["shard"][0] for info in infos if not {"model", "block_kinds"} <= set(info)]
@@ -351,36 +377,44 @@ def merge_shards(out_dir: str | Path) -> dict[str, Any]:
     facts = ModelFacts(infos[0]["model"], infos[0]["block_kinds"])
     if config.source != "tiny":
         facts.data, facts.vocab, _ = toy_benchmark(config)
-    _remove_previous_merge(out)
-    metrics = write_run(config, facts, run, out)
+    with RunFolder(out) as folder:
+        metrics: dict[str, Any] = {}
+
+        def write(staging: Path) -> list[Path]:
+            metrics.update(write_run(config, facts, run, staging))
+            return [staging / name for name in metrics["files"]]
+
+        previous = _previous_merge(out)
+        folder.stage(write)  # every file complete before it replaces the previous merge's
+        for name in sorted(set(previous) - set(metrics["files"])):
+            (out / name).unlink()  # a file of the previous merge this one did not write (a failed scorer's)
     every_scorer_failed(run, out)
     return metrics
 
 
-def _remove_previous_merge(out: Path) -> None:
-    """Delete the files an earlier merge wrote into ``out`` (metrics.json lists them), so none is left beside the
-    new merge's; the shard folders are untouched."""
+def _read_shard_info(folder: Path) -> dict[str, Any]:
+    """A shard's ``shard.json``, checked to be a JSON object with its ``shard``, ``config``, ``scorers`` and
+    ``errors``."""
+    path = folder / "shard.json"
+    try:
+        info = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(f"{path} is not valid JSON ({exc}); score that shard again with --overwrite") from None
+    if not isinstance(info, dict) or not {"shard", "config", "scorers", "errors"} <= set(info):
+        raise InputError(f"{path} is not a shard record (shard, config, scorers, errors); score that shard again")
+    return info
+
+
+def _previous_merge(out: Path) -> list[str]:
+    """The files an earlier merge wrote into ``out`` (its metrics.json lists them); the shard folders are not."""
     try:
         files = json.loads((out / "metrics.json").read_text()).get("files", [])
     except (OSError, ValueError, AttributeError):
-        return
-    for name in files:
-        if isinstance(name, str) and "/" not in name and (out / name).is_file():
-            (out / name).unlink()
+        return []
+    return [n for n in files if isinstance(n, str) and "/" not in n and (out / n).is_file()]
 
 
 # Output directories -------------------------------------------------------------------------------
-def display_path(path: Path) -> str:
-    """``path`` relative to the working directory when it lies under it, else absolute."""
-    relative = os.path.relpath(path)
-    return relative if not relative.startswith("..") else str(path)
-
-
-def holds_files(path: Path) -> bool:
-    """Whether ``path`` is a folder with something in it."""
-    return path.is_dir() and any(path.iterdir())
-
-
 def is_run_dir(path: Path) -> bool:
     """Whether ``path`` holds an analysis run (metrics.json) or the shards of one."""
     return (path / "metrics.json").is_file() or is_sharded_run(path)

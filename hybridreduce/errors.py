@@ -37,3 +37,8 @@ class ScoreError(HybridReduceError, RuntimeError):
 class CompatibilityError(HybridReduceError, RuntimeError):
     """The installed transformers calls its modules in a way hybridreduce does not know (a renamed or new
     argument); the message names the argument, the module and the installed version."""
+
+
+class OutputError(HybridReduceError, OSError):
+    """A file could not be written (a full disk, a read-only folder, no permission); the previous file, if any,
+    is kept (:mod:`hybridreduce.rundir` writes every file under a temporary name and renames it when complete)."""

@@ -37,9 +37,8 @@ inputs; the setting's ``config``. ``summary.json`` also lists the ``sources`` me
 from __future__ import annotations
 
 import csv
+import io
 import json
-import os
-import re
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -49,6 +48,17 @@ import numpy as np
 
 from . import validate
 from .errors import HybridReduceError, InputError
+from .rundir import (  # noqa: F401  (check_shard, parse_shard, on_rank_zero_after_all: this module's API too)
+    RunFolder,
+    check_shard,
+    find_shards,
+    missing_shards,
+    on_rank_zero_after_all,
+    parse_shard,
+    shard_name,
+    shards_being_written,
+    write_text,
+)
 from .schedule import Schedule
 
 #: Fields of a prediction line that are measurements of time (they differ between any two runs).
@@ -56,8 +66,8 @@ TIMINGS = ("embed_s", "evs_s", "prefill_s", "ttft_s", "decode_s")
 #: Most frames ``frames`` / ``max_frames`` may ask for: a guard against typos (100000 for 10000), far above
 #: what a video VLM's context holds.
 MAX_FRAMES = 4096
-#: ``predictions.shard-i-of-N.jsonl``: groups i and N.
-_SHARD_FILE = re.compile(r"predictions\.shard-(\d+)-of-(\d+)\.jsonl")
+#: The predictions file of one shard (:func:`hybridreduce.rundir.find_shards`).
+SHARD_FILES = "predictions.{shard}.jsonl"
 
 
 @dataclass(frozen=True)
@@ -170,54 +180,8 @@ def check_settings(settings: Sequence[Setting], num_blocks: int | None = None) -
     return list(settings)
 
 
-def check_shard(shard: tuple[int, int], shown: str | None = None) -> tuple[int, int]:
-    """``(index, count)`` with ``count >= 1`` and ``0 <= index < count``; ``shown`` is how the user wrote it
-    (``"3/2"``)."""
-    ok = isinstance(shard, tuple) and len(shard) == 2
-    ok = ok and all(isinstance(x, int) and not isinstance(x, bool) for x in shard) and 0 <= shard[0] < shard[1]
-    if not ok:
-        shown = shown if shown is not None else repr(shard)
-        raise InputError(f"shard (--shard) {shown}: need i/N with N >= 1 and 0 <= i < N, e.g. 0/4")
-    return shard
-
-
-def parse_shard(spec: str | None, env: dict | None = None) -> tuple[int, int]:
-    """``(index, count)`` from ``"i/N"``; without a spec, from torchrun's ``RANK``/``WORLD_SIZE``; else ``(0, 1)``."""
-    env = os.environ if env is None else env
-    if spec is None:
-        if "WORLD_SIZE" in env and "RANK" in env:
-            return int(env["RANK"]), int(env["WORLD_SIZE"])
-        return 0, 1
-    try:
-        i, count = (int(x) for x in str(spec).split("/"))
-    except ValueError:
-        raise InputError(f"--shard must look like i/N (e.g. 0/4), got {spec!r}") from None
-    return check_shard((i, count), spec)
-
-
-def on_rank_zero_after_all(rank: int, work):
-    """Under torchrun: wait until every rank gets here (a gloo barrier), then run ``work()`` on rank 0 only.
-
-    Returns ``work()``'s result on rank 0 and None elsewhere. The barrier waits up to two days, since ranks
-    whose shards are lighter may finish hours apart (the default gloo timeout is 30 minutes).
-    """
-    from datetime import timedelta
-
-    import torch.distributed as dist
-
-    dist.init_process_group("gloo", timeout=timedelta(days=2))
-    try:
-        dist.barrier()
-        result = work() if rank == 0 else None
-        dist.barrier()  # no rank exits while rank 0 still reads their files
-    finally:
-        dist.destroy_process_group()
-    return result
-
-
 def predictions_path(out: Path, shard: tuple[int, int]) -> Path:
-    i, count = shard
-    return out / ("predictions.jsonl" if count == 1 else f"predictions.shard-{i}-of-{count}.jsonl")
+    return out / ("predictions.jsonl" if shard[1] == 1 else f"predictions.{shard_name(shard)}.jsonl")
 
 
 def superseded_path(path: Path) -> Path:
@@ -227,12 +191,7 @@ def superseded_path(path: Path) -> Path:
 
 def shard_files(out: Path) -> dict[tuple[int, int], Path]:
     """The ``predictions.shard-i-of-N.jsonl`` files of ``out``, by ``(index, count)``."""
-    found = {}
-    for path in sorted(out.glob("predictions.shard-*-of-*.jsonl")):
-        match = _SHARD_FILE.fullmatch(path.name)
-        if match:
-            found[(int(match[1]), int(match[2]))] = path
-    return found
+    return find_shards(out, SHARD_FILES)
 
 
 def _merged_from_shards(out: Path) -> bool:
@@ -241,7 +200,7 @@ def _merged_from_shards(out: Path) -> bool:
         sources = json.loads((out / "summary.json").read_text()).get("sources")
     except (OSError, ValueError, AttributeError):
         return False
-    return bool(sources) and all(_SHARD_FILE.fullmatch(str(name)) for name in sources)
+    return bool(sources) and all(str(name).startswith("predictions.shard-") for name in sources)
 
 
 def check_out_dir(out_dir: str | Path, shard: tuple[int, int] = (0, 1)) -> Path:
@@ -298,9 +257,7 @@ def read_predictions(path: Path) -> list[dict]:
 
 def _write_lines(path: Path, rows: list[dict]) -> None:
     """Replace ``path`` by ``rows``, one JSON line each, all at once (a kill leaves the old file or the new)."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    tmp.replace(path)
+    write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
 
 
 def _clean_tail(path: Path) -> None:
@@ -308,7 +265,7 @@ def _clean_tail(path: Path) -> None:
     if path.is_file():
         text = path.read_text()
         if text and not text.endswith("\n"):
-            path.write_text(text[: text.rfind("\n") + 1])
+            write_text(path, text[: text.rfind("\n") + 1])
 
 
 def answer_config(
@@ -379,72 +336,75 @@ def run(
     out = check_out_dir(out_dir, shard)
     path = predictions_path(out, shard)
     configs = {s.name: answer_config(vlm, s, frames, fps, max_frames, max_new_tokens) for s in settings}
-    reused, redo = [], []
-    for r in read_predictions(path):
-        config = configs.get(r["setting"])
-        if config is None or (r.get("config") == config and ("error" not in r or not retry_errors)):
-            reused.append(r)  # a line of this run's settings to keep, or of another setting: left as it is
+    # Nothing is written above this line; from here on this shard's lock is held (a second writer is refused).
+    with RunFolder(out, shard) as folder:
+        reused, redo = [], []
+        for r in read_predictions(path):
+            config = configs.get(r["setting"])
+            if config is None or (r.get("config") == config and ("error" not in r or not retry_errors)):
+                reused.append(r)  # a line of this run's settings to keep, or of another setting: left as it is
+            else:
+                redo.append(r)
+        if redo:
+            with superseded_path(path).open("a") as f:  # first, so that a kill in between loses nothing
+                f.writelines(json.dumps(r) + "\n" for r in redo)
+            folder.written.append(superseded_path(path).name)
+            _write_lines(path, reused)
+            errors = sum("error" in r for r in redo)
+            parts = []
+            if errors < len(redo):
+                parts.append(f"{len(redo) - errors} line(s) made with other settings")
+            if errors:
+                parts.append(f"{errors} error line(s)")
+            print(
+                f"{path.name}: answering again {' and '.join(parts)}; the old lines are in "
+                f"{superseded_path(path).name}",
+                file=sys.stderr,
+            )
         else:
-            redo.append(r)
-    # Nothing is written above this line.
-    out.mkdir(parents=True, exist_ok=True)
-    if redo:
-        with superseded_path(path).open("a") as f:  # first, so that a kill in between loses nothing
-            f.writelines(json.dumps(r) + "\n" for r in redo)
-        _write_lines(path, reused)
-        errors = sum("error" in r for r in redo)
-        parts = []
-        if errors < len(redo):
-            parts.append(f"{len(redo) - errors} line(s) made with other settings")
-        if errors:
-            parts.append(f"{errors} error line(s)")
-        print(
-            f"{path.name}: answering again {' and '.join(parts)}; the old lines are in {superseded_path(path).name}",
-            file=sys.stderr,
-        )
-    else:
-        _clean_tail(path)
-    done = {(r["id"], r["setting"]) for r in reused}
-    i, count = shard
-    mine = [(k, item) for k, item in enumerate(items) if k % count == i]
-    todo = [(k, item) for k, item in mine if any((item.id, s.name) not in done for s in settings)]
-    bar = tqdm(total=len(mine), initial=len(mine) - len(todo), desc=f"run {i}/{count}" if count > 1 else "run",
-               disable=not progress, dynamic_ncols=True)  # fmt: skip
-    with path.open("a") as f:
-        for k, item in todo:
-            base = {"index": k, "id": item.id, "qtype": item.qtype, "answer": item.answer}
-            try:
-                video = read_video(item.video, num_frames=frames, fps=fps, max_frames=max_frames)
-                prompt = vlm.prompt(video, prompt_text(item))
-            except HybridReduceError as exc:
-                video, prompt, failure = None, None, str(exc)
-            for setting in settings:
-                if (item.id, setting.name) in done:
-                    continue
-                row = {**base, "setting": setting.name, "config": configs[setting.name]}
-                if prompt is None:
-                    row["error"] = failure
-                else:
-                    try:
-                        ans = vlm.answer(prompt, setting.schedule, evs=setting.evs, max_new_tokens=max_new_tokens)
-                    except HybridReduceError as exc:
-                        row["error"] = str(exc)
+            _clean_tail(path)
+        done = {(r["id"], r["setting"]) for r in reused}
+        i, count = shard
+        mine = [(k, item) for k, item in enumerate(items) if k % count == i]
+        todo = [(k, item) for k, item in mine if any((item.id, s.name) not in done for s in settings)]
+        bar = tqdm(total=len(mine), initial=len(mine) - len(todo), desc=f"run {i}/{count}" if count > 1 else "run",
+                   disable=not progress, dynamic_ncols=True)  # fmt: skip
+        with path.open("a") as f:
+            for k, item in todo:
+                base = {"index": k, "id": item.id, "qtype": item.qtype, "answer": item.answer}
+                try:
+                    video = read_video(item.video, num_frames=frames, fps=fps, max_frames=max_frames)
+                    prompt = vlm.prompt(video, prompt_text(item))
+                except HybridReduceError as exc:
+                    video, prompt, failure = None, None, str(exc)
+                for setting in settings:
+                    if (item.id, setting.name) in done:
+                        continue
+                    row = {**base, "setting": setting.name, "config": configs[setting.name]}
+                    if prompt is None:
+                        row["error"] = failure
                     else:
-                        pred = parse_choice(ans.text, item.letters) if item.options else ans.text
-                        row.update(
-                            pred=pred,
-                            correct=None if item.answer is None else pred == item.answer,
-                            text=ans.text,
-                            frames=len(video.frames),
-                            n_visual=ans.n_visual,
-                            evs_visual=ans.evs_visual,
-                            average_keep=round(ans.average_keep, 6),
-                            **{t: round(getattr(ans, t), 6) for t in TIMINGS},
-                        )
-                f.write(json.dumps(row) + "\n")
-                f.flush()
-            bar.update(1)
-    bar.close()
+                        try:
+                            ans = vlm.answer(prompt, setting.schedule, evs=setting.evs, max_new_tokens=max_new_tokens)
+                        except HybridReduceError as exc:
+                            row["error"] = str(exc)
+                        else:
+                            pred = parse_choice(ans.text, item.letters) if item.options else ans.text
+                            row.update(
+                                pred=pred,
+                                correct=None if item.answer is None else pred == item.answer,
+                                text=ans.text,
+                                frames=len(video.frames),
+                                n_visual=ans.n_visual,
+                                evs_visual=ans.evs_visual,
+                                average_keep=round(ans.average_keep, 6),
+                                **{t: round(getattr(ans, t), 6) for t in TIMINGS},
+                            )
+                    f.write(json.dumps(row) + "\n")
+                    f.flush()
+                bar.update(1)
+        bar.close()
+        folder.written.append(path.name)
     return path
 
 
@@ -509,18 +469,22 @@ def summarize(rows: list[dict]) -> dict:
     return {"results": results}
 
 
-def write_summary(out_dir: str | Path, rows: list[dict], info: dict | None = None) -> dict:
-    """``summary.json`` (with ``info`` added, e.g. ``sources``) and ``results.csv`` of ``rows`` into ``out_dir``;
-    returns the summary."""
+def write_summary(out_dir: str | Path, rows: list[dict], info: dict | None = None, folder=None) -> dict:
+    """``summary.json`` (with ``info`` added, e.g. ``sources``) and ``results.csv`` of ``rows`` into ``out_dir``,
+    each written atomically (recorded in ``folder``'s manifest, a :class:`~hybridreduce.rundir.RunFolder`, when
+    given); returns the summary."""
     out = Path(out_dir)
     summary = {**summarize(rows), **(info or {})}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     keys = ["setting", "items", "answered", "errors", "accuracy", "prefill_s", "ttft_s", "decode_s", "n_visual",
             "evs_visual", "average_keep", "prefill_speedup"]  # fmt: skip
-    with (out / "results.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(summary["results"])
+    table = io.StringIO()
+    writer = csv.DictWriter(table, fieldnames=keys, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(summary["results"])
+    for name, text in (("summary.json", json.dumps(summary, indent=2) + "\n"), ("results.csv", table.getvalue())):
+        write_text(out / name, text)
+        if folder is not None:
+            folder.written.append(name)
     return summary
 
 
@@ -571,11 +535,14 @@ def merge(out_dir: str | Path, allow_partial: bool = False) -> dict:
             in two files; a setting answered under two configs (e.g. ``frames`` 8 in one shard, 16 in another).
     """
     out = Path(out_dir)
-    shards = shard_files(out) if out.is_dir() else {}
+    shards = shard_files(out)
     single = out / "predictions.jsonl"
     missing: list[str] = []
+    busy = shards_being_written(out) if out.is_dir() else []
+    if busy:
+        raise InputError(f"{out}: {'; '.join(busy)} is still being written; merge when every shard has finished")
     if shards:
-        splits = sorted({count for _, count in shards})
+        splits, absent = missing_shards(shards)
         if len(splits) > 1:
             listing = "; ".join(
                 f"of {count}: {', '.join(str(i) for i, other in sorted(shards) if other == count)}" for count in splits
@@ -590,7 +557,7 @@ def merge(out_dir: str | Path, allow_partial: bool = False) -> dict:
                 f"{out}: predictions.jsonl (a run without --shard) and {len(shards)} shard file(s) of a {count}-way "
                 "split answer the same items; move one of them to another directory and merge again"
             )
-        missing = [predictions_path(out, (i, count)).name for i in range(count) if (i, count) not in shards]
+        missing = [predictions_path(out, (i, count)).name for i in absent]
         if missing and not allow_partial:
             raise InputError(
                 f"{out}: {len(missing)} of {count} shards missing: {', '.join(missing)}; run them (hybridreduce run "
@@ -625,6 +592,8 @@ def merge(out_dir: str | Path, allow_partial: bool = False) -> dict:
                 "(a rerun answers again what differs)"
             )
     ordered = sorted(rows.values(), key=lambda r: (r["index"], r["setting"]))
-    _write_lines(single, ordered)
     info = {"sources": [p.name for p in sources], "partial": bool(missing), "missing": missing}
-    return write_summary(out, ordered, info)
+    with RunFolder(out) as folder:
+        _write_lines(single, ordered)
+        folder.written.append(single.name)
+        return write_summary(out, ordered, info, folder)

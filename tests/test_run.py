@@ -135,7 +135,7 @@ def test_shards_merge_to_the_single_process_result(setup, tmp_path):
     single = read_predictions(_run(setup, tmp_path / "single"))
     for i in range(3):
         _run(setup, tmp_path / "sharded", shard=(i, 3))
-    assert sorted(p.name for p in (tmp_path / "sharded").iterdir()) == [
+    assert sorted(p.name for p in (tmp_path / "sharded").iterdir() if not p.name.startswith(".")) == [
         f"predictions.shard-{i}-of-3.jsonl" for i in range(3)
     ]
     merge(tmp_path / "sharded")
