@@ -58,6 +58,7 @@ from torch import nn
 
 from .adapters import get_adapter
 from .errors import InputError
+from .rundir import atomic_path, write_text
 from .schedule import BUDGETS, Plan, Schedule
 from .taps import capture
 
@@ -427,10 +428,19 @@ def write_calibration(cal: Calibration, schedule_path: str | Path, command: str 
         header.append(f"# command: {command}")
     body = yaml.safe_dump({"schedule": {k: v for k, v in cal.schedule.to_dict().items() if v is not None}},
                           sort_keys=False)  # fmt: skip
-    path.write_text("\n".join(header) + "\n" + body)
-    json_path = path.with_name("calibration.json")
-    json_path.write_text(json.dumps(cal.to_dict(), indent=2) + "\n")
+    write_text(path, "\n".join(header) + "\n" + body)  # atomic: a kill leaves the old file or the new
+    json_path = write_text(path.with_name("calibration.json"), json.dumps(cal.to_dict(), indent=2) + "\n")
     return [path, json_path, *plot_calibration(cal, path.with_name("calibration"))]
+
+
+def calibration_files(schedule_path: str | Path) -> list[str]:
+    """The names of the files :func:`write_calibration` writes for ``schedule_path`` (all in its folder)."""
+    return [Path(schedule_path).name, "calibration.json", "calibration.png", "calibration.pdf"]
+
+
+#: Colour and line style of each preset's reference line in the calibration plot (distinct from one another and
+#: from the candidates' lines, which take tab10 colours by number of cuts).
+PRESET_STYLES = (("black", (0, (6, 2))), ("dimgrey", (0, (1, 1.5))), ("darkgoldenrod", (0, (4, 1.5, 1, 1.5))))
 
 
 def plot_calibration(cal: Calibration, stem: Path) -> list[Path]:
@@ -454,8 +464,9 @@ def plot_calibration(cal: Calibration, stem: Path) -> list[Path]:
     ax.plot(best["first_prune"], best["objective"], marker="*", ms=16, color="black", ls="none",
             label=f"chosen: first cut {best['first_prune']}, {best['stages']} cuts, {best['shape']}")  # fmt: skip
     for i, (name, value) in enumerate(cal.presets.items()):
-        if value is not None:
-            ax.axhline(value, color="grey", ls=(0, (1, 1 + i)), lw=1, label=f"preset {name}")
+        if value is not None:  # each preset its own colour and dash, apart from the candidates' tab10 colours
+            color, ls = PRESET_STYLES[i % len(PRESET_STYLES)]
+            ax.axhline(value, color=color, ls=ls, lw=1.2, label=f"preset {name}: {value:.4f}")
     ax.set_xlabel("first cut (block index)")
     ax.set_ylabel("reference importance carried, J_ref" if cal.target == "reference" else "retained importance mass J")
     ax.set_title(f"Calibration at {cal.budget} keep {cal.keep:g}: {cal.n_prompts} prompts, {cal.model_type}")
@@ -463,7 +474,8 @@ def plot_calibration(cal: Calibration, stem: Path) -> list[Path]:
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     paths = [stem.with_suffix(".png"), stem.with_suffix(".pdf")]
-    fig.savefig(paths[0], dpi=130)
-    fig.savefig(paths[1])
+    for path in paths:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=130)
     plt.close(fig)
     return paths

@@ -1,9 +1,10 @@
 """Command line: ``verify``, ``bench``, ``train-toy``, ``demo``, and ``run`` / ``generate`` / ``merge`` on real VLMs.
 
 Exit status: 0 done; 1 ``run`` answered nothing (every line an error), ``verify`` found a failing check;
-2 a bad argument or input, refused with one line that names it, the allowed range and the fix; 130 Ctrl-C
-(``calibrate``, ``analyze``: one line says what was saved). Every subcommand checks its arguments, and the
-folders it will write, before a model loads or a file is written.
+2 a bad argument or input, refused with one line that names it, the allowed range and the fix; 130 Ctrl-C, at any
+point, with one line (``calibrate``, ``analyze``: it says what was saved). Every subcommand checks its arguments,
+and the folders it will write, before a model loads or a file is written; every command that writes holds its
+output folder's lock and writes each file atomically (:mod:`hybridreduce.rundir`).
 """
 
 from __future__ import annotations
@@ -67,7 +68,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     """The embedded toy VLM under every reduction method: a table, summary.json, results.csv and plots."""
     from . import validate
-    from .toy.demo import DEMO_METHODS, KEEPS, format_table, run_demo, write_outputs
+    from .rundir import RunFolder, refuse_to_replace
+    from .toy.demo import DEMO_METHODS, KEEPS, OUTPUT_FILES, expected_seconds, format_table, run_demo, write_outputs
 
     # Every argument, the checkpoint and --out before the first question is answered: the table takes minutes,
     # and a folder that cannot be written must not be found only after it.
@@ -84,18 +86,22 @@ def cmd_demo(args: argparse.Namespace) -> int:
             raise InputError(f"--keeps: full tokens is every table's first row; give fractions below 1, got {keeps}")
     methods = tuple(DEMO_METHODS)
     if args.methods is not None:
-        methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
+        methods = tuple(_parse_list(args.methods, "--methods", f"demo methods from {', '.join(DEMO_METHODS)}"))
         unknown = [m for m in methods if m not in DEMO_METHODS]
-        if unknown or not methods:
-            raise InputError(f"--methods: unknown {unknown or args.methods!r}; choose from {', '.join(DEMO_METHODS)}")
+        if unknown:
+            raise InputError(f"--methods: unknown {unknown}; choose from {', '.join(DEMO_METHODS)}")
     validate.writable_dir(args.out, "out (--out)")
+    refuse_to_replace(args.out, OUTPUT_FILES, args.overwrite)
     _quiet_transformers()
     size = args.size if args.size is not None else (96 if args.quick else 1024 if args.full else 192)
-    summary = run_demo(
-        args.checkpoint, size=size, keeps=keeps, methods=methods, progress=not args.no_progress, split=args.split
-    )
-    print(format_table(summary))
-    paths = _write_atomically(lambda folder: write_outputs(summary, folder), args.out)
+    with RunFolder(args.out) as folder:  # held from here: a second demo into --out is refused at once
+        seconds = expected_seconds(args.checkpoint, size, keeps, methods)
+        print(f"demo: expect about {_duration(seconds)} on an idle 2-core CPU (longer under load)", file=sys.stderr)
+        summary = run_demo(
+            args.checkpoint, size=size, keeps=keeps, methods=methods, progress=not args.no_progress, split=args.split
+        )
+        print(format_table(summary))
+        paths = folder.stage(lambda staging: write_outputs(summary, staging))
     print(
         "\nfull-token accuracy "
         + ", ".join(f"{v} {100 * i['full_accuracy']:.1f}%" for v, i in summary["variants"].items())
@@ -105,30 +111,23 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _write_atomically(write, out: str):
-    """Call ``write(folder)`` on a fresh staging folder beside ``out``, then move each file it wrote into ``out``.
+def _duration(seconds: float) -> str:
+    """``"40 s"``, ``"7 min"``, ``"1.5 h"``."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
 
-    An interrupted or failed write leaves ``out`` as it was (only the hidden staging folder may remain); a finished
-    one replaces the files of the same names, so ``out`` never mixes two runs' outputs of one kind.
-    """
-    import os
-    import shutil
-    import tempfile
-    from pathlib import Path
 
-    target = Path(out)
-    target.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    try:
-        written = write(staging)
-        moved = []
-        for path in written:
-            final = target / Path(path).name
-            os.replace(path, final)  # atomic per file, on the same filesystem
-            moved.append(final)
-        return moved
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+def _parse_list(text: str, flag: str, what: str) -> list[str]:
+    """The comma-separated entries of ``flag``: at least one, none repeated (a repeat would be a second row of
+    the same thing)."""
+    entries = [x.strip() for x in text.split(",") if x.strip()]
+    if not entries:
+        raise InputError(f"{flag} needs at least one entry: {what}")
+    repeated = sorted({x for x in entries if entries.count(x) > 1})
+    if repeated:
+        raise InputError(f"{flag} lists {', '.join(repeated)} more than once; give each once")
+    return entries
 
 
 def _parse_keeps(text: str, flag: str = "--sweep") -> list[float]:
@@ -142,7 +141,11 @@ def _parse_keeps(text: str, flag: str = "--sweep") -> list[float]:
         ) from None
     if not keeps:
         raise HybridReduceError(f"{flag} needs at least one keep fraction")
-    return [check_keep(k, name=f"keep {k:g} of {flag}") for k in keeps]
+    keeps = [check_keep(k, name=f"keep {k:g} of {flag}") for k in keeps]
+    repeated = sorted({k for k in keeps if keeps.count(k) > 1})
+    if repeated:
+        raise InputError(f"{flag} lists {', '.join(f'{k:g}' for k in repeated)} more than once; give each keep once")
+    return keeps
 
 
 #: Peak memory of the default bench model per prompt token, above a fixed part: measured as the process's peak RSS
@@ -371,7 +374,17 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from . import validate
-    from .calibrate import OBJECTIVES, PLACEMENTS, CalibrationScores, score_prompts, search, write_calibration
+    from .calibrate import (
+        OBJECTIVES,
+        PLACEMENTS,
+        CalibrationScores,
+        calibration_files,
+        candidate_schedules,
+        score_prompts,
+        search,
+        write_calibration,
+    )
+    from .rundir import RunFolder, refuse_to_replace
     from .runner import check_keep, check_sampling
     from .schedule import BUDGETS
 
@@ -389,6 +402,9 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     validate.writable_dir(out.parent, "the folder of --out")
     if out.exists() and not args.overwrite:
         raise InputError(f"{out} exists; pass --overwrite to replace it (and its calibration.json and plots)")
+    # calibration.json and the plots are named for the folder, not the schedule: a second schedule there would
+    # replace the first's, whose provenance points at them.
+    refuse_to_replace(out.parent, calibration_files(out), args.overwrite, "the folder of --out")
     toy = args.model == "toy" or (Path(args.model) / "train_config.yaml").is_file()
     if toy != (args.data == "toy"):
         raise InputError(
@@ -412,7 +428,13 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         from .video import read_video
 
         validate.checkpoint_dir(args.model)
-        items = read_manifest(args.data)[: args.size]
+        items = read_manifest(args.data)
+        if len(items) < args.size:
+            raise InputError(
+                f"size (--size) {args.size}: the manifest {args.data} has only {len(items)} items; pass --size "
+                f"{len(items)} (at least 4) or give a longer manifest"
+            )
+        items = items[: args.size]
         vlm = load_vlm(args, validate.device(args.device))
         model = vlm.model
 
@@ -427,25 +449,37 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     scores = CalibrationScores.empty(model)
-    bar = tqdm(total=args.size, desc="calibrate", unit="prompt", disable=args.no_progress, dynamic_ncols=True)
-    try:
-        score_prompts(model, batches, progress=bar.update, keep=scores)
-    except (HybridReduceError, KeyboardInterrupt) as exc:
+    # Whether the model's depth can meet the budget at all: from its block kinds, before any prompt is scored.
+    scoring = [i for i, kind in enumerate(scores.kinds) if kind not in ("mlp", "moe")]
+    if not candidate_schedules(scores.num_blocks, scoring, keep, args.budget, args.max_stages, args.placement):
+        raise InputError(
+            f"keep (--keep) {keep:g}: no layout of at most {args.max_stages} cuts on this {scores.num_blocks}-block "
+            f"model carries {args.budget} keep {keep:g} with a scoring block before its first cut; raise --keep, or "
+            "try --budget final"
+        )
+    with RunFolder(out.parent) as folder:  # a second writer into this folder is refused from here
+        bar = tqdm(total=args.size, desc="calibrate", unit="prompt", disable=args.no_progress, dynamic_ncols=True)
+        try:
+            score_prompts(model, batches, progress=bar.update, keep=scores)
+        except (HybridReduceError, KeyboardInterrupt) as exc:
+            bar.close()
+            if scores.n_prompts:
+                partial = out.with_name(out.stem + ".scores.partial.pt")
+                with folder.file(partial.name) as tmp:
+                    scores.save(tmp)
+                print(
+                    f"hybridreduce calibrate: the scores of {scores.n_prompts} prompts are saved in {partial}",
+                    file=sys.stderr,
+                )
+            if isinstance(exc, KeyboardInterrupt):
+                print("hybridreduce calibrate: interrupted; no schedule written", file=sys.stderr)
+                return 130
+            raise
         bar.close()
-        if scores.n_prompts:
-            saved = scores.save(out.with_name(out.stem + ".scores.partial.pt"))
-            print(
-                f"hybridreduce calibrate: the scores of {scores.n_prompts} prompts are saved in {saved}",
-                file=sys.stderr,
-            )
-        if isinstance(exc, KeyboardInterrupt):
-            print("hybridreduce calibrate: interrupted", file=sys.stderr)
-            return 130
-        raise
-    bar.close()
-    cal = search(scores, keep, args.budget, args.max_stages, target=args.objective, placement=args.placement)
-    command = "hybridreduce " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else ""
-    paths = write_calibration(cal, out, command)
+        cal = search(scores, keep, args.budget, args.max_stages, target=args.objective, placement=args.placement)
+        command = "hybridreduce " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else ""
+        paths = write_calibration(cal, out, command)
+        folder.written += [p.name for p in paths]
     best = cal.candidates[0]
     presets = ", ".join(f"{k} {v:.4f}" for k, v in cal.presets.items() if v is not None)
     print(
@@ -482,6 +516,7 @@ def _training_config(given: str | None):
 
 def cmd_train_toy(args: argparse.Namespace) -> int:
     from . import validate
+    from .rundir import RunFolder
     from .toy.evaluate import accuracy_line
     from .toy.train import load_spec, train
 
@@ -520,10 +555,11 @@ def cmd_train_toy(args: argparse.Namespace) -> int:
     if spec.train.init_from is not None and not args.resume and args.branch_from is None:
         validate.checkpoint_dir(spec.train.init_from, "init_from (--init-from, or train.init_from in the config)")
     command = "hybridreduce " + " ".join(sys.argv[1:]) if args.command_line is None else args.command_line
-    result = train(
-        spec, out, progress=not args.no_progress, command=command, resume=args.resume, max_minutes=args.max_minutes,
-        branch_from=args.branch_from,
-    )  # fmt: skip
+    with RunFolder(out, command=command):  # a second train-toy into --out is refused while this one runs
+        result = train(
+            spec, out, progress=not args.no_progress, command=command, resume=args.resume,
+            max_minutes=args.max_minutes, branch_from=args.branch_from,
+        )  # fmt: skip
     if result is None:
         print(f"stopped after --max-minutes {args.max_minutes:g}; continue with the same command plus --resume")
         return 0
@@ -805,6 +841,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--methods", metavar="M1,M2", help="comma-separated demo methods (default: all)")
     d.add_argument("--keeps", metavar="K1,K2", help="comma-separated average keeps below 1 (default 0.5,0.25,0.125)")
     d.add_argument("--no-progress", action="store_true", help="no progress bar")
+    d.add_argument("--overwrite", action="store_true", help="replace the outputs of an earlier demo in --out")
     d.set_defaults(func=cmd_demo)
 
     r = sub.add_parser("run", help="answer a video-QA manifest with a VLM checkpoint, with and without reduction")
@@ -855,13 +892,30 @@ def main(argv: list[str] | None = None, parser: argparse.ArgumentParser | None =
     The same program as the console script and ``python -m hybridreduce``; other packages add subcommands
     through :data:`SUBCOMMANDS_GROUP`. ``parser`` (default :func:`build_parser`) is for tests.
     """
-    parser = parser or build_parser()
-    args = parser.parse_args(argv)
+    import shlex
+
+    from . import rundir
+
+    try:
+        parser = parser or build_parser()
+        args = parser.parse_args(argv)
+    except KeyboardInterrupt:
+        print("hybridreduce: interrupted while starting; nothing written", file=sys.stderr)
+        return 130
+    rundir.COMMAND = "hybridreduce " + shlex.join(sys.argv[1:] if argv is None else argv)
     try:
         return args.func(args)
     except HybridReduceError as exc:
         print(f"hybridreduce {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        # Every file is written under a temporary name and renamed when complete (hybridreduce.rundir), so what a
+        # Ctrl-C leaves is the files finished before it; a command that saves partial work says so itself.
+        print(
+            f"hybridreduce {args.command}: interrupted; files finished before Ctrl-C are kept, none is half-written",
+            file=sys.stderr,
+        )
+        return 130
 
 
 if __name__ == "__main__":

@@ -64,7 +64,9 @@ __all__ = [
     "parse_shard",
     "refuse_to_replace",
     "shard_name",
+    "stage",
     "staging_dir",
+    "write_text",
     "written_by",
 ]
 
@@ -159,7 +161,10 @@ def refuse_to_replace(folder: str | Path, names: Iterable[str], overwrite: bool,
     folder = Path(folder)
     present = [n for n in names if (folder / n).exists()]
     if present and not overwrite:
-        shown = ", ".join(f"{n}{written_by(folder, n)}" for n in present)
+        by: dict[str, list[str]] = {}  # the files of each writer together
+        for n in present:
+            by.setdefault(written_by(folder, n), []).append(n)
+        shown = "; ".join(f"{', '.join(names)}{writer}" for writer, names in by.items())
         raise InputError(
             f"{what} {display_path(folder)!r} already holds {shown}; pass --overwrite to replace "
             f"{'it' if len(present) == 1 else 'them'}, or give another {what}"
@@ -278,27 +283,37 @@ class RunFolder:
         return self.path / name
 
     def stage(self, write: Callable[[Path], Iterable[str | Path]]) -> list[Path]:
-        """Call ``write(staging)`` on a fresh hidden folder in this folder, then move each file it returns in.
+        """:func:`stage` into this folder; the files moved in are recorded."""
+        moved = stage(self.path, write)
+        self.written += [p.name for p in moved]
+        return moved
 
-        An interrupted or failed ``write`` leaves this folder as it was; the files move in one by one, each by an
-        atomic rename (for writers that produce several files at once, such as ``save_pretrained``).
-        """
-        staging = Path(tempfile.mkdtemp(prefix=f"{HIDDEN_PREFIX}.stage-", dir=self.path))
-        try:
-            written = list(write(staging))
-            moved = []
-            for path in written:
-                final = self.path / Path(path).name
-                with open(path, "rb+") as f:
-                    os.fsync(f.fileno())
-                os.replace(path, final)
-                self.written.append(final.name)
-                moved.append(final)
-            return moved
-        except OSError as exc:
-            raise _output_error(self.path, exc) from exc
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+
+def stage(folder: str | Path, write: Callable[[Path], Iterable[str | Path]]) -> list[Path]:
+    """Call ``write(staging)`` on a fresh hidden folder in ``folder``, then move each file it returns into ``folder``.
+
+    For writers that produce several files at once (``save_pretrained``, a set of tables and plots): an interrupted
+    or failed ``write`` leaves ``folder`` as it was; the files then move in one by one, each by an atomic rename.
+    """
+    folder = Path(folder)
+    try:
+        staging = Path(tempfile.mkdtemp(prefix=f"{HIDDEN_PREFIX}.stage-", dir=folder))
+    except OSError as exc:
+        raise _output_error(folder, exc) from exc
+    try:
+        written = list(write(staging))
+        moved = []
+        for path in written:
+            final = folder / Path(path).name
+            with open(path, "rb+") as f:
+                os.fsync(f.fileno())
+            os.replace(path, final)
+            moved.append(final)
+        return moved
+    except OSError as exc:
+        raise _output_error(folder, exc) from exc
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _now() -> str:

@@ -401,7 +401,11 @@ def test_cli_train_toy_and_demo(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "progressive" in text and (out / "summary.json").is_file() and (out / "accuracy_vs_keep.png").is_file()
     stale = (out / "summary.json").read_text()
-    assert main(["demo", "--checkpoint", str(run), "--quick", "--size", "2", "--out", str(out), "--no-progress"]) == 0
+    again = ["demo", "--checkpoint", str(run), "--quick", "--size", "2", "--out", str(out), "--no-progress"]
+    assert main(again) == 2  # issue 26: a second demo does not replace the first's files unless told to
+    assert "already holds summary.json, results.csv" in capsys.readouterr().err
+    assert (out / "summary.json").read_text() == stale
+    assert main([*again, "--overwrite"]) == 0
     assert (out / "summary.json").read_text() != stale  # replaced whole, through a staging folder that is gone
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".demo.tmp-")]
     assert main(["train-toy", "--config", str(tmp_path / "missing.yaml"), "--out", str(run)]) == 2

@@ -267,13 +267,23 @@ def check_methods(model: ToyVLM, methods, keeps) -> None:
     Raises:
         InputError: naming the method, the keep and what cannot run.
     """
+    from ..calibrate import candidate_schedules
     from ..engine import scoring_blocks
 
     adapted = get_adapter(model)
     for name in methods:
         record = demo_method(name)
+        if record.calibrated:  # calibrate() searches among the feasible layouts: there must be one
+            scoring = [i for i, kind in enumerate(adapted.kinds) if kind not in ("mlp", "moe")]  # blocks that score
+            for keep in keeps:
+                if not candidate_schedules(adapted.num_blocks, scoring, keep, placement=CALIBRATION_PLACEMENT):
+                    raise InputError(
+                        f"demo method {record.name!r} at keep {keep:g} cannot run on this model: no layout of "
+                        f"{adapted.num_blocks} blocks carries an average keep of {keep:g} with a scoring block before "
+                        "its first cut; raise the keep"
+                    )
         if not record.in_lm or record.calibrated:
-            continue  # no in-LM schedule, or one that calibrate() searches among feasible layouts
+            continue  # no in-LM schedule, or a calibrated one (checked above)
         for keep in keeps:
             try:
                 sched = feasible_schedule(record, keep, model)[0]
@@ -464,9 +474,14 @@ def run_demo(
     unknown = [m for m in methods if m not in DEMO_METHODS]
     if unknown:
         raise InputError(f"unknown demo methods {unknown}; choose from {tuple(DEMO_METHODS)}")
-    bad = [k for k in keeps if not 0 < k < 1]
+    bad = [k for k in keeps if not (isinstance(k, (int, float)) and 0 < k < 1)]  # NaN fails both comparisons
     if bad:
         raise InputError(f"demo keep fractions must lie in (0, 1), got {bad}")
+    for name, values in (("methods", list(methods)), ("keeps", list(keeps))):
+        repeated = sorted({v for v in values if values.count(v) > 1})
+        if repeated:
+            raise InputError(f"demo {name} {repeated} given more than once: each would be a second row of the same "
+                             f"(variant, method, keep); give each once")  # fmt: skip
     if split not in ("val", "test"):
         raise InputError(f"demo split must be 'val' (to choose settings) or 'test' (to report them), got {split!r}")
     model, spec = load_toy_spec(checkpoint)
@@ -548,6 +563,31 @@ def format_table(summary: dict) -> str:
             f"{r['achieved_keep']:>9.3f} {100 * r['relevant_kept']:>13.1f}%"
         )
     return "\n".join(lines)
+
+
+#: Every file :func:`write_outputs` writes (``hybridreduce demo`` refuses to replace them without ``--overwrite``).
+OUTPUT_FILES = ("summary.json", "results.csv", "accuracy_vs_keep.png", "accuracy_vs_keep.pdf", "tokens_per_block.png",
+                "tokens_per_block.pdf")  # fmt: skip
+#: Seconds per question on an idle 2-core CPU (the shipped checkpoint, batches of 64): at full tokens, and for an
+#: in-LM method at keep ``k`` that times ``REDUCED_FIXED + (1 - REDUCED_FIXED) · k`` (scoring and the blocks before
+#: the first cut are paid in full). From experiments/block_scores/demo_quick_summary.json: 256 questions a variant,
+#: full 23–31 s, methods at keep 0.25 6–21 s.
+SECONDS_FULL, REDUCED_FIXED = 0.105, 0.15
+#: Loading the model, the warm-up forward and progressive-calibrated's scoring of its val prompts, per variant.
+SECONDS_START = 10.0
+
+
+def expected_seconds(checkpoint: str | Path | None, size: int, keeps, methods) -> float:
+    """How long :func:`run_demo` takes on an idle 2-core CPU (from :data:`SECONDS_FULL`; it scales with load and
+    with the checkpoint's depth and width, which the constants were measured on the shipped one's)."""
+    path = Path(checkpoint) if checkpoint is not None else CHECKPOINT
+    try:
+        raw = read_yaml(path / "train_config.yaml", "training config")
+        variants = max(1, len((raw.get("data") or {}).get("variants") or {}))
+    except (InputError, AttributeError, TypeError):
+        variants = 1
+    per_question = SECONDS_FULL * (1 + len(methods) * sum(REDUCED_FIXED + (1 - REDUCED_FIXED) * k for k in keeps))
+    return variants * (SECONDS_START + size * per_question)
 
 
 def write_outputs(summary: dict, out_dir: str | Path) -> list[Path]:

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -44,8 +45,10 @@ from torch import nn
 from torch.nn import functional as F
 from transformers import NemotronHConfig
 
+from .. import rundir
 from ..engine import reduce
 from ..errors import InputError
+from ..rundir import write_text
 from ..schedule import Schedule
 from ..yamlio import read_yaml
 from .config import VARIANTS, ToyConfig, align_lengths
@@ -779,7 +782,10 @@ def train(
         done = state["step"]
     model.train()
     if not resume:  # only now, once init_from has loaded: a run that failed to start leaves no run behind
-        (out / "train_config.yaml").write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False))
+        write_text(out / "train_config.yaml", yaml.safe_dump(spec.to_dict(), sort_keys=False))
+    elif done >= cfg.steps:
+        print(f"{out}: the run has finished all {cfg.steps} steps; nothing to train, evaluating it again",
+              file=sys.stderr)  # fmt: skip
 
     log = (out / "train_log.jsonl").open("a" if resume else "w")
 
@@ -844,13 +850,13 @@ def train(
             result = evaluate_variants(model, val_sets)
             write({"event": "eval", "split": "val", "step": step + 1, **result})
             bar.write(accuracy_line(f"step {step + 1} val", result))
-            model.save_pretrained(out)
             state = {"step": step + 1, "optimizer": opt.state_dict(), "rng": rng.bit_generator.state}
             if heads is not None:
                 state["position_heads"] = heads.state_dict()
             if hint_heads is not None:
                 state["order_hint_heads"] = hint_heads.state_dict()
-            torch.save({**state, "torch_rng": torch.get_rng_state()}, state_path)
+            state["torch_rng"] = torch.get_rng_state()
+            _save_checkpoint(model, out, state)
             if max_minutes is not None and step + 1 < cfg.steps and time.perf_counter() - start > 60 * max_minutes:
                 write({"event": "stop", "step": step + 1, "reason": f"max_minutes={max_minutes}"})
                 bar.close()
@@ -865,9 +871,22 @@ def train(
     )
     write({"event": "eval", **final})
     log.close()
-    (out / "eval.json").write_text(json.dumps(final, indent=2) + "\n")
-    model.save_pretrained(out)
+    write_text(out / "eval.json", json.dumps(final, indent=2) + "\n")
+    _save_checkpoint(model, out)
     return final
+
+
+def _save_checkpoint(model: ToyVLM, out: Path, state: dict | None = None) -> None:
+    """``save_pretrained`` and (given) ``trainer_state.pt`` into a staging folder, then each moved into ``out`` by
+    an atomic rename: a kill or a full disk leaves the previous checkpoint, never a truncated one."""
+
+    def write(staging: Path) -> list[Path]:
+        model.save_pretrained(staging)
+        if state is not None:
+            torch.save(state, staging / "trainer_state.pt")
+        return sorted(staging.iterdir())
+
+    rundir.stage(out, write)
 
 
 #: The train settings a branch (:func:`branch_run`) may change: what a batch is treated with, and what is evaluated
@@ -922,15 +941,23 @@ def branch_run(spec: ToySpec, source: str | Path, out: Path) -> dict:
             f"draws or how the weights move; a branch may change only {', '.join(BRANCH_SETTINGS)}"
         )
     step = torch.load(src / "trainer_state.pt", weights_only=False)["step"]
-    for name in _RUN_FILES:
-        if (src / name).is_file():
-            shutil.copy2(src / name, out / name)
+    if step >= spec.train.steps:  # the branch would train no step: its "arm" would be the source's weights
+        raise InputError(
+            f"branch from {src}: it saved its state at step {step}, and this config trains to step "
+            f"{spec.train.steps}, so the branch would train 0 steps; set train.steps (or --steps) above {step}"
+        )
     history = []
     for line in (src / "train_log.jsonl").read_text().splitlines() if (src / "train_log.jsonl").is_file() else []:
         if json.loads(line).get("step", 0) <= step:
             history.append(line)
-    (out / "train_log.jsonl").write_text("".join(f"{line}\n" for line in history))
-    (out / "train_config.yaml").write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False))
+
+    def copy(staging: Path) -> list[Path]:
+        copied = [Path(shutil.copy2(src / name, staging / name)) for name in _RUN_FILES if (src / name).is_file()]
+        (staging / "train_log.jsonl").write_text("".join(f"{line}\n" for line in history))
+        (staging / "train_config.yaml").write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False))
+        return [*copied, staging / "train_log.jsonl", staging / "train_config.yaml"]
+
+    rundir.stage(out, copy)
     return changed
 
 
