@@ -10,12 +10,13 @@ Keys:
 - ``id`` (required): a string or an integer (stored as a string), unique in the file.
 - ``video`` (required): a path; a relative one is resolved against the manifest's folder. Whether the file exists
   is not checked here: a run records a missing video as that item's error and goes on.
-- ``question`` (required): a string.
+- ``question`` (required): a non-empty string.
 - ``options``: a list of strings, or an object ``{"A": ..., "B": ...}`` whose keys are the first letters of the
-  alphabet; at most 26. A prefix that repeats the option's own letter (``"A. "``, ``"(A) "``, ``"A) "``) is removed,
+  alphabet; two to 26, each non-empty and different from the others (an item that cannot be scored is refused:
+  one option is always "right", two equal ones cannot be told apart). A prefix that repeats the option's own letter (``"A. "``, ``"(A) "``, ``"A) "``) is removed,
   since :func:`prompt_text` adds the letters itself.
 - ``answer``: with options, the option's letter, its text (with or without its letter prefix) or its 0-based index,
-  stored as the letter; without options (an open-ended question), a string or a number, stored as text.
+  stored as the letter (an answer that reads as one option's letter and another's text is refused); without options (an open-ended question), a string or a number, stored as text.
 - ``type``: the question type or task, also read from ``task_type`` or ``task``; ``"all"`` when absent.
 
 Every other key is kept, as is, in :attr:`Item.extra`.
@@ -86,8 +87,9 @@ def read_manifest(path: str | PathLike) -> list[Item]:
         Its items in file order.
     Raises:
         InputError: the file is missing, not UTF-8 or has no item, or a line (named as ``FILE:LINE``) is not a JSON
-            object, lacks ``id``/``video``/``question`` or has one of the wrong type, has malformed or more than 26
-            options, an answer that matches no option, or an id already used.
+            object, lacks ``id``/``video``/``question`` or has one of the wrong type, has an empty question, has
+            malformed, empty, repeated, a single or more than 26 options, an answer that matches no option or two
+            (a letter and another option's text), or an id already used.
     """
     path = Path(path)
     if not path.is_file():
@@ -135,7 +137,14 @@ def _parse_line(line: str, base: Path, where: str) -> Item:
         raise InputError(f"{where}: 'video' must be a non-empty path string, got {video!r}")
     if not isinstance(question, str):
         raise InputError(f"{where}: 'question' must be a string, got {question!r}")
+    if not question.strip():
+        raise InputError(f"{where}: 'question' is empty; write the question (or drop the item)")
     options = _parse_options(raw.pop("options", None), where)
+    if len(options) == 1:  # a one-option item is always answered right: it would inflate the accuracy
+        raise InputError(
+            f"{where}: one option ({options[0]!r}) is no choice; give at least two options, or none for an "
+            "open-ended question"
+        )
     answer = _parse_answer(raw.pop("answer", None), options, where)
     qtype = next((raw.pop(key) for key in QTYPE_KEYS if key in raw), "all")
     if not isinstance(qtype, str):
@@ -177,7 +186,18 @@ def _parse_options(value: object, where: str) -> tuple[str, ...]:
         value = [value[letter] for letter in letters]
     if not all(isinstance(option, str) for option in value):
         raise InputError(f"{where}: every option must be a string, got {value!r}")
-    return tuple(_strip_letter(option, letter) for option, letter in zip(value, LETTERS[: len(value)], strict=True))
+    options = tuple(_strip_letter(option, letter) for option, letter in zip(value, LETTERS[: len(value)], strict=True))
+    seen: dict[str, str] = {}
+    for letter, option in zip(LETTERS, options, strict=False):
+        if not option:
+            raise InputError(f"{where}: option {letter} is empty; write its text or drop it")
+        key = " ".join(option.casefold().split())
+        if key in seen:  # two options with one text: the model's choice between them cannot be scored
+            raise InputError(
+                f"{where}: options {seen[key]} and {letter} are the same ({option!r}); give every option its own text"
+            )
+        seen[key] = letter
+    return options
 
 
 def _parse_answer(value: object, options: tuple[str, ...], where: str) -> str | None:
@@ -193,11 +213,17 @@ def _parse_answer(value: object, options: tuple[str, ...], where: str) -> str | 
             return letters[value]
     elif isinstance(value, str):
         text = value.strip()
-        if text in letters:
-            return text
-        for letter, option in zip(letters, options, strict=True):
-            if _strip_letter(text, letter) == option:
-                return letter
+        matches = {text} if text in letters else set()
+        matches |= {
+            letter for letter, option in zip(letters, options, strict=True) if _strip_letter(text, letter) == option
+        }
+        if len(matches) > 1:
+            raise InputError(
+                f"{where}: answer {value!r} matches options {', '.join(sorted(matches))} (a letter and another "
+                "option's text); give the answer as its 0-based index"
+            )
+        if matches:
+            return matches.pop()
     raise InputError(
         f"{where}: answer {value!r} matches none of the {len(options)} options; give a letter "
         f"{letters[0]}-{letters[-1]}, the text of one option, or its 0-based index 0-{len(options) - 1}"

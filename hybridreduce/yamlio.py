@@ -27,6 +27,10 @@ class Settings(dict):
         self.lines: dict[Any, int] = {}
 
 
+class DuplicateKey(InputError):
+    """A YAML mapping states one key twice (PyYAML itself keeps the last one silently)."""
+
+
 @lru_cache(maxsize=1)
 def _loader():
     """PyYAML's safe loader, every mapping built as a :class:`Settings` with the lines of its keys."""
@@ -40,7 +44,14 @@ def _loader():
         yield settings  # first, as PyYAML's own mapping constructor does, so that aliases may refer to it
         settings.update(loader.construct_mapping(node))
         # construct_mapping has built every key already; construct_object returns that same object.
-        settings.lines = {loader.construct_object(key): key.start_mark.line + 1 for key, _ in node.value}
+        settings.lines = {}
+        for key_node, _ in node.value:
+            key = loader.construct_object(key_node)
+            line = key_node.start_mark.line + 1
+            if key in settings.lines:  # PyYAML keeps the last silently; a setting stated twice is ambiguous
+                raise DuplicateKey(f"line {line}: {key!r} is set twice (first on line {settings.lines[key]}); "
+                                   "keep one of the two")  # fmt: skip
+            settings.lines[key] = line
 
     LineLoader.add_constructor("tag:yaml.org,2002:map", construct_settings)
     # Settings written back out (a config recorded beside a run) are plain mappings, for yaml.dump and safe_dump.
@@ -60,12 +71,24 @@ def read_yaml(path: str | Path, what: str, hint: str = "") -> Settings:
     import yaml
 
     path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{what} {path} is a folder; give the YAML file")
     if not path.is_file():
         raise InputError(f"{what} {path} does not exist" + (f"; {hint}" if hint else ""))
     try:
-        data = yaml.load(path.read_text(), Loader=_loader())
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise InputError(f"{what} {path} is not a text file (not UTF-8); give the YAML file") from None
+    except OSError as exc:
+        raise InputError(f"{what} {path} cannot be read ({exc.strerror}); check its permissions") from None
+    try:
+        data = yaml.load(text, Loader=_loader())
+    except DuplicateKey as exc:
+        raise InputError(f"{what} {path}:{str(exc).removeprefix('line ')}") from None
     except yaml.YAMLError as exc:
         raise InputError(f"{what} {path} is not valid YAML: {exc}") from None
+    except RecursionError:
+        raise InputError(f"{what} {path} nests too deeply to be a config; write its settings flat") from None
     data = Settings() if data is None else data
     if not isinstance(data, dict):
         raise InputError(f"{what} {path} must hold a mapping of settings, got {type(data).__name__}")

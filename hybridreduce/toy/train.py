@@ -748,7 +748,7 @@ def train(
     if resume:
         if not state_path.is_file():
             raise InputError(f"nothing to resume in {out}: no trainer_state.pt (start the run without --resume)")
-        saved = yaml.safe_load((out / "train_config.yaml").read_text())
+        saved = read_yaml(out / "train_config.yaml", "the run's training config")
         if saved != _as_saved_by(saved, yaml.safe_load(yaml.safe_dump(spec.to_dict(), sort_keys=False))):
             raise InputError(f"{out}/train_config.yaml differs from the given config; resume with the run's own config")
 
@@ -924,7 +924,7 @@ def branch_run(spec: ToySpec, source: str | Path, out: Path) -> dict:
     held = [n for n in (*_RUN_FILES, "train_config.yaml", "train_log.jsonl") if (out / n).exists()]
     if held:
         raise InputError(f"{out} already holds a train-toy run ({', '.join(held)}); branch into an empty --out")
-    saved = yaml.safe_load((src / "train_config.yaml").read_text())
+    saved = read_yaml(src / "train_config.yaml", "the source run's training config")
     mine = yaml.safe_load(yaml.safe_dump(spec.to_dict(), sort_keys=False))
     mine = _as_saved_by(saved, mine)
     fixed = {k: v for k, v in mine.items() if k != "train"}
