@@ -13,10 +13,11 @@ Keys:
 - ``question`` (required): a non-empty string.
 - ``options``: a list of strings, or an object ``{"A": ..., "B": ...}`` whose keys are the first letters of the
   alphabet; two to 26, each non-empty and different from the others (an item that cannot be scored is refused:
-  one option is always "right", two equal ones cannot be told apart). A prefix that repeats the option's own letter (``"A. "``, ``"(A) "``, ``"A) "``) is removed,
-  since :func:`prompt_text` adds the letters itself.
+  one option is always "right", two equal ones cannot be told apart). A prefix that repeats the option's own
+  letter (``"A. "``, ``"(A) "``, ``"A) "``) is removed, since :func:`prompt_text` adds the letters itself.
 - ``answer``: with options, the option's letter, its text (with or without its letter prefix) or its 0-based index,
-  stored as the letter (an answer that reads as one option's letter and another's text is refused); without options (an open-ended question), a string or a number, stored as text.
+  stored as the letter (an answer that reads as one option's letter and another's text is refused); without options
+  (an open-ended question), a string or a number, stored as text.
 - ``type``: the question type or task, also read from ``task_type`` or ``task``; ``"all"`` when absent.
 
 Every other key is kept, as is, in :attr:`Item.extra`.

@@ -133,7 +133,24 @@ def checkpoint_dir(path, name: str = "model (--model)") -> Path:
             f"{name} {str(root)!r} has config.json but no weights ({', '.join(WEIGHT_FILES)}); "
             "copy the weight files in (a download that stopped early?) or give the directory save_pretrained wrote"
         )
+    for weights in sorted(root.glob("*.safetensors")):
+        safetensors_header(weights, name)
     return root
+
+
+def safetensors_header(path: Path, name: str = "model (--model)") -> None:
+    """Refuse a ``.safetensors`` file whose header cannot be read or whose tensors run past its end (a truncated or
+    corrupted download); only the header is read, not the weights."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            f.keys()
+    except Exception as exc:  # safetensors raises its own SafetensorError, or OSError, or ValueError
+        raise InputError(
+            f"{name}: {str(path)!r} is not a readable safetensors file ({type(exc).__name__}: {exc}); it is "
+            "corrupt or truncated: copy it again, or save the model again with save_pretrained"
+        ) from None
 
 
 def writable_dir(path, name: str = "out (--out)") -> Path:

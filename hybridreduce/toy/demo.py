@@ -58,6 +58,7 @@ from pathlib import Path
 
 import torch
 
+from .. import validate
 from ..adapters import get_adapter
 from ..engine import reduce
 from ..errors import InputError
@@ -220,7 +221,14 @@ def load_toy_spec(path: str | Path | None = None) -> tuple[ToyVLM, ToySpec]:
         )
     config = path / "train_config.yaml"
     spec = spec_from_dict(read_yaml(config, "training config"), str(config))
-    model = ToyVLM.from_pretrained(path).eval()
+    validate.checkpoint_dir(path, "the toy checkpoint")  # its config.json and the weights' header
+    try:
+        model = ToyVLM.from_pretrained(path).eval()
+    except Exception as exc:  # a config.json of another model, weights of other shapes: the library's own error
+        raise InputError(
+            f"the toy checkpoint {path} cannot be loaded ({type(exc).__name__}: {str(exc)[:300]}); give a folder "
+            "that train-toy wrote"
+        ) from None
     return model, spec
 
 
