@@ -210,9 +210,10 @@ def _open(path: Path) -> Iterator[av.container.InputContainer]:
     try:
         with av.open(str(path)) as container:
             yield container
-    except av.FFmpegError as exc:
+    except (av.FFmpegError, UnicodeDecodeError) as exc:  # PyAV decodes a corrupt file's metadata as UTF-8
+        why = exc.reason if isinstance(exc, UnicodeDecodeError) else exc.strerror or exc
         raise VideoError(
-            f"{path}: cannot decode the video ({exc.strerror or exc}); the file is corrupt, truncated or not a "
+            f"{path}: cannot decode the video ({why}); the file is corrupt, truncated or not a "
             "video: download it again, or re-encode it (ffmpeg -i IN -c:v libx264 OUT.mp4)"
         ) from exc
 

@@ -45,7 +45,7 @@ from torch import nn
 from torch.nn import functional as F
 from transformers import NemotronHConfig
 
-from .. import rundir
+from .. import rundir, validate
 from ..engine import reduce
 from ..errors import InputError
 from ..rundir import write_text
@@ -331,7 +331,18 @@ def _build(cls, kwargs: dict, where: str):
 
 
 def spec_from_dict(raw: dict, path: str = "<dict>") -> ToySpec:
-    """A :class:`ToySpec` from the three-section mapping of ``configs/toy.yaml``."""
+    """A :class:`ToySpec` from the three-section mapping of ``configs/toy.yaml``; every error names ``path``."""
+    try:
+        return _spec_from_dict(raw, path)
+    except InputError as exc:
+        if str(exc).startswith(str(path)):
+            raise
+        raise type(exc)(f"{path}: {exc}") from None
+    except (TypeError, ValueError, OverflowError) as exc:  # a setting of the wrong type reached a constructor
+        raise InputError(f"{path}: {type(exc).__name__}: {exc}; check the types of the settings") from None
+
+
+def _spec_from_dict(raw: dict, path: str) -> ToySpec:
     if not isinstance(raw, dict):
         raise InputError(f"{path} must hold a mapping with sections data, model and train")
     unknown = sorted(set(raw) - {"data", "model", "train"})
@@ -363,7 +374,7 @@ def spec_from_dict(raw: dict, path: str = "<dict>") -> ToySpec:
     return ToySpec(
         data=base,
         text=text,
-        vision_hidden=int(vision_hidden),
+        vision_hidden=validate.integer(vision_hidden, "model.vision_hidden", 1, fix="the vision encoder's width"),
         train=_build(TrainConfig, _section(raw, "train", path), f"{path}: train"),
         variants=tuple(overrides),
         variant_overrides=overrides,
