@@ -402,9 +402,6 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     validate.writable_dir(out.parent, "the folder of --out")
     if out.exists() and not args.overwrite:
         raise InputError(f"{out} exists; pass --overwrite to replace it (and its calibration.json and plots)")
-    # calibration.json and the plots are named for the folder, not the schedule: a second schedule there would
-    # replace the first's, whose provenance points at them.
-    refuse_to_replace(out.parent, calibration_files(out), args.overwrite, "the folder of --out")
     toy = args.model == "toy" or (Path(args.model) / "train_config.yaml").is_file()
     if toy != (args.data == "toy"):
         raise InputError(
@@ -457,6 +454,9 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
             f"model carries {args.budget} keep {keep:g} with a scoring block before its first cut; raise --keep, or "
             "try --budget final"
         )
+    # calibration.json and the plots are named for the folder, not the schedule: a second schedule there would
+    # replace the first's, whose provenance points at them.
+    refuse_to_replace(out.parent, calibration_files(out), args.overwrite, "folder (of --out)")
     with RunFolder(out.parent) as folder:  # a second writer into this folder is refused from here
         bar = tqdm(total=args.size, desc="calibrate", unit="prompt", disable=args.no_progress, dynamic_ncols=True)
         try:

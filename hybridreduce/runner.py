@@ -571,6 +571,8 @@ def merge(out_dir: str | Path, allow_partial: bool = False) -> dict:
     validate.writable_dir(out, "out (merge DIR)")
     rows: dict[tuple, dict] = {}
     source_of: dict[tuple, Path] = {}
+    id_at: dict[int, tuple[str, Path]] = {}  # manifest index -> the id answered there: one manifest for all
+    shard_of = {path: key for key, path in shards.items()}
     for path in sources:
         for r in read_predictions(path):
             key = (r["id"], r["setting"])
@@ -578,6 +580,15 @@ def merge(out_dir: str | Path, allow_partial: bool = False) -> dict:
                 raise InputError(
                     f"{out}: item {key[0]!r} ({key[1]}) is answered in both {source_of[key].name} and {path.name}: the "
                     "shards overlap (was the manifest changed between them?); rerun the shards on one manifest"
+                )
+            seen_id, seen_in = id_at.setdefault(r["index"], (r["id"], path))
+            i, count = shard_of.get(path, (0, 1))
+            if seen_id != r["id"] or r["index"] % count != i:
+                other = f"item {seen_id!r} in {seen_in.name}" if seen_id != r["id"] else f"shard {i}/{count}"
+                raise InputError(
+                    f"{out}: {path.name} answers item {r['id']!r} as manifest line {r['index'] + 1}, which is {other}: "
+                    "the predictions come from two versions of the manifest; rerun the stale shards on the current "
+                    "manifest (or move them away) and merge again"
                 )
             rows[key], source_of[key] = r, path
     first: dict[str, dict] = {}

@@ -252,7 +252,10 @@ def test_cli_calibrate(run_dir, tmp_path, capsys):
     assert main([*args, "--out", str(out)]) == 2  # no silent overwrite
     assert "--overwrite" in capsys.readouterr().err and out.read_bytes() == before
     free = tmp_path / "free.yaml"
-    assert main([*args, "--out", str(free), "--objective", "reference", "--placement", "free"]) == 0
+    free_args = [*args, "--out", str(free), "--objective", "reference", "--placement", "free"]
+    assert main(free_args) == 2  # issue 26: schedule.yaml's calibration.json is not replaced silently
+    assert "already holds calibration.json" in capsys.readouterr().err and not free.exists()
+    assert main([*free_args, "--overwrite"]) == 0
     assert "J_ref" in capsys.readouterr().out and "reference block" in free.read_text()
     record = json.loads((tmp_path / "calibration.json").read_text())
     assert (record["target"], record["placement"]) == ("reference", "free")
