@@ -654,6 +654,7 @@ def plot_summary(summary: dict, out: Path) -> list[Path]:
                 pts = sorted((r["achieved_keep"], r[key], _budget(r) == "final") for r in mine if r["method"] == m)
                 if not pts:
                     continue
+                pts = [(x * _dodge(methods, m), y, f) for x, y, f in pts]  # coinciding points side by side
                 x, y, final = zip(*pts, strict=True)
                 ax.plot(x, y, label=m, **style[m])
                 hollow = [(xi, yi) for xi, yi, fi in pts if fi]
@@ -671,12 +672,17 @@ def plot_summary(summary: dict, out: Path) -> list[Path]:
                 ax.axhline(sum(chance.values()) / len(chance), color="grey", ls=":", lw=1, label="chance")
             ax.set_xscale("log", base=2)
             ticks = sorted({r["keep"] for r in mine})  # the budgets, labelled; what rows carried, unlabelled ticks
+            carried = [r["achieved_keep"] * _dodge(methods, r["method"]) for r in mine]
+            if max(carried) > ticks[-1] * 1.05:  # rows carried past the largest budget: a labelled tick out there
+                ticks.append(round(max(r["achieved_keep"] for r in mine), 2))
             ax.set_xticks(ticks, [f"{k:g}" for k in ticks], fontsize=7)
             ax.set_xticks(sorted({round(r["achieved_keep"], 3) for r in mine} - set(ticks)), minor=True)
             ax.tick_params(axis="x", which="minor", length=3, labelbottom=False)
-            ax.set_xlabel("average share of visual tokens carried per block (hollow: at final keep)")
+            ax.set_xlim(min(carried + ticks) / 1.15, max(carried + ticks) * 1.15)
+            ax.set_xlabel("average share of visual tokens carried per block (hollow: at final keep; methods side by "
+                          f"side, within ±{100 * (2 ** (DODGE * len(methods) / 2) - 1):.0f}%)", fontsize=8)  # fmt: skip
             ax.set_ylabel(label)
-            ax.set_ylim(0, 1.02)
+            ax.set_ylim(-0.04, 1.04)  # a method at 0 is drawn above the axis, not on it
             ax.grid(alpha=0.3)
         ax_acc.set_title(f"{variant}: accuracy vs budget")
         ax_rel.set_title(f"{variant}: relevant tokens that survive to the last block")
@@ -713,6 +719,16 @@ def plot_summary(summary: dict, out: Path) -> list[Path]:
     paths += _save(fig, out / "tokens_per_block")
     plt.close(fig)
     return paths
+
+
+#: Horizontal offset between neighbouring methods in the accuracy figure, in octaves of the log2 keep axis: methods
+#: with the same (keep carried, accuracy) would hide each other's markers.
+DODGE = 0.02
+
+
+def _dodge(methods: list[str], method: str) -> float:
+    """The factor a method's keep is drawn at: methods spread symmetrically around 1 by :data:`DODGE` octaves."""
+    return 2 ** (DODGE * (methods.index(method) - (len(methods) - 1) / 2))
 
 
 def _save(fig, stem: Path) -> list[Path]:
