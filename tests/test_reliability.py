@@ -27,7 +27,7 @@ import yaml
 
 from hybridreduce.cli import main
 from hybridreduce.errors import InputError, OutputError
-from hybridreduce.rundir import MANIFEST_NAME, RunFolder, atomic_path, refuse_to_replace, write_text
+from hybridreduce.rundir import MANIFEST_NAME, RunFolder, refuse_to_replace, write_text
 from tests.conftest import tiny_toy_raw, tiny_toy_spec
 
 ROOT = Path(__file__).resolve().parents[1]
