@@ -22,9 +22,10 @@ manifest order into ``predictions.jsonl`` and writes the summary. Under ``torchr
 line takes ``i`` and ``N`` from ``RANK`` / ``WORLD_SIZE``, and rank 0 merges after a barrier. (``i/N`` is the
 command line's syntax; ``N`` here counts shards, not samples.) :func:`merge` refuses
 missing shards (``allow_partial=True`` merges them anyway and marks the summary ``"partial": true`` with the
-missing ones), shards of two different splits, an item answered in two files, and a setting answered
-under two configurations; :func:`run` refuses to start a shard that would collide with the files already
-in the directory.
+missing ones), shards of two different splits, an item answered in two files, a setting answered under two
+configurations, predictions made from two versions of the manifest, and shards still being written; :func:`run`
+refuses to start a shard that would collide with the files already in the directory. Each shard holds its own lock
+on the directory while it writes, and every file is replaced atomically (:mod:`hybridreduce.rundir`).
 
 The summary (``summary.json``, ``results.csv``): per setting, accuracy over the answered items (a wrong or
 unparsable answer counts as wrong; broken items are counted apart), accuracy per question type, mean
