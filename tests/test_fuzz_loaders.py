@@ -125,41 +125,31 @@ def folder():
         yield Path(tmp)
 
 
-SCHEDULE = yaml.safe_load((ROOT / "configs/schedules/progressive.yaml").read_text())
-ANALYSIS = yaml.safe_load((ROOT / "configs/analysis/toy.yaml").read_text())
-
-
-@FUZZ
-@given(contents(SCHEDULE))
-def test_schedule_files(content):
-    from hybridreduce.schedule import Schedule
-
-    with folder() as tmp:
-        sched = loads_or_refuses(Schedule.load, tmp / "schedule.yaml", content)
-        if sched is not None:
-            assert isinstance(sched, Schedule)
-
-
-@FUZZ
-@given(contents(ANALYSIS))
-def test_analysis_configs(content):
+def _yaml_loaders() -> dict:
+    """Config kind → (loader, a valid config to mutate, the class it loads to)."""
     from analysis.config import AnalysisConfig
-
-    with folder() as tmp:
-        config = loads_or_refuses(AnalysisConfig.from_yaml, tmp / "analysis.yaml", content)
-        if config is not None:
-            assert isinstance(config, AnalysisConfig) and config.samples >= 1
-
-
-@FUZZ
-@given(contents(TINY_TOY))
-def test_training_configs(content):
+    from hybridreduce.schedule import Schedule
     from hybridreduce.toy.train import ToySpec, load_spec
 
+    def valid(path: str) -> dict:
+        return yaml.safe_load((ROOT / path).read_text())
+
+    return {
+        "schedule": (Schedule.load, valid("configs/schedules/progressive.yaml"), Schedule),
+        "analysis": (AnalysisConfig.from_yaml, valid("configs/analysis/toy.yaml"), AnalysisConfig),
+        "training": (load_spec, TINY_TOY, ToySpec),
+    }
+
+
+@pytest.mark.parametrize("kind", ["schedule", "analysis", "training"])
+@FUZZ
+@given(data=st.data())
+def test_yaml_configs(kind, data):
+    load, base, cls = _yaml_loaders()[kind]
     with folder() as tmp:
-        spec = loads_or_refuses(load_spec, tmp / "toy.yaml", content)
-        if spec is not None:
-            assert isinstance(spec, ToySpec) and spec.train.steps >= 1
+        loaded = loads_or_refuses(load, tmp / f"{kind}.yaml", data.draw(contents(base)))
+        if loaded is not None:
+            assert isinstance(loaded, cls)
 
 
 MANIFEST_LINE = {"id": "q1", "video": "v.mp4", "question": "what?", "options": ["a", "b", "c"], "answer": "B"}
