@@ -220,6 +220,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     from . import validate
     from .bench import BenchConfig, build_bench_model, run_bench, run_scale, write_scale, write_sweep
+    from .rundir import RunFolder
     from .runner import check_keep
     from .schedule import Schedule
 
@@ -274,10 +275,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
             print(f"[bench] {msg}", file=sys.stderr, flush=True)
 
     if args.scale:
-        results = run_scale(
-            cfg, points, args.schedule, keep, args.repeats, args.decode_steps, progress, device=device, dtype=dtype
-        )
-        paths = write_scale(results, args.out)
+        with RunFolder(args.out) as folder:  # held while timing: a second bench into --out is refused at once
+            results = run_scale(
+                cfg, points, args.schedule, keep, args.repeats, args.decode_steps, progress, device=device, dtype=dtype
+            )
+            paths = folder.stage(lambda staging: write_scale(results, staging))
         if args.json:
             print(json.dumps([r.to_dict() for r in results]))
         else:
@@ -287,12 +289,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
             print("wrote " + ", ".join(str(p) for p in paths))
         return 0
     if args.sweep:
-        model = build_bench_model(cfg, device=device, dtype=dtype)
-        results = []
-        for keep in keeps:
-            progress(f"keep {keep}")
-            results.append(run_bench(cfg, args.schedule, keep, args.repeats, args.decode_steps, model, progress))
-        paths = write_sweep(results, args.out)
+        with RunFolder(args.out) as folder:
+            model = build_bench_model(cfg, device=device, dtype=dtype)
+            results = []
+            for keep in keeps:
+                progress(f"keep {keep}")
+                results.append(run_bench(cfg, args.schedule, keep, args.repeats, args.decode_steps, model, progress))
+            paths = folder.stage(lambda staging: write_sweep(results, staging))
         if args.json:
             print(json.dumps([r.to_dict() for r in results]))
         else:
