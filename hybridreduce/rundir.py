@@ -225,6 +225,12 @@ class RunFolder:
                     f"{display_path(self.path)} is being written by {_holder(lock)}; wait for it to finish, or give "
                     "another --out"
                 ) from None
+            except OSError as exc:  # a file system without locks (some network mounts): write unguarded, say so
+                if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
+                    raise _output_error(lock, exc) from exc
+                print(f"hybridreduce: warning: {display_path(self.path)} cannot be locked ({exc.strerror}); make "
+                      "sure no other command writes there meanwhile", file=sys.stderr)  # fmt: skip
+                break
             try:
                 same = os.fstat(fd).st_ino == os.stat(lock).st_ino
             except FileNotFoundError:
