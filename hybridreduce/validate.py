@@ -148,8 +148,9 @@ def safetensors_header(path: Path, name: str = "model (--model)") -> None:
             f.keys()
     except Exception as exc:  # safetensors raises its own SafetensorError, or OSError, or ValueError
         raise InputError(
-            f"{name}: {str(path)!r} is not a readable safetensors file ({type(exc).__name__}: {exc}); it is "
-            "corrupt or truncated: copy it again, or save the model again with save_pretrained"
+            f"{name} {str(path.parent)!r}: cannot load it: {path.name!r} is not a readable safetensors file "
+            f"({type(exc).__name__}: {exc}); the weight files are corrupt or truncated: copy them again, or save the "
+            "model again with save_pretrained"
         ) from None
 
 

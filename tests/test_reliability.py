@@ -271,7 +271,7 @@ def test_a_corrupted_weights_file_is_one_line(run_dir, tmp_path, capsys):
     weights = bad / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:-100])  # a download that stopped early
     assert main(["demo", "--checkpoint", str(bad), "--out", str(tmp_path / "d"), "--quick", "--no-progress"]) == 2
-    assert "model.safetensors' is not a readable safetensors file" in one_line(capsys.readouterr().err)
+    assert "cannot load it: 'model.safetensors' is not a readable safetensors file" in one_line(capsys.readouterr().err)
 
 
 def test_a_binary_file_given_as_yaml_is_one_line(tmp_path, capsys):
