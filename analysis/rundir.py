@@ -55,6 +55,7 @@ from hybridreduce.rundir import (  # noqa: F401  (display_path, holds_files: use
     find_shards,
     holds_files,
     missing_shards,
+    refuse_mixed_split,
     shard_name,
     shards_being_written,
 )
@@ -439,7 +440,8 @@ def check_out_dir(out_dir: str | Path, shard: tuple[int, int] = (0, 1), overwrit
     Refused: a file, a path under a file, a folder that cannot be written; a non-empty ``out_dir`` that is not
     an analysis run (a whole run replaces its directory, so a folder of other files is never replaced); and with
     ``overwrite=False``, a directory that already holds a run (for a shard: its own shard folder, or a run made
-    without shards).
+    without shards); for a shard, shards of another split (:func:`hybridreduce.rundir.refuse_mixed_split`, the rule
+    ``run`` shares).
     """
     from hybridreduce import validate
 
@@ -447,11 +449,8 @@ def check_out_dir(out_dir: str | Path, shard: tuple[int, int] = (0, 1), overwrit
     shown = repr(display_path(out))
     if shard[1] > 1:
         target = shard_dir(out, shard)
-        if not overwrite and (out / "metrics.json").is_file() and not is_sharded_run(out):
-            raise InputError(
-                f"out (--out) {shown} holds {_describe_run(out)} made without --shard; pass --overwrite to "
-                "score shards into it anyway, or give a new directory"
-            )
+        whole = "metrics.json" if (out / "metrics.json").is_file() and not is_sharded_run(out) else None
+        refuse_mixed_split(out, shard, _shards(out), whole, "score", overwrite)
         if not overwrite and holds_files(target):
             raise InputError(
                 f"shard {shard[0]}/{shard[1]} is already in {display_path(target)!r}; pass --overwrite to score it "

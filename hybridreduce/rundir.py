@@ -62,6 +62,7 @@ __all__ = [
     "missing_shards",
     "on_rank_zero_after_all",
     "parse_shard",
+    "refuse_mixed_split",
     "refuse_to_replace",
     "shard_name",
     "stage",
@@ -413,6 +414,31 @@ def missing_shards(have: Iterable[tuple[int, int]]) -> tuple[list[int], list[int
     if len(splits) != 1:
         return splits, []
     return splits, [i for i in range(splits[0]) if (i, splits[0]) not in have]
+
+
+def refuse_mixed_split(
+    out: Path, shard: tuple[int, int], shards: dict, whole: str | None, again: str, overwrite: bool | None = None
+) -> None:
+    """The out-dir rule of every sharded command: refuse to write ``shard`` = ``(i, N)`` into ``out`` beside the
+    shards of another split (``shards``: every shard found there, by ``(index, count)``), or, for ``N > 1`` and
+    unless ``overwrite``, beside a run made without ``--shard`` (``whole``: the file that holds it; None when there
+    is none). Either way the same items would be ``again`` (``"answer"``, ``"score"``) a second time. ``overwrite``
+    None: the command has no ``--overwrite``."""
+    i, count = shard
+    me = "a run without --shard" if count == 1 else f"shard {i}/{count}"
+    other = sorted(path.name for (_, n), path in shards.items() if n != count)
+    if other:
+        raise InputError(
+            f"{display_path(out)} already holds shards of another split ({', '.join(other)}); {me} would {again} "
+            "their items again. Finish that split (the same --shard N, then `hybridreduce merge`), or give another "
+            "--out"
+        )
+    if count > 1 and whole is not None and not overwrite:
+        hint = "" if overwrite is None else ", or --overwrite to add shards beside it (their merge replaces it)"
+        raise InputError(
+            f"{display_path(out)}: {whole} holds a run made without --shard; {me} would {again} its items again. Give "
+            f"another --out{hint}"
+        )
 
 
 def shards_being_written(folder: str | Path) -> list[str]:

@@ -56,6 +56,7 @@ from .rundir import (  # noqa: F401  (check_shard, parse_shard, on_rank_zero_aft
     missing_shards,
     on_rank_zero_after_all,
     parse_shard,
+    refuse_mixed_split,
     shard_name,
     shards_being_written,
     write_text,
@@ -208,21 +209,10 @@ def check_out_dir(out_dir: str | Path, shard: tuple[int, int] = (0, 1)) -> Path:
     """``out_dir`` as the output directory of shard ``(index, count)``: writable (or creatable), and holding no
     predictions of another split, which the shard would answer a second time. Nothing is created."""
     out = validate.writable_dir(out_dir, "out_dir (--out)")
-    if not out.is_dir():
-        return out
-    i, count = shard
-    other_splits = sorted(path.name for (_, other), path in shard_files(out).items() if other != count)
-    if other_splits:
-        raise InputError(
-            f"{out} already holds shards of another split ({', '.join(other_splits)}); "
-            f"{'a run without --shard' if count == 1 else f'shard {i}/{count}'} would answer their items again. "
-            "Finish that split (same --shard N, then hybridreduce merge), or give another --out"
-        )
-    if count > 1 and (out / "predictions.jsonl").is_file() and not _merged_from_shards(out):
-        raise InputError(
-            f"{out}/predictions.jsonl holds the answers of a run without --shard; shard {i}/{count} would answer its "
-            "items again. Give another --out (or delete that file if it is an old merge's output)"
-        )
+    if out.is_dir():
+        single = out / "predictions.jsonl"
+        whole = single.name if single.is_file() and not _merged_from_shards(out) else None
+        refuse_mixed_split(out, shard, shard_files(out), whole, "answer")
     return out
 
 

@@ -90,6 +90,20 @@ def test_shards_of_one_split_write_side_by_side_and_merge_waits_for_them(tmp_pat
             merge(tmp_path)
 
 
+def test_run_and_analyze_share_the_out_dir_rule_of_a_split(tmp_path):
+    """One rule (hybridreduce.rundir.refuse_mixed_split) for both sharded commands: analyze used to accept a shard
+    beside another split's shards and find out only at the merge."""
+    from analysis.rundir import check_out_dir as analysis_out_dir
+    from hybridreduce.runner import check_out_dir as run_out_dir
+
+    (tmp_path / "shard-0-of-3").mkdir()
+    (tmp_path / "shard-0-of-3" / "shard.json").write_text("{}")
+    (tmp_path / "predictions.shard-0-of-3.jsonl").write_text("")
+    for check in (lambda: analysis_out_dir(tmp_path, (0, 2)), lambda: run_out_dir(tmp_path, (0, 2))):
+        with pytest.raises(InputError, match=r"shards of another split \(.*shard-0-of-3.*shard 0/2 would"):
+            check()
+
+
 def test_two_calibrations_in_one_folder_do_not_replace_each_others_files(run_dir, tmp_path, capsys):
     """Class 1's example: the second calibrate's calibration.json would replace the first's (its provenance)."""
     args = ["calibrate", "--model", str(run_dir), "--data", "toy", "--size", "8", "--keep", "0.5", "--no-progress"]
