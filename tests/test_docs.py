@@ -40,13 +40,14 @@ def doc_pages() -> list[Path]:
 
 
 def markdown_files() -> list[Path]:
-    """Every Markdown file of the project outside docs/ (read on GitHub, not by mkdocs)."""
-    skip = {".git", ".venv", "site", "docs", "node_modules"}
-    return sorted(
-        p
-        for p in ROOT.rglob("*.md")
-        if not skip.intersection(p.relative_to(ROOT).parts) and ".pytest_cache" not in str(p)
-    )
+    """Every Markdown file of the project outside docs/ (read on GitHub, not by mkdocs), in git's view: hidden
+    folders, virtualenvs, build and run outputs are not walked."""
+    skip = {"docs", "build", "dist", "runs", "node_modules", "__pycache__"}
+    found = []
+    for folder, dirs, files in os.walk(ROOT):
+        dirs[:] = [d for d in dirs if not d.startswith(".") and d not in skip and not d.endswith(".egg-info")]
+        found += [Path(folder) / f for f in files if f.endswith(".md")]
+    return sorted(found)
 
 
 def python_blocks(text: str) -> list[tuple[int, str]]:
