@@ -3,8 +3,8 @@ of the project's Markdown points at a file that is not there.
 
 A page's blocks run in order in one namespace (a later block may use what an earlier one built), in a temporary
 working directory, so an example that writes a file writes it there. Examples use tiny random models
-(:mod:`hybridreduce.tiny`) or the shipped toy checkpoint, so the whole file runs in seconds. A block that is not
-meant to run is not a ```python block: write it as ```bash, ```yaml or ```text.
+(:mod:`hybridreduce.tiny`) or the shipped toy checkpoint, so the whole file runs in well under a minute. A block
+that is not meant to run is not a ```python block: write it as ```bash, ```yaml or ```text.
 
 Links: ``mkdocs build --strict`` (in ``.ci/run``) checks every link between the pages of ``docs/``; the Markdown
 files outside it (README.md, the checkpoint's and the experiments' READMEs, notebooks/README.md) are read on
@@ -40,8 +40,8 @@ def doc_pages() -> list[Path]:
 
 
 def markdown_files() -> list[Path]:
-    """Every Markdown file of the project outside docs/ (read on GitHub, not by mkdocs), in git's view: hidden
-    folders, virtualenvs, build and run outputs are not walked."""
+    """Every Markdown file of the project outside docs/ (read on GitHub, not by mkdocs); hidden folders (.git,
+    .venv), build and run outputs are not walked."""
     skip = {"docs", "build", "dist", "runs", "node_modules", "__pycache__"}
     found = []
     for folder, dirs, files in os.walk(ROOT):
