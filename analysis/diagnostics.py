@@ -21,8 +21,10 @@ Shapes use the dimension letters of :mod:`hybridreduce.glossary`; a set of video
   token, not of the question. :func:`capture_steps` records ``Δ`` during any forward (a hook on each mixer's
   ``in_proj``, removed in ``finally``: DESIGN decisions 1, 2, 4).
 
-:func:`diagnose_toy` measures all three on an embedded toy checkpoint (``scripts/why_diagnostics.py`` and
-``hybridreduce analyze``'s ``diagnostics`` section run it); :func:`diagnostics_dict` is its metrics.json form.
+:func:`diagnose_toy` measures all three on an embedded toy checkpoint (``scripts/why_diagnostics.py`` runs it);
+:func:`score_question_sets` the last two on any model, given question sets (:func:`question_sets` for a toy
+dataset, :func:`prompt_question_sets` for random prompts); :func:`diagnostics_dict` is the metrics.json form
+(``hybridreduce analyze``'s optional ``diagnostics`` section: :func:`analysis.sections.diagnostics_section`).
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ from .stability import spearman
 __all__ = [
     "ORACLES",
     "ShareBias",
-    "ToyDiagnostics",
+    "Diagnostics",
     "asked_colour_labels",
     "block_summary",
     "capture_steps",
@@ -55,11 +57,14 @@ __all__ = [
     "diagnostics_dict",
     "keep_mask",
     "oracle_keep",
+    "prompt_question_sets",
     "query_specificity",
     "question_sets",
     "reduction_keep_sets",
+    "score_question_sets",
     "share_bias",
     "step_correlation",
+    "toy_share_bias",
 ]
 
 
@@ -83,8 +88,14 @@ class ShareBias:
         ok = torch.isfinite(self.bias)
         n = int(ok.sum())
         if n == 0:
-            return {"mean_bias": None, "over_fraction": None, "kept_share": None, "true_share": None, "ratio": None,
-                    "n": 0}  # fmt: skip
+            return {
+                "mean_bias": None,
+                "over_fraction": None,
+                "kept_share": None,
+                "true_share": None,
+                "ratio": None,
+                "n": 0,
+            }
         kept, true = self.kept_share[ok].mean().item(), self.true_share[ok].mean().item()
         return {
             "mean_bias": self.bias[ok].mean().item(),
@@ -97,8 +108,10 @@ class ShareBias:
 
     def to_dict(self) -> dict[str, Any]:
         """The summary and the per-sample shares (NaN as None): the share-bias plot draws them."""
-        per = {k: [None if math.isnan(v) else v for v in t.tolist()] for k, t in
-               (("kept_shares", self.kept_share), ("true_shares", self.true_share))}  # fmt: skip
+        per = {
+            k: [None if math.isnan(v) else v for v in t.tolist()]
+            for k, t in (("kept_shares", self.kept_share), ("true_shares", self.true_share))
+        }
         return self.summary() | per
 
 
@@ -131,8 +144,10 @@ def share_bias(kept: torch.Tensor, labels: torch.Tensor, sizes: torch.Tensor | N
     w = torch.ones(kept.shape, dtype=torch.float64)
     if sizes is not None:
         if not isinstance(sizes, torch.Tensor) or sizes.shape != kept.shape:
-            raise InputError(f"sizes must be a (b, V) tensor like kept {tuple(kept.shape)}, got "
-                             f"{tuple(sizes.shape) if isinstance(sizes, torch.Tensor) else type(sizes).__name__}")  # fmt: skip
+            raise InputError(
+                f"sizes must be a (b, V) tensor like kept {tuple(kept.shape)}, got "
+                f"{tuple(sizes.shape) if isinstance(sizes, torch.Tensor) else type(sizes).__name__}"
+            )
         w = sizes.detach().to(torch.float64).cpu()
         if not bool((w[kept] >= 1).all()) or not bool(torch.isfinite(w[kept]).all()):
             raise InputError("sizes must be finite and at least 1 on the kept tokens (a token stands for itself)")
@@ -196,8 +211,9 @@ def _check_groups(groups: Any, n: int) -> torch.Tensor:
         )
     g = groups.long()
     if bool((g < 0).any()) or bool((g >= n).any()):
-        raise InputError(f"groups index samples 0..{n - 1} of the cache, got indices from {int(g.min())} to "
-                         f"{int(g.max())}")  # fmt: skip
+        raise InputError(
+            f"groups index samples 0..{n - 1} of the cache, got indices from {int(g.min())} to {int(g.max())}"
+        )
     return g
 
 
@@ -273,15 +289,18 @@ def step_correlation(cache: ScoreCache, steps: Mapping[int, torch.Tensor]) -> di
     """
     blocks = [b for b in cache.layers if b in steps]
     if not blocks:
-        raise InputError(f"no Mamba block has both scores and step sizes (scored {cache.layers}, steps "
-                         f"{sorted(steps)}); record both in the same forwards")  # fmt: skip
+        raise InputError(
+            f"no Mamba block has both scores and step sizes (scored {cache.layers}, steps "
+            f"{sorted(steps)}); record both in the same forwards"
+        )
     out = {}
     for block in blocks:
         pos = cache.positions(block).cpu()
         dt = steps[block]
         if dt.ndim != 2 or dt.shape[0] != pos.shape[0] or dt.shape[1] <= int(pos.max()):
-            raise InputError(f"steps[{block}] must be (N, T) over the cache's {pos.shape[0]} prompts, got "
-                             f"{tuple(dt.shape)}")  # fmt: skip
+            raise InputError(
+                f"steps[{block}] must be (N, T) over the cache's {pos.shape[0]} prompts, got {tuple(dt.shape)}"
+            )
         out[block] = spearman(cache[block].detach().cpu(), dt.gather(1, pos))
     return out
 
@@ -361,8 +380,9 @@ def asked_colour_labels(dataset: Any, indices: Sequence[int]) -> torch.Tensor:
 
 
 @dataclass
-class ToyDiagnostics:
-    """What :func:`diagnose_toy` measured (:func:`diagnostics_dict` is its JSON form)."""
+class Diagnostics:
+    """What the diagnostics measured (:func:`diagnostics_dict` is its JSON form); ``share`` and ``share_by_qtype``
+    stay empty without token labels (a model other than a toy one)."""
 
     kinds: list[str]
     share: dict[str, dict[int, ShareBias]] = field(default_factory=dict)  # selector → prune point → bias
@@ -374,7 +394,7 @@ class ToyDiagnostics:
 
 #: The oracle keep sets of the share-bias measurement beside the model's own schedules, name → labelled first:
 #: one that keeps the labelled tokens first (the audit's relevant-first cut) and a seeded random set.
-ORACLES = {"labelled_first": True, "random": False}
+ORACLES = {"oracle_labelled_first": True, "oracle_random": False}
 
 
 def oracle_keep(labels: torch.Tensor, keep: float, first: bool, seed: int = 0) -> torch.Tensor:
@@ -390,33 +410,83 @@ def oracle_keep(labels: torch.Tensor, keep: float, first: bool, seed: int = 0) -
 
 
 @torch.no_grad()
-def diagnose_toy(
+def score_question_sets(
+    model: nn.Module, batch: dict, groups: torch.Tensor, scorer: str = "decay_free", batch_size: int = 32
+) -> tuple[dict[int, torch.Tensor], dict[int, torch.Tensor]]:
+    """``(query specificity, step correlation)``, block → per-video and per-sample ρ, of one scoring pass over a
+    batch of question sets (:func:`question_sets`, :func:`prompt_question_sets`), without a reduction.
+
+    Args:
+        batch: ``input_ids``, ``attention_mask``, ``visual_mask`` ``(N, T)`` and, for a toy model, ``pixels``.
+        groups: ``(n_videos, n_questions)`` rows of ``batch`` that show one video.
+    """
+    from hybridreduce import capture
+
+    from .sections import concat_caches
+
+    caches, steps = [], []
+    n = batch["input_ids"].shape[0]
+    for start in range(0, n, batch_size):
+        sl = slice(start, min(start + batch_size, n))
+        am = batch["attention_mask"][sl]
+        kwargs = {"attention_mask": am, "logits_to_keep": 1}
+        if "pixels" in batch:
+            kwargs["pixel_values"] = batch["pixels"][sl]
+        with (
+            capture(model, batch["visual_mask"][sl], scorer=scorer, attention_mask=am) as cache,
+            capture_steps(model) as dt,
+        ):
+            model(batch["input_ids"][sl], **kwargs)
+        caches.append(cache.cpu())
+        steps.append(dict(dt))
+    cache = concat_caches(caches)
+    specificity = query_specificity(cache, groups)
+    if not steps[0]:  # no Mamba block
+        return specificity, {}
+    return specificity, step_correlation(cache, {b: torch.cat([s[b] for s in steps]) for b in steps[0]})
+
+
+def prompt_question_sets(
+    vocab: int, prefix: int, visual: int, question: int, n_videos: int, n_questions: int, seed: int = 0
+) -> tuple[dict, torch.Tensor]:
+    """Question sets of random prompts (:func:`hybridreduce.tiny.make_prompt`): each prompt's prefix and visual
+    tokens kept, its ``question`` tokens drawn again ``n_questions`` times. Returns ``(batch, groups)`` like
+    :func:`question_sets`."""
+    from hybridreduce.tiny import make_prompt
+
+    g = torch.Generator().manual_seed(seed)
+    rows = []
+    for v in range(n_videos):
+        base = make_prompt(vocab, prefix, visual, question, seed=seed * 1_000_003 + v)
+        for _ in range(n_questions):
+            ids = base.input_ids.clone()
+            ids[0, prefix + visual :] = torch.randint(3, vocab, (question,), generator=g)
+            rows.append((ids, base.visual_mask))
+    ids = torch.cat([r[0] for r in rows])
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "visual_mask": torch.cat([r[1] for r in rows])}
+    return batch, torch.arange(n_videos * n_questions).view(n_videos, n_questions)
+
+
+@torch.no_grad()
+def toy_share_bias(
     model: nn.Module,
     dataset: Any,
     samples: int,
-    videos: int,
-    n_questions: int,
     schedules: Mapping[str, Any],
     keep: float,
     scorer: str = "decay_free",
     batch_size: int = 32,
     seed: int = 0,
-) -> ToyDiagnostics:
-    """The three measurements on a toy checkpoint and one split.
+) -> tuple[dict[str, dict[int, ShareBias]], dict[str, dict[int, dict[str, Any]]]]:
+    """Share bias of the asked colour (:func:`asked_colour_labels`) over the first ``samples`` items of a toy
+    dataset: keep sets of each of ``schedules`` (name → :class:`~hybridreduce.schedule.Schedule`, the model's own
+    query-conditioned selection, every cut) and of the two oracles (:data:`ORACLES`) at ``keep``.
 
-    Share bias: the first ``samples`` items; the class is the asked colour (:func:`asked_colour_labels`); keep
-    sets of each of ``schedules`` (name → :class:`~hybridreduce.schedule.Schedule`, the model's own
-    query-conditioned selection; every cut) and of the two oracles (:data:`ORACLES`) at ``keep``. Specificity and step
-    correlation: ``videos`` items each under ``n_questions`` questions (:func:`question_sets`), scored by
-    ``scorer`` without a reduction, ``Δ`` recorded in the same forwards.
+    Returns:
+        ``(selector → prune point → ShareBias, selector → prune point → qtype → summary)``; the oracles' point is 0.
     """
-    from hybridreduce import capture, get_adapter, reduce
+    from hybridreduce import reduce
 
-    kinds = get_adapter(model).kinds
-    out = ToyDiagnostics(list(kinds))
-    out.settings = {"samples": samples, "videos": videos, "questions": n_questions, "keep": keep, "scorer": scorer,
-                    "schedules": {n: s.to_dict() for n, s in schedules.items()}, "seed": seed}  # fmt: skip
-    # Share bias
     clash = sorted(set(schedules) & set(ORACLES))
     if clash:
         raise InputError(f"schedule names {clash} are taken by the oracle keep sets; rename them")
@@ -430,56 +500,82 @@ def diagnose_toy(
         qtypes += batch["qtype"]
         for name, schedule in schedules.items():
             with reduce(model, schedule, scorer=scorer) as red:
-                model(batch["input_ids"], pixel_values=batch["pixels"], attention_mask=batch["attention_mask"],
-                      logits_to_keep=1)  # fmt: skip
+                model(
+                    batch["input_ids"],
+                    pixel_values=batch["pixels"],
+                    attention_mask=batch["attention_mask"],
+                    logits_to_keep=1,
+                )
             for point, (k, sizes) in reduction_keep_sets(red).items():
                 kept[name].setdefault(point, []).append((k, sizes))
         for name, first in ORACLES.items():
             kept[name].setdefault(0, []).append((oracle_keep(labels, keep, first, seed + start), None))
     labels = torch.cat(labels_all)
+    masks = {q: torch.tensor([t == q for t in qtypes]) for q in dict.fromkeys(qtypes)}
+    share: dict[str, dict[int, ShareBias]] = {}
+    by_qtype: dict[str, dict[int, dict[str, Any]]] = {}
     for name, per_point in kept.items():
-        out.share[name] = {}
+        share[name] = {}
         for point, parts in per_point.items():
             k = torch.cat([p[0] for p in parts])
-            sizes = None if all(p[1] is None for p in parts) else torch.cat(
-                [torch.ones(p[0].shape, dtype=torch.float64) if p[1] is None else p[1] for p in parts])  # fmt: skip
-            out.share[name][point] = share_bias(k, labels, sizes)
-        masks = {q: torch.tensor([t == q for t in qtypes]) for q in dict.fromkeys(qtypes)}
-        out.share_by_qtype[name] = {
+            sizes = (
+                None
+                if all(p[1] is None for p in parts)
+                else torch.cat([torch.ones(p[0].shape, dtype=torch.float64) if p[1] is None else p[1] for p in parts])
+            )
+            share[name][point] = share_bias(k, labels, sizes)
+        by_qtype[name] = {
             point: {q: ShareBias(bias.kept_share[m], bias.true_share[m]).summary() for q, m in masks.items()}
-            for point, bias in out.share[name].items()
+            for point, bias in share[name].items()
         }
-    # Query specificity and step correlation
-    batch, groups = question_sets(dataset, range(videos), n_questions, seed)
-    caches, steps = [], []
-    n = batch["input_ids"].shape[0]
-    for start in range(0, n, batch_size):
-        sl = slice(start, min(start + batch_size, n))
-        am = batch["attention_mask"][sl]
-        with capture(model, batch["visual_mask"][sl], scorer=scorer, attention_mask=am) as cache, \
-                capture_steps(model) as dt:  # fmt: skip
-            model(batch["input_ids"][sl], pixel_values=batch["pixels"][sl], attention_mask=am, logits_to_keep=1)
-        caches.append(cache.cpu())
-        steps.append(dict(dt))
-    from .sections import concat_caches
+    return share, by_qtype
 
-    cache = concat_caches(caches)
-    out.specificity = query_specificity(cache, groups)
-    out.steps = step_correlation(cache, {b: torch.cat([s[b] for s in steps]) for b in steps[0]})
+
+def diagnose_toy(
+    model: nn.Module,
+    dataset: Any,
+    samples: int,
+    videos: int,
+    n_questions: int,
+    schedules: Mapping[str, Any],
+    keep: float,
+    scorer: str = "decay_free",
+    batch_size: int = 32,
+    seed: int = 0,
+) -> Diagnostics:
+    """The three measurements on a toy checkpoint and one split: :func:`toy_share_bias` over the first ``samples``
+    items, and :func:`score_question_sets` over the first ``videos`` items each under ``n_questions`` questions
+    (:func:`question_sets`), scored by ``scorer``."""
+    from hybridreduce import get_adapter
+
+    out = Diagnostics(list(get_adapter(model).kinds))
+    out.settings = {
+        "samples": samples,
+        "videos": videos,
+        "questions": n_questions,
+        "keep": keep,
+        "scorer": scorer,
+        "schedules": {n: s.to_dict() for n, s in schedules.items()},
+        "seed": seed,
+    }
+    out.share, out.share_by_qtype = toy_share_bias(model, dataset, samples, schedules, keep, scorer, batch_size, seed)
+    batch, groups = question_sets(dataset, range(videos), n_questions, seed)
+    out.specificity, out.steps = score_question_sets(model, batch, groups, scorer, batch_size)
     return out
 
 
-def diagnostics_dict(diag: ToyDiagnostics) -> dict[str, Any]:
-    """The metrics.json ``diagnostics`` section of :func:`diagnose_toy`'s result."""
-    return {
-        "block_kinds": diag.kinds,
-        "settings": diag.settings,
-        "share_bias": {
+def diagnostics_dict(diag: Diagnostics) -> dict[str, Any]:
+    """The metrics.json ``diagnostics`` section: ``block_kinds``, ``settings``, ``share_bias`` (selector → prune
+    point → :meth:`ShareBias.to_dict`) and ``share_bias_by_qtype`` (selector → prune point → question type →
+    summary) when measured, ``query_specificity`` and ``step_correlation`` (:func:`block_summary` rows)."""
+    out: dict[str, Any] = {"block_kinds": diag.kinds, "settings": diag.settings}
+    if diag.share:
+        out["share_bias"] = {
             name: {str(point): bias.to_dict() for point, bias in per.items()} for name, per in diag.share.items()
-        },
-        "share_bias_by_qtype": {
+        }
+        out["share_bias_by_qtype"] = {
             name: {str(point): per_q for point, per_q in per.items()} for name, per in diag.share_by_qtype.items()
-        },
-        "query_specificity": block_summary(diag.specificity, diag.kinds),
-        "step_correlation": block_summary(diag.steps, diag.kinds),
-    }
+        }
+    out["query_specificity"] = block_summary(diag.specificity, diag.kinds)
+    out["step_correlation"] = block_summary(diag.steps, diag.kinds)
+    return out

@@ -385,36 +385,49 @@ def plot_overlays(metrics: dict, out: Path, formats: Sequence[str]) -> list[Path
 
 # Diagnostics (analysis.diagnostics) -----------------------------------------------------------------
 def _selector_label(name: str) -> str:
-    return {"labelled_first": "oracle: labelled tokens first", "random": "oracle: random keep set"}.get(
+    return {"oracle_labelled_first": "oracle: labelled tokens first", "oracle_random": "oracle: random keep set"}.get(
         name, f"schedule {name}"
     )
 
 
-def plot_share_bias(metrics: dict, out: Path, formats: Sequence[str], stem: str = "share_bias") -> list[Path]:
-    """Kept share against true share of the labelled class, one point a sample, one panel a keep-set selector (its
-    last cut); the diagonal is a fair keep set, points above it over-represent the class."""
+def plot_share_bias(metrics: dict, out: Path, formats: Sequence[str]) -> list[Path]:
+    """Kept share against true share of the labelled class, one point a sample; rows: keep-set selectors, columns:
+    their cuts in order. The diagonal is a fair keep set; points above it over-represent the class."""
     plt = _pyplot()
     diag = metrics["diagnostics"]
-    panels = {name: per[max(per, key=int)] for name, per in diag["share_bias"].items() if per}
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.8 * len(panels), 3.9), squeeze=False)
-    top = max(max((v for v in p["kept_shares"] + p["true_shares"] if v is not None), default=0) for p in panels.values())
-    for ax, (name, rep) in zip(axes[0], panels.items(), strict=True):
-        pts = [(t, k) for t, k in zip(rep["true_shares"], rep["kept_shares"], strict=True) if t is not None]
-        ax.scatter([t for t, _ in pts], [k for _, k in pts], s=12, alpha=0.6, color="tab:blue", edgecolors="none")
-        ax.plot([0, top], [0, top], color="gray", ls="--", lw=1, label="kept share = true share")
-        ax.set_xlim(0, top * 1.05)
-        ax.set_ylim(0, top * 1.05)
-        ratio = "n/a" if rep["ratio"] is None else f"{rep['ratio']:.2f}"
-        ax.set_title(f"{_selector_label(name)}\nkept/true {ratio}, over-represented {rep['over_fraction']:.0%}",
-                     fontsize=9)  # fmt: skip
-        ax.set_xlabel("true share of the class (|Y|/V)")
-        ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("share among the kept tokens")
+    rows = {name: sorted(per.items(), key=lambda kv: int(kv[0])) for name, per in diag["share_bias"].items() if per}
+    cols = max(len(cuts) for cuts in rows.values())
+    fig, axes = plt.subplots(len(rows), cols, figsize=(3.4 * cols, 3.0 * len(rows)), squeeze=False)
+    for ax in axes.flat:
+        ax.set_axis_off()
+    for r, (name, cuts) in enumerate(rows.items()):
+        for c, (point, rep) in enumerate(cuts):
+            ax = axes[r][c]
+            ax.set_axis_on()
+            pts = [(t, k) for t, k in zip(rep["true_shares"], rep["kept_shares"], strict=True) if t is not None]
+            top = max(max(max(p) for p in pts), 1e-3) * 1.05
+            ax.scatter([t for t, _ in pts], [k for _, k in pts], s=10, alpha=0.5, color="tab:blue", edgecolors="none")
+            ax.plot([0, top], [0, top], color="gray", ls="--", lw=1, label="kept share = true share")
+            ax.set_xlim(0, top)
+            ax.set_ylim(0, top)
+            ratio = "n/a" if rep["ratio"] is None else f"{rep['ratio']:.2f}"
+            where = "" if point == "0" else f", cut before block {point}"
+            ax.set_title(
+                f"{_selector_label(name)}{where}\nkept/true {ratio}, over-represented {rep['over_fraction']:.0%}",
+                fontsize=8,
+            )
+            ax.tick_params(labelsize=7)
+            ax.grid(alpha=0.3)
+        axes[r][0].set_ylabel("share among the kept tokens", fontsize=8)
+    for c in range(cols):
+        axes[-1][c].set_xlabel("true share of the class (|Y|/V)", fontsize=8)
     axes[0][0].legend(fontsize=7, loc="upper left")
-    fig.suptitle(f"Share bias of the labelled class at the last cut ({diag['settings'].get('keep')} kept by the "
-                 "oracles)", fontsize=10)  # fmt: skip
+    fig.suptitle(
+        f"Share bias of the labelled class ({diag['settings'].get('keep')} kept by the oracles; one point a sample)",
+        fontsize=10,
+    )
     fig.tight_layout()
-    return _save(fig, out / stem, formats, metrics)
+    return _save(fig, out / "share_bias", formats, metrics)
 
 
 def _block_bars(metrics: dict, key: str, out: Path, formats: Sequence[str], ylabel: str, title: str) -> list[Path]:
@@ -428,15 +441,25 @@ def _block_bars(metrics: dict, key: str, out: Path, formats: Sequence[str], ylab
     blocks, kinds = [r["block"] for r in rows], [r["kind"] for r in rows]
     fig, ax = plt.subplots(figsize=(max(5, 0.42 * len(rows) + 2), 3.6))
     xs = list(range(len(rows)))
-    ax.bar(xs, [r["mean"] for r in rows], yerr=[1.96 * r["sem"] for r in rows], capsize=2,
-           color=[_style(k)[1] for k in kinds], edgecolor="black", lw=0.5)  # fmt: skip
+    ax.bar(
+        xs,
+        [r["mean"] for r in rows],
+        yerr=[1.96 * r["sem"] for r in rows],
+        capsize=2,
+        color=[_style(k)[1] for k in kinds],
+        edgecolor="black",
+        lw=0.5,
+    )
     ax.axhline(1.0, color="black", ls=":", lw=1)
     ax.set_xticks(xs, [f"{b}\n{k}" for b, k in zip(blocks, kinds, strict=True)], fontsize=7)
     ax.set_xlabel("block (index, kind)")
     ax.set_ylabel(ylabel)
     ax.set_ylim(min(0.0, min(r["mean"] for r in rows) - 0.05), 1.05)
-    ax.legend(handles=[Patch(color=_style(k)[1], label=_style(k)[2]) for k in dict.fromkeys(kinds)], fontsize=7,
-              loc="lower left")  # fmt: skip
+    ax.legend(
+        handles=[Patch(color=_style(k)[1], label=_style(k)[2]) for k in dict.fromkeys(kinds)],
+        fontsize=7,
+        loc="lower left",
+    )
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3, axis="y")
     fig.tight_layout()
@@ -447,17 +470,25 @@ def plot_query_specificity(metrics: dict, out: Path, formats: Sequence[str]) -> 
     """Per scored block, the Spearman ρ between one video's importance under different questions."""
     s = metrics["diagnostics"]["settings"]
     return _block_bars(
-        metrics, "query_specificity", out, formats, "Spearman ρ across questions\n(1 = ignores the question)",
+        metrics,
+        "query_specificity",
+        out,
+        formats,
+        "Spearman ρ across questions\n(1 = ignores the question)",
         f"Query specificity: {s.get('videos')} videos x {s.get('questions')} questions ({s.get('scorer')} scorer)",
-    )  # fmt: skip
+    )
 
 
 def plot_step_correlation(metrics: dict, out: Path, formats: Sequence[str]) -> list[Path]:
     """Per Mamba block, the Spearman ρ between its importance and its step size Δ (mean over heads)."""
     return _block_bars(
-        metrics, "step_correlation", out, formats, "Spearman ρ(importance, Δ_j)",
+        metrics,
+        "step_correlation",
+        out,
+        formats,
+        "Spearman ρ(importance, Δ_j)",
         f"Mamba score vs step size Δ ({metrics['diagnostics']['settings'].get('scorer')} scorer)",
-    )  # fmt: skip
+    )
 
 
 # Driver ---------------------------------------------------------------------------------------------

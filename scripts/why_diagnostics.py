@@ -37,8 +37,11 @@ from hybridreduce.toy.demo import CHECKPOINT, demo_method, load_toy_spec
 ROOT = Path(__file__).resolve().parents[1]
 #: The model's own schedules whose keep sets the share bias measures (names of hybridreduce.toy.demo's methods).
 SCHEDULES = ("progressive", "progressive-attn-only")
-PLOTS = {"share_bias": plot_share_bias, "query_specificity": plot_query_specificity,
-         "step_correlation": plot_step_correlation}  # fmt: skip
+PLOTS = {
+    "share_bias": plot_share_bias,
+    "query_specificity": plot_query_specificity,
+    "step_correlation": plot_step_correlation,
+}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -61,14 +64,18 @@ def _fmt(v) -> str:
 
 
 def print_table(variant: str, section: dict) -> None:
-    print(f"\n== {variant}: share bias of the asked colour's tokens at each cut (mean kept and true share, their ratio,"
-          " share of samples over-represented)")  # fmt: skip
+    print(
+        f"\n== {variant}: share bias of the asked colour's tokens at each cut (mean kept and true share, their ratio,"
+        " share of samples over-represented)"
+    )
     for name, per in section["share_bias"].items():
         for point, r in per.items():
             count = section["share_bias_by_qtype"][name][point].get("count", {})
-            print(f"  {name:22s} cut {point:>2}  kept {_fmt(r['kept_share'])}  true {_fmt(r['true_share'])}  "
-                  f"ratio {_fmt(r['ratio'])}  over {_fmt(r['over_fraction'])}  (count questions: ratio "
-                  f"{_fmt(count.get('ratio'))}, over {_fmt(count.get('over_fraction'))})  n {r['n']}")  # fmt: skip
+            print(
+                f"  {name:22s} cut {point:>2}  kept {_fmt(r['kept_share'])}  true {_fmt(r['true_share'])}  "
+                f"ratio {_fmt(r['ratio'])}  over {_fmt(r['over_fraction'])}  (count questions: ratio "
+                f"{_fmt(count.get('ratio'))}, over {_fmt(count.get('over_fraction'))})  n {r['n']}"
+            )
     print("  block kind  specificity (ρ across questions)  step correlation (ρ with Δ)")
     steps = {r["block"]: r["mean"] for r in section["step_correlation"]}
     for r in section["query_specificity"]:
@@ -83,7 +90,8 @@ def main(argv: list[str] | None = None) -> dict:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     result = {
-        "command": "nice -n 10 python scripts/why_diagnostics.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": "nice -n 10 python scripts/why_diagnostics.py "
+        + " ".join(argv if argv is not None else sys.argv[1:]),
         "checkpoint": os.path.relpath(Path(args.checkpoint).resolve(), ROOT),
         "split": args.split,
         "variants": {},
@@ -98,7 +106,7 @@ def main(argv: list[str] | None = None) -> dict:
         result["variants"][cfg.variant] = section
         print_table(cfg.variant, section)
         with tempfile.TemporaryDirectory() as tmp:
-            for name, fn in PLOTS.items():
+            for fn in PLOTS.values():
                 for path in fn({"diagnostics": section}, Path(tmp), ("png",)):
                     shutil.copy(path, out / f"why_{cfg.variant}_{path.name}")
     (out / "why_diagnostics.json").write_text(json.dumps(result, indent=1, allow_nan=False) + "\n")

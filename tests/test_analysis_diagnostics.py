@@ -24,6 +24,7 @@ from analysis.diagnostics import (
     share_bias,
     step_correlation,
 )
+from analysis.relevance import NO_SCORES_KINDS
 from hybridreduce import Schedule, capture, get_adapter, reduce
 from hybridreduce.cache import ScoreCache
 from hybridreduce.errors import InputError
@@ -242,10 +243,67 @@ def test_diagnose_toy_end_to_end(toy):
     schedules = {"progressive": Schedule.preset("progressive", keep=0.5)}
     diag = diagnose_toy(model, ds, samples=4, videos=3, n_questions=2, schedules=schedules, keep=0.5, batch_size=4)
     out = diagnostics_dict(diag)
-    assert set(out["share_bias"]) == {"progressive", "labelled_first", "random"}
-    assert out["share_bias"]["labelled_first"]["0"]["over_fraction"] == 1.0
+    assert set(out["share_bias"]) == {"progressive", "oracle_labelled_first", "oracle_random"}
+    assert out["share_bias"]["oracle_labelled_first"]["0"]["over_fraction"] == 1.0
     kinds = get_adapter(model).kinds
     assert {r["block"] for r in out["step_correlation"]} == {i for i, k in enumerate(kinds) if k == "ssm"}
     assert {r["block"] for r in out["query_specificity"]} == {i for i, k in enumerate(kinds) if k in ("ssm", "attn")}
     with pytest.raises(InputError, match="taken by the oracle"):
-        diagnose_toy(model, ds, 2, 2, 2, {"random": schedules["progressive"]}, 0.5)
+        diagnose_toy(model, ds, 2, 2, 2, {"oracle_random": schedules["progressive"]}, 0.5)
+
+
+# hybridreduce analyze: the optional diagnostics section ---------------------------------------------
+def test_the_diagnostics_setting_is_optional_and_checked():
+    from analysis.config import DIAGNOSTICS_DEFAULTS, AnalysisConfig
+
+    assert AnalysisConfig().diagnostics is None
+    on = AnalysisConfig(diagnostics=True)
+    assert on.diagnostics == DIAGNOSTICS_DEFAULTS
+    assert AnalysisConfig.from_dict(on.to_dict()).diagnostics == DIAGNOSTICS_DEFAULTS
+    assert AnalysisConfig(diagnostics={"questions": 3}).diagnostics["questions"] == 3
+    for bad, match in (
+        ({"question": 3}, "keys"),
+        ({"questions": 1}, "questions"),
+        ({"keep": 1.5}, "keep"),
+        (3, "mapping"),
+    ):
+        with pytest.raises(InputError, match=match):
+            AnalysisConfig(diagnostics=bad)
+
+
+def test_diagnostics_section_of_a_tiny_model_and_its_plots(tiny_models, tmp_path):
+    from analysis.config import AnalysisConfig
+    from analysis.plots import plot_query_specificity, plot_share_bias, plot_step_correlation
+    from analysis.sections import diagnostics_section
+
+    model = tiny_models("nemotron_h")
+    config = AnalysisConfig(model={"tiny": "nemotron_h"}, samples=2, diagnostics={"videos": 3, "questions": 3})
+    section = diagnostics_section(model, config)
+    kinds = get_adapter(model).kinds
+    assert "share_bias" not in section  # random prompts carry no token labels
+    assert [r["block"] for r in section["query_specificity"]] == [
+        i for i, k in enumerate(kinds) if k not in NO_SCORES_KINDS
+    ]
+    assert [r["block"] for r in section["step_correlation"]] == [i for i, k in enumerate(kinds) if k == "ssm"]
+    assert all(r["n"] == 3 for r in section["query_specificity"])
+    metrics = {"diagnostics": section}
+    paths = plot_query_specificity(metrics, tmp_path, ("png",)) + plot_step_correlation(metrics, tmp_path, ("png",))
+    assert all(p.stat().st_size > 5000 for p in paths)
+    with pytest.raises(KeyError):
+        plot_share_bias(metrics, tmp_path, ("png",))
+    with pytest.raises(InputError, match="no diagnostics section"):
+        diagnostics_section(model, AnalysisConfig(model={"tiny": "nemotron_h"}))
+
+
+def test_diagnostics_section_of_a_toy_model_measures_the_share_bias_under_the_runs_schedule(toy, tmp_path):
+    from analysis.config import AnalysisConfig
+    from analysis.plots import plot_share_bias
+    from analysis.sections import diagnostics_section
+
+    model, ds = toy
+    config = AnalysisConfig(samples=4, batch_size=4, split="val", keep=0.5, diagnostics={"videos": 2, "questions": 2})
+    section = diagnostics_section(model, config, ds.cfg, ds.vocab)
+    assert set(section["share_bias"]) == {"progressive", "oracle_labelled_first", "oracle_random"}
+    assert section["settings"]["schedules"]["progressive"]["keep"] == 0.5
+    (path,) = plot_share_bias({"diagnostics": section}, tmp_path, ("png",))
+    assert path.stat().st_size > 5000
