@@ -307,3 +307,32 @@ def test_diagnostics_section_of_a_toy_model_measures_the_share_bias_under_the_ru
     assert section["settings"]["schedules"]["progressive"]["keep"] == 0.5
     (path,) = plot_share_bias({"diagnostics": section}, tmp_path, ("png",))
     assert path.stat().st_size > 5000
+
+
+# scripts/why_diagnostics.py -----------------------------------------------------------------------------
+def test_why_diagnostics_script_on_a_tiny_checkpoint(tmp_path, capsys):
+    import sys
+    from pathlib import Path
+
+    from hybridreduce.toy.train import train
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    import why_diagnostics
+
+    run = tmp_path / "run"
+    train(tiny_toy_spec(eval_every=3, eval_size=4, test_size=4), run, progress=False, command="pytest")
+    out = tmp_path / "figures"
+    args = ["--checkpoint", str(run), "--samples", "4", "--videos", "2", "--questions", "2", "--keep", "0.5"]
+    args += ["--out", str(out)]
+    result = why_diagnostics.main(args)
+    assert json_equal(out / "why_diagnostics.json", result)
+    section = result["variants"]["static"]
+    assert set(section["share_bias"]) == {*why_diagnostics.SCHEDULES, "oracle_labelled_first", "oracle_random"}
+    assert sorted(p.name for p in out.glob("*.png")) == [f"why_static_{n}.png" for n in sorted(why_diagnostics.PLOTS)]
+    assert "specificity" in capsys.readouterr().out
+
+
+def json_equal(path, value) -> bool:
+    import json
+
+    return json.loads(path.read_text()) == json.loads(json.dumps(value))
