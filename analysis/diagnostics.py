@@ -409,6 +409,10 @@ def oracle_keep(labels: torch.Tensor, keep: float, first: bool, seed: int = 0) -
     return torch.zeros(b, V, dtype=torch.bool).scatter_(1, top, True)
 
 
+#: The batch entries a scoring forward reads.
+_FORWARD_KEYS = ("input_ids", "attention_mask", "visual_mask", "pixels")
+
+
 @torch.no_grad()
 def score_question_sets(
     model: nn.Module, batch: dict, groups: torch.Tensor, scorer: str = "decay_free", batch_size: int = 32
@@ -424,19 +428,16 @@ def score_question_sets(
 
     from .sections import concat_caches
 
+    device = next(model.parameters()).device
     caches, steps = [], []
-    n = batch["input_ids"].shape[0]
-    for start in range(0, n, batch_size):
-        sl = slice(start, min(start + batch_size, n))
-        am = batch["attention_mask"][sl]
+    for start in range(0, batch["input_ids"].shape[0], batch_size):
+        part = {k: batch[k][start : start + batch_size].to(device) for k in _FORWARD_KEYS if k in batch}
+        am = part["attention_mask"]
         kwargs = {"attention_mask": am, "logits_to_keep": 1}
-        if "pixels" in batch:
-            kwargs["pixel_values"] = batch["pixels"][sl]
-        with (
-            capture(model, batch["visual_mask"][sl], scorer=scorer, attention_mask=am) as cache,
-            capture_steps(model) as dt,
-        ):
-            model(batch["input_ids"][sl], **kwargs)
+        if "pixels" in part:
+            kwargs["pixel_values"] = part["pixels"]
+        with capture(model, part["visual_mask"], scorer=scorer, attention_mask=am) as cache, capture_steps(model) as dt:
+            model(part["input_ids"], **kwargs)
         caches.append(cache.cpu())
         steps.append(dict(dt))
     cache = concat_caches(caches)
@@ -491,6 +492,7 @@ def toy_share_bias(
     if clash:
         raise InputError(f"schedule names {clash} are taken by the oracle keep sets; rename them")
     kept: dict[str, dict[int, list]] = {s: {} for s in (*schedules, *ORACLES)}
+    device = next(model.parameters()).device
     labels_all, qtypes = [], []
     for start in range(0, samples, batch_size):
         idx = list(range(start, min(start + batch_size, samples)))
@@ -498,14 +500,10 @@ def toy_share_bias(
         labels = asked_colour_labels(dataset, idx)
         labels_all.append(labels)
         qtypes += batch["qtype"]
+        ids, pixels, am = (batch[k].to(device) for k in ("input_ids", "pixels", "attention_mask"))
         for name, schedule in schedules.items():
             with reduce(model, schedule, scorer=scorer) as red:
-                model(
-                    batch["input_ids"],
-                    pixel_values=batch["pixels"],
-                    attention_mask=batch["attention_mask"],
-                    logits_to_keep=1,
-                )
+                model(ids, pixel_values=pixels, attention_mask=am, logits_to_keep=1)
             for point, (k, sizes) in reduction_keep_sets(red).items():
                 kept[name].setdefault(point, []).append((k, sizes))
         for name, first in ORACLES.items():

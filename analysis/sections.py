@@ -221,21 +221,12 @@ def diagnostics_section(model: Any, config: AnalysisConfig, data: Any = None, vo
     """
     from hybridreduce import get_adapter
 
-    from .diagnostics import (
-        Diagnostics,
-        diagnostics_dict,
-        prompt_question_sets,
-        question_sets,
-        score_question_sets,
-        toy_share_bias,
-    )
+    from .diagnostics import Diagnostics, diagnose_toy, diagnostics_dict, prompt_question_sets, score_question_sets
 
     if config.diagnostics is None:
         raise InputError("the config has no diagnostics section; add `diagnostics: true` (or its settings)")
     d = config.diagnostics
     scorer = config.scorers[0]
-    out = Diagnostics(list(get_adapter(model).kinds))
-    out.settings = dict(d) | {"scorer": scorer, "seed": config.seed}
     if data is not None:
         from hybridreduce.toy import ToyDataset
 
@@ -245,18 +236,24 @@ def diagnostics_section(model: Any, config: AnalysisConfig, data: Any = None, vo
             sched = configured_schedule(config)
             if sched.method != "none":
                 schedules[sched.name or sched.method] = sched
-        out.settings["samples"] = config.samples
-        out.settings["schedules"] = {n: s.to_dict() for n, s in schedules.items()}
-        out.share, out.share_by_qtype = toy_share_bias(
-            model, dataset, config.samples, schedules, d["keep"], scorer, config.batch_size, config.seed
+        out = diagnose_toy(
+            model,
+            dataset,
+            config.samples,
+            d["videos"],
+            d["questions"],
+            schedules,
+            d["keep"],
+            scorer,
+            config.batch_size,
+            config.seed,
         )
-        batch, groups = question_sets(dataset, range(d["videos"]), d["questions"], config.seed)
-    else:
-        p = config.prompt
-        vocab_size = int(model.config.vocab_size)
-        batch, groups = prompt_question_sets(
-            vocab_size, p["prefix"], p["visual"], p["question"], d["videos"], d["questions"], config.seed
-        )
-    batch = {k: v.to(config.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+        return diagnostics_dict(out)
+    out = Diagnostics(list(get_adapter(model).kinds))
+    out.settings = dict(d) | {"scorer": scorer, "seed": config.seed}
+    p = config.prompt
+    batch, groups = prompt_question_sets(
+        int(model.config.vocab_size), p["prefix"], p["visual"], p["question"], d["videos"], d["questions"], config.seed
+    )
     out.specificity, out.steps = score_question_sets(model, batch, groups, scorer, config.batch_size)
     return diagnostics_dict(out)

@@ -18,7 +18,6 @@ into ``--out`` (default ``notebooks/figures``) and prints a table. CPU, a few mi
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import sys
@@ -27,6 +26,7 @@ import time
 from pathlib import Path
 
 import torch
+from toy_diagnostics import write_result
 
 from analysis.diagnostics import diagnose_toy, diagnostics_dict
 from analysis.plots import plot_query_specificity, plot_share_bias, plot_step_correlation
@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> dict:
             for fn in PLOTS.values():
                 for path in fn({"diagnostics": section}, Path(tmp), ("png",)):
                     shutil.copy(path, out / f"why_{cfg.variant}_{path.name}")
-    (out / "why_diagnostics.json").write_text(json.dumps(result, indent=1, allow_nan=False) + "\n")
+    write_result(out, "why_diagnostics.json", result)
     print(f"\nwrote {out / 'why_diagnostics.json'} and why_<variant>_*.png")
     return result
 
