@@ -395,6 +395,8 @@ def plot_share_bias(metrics: dict, out: Path, formats: Sequence[str]) -> list[Pa
     their cuts in order. The diagonal is a fair keep set; points above it over-represent the class."""
     plt = _pyplot()
     diag = metrics["diagnostics"]
+    if not diag.get("share_bias"):
+        raise InputError("the diagnostics section has no share bias: it needs labelled tokens (a toy model's)")
     rows = {name: sorted(per.items(), key=lambda kv: int(kv[0])) for name, per in diag["share_bias"].items() if per}
     cols = max(len(cuts) for cuts in rows.values())
     fig, axes = plt.subplots(len(rows), cols, figsize=(3.4 * cols, 3.0 * len(rows)), squeeze=False)

@@ -289,7 +289,7 @@ def test_diagnostics_section_of_a_tiny_model_and_its_plots(tiny_models, tmp_path
     metrics = {"diagnostics": section}
     paths = plot_query_specificity(metrics, tmp_path, ("png",)) + plot_step_correlation(metrics, tmp_path, ("png",))
     assert all(p.stat().st_size > 5000 for p in paths)
-    with pytest.raises(KeyError):
+    with pytest.raises(InputError, match="labelled tokens"):
         plot_share_bias(metrics, tmp_path, ("png",))
     with pytest.raises(InputError, match="no diagnostics section"):
         diagnostics_section(model, AnalysisConfig(model={"tiny": "nemotron_h"}))
