@@ -88,14 +88,7 @@ class ShareBias:
         ok = torch.isfinite(self.bias)
         n = int(ok.sum())
         if n == 0:
-            return {
-                "mean_bias": None,
-                "over_fraction": None,
-                "kept_share": None,
-                "true_share": None,
-                "ratio": None,
-                "n": 0,
-            }
+            return dict.fromkeys(("mean_bias", "over_fraction", "kept_share", "true_share", "ratio")) | {"n": 0}
         kept, true = self.kept_share[ok].mean().item(), self.true_share[ok].mean().item()
         return {
             "mean_bias": self.bias[ok].mean().item(),
