@@ -35,7 +35,7 @@ from torch import nn
 from . import compat
 from .adapters import AdaptedModel, BlockSpec, get_adapter
 from .cache import ScoreCache
-from .errors import InputError, ScoreError
+from .errors import CompatibilityError, InputError, ScoreError
 from .prune import true_positions
 from .scoring.attention import attention_importance, attention_rows
 from .scoring.config import ScorerConfig
@@ -160,7 +160,11 @@ def _eager_function(module: nn.Module) -> Callable:
     """The eager attention function of the module's own modeling file."""
     fn = getattr(sys.modules[type(module).__module__], "eager_attention_forward", None)
     if fn is None:
-        raise RuntimeError(f"{type(module).__name__}'s module defines no eager_attention_forward")
+        raise CompatibilityError(
+            f"{type(module).__name__} runs eager attention, but its modeling module {type(module).__module__} defines "
+            f"no eager_attention_forward for the attention tap to call (transformers {compat.VERSION}); load the "
+            "model with attn_implementation='sdpa'"
+        )
     return fn
 
 
