@@ -4,10 +4,11 @@
 mass on the tokens it still carries, DESIGN decision 13) or ``reference`` (the deepest attention block's importance
 on the tokens the last block carries). For every embedded checkpoint and benchmark variant it was trained on, this
 script calibrates with each objective (spread and free cut placement) on the scores of the demo's unlabeled val
-prompts and answers ``--size`` val questions under the chosen layout, with ``combine: merge`` (size-aware) and with
-``drop``. Only the val split is read: the default is chosen here, and the demo reports it once on test.
+prompts and answers ``--size`` val questions under the chosen layout with ``combine: merge`` (size-aware), and with
+``--drop`` also with ``drop``. Only the val split is read: the default is chosen here, and the demo reports it once
+on test.
 
-    python experiments/merging/objectives.py [--size 128] [--keeps 0.5,0.25] [--out FILE.csv]
+    python experiments/merging/objectives.py [--size 128] [--keeps 0.5,0.25] [--drop] [--out FILE.csv]
 
 Prints one row per (checkpoint, variant, objective, placement, keep, combine) and writes them as CSV.
 """
@@ -33,7 +34,6 @@ from hybridreduce.toy.demo import (
 from hybridreduce.toy.evaluate import AnswerSheet
 
 PLACEMENTS = ("spread", "free")
-COMBINES = ({"combine": "merge"}, {"combine": "drop"})
 FIELDS = ("checkpoint", "variant", "objective", "placement", "keep", "combine", "prune_points", "accuracy", "count",
           "full_accuracy", "relevant_kept", "n")  # fmt: skip
 
@@ -42,9 +42,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", type=int, default=128, help="val questions per variant (default 128)")
     parser.add_argument("--keeps", default="0.5,0.25", help="average keeps (default 0.5,0.25)")
+    parser.add_argument("--drop", action="store_true", help="also measure each layout with combine: drop")
     parser.add_argument("--out", type=Path, default=None, help="CSV of the rows (default: print only)")
     args = parser.parse_args()
     keeps = tuple(float(k) for k in args.keeps.split(","))
+    combines = ({"combine": "merge"}, {"combine": "drop"}) if args.drop else ({"combine": "merge"},)
 
     rows = []
     for name, checkpoint in (("toy24", CHECKPOINT), ("toy12", CHECKPOINT12)):
@@ -60,7 +62,7 @@ def main() -> None:
                 for placement in PLACEMENTS:
                     for keep in keeps:
                         chosen = search(scores, keep, target=objective, placement=placement).schedule
-                        for combine in COMBINES:
+                        for combine in combines:
                             sched = replace(chosen, **combine)
                             r = evaluate_method(model, batches, "progressive-calibrated", keep, sheet,
                                                 variant=data.variant, schedule=sched)  # fmt: skip
