@@ -89,3 +89,35 @@ def test_meta_device_model_is_rejected():
 def test_supported_types_cover_the_issue_list():
     wanted = {"nemotron_h", "jamba", "zamba2", "bamba", "falcon_h1", "granitemoehybrid", "llama", "qwen2", "mamba2"}
     assert wanted <= set(hybridreduce.supported_model_types())
+
+
+def test_an_adapter_registered_twice_is_refused():
+    """Issue 27: the adapter registry refuses a model type registered twice, like methods and invariants."""
+    from hybridreduce.adapters import _REGISTRY, register_adapter
+    from hybridreduce.adapters.nemotron_h import NemotronHAdapter
+
+    original = _REGISTRY["nemotron_h"]
+    with pytest.raises(ValueError, match="already have an adapter"):
+        register_adapter(NemotronHAdapter())
+    assert _REGISTRY["nemotron_h"] is original
+    register_adapter(original)  # the same adapter again is not a clash
+    replacement = NemotronHAdapter()
+    try:
+        assert register_adapter(replacement, replace=True) is replacement and _REGISTRY["nemotron_h"] is replacement
+    finally:
+        register_adapter(original, replace=True)
+
+
+def test_an_unknown_nemotron_block_type_is_a_typed_error(tiny_models):
+    """Issue 27: a block type the adapter does not know is an UnsupportedModelError naming it and the fix."""
+    from hybridreduce.adapters.nemotron_h import NemotronHAdapter
+
+    model = tiny_models("nemotron_h")
+    block = model.model.layers[0]
+    saved = block.block_type
+    block.block_type = "hyena"
+    try:
+        with pytest.raises(UnsupportedModelError, match="'hyena'.*adding-an-architecture"):
+            NemotronHAdapter().block_spec(0, block, model.config, "model.layers.0")
+    finally:
+        block.block_type = saved

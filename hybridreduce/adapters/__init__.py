@@ -39,8 +39,22 @@ _REGISTRY: dict[str, FamilyAdapter] = {}
 KNOWN_WRAPPERS = ("nemotron_h_omni", "llava", "llava_next", "llava_next_video", "llava_onevision")
 
 
-def register_adapter(adapter: FamilyAdapter) -> FamilyAdapter:
-    """Register ``adapter`` for each of its ``model_types`` (later registrations win)."""
+def register_adapter(adapter: FamilyAdapter, replace: bool = False) -> FamilyAdapter:
+    """Register ``adapter`` for each of its ``model_types``.
+
+    Args:
+        replace: replace the adapter already registered for one of them; without it a model type registered twice
+            is an error (as a method or an invariant registered twice is), never a silent replacement.
+
+    Raises:
+        ValueError: a model type already has an adapter and ``replace`` is false.
+    """
+    taken = [t for t in adapter.model_types if t in _REGISTRY and _REGISTRY[t] is not adapter]
+    if taken and not replace:
+        raise ValueError(
+            f"model types {taken} already have an adapter ({', '.join(type(_REGISTRY[t]).__name__ for t in taken)}); "
+            "pass replace=True to register_adapter to replace it"
+        )
     for model_type in adapter.model_types:
         _REGISTRY[model_type] = adapter
     return adapter

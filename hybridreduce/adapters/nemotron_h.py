@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..errors import UnsupportedModelError
 from .base import BlockSpec, FamilyAdapter
 
 # Nemotron-H's ``block_type`` names → our block kinds.
@@ -22,7 +23,11 @@ class NemotronHAdapter(FamilyAdapter):
     def block_spec(self, index, block, config, name):
         kind = _KINDS.get(block.block_type)
         if kind is None:
-            raise ValueError(f"unknown Nemotron-H block type {block.block_type!r} in block {index}")
+            raise UnsupportedModelError(
+                f"block {index} of this Nemotron-H model is of type {block.block_type!r}, which the adapter does not "
+                f"know (it knows {sorted(_KINDS)}); a newer transformers release may have added it: add it to "
+                "hybridreduce/adapters/nemotron_h.py (docs/guides/adding-an-architecture.md)"
+            )
         return BlockSpec(
             index=index,
             kind=kind,
