@@ -42,7 +42,13 @@ from .rundir import (
     write_run,
     write_shard,
 )
-from .sections import check_overlay_blocks, concat_caches, default_overlay_blocks, error_record
+from .sections import (
+    check_overlay_blocks,
+    concat_caches,
+    default_overlay_blocks,
+    diagnostics_section,
+    error_record,
+)
 
 __all__ = ["Interrupted", "LoadedModel", "collect", "iter_batches", "load_model", "score_batch"]
 
@@ -279,6 +285,13 @@ def collect(
             raise Interrupted(
                 f"interrupted before the first batch was scored; nothing written ({display_path(target)} is as it was)"
             )
+        if config.diagnostics is not None and n == 1 and not run.interrupted:
+            # Forwards of its own (one video under several questions); a shard's merge loads no model, so sharded
+            # runs leave it out.
+            try:
+                run.diagnostics = diagnostics_section(loaded.model, config, loaded.facts.data, loaded.facts.vocab)
+            except Exception as exc:
+                run.errors.append(error_record("diagnostics", exc))
         place = target
         if run.interrupted and holds_files(target):  # keep the run that is there; the partial one goes beside it
             place = target.with_name(f"{target.name}.partial")

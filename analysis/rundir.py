@@ -21,7 +21,9 @@ arch, model_type, num_blocks, n_visual, samples scored; for the toy model its ``
 (:meth:`AnalysisConfig.to_dict`), ``block_kinds``, ``scored_blocks``, ``scorers`` (per scorer: status,
 file, seconds, settings, error), ``sparsity`` and ``stability`` (scorer → report dict), ``relevance``
 (when ground truth exists), ``schedule`` (per-block keep fraction and visual tokens kept), ``overlay``
-and ``examples`` (toy only: a few samples' per-block scores with their frame/row/col indices), ``errors``
+and ``examples`` (toy only: a few samples' per-block scores with their frame/row/col indices), ``diagnostics``
+(with the config's ``diagnostics`` setting: share bias, query specificity and Mamba step correlation,
+:mod:`analysis.diagnostics`), ``errors``
 (``{"stage", "scorer", "type", "message"}`` of everything that failed; the rest is still written) and
 ``files``.
 
@@ -106,6 +108,7 @@ class Collected:
     errors: list[dict[str, Any]]
     scored: int = 0  # samples in the caches
     interrupted: bool = False  # Ctrl-C stopped the forwards; the caches hold the batches every scorer finished
+    diagnostics: dict[str, Any] | None = None  # the optional section (analysis.sections.diagnostics_section)
 
 
 @dataclass
@@ -187,6 +190,8 @@ def write_run(config: AnalysisConfig, facts: ModelFacts, run: Collected, out: Pa
             metrics["examples"] = examples_section(run.caches, facts.data, facts.vocab, config, samples)
         except Exception as exc:
             metrics["errors"].append(error_record("examples", exc))
+    if run.diagnostics is not None:
+        metrics["diagnostics"] = run.diagnostics
     files += write_tables(analysis, out)
     metrics["files"] = sorted(p.name for p in files) + ["metrics.json"]
     (out / "metrics.json").write_text(json.dumps(_json_clean(metrics), indent=1, allow_nan=False) + "\n")

@@ -336,3 +336,20 @@ def json_equal(path, value) -> bool:
     import json
 
     return json.loads(path.read_text()) == json.loads(json.dumps(value))
+
+
+def test_analyze_writes_the_diagnostics_section(tmp_path):
+    """``diagnostics: true`` in an analysis config puts the section into metrics.json (a sharded run leaves it out:
+    its merge loads no model)."""
+    import json
+
+    from analysis.config import AnalysisConfig
+    from analysis.run import collect
+
+    config = AnalysisConfig(
+        model={"tiny": "nemotron_h"}, samples=2, batch_size=2, diagnostics={"videos": 2, "questions": 2}
+    )
+    metrics = collect(config, tmp_path / "run", progress=False)
+    written = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert set(metrics["diagnostics"]) == set(written["diagnostics"]) >= {"query_specificity", "step_correlation"}
+    assert not [e for e in written["errors"] if e["stage"] == "diagnostics"]
