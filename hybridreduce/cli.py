@@ -69,7 +69,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """The embedded toy VLM under every reduction method: a table, summary.json, results.csv and plots."""
     from . import validate
     from .rundir import RunFolder, refuse_to_replace
-    from .toy.demo import DEMO_METHODS, KEEPS, OUTPUT_FILES, expected_seconds, format_table, run_demo, write_outputs
+    from .toy.demo import (
+        DEFAULT_METHODS,
+        DEMO_METHODS,
+        KEEPS,
+        OUTPUT_FILES,
+        expected_seconds,
+        format_table,
+        run_demo,
+        write_outputs,
+    )
 
     # Every argument, the checkpoint and --out before the first question is answered: the table takes minutes,
     # and a folder that cannot be written must not be found only after it.
@@ -84,7 +93,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         keeps = tuple(_parse_keeps(args.keeps, "--keeps"))
         if any(k >= 1 for k in keeps):
             raise InputError(f"--keeps: full tokens is every table's first row; give fractions below 1, got {keeps}")
-    methods = tuple(DEMO_METHODS)
+    methods = tuple(DEMO_METHODS) if args.full else DEFAULT_METHODS
     if args.methods is not None:
         methods = tuple(_parse_list(args.methods, "--methods", f"demo methods from {', '.join(DEMO_METHODS)}"))
         unknown = [m for m in methods if m not in DEMO_METHODS]
@@ -841,7 +850,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--split", default="test", choices=("val", "test"),
         help="questions to answer: test (default; the reported table) or val (to choose settings on)",
     )  # fmt: skip
-    d.add_argument("--methods", metavar="M1,M2", help="comma-separated demo methods (default: all)")
+    d.add_argument(
+        "--methods",
+        metavar="M1,M2",
+        help="comma-separated demo methods (default: all but the size-unaware merge ablations, *-nosize; --full: all)",
+    )
     d.add_argument("--keeps", metavar="K1,K2", help="comma-separated average keeps below 1 (default 0.5,0.25,0.125)")
     d.add_argument("--no-progress", action="store_true", help="no progress bar")
     d.add_argument("--overwrite", action="store_true", help="replace the outputs of an earlier demo in --out")

@@ -503,8 +503,8 @@ def test_the_demo_says_how_long_it_will_take(run_dir, tmp_path, capsys):
 
 def test_the_default_demo_estimate_matches_the_guide():
     """docs/guides/reliability.md quotes the default demo's duration; the estimate it comes from is this."""
-    from hybridreduce.toy.demo import DEMO_METHODS, KEEPS, expected_seconds
+    from hybridreduce.toy.demo import DEFAULT_METHODS, KEEPS, expected_seconds
 
-    minutes = expected_seconds(None, 192, KEEPS, tuple(DEMO_METHODS)) / 60
+    minutes = expected_seconds(None, 192, KEEPS, DEFAULT_METHODS) / 60
     guide = (ROOT / "docs/guides/reliability.md").read_text()
     assert f"about {minutes:.0f} minutes" in guide

@@ -222,6 +222,11 @@ DEMO_METHODS: dict[str, DemoMethod] = {
 }
 
 
+#: What ``hybridreduce demo`` runs unless asked otherwise: every method but the size-unaware merge ablations
+#: (``-nosize``), which ``--full`` and ``--methods`` add.
+DEFAULT_METHODS = tuple(m for m in DEMO_METHODS if not m.endswith("-nosize"))
+
+
 def demo_method(method: str | DemoMethod, schedule: Schedule | None = None) -> DemoMethod:
     """The record of a method name (``full`` or one of :data:`DEMO_METHODS`); with ``schedule`` given, any other
     name is an in-LM method that runs that schedule with the default scorer."""
@@ -611,11 +616,13 @@ OUTPUT_FILES = ("summary.json", "results.csv", "accuracy_vs_keep.png", "accuracy
                 "tokens_per_block.pdf")  # fmt: skip
 #: Seconds per question on an idle 2-core CPU (the shipped checkpoint, batches of 64): at full tokens, and for an
 #: in-LM method at keep ``k`` that times ``REDUCED_FIXED + (1 - REDUCED_FIXED) · k`` (scoring and the blocks before
-#: the first cut are paid in full). From experiments/block_scores/demo_quick_summary.json: 256 questions a variant,
-#: full 23–31 s, methods at keep 0.25 6–21 s.
-SECONDS_FULL, REDUCED_FIXED = 0.105, 0.15
+#: the first cut are paid in full), with :data:`SECONDS_START` per variant. Fitted to the two idle timings of the
+#: ten-method demo on the shipped checkpoint (2026-12-02, before merging was added): the default, 192 questions per
+#: variant at three keeps, 4 min 0 s, and ``--full``, 1,024, 19 min 11 s (``--quick``, 96 at keep 0.25, measured
+#: 53 s; the fit says 67 s).
+SECONDS_FULL, REDUCED_FIXED = 0.042, 0.15
 #: Loading the model, the warm-up forward and progressive-calibrated's scoring of its val prompts, per variant.
-SECONDS_START = 10.0
+SECONDS_START = 15.0
 
 
 def expected_seconds(checkpoint: str | Path | None, size: int, keeps, methods) -> float:
