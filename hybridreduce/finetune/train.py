@@ -143,8 +143,19 @@ class ReducedLoss(nn.Module):
         self.last = {"visual_kept": out.visual_kept / max(out.visual_in, 1), "forward_s": time.perf_counter() - start}
         return {"loss": loss}
 
-    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs=None):
-        self.vlm.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gradient_checkpointing_kwargs)
+    def activation_checkpointing_enable(self, **kwargs):
+        """Recompute the language model's blocks in the backward (the Trainer's ``activation_checkpointing``).
+
+        The blocks' pre-hooks (where ``reduce()`` cuts and slices) run outside the checkpointed ``forward``, so the
+        recomputation runs each block on the sequence it carried (``tests/test_finetune.py`` holds the gradients
+        equal)."""
+        model = self.vlm.model
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers 5.24
+            return model.activation_checkpointing_enable(**kwargs)
+        kwargs["gradient_checkpointing_kwargs"] = kwargs.pop("activation_checkpointing_kwargs", None)
+        return model.gradient_checkpointing_enable(**kwargs)
+
+    gradient_checkpointing_enable = activation_checkpointing_enable  # what transformers 5.23's Trainer calls
 
 
 def make_trainer_class():
@@ -386,6 +397,9 @@ def _train(model_dir, out: Path, cfg, setup, record, resume, max_minutes, progre
             p.requires_grad_(True)
         trained = vlm.model
     else:
+        from transformers import set_seed
+
+        set_seed(cfg.seed)  # LoRA's A is drawn at random: the same run starts from the same adapter
         trained = add_lora(vlm.model, setup["targets"], cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout)
     vlm.adapted = get_adapter(vlm.model)  # the blocks and mixers as they are now (LoRA layers in place)
     module = ReducedLoss(vlm, trained, setup["schedule"], cfg.evs)
@@ -409,8 +423,7 @@ def _train(model_dir, out: Path, cfg, setup, record, resume, max_minutes, progre
         seed=cfg.seed,
         data_seed=cfg.seed,
         bf16=cfg.bf16,
-        gradient_checkpointing=cfg.gradient_checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False},
+        **_checkpointing_args(TrainingArguments, cfg.gradient_checkpointing),
         logging_steps=cfg.logging_steps,
         save_strategy="steps",
         save_steps=cfg.save_steps,
@@ -438,6 +451,16 @@ def _train(model_dir, out: Path, cfg, setup, record, resume, max_minutes, progre
     evals = [h["eval_loss"] for h in history if "eval_loss" in h]
     return {"out": str(out), "steps": trainer.state.global_step, "stopped_early": log.stopped_early,
             "train_loss": result.training_loss, "eval_loss": evals[-1] if evals else None}  # fmt: skip
+
+
+def _checkpointing_args(TrainingArguments, on: bool) -> dict:
+    """Non-reentrant recomputation, by the name the installed transformers gives it (``activation_checkpointing``
+    from 5.24, ``gradient_checkpointing`` before)."""
+    from dataclasses import fields
+
+    names = {f.name for f in fields(TrainingArguments)}
+    key = "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
+    return {key: on, f"{key}_kwargs": {"use_reentrant": False}} if on else {}
 
 
 def plot_curves(history: list[dict], path: Path) -> Path:
