@@ -350,7 +350,7 @@ def test_bad_input_is_refused_before_loading(files, tmp_path, capsys, monkeypatc
     config["text_config"] = {"model_type": "gpt2", "n_layer": 2, "n_embd": 32, "n_head": 2, "vocab_size": 64}
     (odd / "config.json").write_text(json.dumps(config))
     err = _refused(capsys, ["finetune", "--model", str(odd), *data, "--out", str(tmp_path / "o2")])
-    assert "supported" in err
+    assert "language model is 'gpt2'" in err and "nemotron_h" in err
     # An --out that holds another run, and --resume with nothing to resume.
     taken = tmp_path / "taken"
     taken.mkdir()
@@ -359,5 +359,14 @@ def test_bad_input_is_refused_before_loading(files, tmp_path, capsys, monkeypatc
     assert "nothing to resume" in _refused(capsys, [*base, *data, "--resume"])
     assert "--adapter" in _refused(capsys, ["run", "--model", str(files["model"]), "--adapter", str(files["model"]),
                                             *data, "--out", str(tmp_path / "r")])  # fmt: skip
+    # DeepSpeed ZeRO-3 (as accelerate launch sets it up): refused, with the modes that work.
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    monkeypatch.setenv("ACCELERATE_DEEPSPEED_ZERO_STAGE", "3")
+    err = _refused(capsys, [*base, *data])
+    assert "ZeRO-3" in err and "ZeRO-2" in err
+    monkeypatch.setenv("ACCELERATE_DEEPSPEED_ZERO_STAGE", "2")
+    from hybridreduce.finetune.train import check_sharding
+
+    check_sharding()  # ZeRO-2 keeps the parameters whole
     assert read_manifest(files["data"])  # the fixture's manifest is untouched
     assert prompt_text  # imported for the examples above

@@ -326,6 +326,34 @@ def finetune(
     return _train(model, out, cfg, setup, record, resume, max_minutes, progress, device, dtype)
 
 
+def check_sharding(env=None) -> None:
+    """Refuse DeepSpeed ZeRO-3 (set up by ``accelerate launch`` with a DeepSpeed config).
+
+    ZeRO-3 partitions every parameter and gathers a module's own parameters just before that module runs. The Mamba
+    scorer reads the mixer's ``conv1d.weight``, ``dt_bias`` and ``A_log`` from a hook on ``in_proj``, before
+    ``conv1d`` runs, so it would read empty partitions. DDP, ZeRO-1/2 (optimizer states and gradients partitioned,
+    parameters whole) keep every parameter whole during the forward.
+    """
+    import os
+
+    env = os.environ if env is None else env
+    stage = None
+    if str(env.get("ACCELERATE_USE_DEEPSPEED", "")).lower() in ("1", "true"):
+        stage = env.get("ACCELERATE_DEEPSPEED_ZERO_STAGE")
+        config_file = env.get("ACCELERATE_DEEPSPEED_CONFIG_FILE")
+        if config_file and Path(config_file).is_file():
+            try:
+                stage = json.loads(Path(config_file).read_text()).get("zero_optimization", {}).get("stage", stage)
+            except (json.JSONDecodeError, AttributeError):
+                pass
+    if str(stage) == "3":
+        raise InputError(
+            "DeepSpeed ZeRO-3 partitions the parameters, and the Mamba scorer reads conv1d.weight, dt_bias and A_log "
+            "from a hook on in_proj before they are gathered: reduction under ZeRO-3 is not supported. Use ZeRO-2 "
+            "(zero_stage: 2) or plain DDP (accelerate launch / torchrun without DeepSpeed)"
+        )
+
+
 def plan(model, data, cfg: FinetuneConfig, eval_data=None) -> dict:
     """Everything checkable before the weights load: manifests, answers, schedule, LoRA targets.
 
@@ -338,6 +366,7 @@ def plan(model, data, cfg: FinetuneConfig, eval_data=None) -> dict:
     from ..adapters import get_adapter
     from ..manifest import read_manifest
 
+    check_sharding()
     validate.checkpoint_dir(model)
     items = read_manifest(data)
     eval_items = read_manifest(eval_data) if eval_data is not None else None
@@ -366,8 +395,9 @@ def _meta_model(model, AutoConfig):
     """The checkpoint's architecture on the meta device (no weights)."""
     from transformers import AutoModel, AutoModelForImageTextToText
 
-    from ..vlm import FAMILIES, VIDEO_FAMILIES, _read_json
+    from ..adapters import supported_model_types
     from ..errors import UnsupportedModelError
+    from ..vlm import FAMILIES, VIDEO_FAMILIES, _read_json
 
     model_type = _read_json(Path(model) / "config.json", "model config").get("model_type")
     if model_type not in FAMILIES:
@@ -375,6 +405,13 @@ def _meta_model(model, AutoConfig):
             f"{model}: model_type {model_type!r} is not a supported video VLM; supported: {', '.join(VIDEO_FAMILIES)}"
         )
     config = AutoConfig.from_pretrained(model)
+    text = config.get_text_config()
+    if getattr(text, "model_type", None) not in supported_model_types():
+        raise UnsupportedModelError(
+            f"{model}: its language model is {getattr(text, 'model_type', None)!r}, which hybridreduce has no adapter "
+            f"for (supported: {', '.join(supported_model_types())}), so neither the schedule nor LoRA's default "
+            "targets can be placed; finetune a checkpoint around a supported hybrid language model"
+        )
     with torch.device("meta"):
         try:
             return AutoModelForImageTextToText.from_config(config)
