@@ -397,6 +397,7 @@ class VLM:
         adapted: the language model seen through its hybridreduce adapter.
         path: the checkpoint directory.
         processor_source: ``"processor"`` (the checkpoint's own) or ``"fallback"`` (see the module docstring).
+        adapter: the LoRA adapter directory merged into the weights, or None.
     """
 
     model: nn.Module
@@ -405,6 +406,7 @@ class VLM:
     adapted: AdaptedModel = field(repr=False)
     path: Path
     processor_source: str
+    adapter: Path | None = None
 
     @property
     def model_type(self) -> str:
@@ -664,6 +666,7 @@ def load(
         adapted=adapted,
         path=root,
         processor_source="processor" if processor is not None else "fallback",
+        adapter=None if adapter is None else Path(adapter),
     )
 
 

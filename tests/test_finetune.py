@@ -294,6 +294,20 @@ def test_finetune_saves_an_adapter_that_run_answers_with(files, tmp_path, capsys
     assert len(rows) == 8 and not any("error" in r for r in rows)
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="runner.answer_config does not record vlm.adapter, so run reuses the base model's lines for the adapted "
+    "model in the same --out (one line for the lead: \"adapter\": vlm.adapter and str(...) in answer_config)",
+)
+def test_run_with_an_adapter_does_not_reuse_the_base_models_answers(files, tmp_path):
+    from hybridreduce.runner import answer_config, settings_for
+
+    setting = settings_for("none")[0]
+    base = answer_config(files["vlm"], setting, FRAMES, None, None, 8)
+    adapted = files["vlm"].__class__(**{**files["vlm"].__dict__, "adapter": tmp_path})
+    assert answer_config(adapted, setting, FRAMES, None, None, 8) != base
+
+
 def test_resume_continues_exactly(files, tmp_path):
     """Stopped after its first step (--max-minutes 0) and resumed, a run ends where an uninterrupted one does."""
     from safetensors.torch import load_file
