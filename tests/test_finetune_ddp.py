@@ -10,8 +10,6 @@ import sys
 
 import pytest
 
-from hybridreduce.manifest import write_manifest
-
 from .test_finetune import FRAMES
 from .test_finetune import files as files  # noqa: F401 (the module fixture)
 from .test_run import _free_port
@@ -23,15 +21,7 @@ def _losses(out) -> list[float]:
 
 
 def test_two_gloo_processes_follow_the_single_process_curve(files, tmp_path):  # noqa: F811
-    # One question layout for every item: a batch of prompts with different numbers of query tokens scores each
-    # sample differently from alone (the xfail in test_finetune.py), which a 2-process run never batches.
-    data = tmp_path / "colour.jsonl"
-    write_manifest(data, [
-        {"id": f"q{k}", "video": str(files["root"] / "videos" / video), "question": "what colour ?",
-         "options": ["red", "green", "blue"], "answer": answer}
-        for k, (video, answer) in enumerate([("a.mp4", "B"), ("b.webm", "A"), ("b.webm", "C"), ("a.mp4", "A")])
-    ])  # fmt: skip
-    common = ["finetune", "--model", str(files["model"]), "--data", str(data), "--frames", str(FRAMES),
+    common = ["finetune", "--model", str(files["model"]), "--data", str(files["data"]), "--frames", str(FRAMES),
               "--steps", "3", "--lr", "0.01", "--lora-r", "4", "--save-steps", "10", "--no-progress"]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     single = subprocess.run([sys.executable, "-m", "hybridreduce", *common, "--batch-size", "2",

@@ -167,7 +167,10 @@ def prompt_query_mask(batch: Sequence, query: str) -> torch.Tensor:
     """``(b, L)`` bool: the query rows ``schedule.query`` picks in the prompt alone (never an answer token)."""
     pos = resolve_positions(batch.visual_mask, batch.prompt_mask, None, query)
     mask = torch.zeros_like(batch.visual_mask)
-    return mask.scatter_(1, pos.q_index, pos.q_valid)
+    rows = torch.arange(mask.shape[0], device=mask.device)[:, None].expand_as(pos.q_index)
+    # Only the valid slots: a sample with fewer query rows repeats its last one in the padding slots.
+    mask[rows[pos.q_valid], pos.q_index[pos.q_valid]] = True
+    return mask
 
 
 def answer_loss(vlm, examples: list[Example], schedule: Schedule | None, evs: float = 0.0, scorer=None) -> LossOutput:
