@@ -18,8 +18,8 @@ def register(subparsers) -> argparse.ArgumentParser:
     f = subparsers.add_parser(
         "finetune", help="LoRA-finetune a video VLM on a manifest under the schedule it is evaluated with"
     )
-    f.add_argument("--model", required=True, metavar="DIR", help="a video VLM checkpoint directory")
-    f.add_argument("--data", required=True, metavar="FILE", help="JSONL manifest with answers (as run reads it)")
+    f.add_argument("--model", required=True, metavar="DIR|toy", help="a video VLM checkpoint, a train-toy run, or toy")
+    f.add_argument("--data", required=True, metavar="FILE|toy", help="JSONL manifest with answers (as run), or toy")
     f.add_argument("--eval-data", metavar="FILE", help="JSONL manifest whose loss is logged every --eval-steps")
     f.add_argument("--out", required=True, metavar="DIR", help="output directory (adapter, record, logs, plot)")
     f.add_argument("--config", metavar="FILE", help="YAML of settings (the flags below override it)")
@@ -52,6 +52,8 @@ def register(subparsers) -> argparse.ArgumentParser:
     f.add_argument("--save-steps", type=int, help="save a checkpoint every N steps (default 50)")
     f.add_argument("--eval-steps", type=int, help="evaluate every N steps (default 50)")
     f.add_argument("--logging-steps", type=int, help="log every N steps (default 1)")
+    f.add_argument("--variant", help="--model toy: the benchmark variant to train on (default: all, mixed)")
+    f.add_argument("--toy-items", type=int, help="--model toy: training items (default: steps × batch × accum)")
     f.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     f.add_argument(
         "--max-minutes", type=float, help="stop (a checkpoint saved) after this many minutes; continue with --resume"
@@ -108,5 +110,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     evals = "" if result["eval_loss"] is None else f", eval loss {result['eval_loss']:.4f}"
     print(f"trained {result['steps']} steps, train loss {result['train_loss']:.4f}{evals}; wrote {result['out']}",
           file=sys.stdout)  # fmt: skip
-    print(f"answer with it: hybridreduce run --model {args.model} --adapter {result['out']} ...")
+    if args.model == "toy" or args.data == "toy":
+        print(f"evaluate it: hybridreduce demo --checkpoint {result['out']}/merged --split val ...")
+    else:
+        print(f"answer with it: hybridreduce run --model {args.model} --adapter {result['out']} ...")
     return 0

@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..adapters import get_adapter
 from ..errors import InputError
 from ..schedule import Schedule
 from .data import ManifestExamples, answer_tokens, check_videos, collate, file_hash
@@ -52,6 +53,8 @@ class FinetuneConfig:
         max_answer_tokens: longest answer (with the end-of-sequence token).
         bf16: bfloat16 autocast; gradient_checkpointing: recompute blocks in the backward.
         save_steps, eval_steps, logging_steps: how often to save a checkpoint, evaluate, log.
+        variant, toy_items: ``--model toy`` only: the benchmark variant (None: all the checkpoint's, mixed) and the
+            training items per step budget (None: ``steps × batch × accumulation``; see :mod:`.toy`).
     """
 
     schedule: str = "progressive"
@@ -79,6 +82,8 @@ class FinetuneConfig:
     save_steps: int = 50
     eval_steps: int = 50
     logging_steps: int = 1
+    variant: str | None = None
+    toy_items: int | None = None
     extra: dict = field(default_factory=dict)
 
     def check(self) -> FinetuneConfig:
@@ -104,6 +109,8 @@ class FinetuneConfig:
         validate.number(self.lr, "lr (--lr)", 0, low_open=True, fix="e.g. 1e-4 for LoRA, 1e-5 for --full")
         validate.integer(self.warmup_steps, "warmup_steps (--warmup-steps)", 0)
         validate.integer(self.max_answer_tokens, "max_answer_tokens (--max-answer-tokens)", 1, fix="e.g. 32")
+        if self.toy_items is not None:
+            validate.integer(self.toy_items, "toy_items (--toy-items)", 1, fix="training items of the toy benchmark")
         for name in ("save_steps", "eval_steps", "logging_steps"):
             validate.integer(getattr(self, name), f"{name} (--{name.replace('_', '-')})", 1)
         return self
@@ -174,9 +181,8 @@ def make_trainer_class():
             Path(output_dir).mkdir(parents=True, exist_ok=True)
             wrapped = self.accelerator.unwrap_model(self.model)
             wrapped.model.save_pretrained(output_dir)  # peft: the adapter only; full: the whole model
-            if self.finetune_full:
-                self.finetune_vlm.tokenizer.save_pretrained(output_dir)
-                _copy_processor_files(self.finetune_vlm.path, Path(output_dir))
+            if self.finetune_full and self.finetune_save_extra is not None:
+                self.finetune_save_extra(Path(output_dir))  # what loads beside full weights (tokenizer, processor)
             torch.save(self.args, Path(output_dir) / "training_args.bin")
 
         def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
@@ -309,21 +315,53 @@ def finetune(
         ``{"out", "steps", "stopped_early", "train_loss", "eval_loss"}``.
     """
     cfg = (config or FinetuneConfig()).check()
-    setup = plan(model, data, cfg, eval_data)
     out = Path(out)
+    if is_toy(model, data):
+        check_sharding()
+        check_out(out, resume)
+        record = {"base_model": str(model), "data": {"path": "toy", "hash": None}, "evs": cfg.evs,
+                  "config": {k: v for k, v in asdict(cfg).items() if k != "extra"}, "versions": _versions()}  # fmt: skip
+        if resume:
+            _check_resume(out, record, keys=("evs", "config"))
+        from .toy import finetune_toy
+
+        return finetune_toy(model, out, cfg, cfg.variant, cfg.toy_items, resume, max_minutes, progress, record)
+    if cfg.variant is not None or cfg.toy_items is not None:
+        raise InputError("--variant and --toy-items belong to --model toy --data toy; drop them for a checkpoint")
+    setup = plan(model, data, cfg, eval_data)
     check_out(out, resume)
     record = {**_record(model, data, eval_data, cfg, setup["schedule"], setup["targets"]), "versions": _versions()}
     if resume:
-        from .lora import read_record
-
-        saved = read_record(out) or {}
-        differ = [k for k in RESUME_KEYS if saved.get(k) != json.loads(json.dumps(record[k]))]
-        if saved and (differ or saved.get("data", {}).get("hash") != record["data"]["hash"]):
-            raise InputError(
-                f"--resume: {out} was trained with other {', '.join(differ) or 'data'} than this command; give the "
-                "same settings and data to continue it, or another --out for a new run"
-            )
+        _check_resume(out, record)
     return _train(model, out, cfg, setup, record, resume, max_minutes, progress, device, dtype)
+
+
+def is_toy(model, data) -> bool:
+    """Whether ``model``/``data`` name the embedded toy (``toy`` or a ``train-toy`` directory, and ``toy``).
+
+    Raises:
+        InputError: one of them is the toy and the other is not.
+    """
+    toy = str(model) == "toy" or (Path(model) / "train_config.yaml").is_file()
+    if toy != (str(data) == "toy"):
+        raise InputError(
+            "--model toy (or a train-toy directory) takes --data toy, and a video VLM checkpoint takes a JSONL "
+            f"manifest: got --model {model} --data {data}"
+        )
+    return toy
+
+
+def _check_resume(out: Path, record: dict, keys=RESUME_KEYS) -> None:
+    """Refuse to resume a run saved with other settings or data than ``record``'s."""
+    from .lora import read_record
+
+    saved = read_record(out) or {}
+    differ = [k for k in keys if saved.get(k) != json.loads(json.dumps(record[k]))]
+    if saved and (differ or saved.get("data", {}).get("hash") != record["data"]["hash"]):
+        raise InputError(
+            f"--resume: {out} was trained with other {', '.join(differ) or 'data'} than this command; give the "
+            "same settings and data to continue it, or another --out for a new run"
+        )
 
 
 def check_sharding(env=None) -> None:
@@ -363,7 +401,6 @@ def plan(model, data, cfg: FinetuneConfig, eval_data=None) -> dict:
     from transformers import AutoConfig, AutoTokenizer
 
     from .. import validate
-    from ..adapters import get_adapter
     from ..manifest import read_manifest
 
     check_sharding()
@@ -420,24 +457,10 @@ def _meta_model(model, AutoConfig):
 
 
 def _train(model_dir, out: Path, cfg, setup, record, resume, max_minutes, progress, device, dtype) -> dict:
-    from transformers import TrainingArguments
-    from transformers.trainer_utils import get_last_checkpoint
-
-    from ..adapters import get_adapter
     from ..vlm import LoadOptions
 
     vlm = LoadOptions(model=model_dir, dtype=dtype, device=device).load()
-    for p in vlm.model.parameters():
-        p.requires_grad_(False)
-    if cfg.full:
-        for p in vlm.adapted.decoder.parameters():
-            p.requires_grad_(True)
-        trained = vlm.model
-    else:
-        from transformers import set_seed
-
-        set_seed(cfg.seed)  # LoRA's A is drawn at random: the same run starts from the same adapter
-        trained = add_lora(vlm.model, setup["targets"], cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout)
+    trained = trainable(vlm.model, vlm.adapted, cfg, setup["targets"])
     vlm.adapted = get_adapter(vlm.model)  # the blocks and mixers as they are now (LoRA layers in place)
     module = ReducedLoss(vlm, trained, setup["schedule"], cfg.evs)
     train_set = ManifestExamples(vlm, setup["items"], setup["answers"], cfg.frames, cfg.fps, cfg.max_frames)
@@ -445,6 +468,37 @@ def _train(model_dir, out: Path, cfg, setup, record, resume, max_minutes, progre
     if setup["eval_items"] is not None:
         eval_set = ManifestExamples(vlm, setup["eval_items"], setup["eval_answers"], cfg.frames, cfg.fps,
                                     cfg.max_frames)  # fmt: skip
+
+    def save_extra(folder: Path) -> None:
+        vlm.tokenizer.save_pretrained(folder)
+        _copy_processor_files(vlm.path, folder)
+
+    return run_trainer(module, train_set, eval_set, collate, out, cfg, record, resume, max_minutes, progress, device,
+                       save_extra)  # fmt: skip
+
+
+def trainable(model: nn.Module, adapted, cfg: FinetuneConfig, targets) -> nn.Module:
+    """Freeze ``model``; then LoRA on ``targets`` (returns the peft model) or, with ``cfg.full``, every weight of the
+    language model trainable (returns ``model``). The vision tower stays frozen either way."""
+    for p in model.parameters():
+        p.requires_grad_(False)
+    if cfg.full:
+        for p in adapted.decoder.parameters():
+            p.requires_grad_(True)
+        return model
+    from transformers import set_seed
+
+    set_seed(cfg.seed)  # LoRA's A is drawn at random: the same run starts from the same adapter
+    return add_lora(model, targets, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout)
+
+
+def run_trainer(module, train_set, eval_set, collate_fn, out: Path, cfg, record, resume, max_minutes, progress,
+                device, save_extra=None) -> dict:  # fmt: skip
+    """The Trainer on ``module`` (a loss module: ``forward(**batch)`` returns ``{"loss"}``) with ``cfg``'s settings:
+    ``record`` written first, checkpoints, ``train_log.jsonl``, the final save and the plot into ``out``."""
+    from transformers import TrainingArguments
+    from transformers.trainer_utils import get_last_checkpoint
+
     out.mkdir(parents=True, exist_ok=True)
     (out / RECORD).write_text(json.dumps(record, indent=1) + "\n")
     args = TrainingArguments(
@@ -477,8 +531,8 @@ def _train(model_dir, out: Path, cfg, setup, record, resume, max_minutes, progre
     Trainer, JsonlLog = make_trainer_class()
     log = JsonlLog(out / "train_log.jsonl", max_minutes)
     trainer = Trainer(model=module, args=args, train_dataset=train_set, eval_dataset=eval_set,
-                      data_collator=collate, callbacks=[log])  # fmt: skip
-    trainer.finetune_full, trainer.finetune_vlm = cfg.full, vlm
+                      data_collator=collate_fn, callbacks=[log])  # fmt: skip
+    trainer.finetune_full, trainer.finetune_save_extra = cfg.full, save_extra
     checkpoint = get_last_checkpoint(str(out)) if resume else None
     result = trainer.train(resume_from_checkpoint=checkpoint)
     trainer.save_model(str(out))
@@ -487,7 +541,7 @@ def _train(model_dir, out: Path, cfg, setup, record, resume, max_minutes, progre
         plot_curves(history, out / "training_curves.png")
     evals = [h["eval_loss"] for h in history if "eval_loss" in h]
     return {"out": str(out), "steps": trainer.state.global_step, "stopped_early": log.stopped_early,
-            "train_loss": result.training_loss, "eval_loss": evals[-1] if evals else None}  # fmt: skip
+            "train_loss": result.training_loss, "eval_loss": evals[-1] if evals else None, "module": module}  # fmt: skip
 
 
 def _checkpointing_args(TrainingArguments, on: bool) -> dict:
