@@ -71,9 +71,7 @@ def config_from_args(args: argparse.Namespace) -> FinetuneConfig:
 
     values: dict = {}
     if args.config is not None:
-        raw = read_yaml(args.config)
-        if not isinstance(raw, dict):
-            raise InputError(f"--config {args.config}: expected a mapping of settings, got {type(raw).__name__}")
+        raw = dict(read_yaml(args.config, "finetune config (--config)"))
         unknown = sorted(set(raw) - set(CONFIG_FIELDS))
         if unknown:
             raise InputError(f"--config {args.config}: unknown settings {unknown}; known: {', '.join(CONFIG_FIELDS)}")
