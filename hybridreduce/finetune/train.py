@@ -518,6 +518,7 @@ def run_trainer(module, train_set, eval_set, collate_fn, out: Path, cfg, record,
         logging_steps=cfg.logging_steps,
         save_strategy="steps",
         save_steps=cfg.save_steps,
+        save_total_limit=2,  # resuming needs the last; the one before covers a kill while the last was written
         eval_strategy="steps" if eval_set is not None else "no",
         eval_steps=cfg.eval_steps,
         report_to=[],
