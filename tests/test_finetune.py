@@ -299,7 +299,7 @@ def test_finetune_saves_an_adapter_that_run_answers_with(files, tmp_path, capsys
 @pytest.mark.xfail(
     strict=True,
     reason="runner.answer_config does not record vlm.adapter, so run reuses the base model's lines for the adapted "
-    "model in the same --out (one line for the lead: \"adapter\": vlm.adapter and str(...) in answer_config)",
+    'model in the same --out (one line for the lead: "adapter": vlm.adapter and str(...) in answer_config)',
 )
 def test_run_with_an_adapter_does_not_reuse_the_base_models_answers(files, tmp_path):
     from hybridreduce.runner import answer_config, settings_for

@@ -24,8 +24,13 @@ def test_two_gloo_processes_follow_the_single_process_curve(files, tmp_path):  #
     common = ["finetune", "--model", str(files["model"]), "--data", str(files["data"]), "--frames", str(FRAMES),
               "--steps", "3", "--lr", "0.01", "--lora-r", "4", "--save-steps", "10", "--no-progress"]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    single = subprocess.run([sys.executable, "-m", "hybridreduce", *common, "--batch-size", "2",
-                             "--out", str(tmp_path / "one")], env=env, capture_output=True, text=True, timeout=300)
+    single = subprocess.run(
+        [sys.executable, "-m", "hybridreduce", *common, "--batch-size", "2", "--out", str(tmp_path / "one")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert single.returncode == 0, single.stderr[-3000:]
     launch = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
               str(_free_port()), "-m", "hybridreduce"]  # fmt: skip

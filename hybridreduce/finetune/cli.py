@@ -10,7 +10,7 @@ from ..errors import InputError
 from .train import FinetuneConfig, finetune
 
 #: FinetuneConfig fields a ``--config`` YAML may set (the command line's flags override them).
-CONFIG_FIELDS = tuple(f.name for f in fields(FinetuneConfig) if f.name != "extra")
+CONFIG_FIELDS = tuple(f.name for f in fields(FinetuneConfig))
 
 
 def register(subparsers) -> argparse.ArgumentParser:
@@ -77,8 +77,7 @@ def config_from_args(args: argparse.Namespace) -> FinetuneConfig:
             raise InputError(f"--config {args.config}: unknown settings {unknown}; known: {', '.join(CONFIG_FIELDS)}")
         values.update(raw)
     for name in CONFIG_FIELDS:
-        flag = "grad_accum" if name == "grad_accum" else name
-        given = getattr(args, flag, None)
+        given = getattr(args, name, None)
         if given is not None:
             values[name] = given
     if isinstance(values.get("target_modules"), str):

@@ -4,8 +4,9 @@ The paper's claim — light finetuning under reduction improves the reduced mode
 the shipped checkpoint (or a ``train-toy`` directory) is finetuned under the schedule it is then evaluated with,
 on the toy benchmark's ``train`` split, and the ablation is the same steps, data and learning rate at full tokens
 (``--schedule none``). The schedule is a method of ``hybridreduce demo`` (``progressive-calibrated``, ``random``,
-``progressive``, ...) at ``--keep``, solved exactly as the demo solves it (:func:`hybridreduce.toy.demo.feasible_schedule`;
-``progressive-calibrated`` by :func:`~hybridreduce.toy.demo.calibrate_schedules` on unlabeled ``val`` prompts).
+``progressive``, ...) at ``--keep``, solved exactly as the demo solves it
+(:func:`hybridreduce.toy.demo.feasible_schedule`; ``progressive-calibrated`` by
+:func:`~hybridreduce.toy.demo.calibrate_schedules` on unlabeled ``val`` prompts).
 
 The loss is the cross-entropy of the answer word at the ``<answer>`` marker — the logits the demo's multiple-choice
 evaluation reads — computed by the demo's own forward (:func:`hybridreduce.toy.demo._forward_logits`), so training

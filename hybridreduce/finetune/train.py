@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -84,7 +84,6 @@ class FinetuneConfig:
     logging_steps: int = 1
     variant: str | None = None
     toy_items: int | None = None
-    extra: dict = field(default_factory=dict)
 
     def check(self) -> FinetuneConfig:
         """Every field in range (:class:`~hybridreduce.errors.InputError` names the flag and the fix)."""
@@ -96,7 +95,7 @@ class FinetuneConfig:
         check_evs(self.evs)
         check_sampling(self.frames, self.fps, self.max_frames)
         if not self.full:
-            validate.integer(self.lora_r, "lora_r (--lora-r)", 1, fix="the LoRA rank, e.g. 16; --full trains every weight")
+            validate.integer(self.lora_r, "lora_r (--lora-r)", 1, fix="the LoRA rank, e.g. 16 (--full: every weight)")
             validate.number(self.lora_alpha, "lora_alpha (--lora-alpha)", 0, low_open=True, fix="e.g. 2 × --lora-r")
             validate.number(self.lora_dropout, "lora_dropout (--lora-dropout)", 0, 1, high_open=True)
         elif self.target_modules is not None:
@@ -254,12 +253,13 @@ def _record(model_dir, data, eval_data, cfg: FinetuneConfig, schedule, targets) 
     return {
         "base_model": str(Path(model_dir).resolve()),
         "data": {"path": str(Path(data).resolve()), "hash": file_hash(data)},
-        "eval_data": None if eval_data is None else {"path": str(Path(eval_data).resolve()),
-                                                     "hash": file_hash(eval_data)},  # fmt: skip
+        "eval_data": None
+        if eval_data is None
+        else {"path": str(Path(eval_data).resolve()), "hash": file_hash(eval_data)},  # fmt: skip
         "schedule": None if schedule is None else schedule.to_dict(),
         "keep": None if schedule is None else schedule.keep,
         "evs": cfg.evs,
-        "config": {k: v for k, v in asdict(cfg).items() if k != "extra"},
+        "config": asdict(cfg),
         "lora_targets": targets,
     }
 
@@ -320,7 +320,7 @@ def finetune(
         check_sharding()
         check_out(out, resume)
         record = {"base_model": str(model), "data": {"path": "toy", "hash": None}, "evs": cfg.evs,
-                  "config": {k: v for k, v in asdict(cfg).items() if k != "extra"}, "versions": _versions()}  # fmt: skip
+                  "config": asdict(cfg), "versions": _versions()}  # fmt: skip
         if resume:
             _check_resume(out, record, keys=("evs", "config"))
         from .toy import finetune_toy
@@ -398,7 +398,7 @@ def plan(model, data, cfg: FinetuneConfig, eval_data=None) -> dict:
     The model is built on the ``meta`` device from its config (no weights, no memory) to read its depth and module
     names through the hybridreduce adapter.
     """
-    from transformers import AutoConfig, AutoTokenizer
+    from transformers import AutoTokenizer
 
     from .. import validate
     from ..manifest import read_manifest
@@ -416,7 +416,7 @@ def plan(model, data, cfg: FinetuneConfig, eval_data=None) -> dict:
         None if eval_items is None else answer_tokens(eval_items, tokenizer, cfg.max_answer_tokens, "--eval-data")
     )
     schedule = cfg.schedule_object()
-    meta = _meta_model(model, AutoConfig)
+    meta = _meta_model(model)
     adapted = get_adapter(meta, allow_meta=True)  # UnsupportedModelError: a language model no adapter knows
     if schedule is not None:
         try:
@@ -428,9 +428,9 @@ def plan(model, data, cfg: FinetuneConfig, eval_data=None) -> dict:
             "schedule": schedule, "targets": targets}  # fmt: skip
 
 
-def _meta_model(model, AutoConfig):
+def _meta_model(model):
     """The checkpoint's architecture on the meta device (no weights)."""
-    from transformers import AutoModel, AutoModelForImageTextToText
+    from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText
 
     from ..adapters import supported_model_types
     from ..errors import UnsupportedModelError
@@ -542,7 +542,7 @@ def run_trainer(module, train_set, eval_set, collate_fn, out: Path, cfg, record,
         plot_curves(history, out / "training_curves.png")
     evals = [h["eval_loss"] for h in history if "eval_loss" in h]
     return {"out": str(out), "steps": trainer.state.global_step, "stopped_early": log.stopped_early,
-            "train_loss": result.training_loss, "eval_loss": evals[-1] if evals else None, "module": module}  # fmt: skip
+            "train_loss": result.training_loss, "eval_loss": evals[-1] if evals else None}  # fmt: skip
 
 
 def _checkpointing_args(TrainingArguments, on: bool) -> dict:
@@ -580,4 +580,3 @@ def plot_curves(history: list[dict], path: Path) -> Path:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
-
