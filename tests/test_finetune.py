@@ -181,6 +181,29 @@ def test_accumulated_gradients_equal_the_whole_batch(trainable, examples):
     assert err < 1e-6
 
 
+def test_trainer_accumulation_and_batch_give_one_objective(files, tmp_path):
+    """Through the Trainer: 2 examples a step as one batch or as 2 accumulated micro-batches log the same loss and
+    gradient norm (answers of 2 and 4 tokens: the loss is the mean over the step's answer tokens)."""
+    rows = [json.loads(x) for x in files["data"].read_text().splitlines()][:2]
+    rows[1] = {**rows[1], "options": [], "answer": "A B C"}
+    for r in rows:
+        r["video"] = str(files["root"] / r["video"])
+    data = tmp_path / "mixed.jsonl"
+    write_manifest(data, rows)
+    logs = {}
+    for name, flags in (("batch", ["--batch-size", "2"]), ("accum", ["--batch-size", "1", "--grad-accum", "2"])):
+        out = tmp_path / name
+        argv = ["finetune", "--model", str(files["model"]), "--data", str(data), "--out", str(out), "--frames",
+                str(FRAMES), "--steps", "2", "--lr", "0.01", "--lora-r", "4", "--no-progress", *flags]  # fmt: skip
+        assert main(argv) == 0
+        logs[name] = [json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines() if '"loss"' in x]
+    for key in ("loss", "grad_norm"):
+        a, b = [r[key] for r in logs["batch"]], [r[key] for r in logs["accum"]]
+        print(key, a, b)
+        assert len(a) == 2 and a == pytest.approx(b, rel=1e-5)
+    assert logs["batch"][0]["loss"] < 10  # a mean cross-entropy per answer token, not a sum over micro-batches
+
+
 def test_bf16_autocast_keeps_the_cuts_and_the_gradient(trainable, examples):
     _, reference = _grads(trainable, examples, PROGRESSIVE)
     with torch.autocast("cpu", dtype=torch.bfloat16):

@@ -10,6 +10,8 @@ import sys
 
 import pytest
 
+from hybridreduce.manifest import write_manifest
+
 from .test_finetune import FRAMES
 from .test_finetune import files as files  # noqa: F401 (the module fixture)
 from .test_run import _free_port
@@ -21,7 +23,15 @@ def _losses(out) -> list[float]:
 
 
 def test_two_gloo_processes_follow_the_single_process_curve(files, tmp_path):  # noqa: F811
-    common = ["finetune", "--model", str(files["model"]), "--data", str(files["data"]), "--frames", str(FRAMES),
+    # Answers of 2 to 5 tokens: each process's loss must be divided by the answer tokens of both (gathered).
+    rows = [json.loads(x) for x in files["data"].read_text().splitlines()]
+    rows[1] = {**rows[1], "options": [], "answer": "A B C D"}
+    rows[2] = {**rows[2], "options": [], "answer": "the colour"}
+    for r in rows:
+        r["video"] = str(files["root"] / r["video"])
+    data = tmp_path / "mixed.jsonl"
+    write_manifest(data, rows)
+    common = ["finetune", "--model", str(files["model"]), "--data", str(data), "--frames", str(FRAMES),
               "--steps", "3", "--lr", "0.01", "--lora-r", "4", "--save-steps", "10", "--no-progress"]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     single = subprocess.run(

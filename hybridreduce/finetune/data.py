@@ -8,8 +8,9 @@ an answer longer than ``max_answer_tokens``), reading only the checkpoint's toke
 :class:`ManifestExamples` reads each video when the data loader asks for it, sampled exactly as ``run`` samples it
 (``frames`` uniform, or ``fps`` capped by ``max_frames``: :func:`hybridreduce.video.read_video`), and builds the
 prompt with :meth:`hybridreduce.vlm.VLM.prompt`. :func:`collate` keeps a batch as a list of examples (the loss pads
-them, :func:`hybridreduce.finetune.loss.right_pad`) plus ``shift_labels``, the answer tokens, which transformers'
-``Trainer`` counts to normalise the loss over gradient accumulation and processes.
+them, :func:`hybridreduce.finetune.loss.right_pad`) plus ``labels``, the answer tokens, which transformers'
+``Trainer`` counts (``num_items_in_batch``: it counts only a batch key named ``labels``) to normalise the loss over
+gradient accumulation and processes.
 """
 
 from __future__ import annotations
@@ -106,9 +107,9 @@ class ManifestExamples(torch.utils.data.Dataset):
 
 
 def collate(examples: list[Example]) -> dict:
-    """A batch: ``examples`` as they are and ``shift_labels`` ``(b, A_max)`` (answer tokens, :data:`IGNORE` after)."""
+    """A batch: ``examples`` as they are and ``labels`` ``(b, A_max)`` (answer tokens, :data:`IGNORE` after)."""
     A = max(e.answer_ids.shape[0] for e in examples)
     labels = torch.full((len(examples), A), IGNORE, dtype=torch.long)
     for k, e in enumerate(examples):
         labels[k, : e.answer_ids.shape[0]] = e.answer_ids
-    return {"examples": list(examples), "shift_labels": labels}
+    return {"examples": list(examples), "labels": labels}

@@ -57,7 +57,7 @@ class ToyExamples(torch.utils.data.Dataset):
 
 
 class ToyCollate:
-    """A toy batch (:func:`hybridreduce.toy.encoding.collate`) and ``shift_labels`` ``(b, 1)``: the answer word's id."""
+    """A toy batch (:func:`hybridreduce.toy.encoding.collate`) and ``labels`` ``(b, 1)``: the answer word's id."""
 
     def __init__(self, sheet) -> None:
         self.sheet = sheet
@@ -68,7 +68,7 @@ class ToyCollate:
         batch = collate(samples)
         targets = torch.stack([self.sheet.candidates[q][int(a)] for q, a in zip(batch["qtype"], batch["answer_index"],
                                                                                  strict=True)])  # fmt: skip
-        return {"batch": batch, "shift_labels": targets[:, None]}
+        return {"batch": batch, "labels": targets[:, None]}
 
 
 class ToyReducedLoss(nn.Module):
@@ -84,14 +84,14 @@ class ToyReducedLoss(nn.Module):
         self.n_blocks = get_adapter(toy).num_blocks
         self.last: dict = {}
 
-    def forward(self, batch, shift_labels, num_items_in_batch=None):
+    def forward(self, batch, labels, num_items_in_batch=None):
         import time
 
         from ..toy.demo import _forward_logits
 
         start = time.perf_counter()
         logits, block_visual, _ = _forward_logits(self.toy, batch, self.method, self.keep, self.schedule, self.n_blocks)
-        targets = shift_labels[:, 0].to(logits.device)
+        targets = labels[:, 0].to(logits.device)
         loss_sum = F.cross_entropy(logits.float(), targets, ignore_index=IGNORE, reduction="sum")
         loss = loss_sum / (num_items_in_batch if num_items_in_batch is not None else targets.numel())
         V = int(batch["visual_mask"][0].sum())

@@ -141,7 +141,7 @@ class ReducedLoss(nn.Module):
         self.vlm, self.model, self.schedule, self.evs = vlm, model, schedule, evs
         self.last: dict = {}
 
-    def forward(self, examples, shift_labels=None, num_items_in_batch=None):
+    def forward(self, examples, labels=None, num_items_in_batch=None):
         start = time.perf_counter()
         out = answer_loss(self.vlm, examples, self.schedule, self.evs)
         # Summed over the answer tokens, divided by those of the whole accumulated (and gathered) batch.
@@ -523,7 +523,7 @@ def run_trainer(module, train_set, eval_set, collate_fn, out: Path, cfg, record,
         eval_steps=cfg.eval_steps,
         report_to=[],
         remove_unused_columns=False,
-        label_names=["shift_labels"],
+        label_names=["labels"],
         disable_tqdm=not progress,
         dataloader_num_workers=0,
         use_cpu=device in (None, "cpu") and not torch.cuda.is_available(),
