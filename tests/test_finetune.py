@@ -317,6 +317,13 @@ def test_finetune_saves_an_adapter_that_run_answers_with(files, tmp_path, capsys
     assert code == 0
     rows = [json.loads(line) for line in (tmp_path / "run" / "predictions.jsonl").read_text().splitlines()]
     assert len(rows) == 8 and not any("error" in r for r in rows)
+    video = str(files["root"] / "videos" / "a.mp4")
+    generate = ["generate", "--model", str(files["model"]), "--adapter", str(out), "--video", video, "--question",
+                "what colour ?", "--frames", str(FRAMES)]  # fmt: skip
+    assert main(generate) == 0 and "[progressive@0.25]" in capsys.readouterr().out
+    calibrate = ["calibrate", "--model", str(files["model"]), "--adapter", str(out), "--data", str(files["data"]),
+                 "--out", str(tmp_path / "cal.yaml"), "--size", "4", "--frames", str(FRAMES), "--no-progress"]  # fmt: skip
+    assert main(calibrate) == 0 and (tmp_path / "cal.yaml").is_file()
 
 
 @pytest.mark.xfail(
