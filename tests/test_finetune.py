@@ -322,7 +322,8 @@ def test_finetune_saves_an_adapter_that_run_answers_with(files, tmp_path, capsys
                 "what colour ?", "--frames", str(FRAMES)]  # fmt: skip
     assert main(generate) == 0 and "[progressive@0.25]" in capsys.readouterr().out
     calibrate = ["calibrate", "--model", str(files["model"]), "--adapter", str(out), "--data", str(files["data"]),
-                 "--out", str(tmp_path / "cal.yaml"), "--size", "4", "--frames", str(FRAMES), "--no-progress"]  # fmt: skip
+                 "--out", str(tmp_path / "cal.yaml"), "--size", "4", "--frames", str(FRAMES),
+                 "--no-progress"]  # fmt: skip
     assert main(calibrate) == 0 and (tmp_path / "cal.yaml").is_file()
 
 
@@ -338,6 +339,17 @@ def test_run_with_an_adapter_does_not_reuse_the_base_models_answers(files, tmp_p
     base = answer_config(files["vlm"], setting, FRAMES, None, None, 8)
     adapted = files["vlm"].__class__(**{**files["vlm"].__dict__, "adapter": tmp_path})
     assert answer_config(adapted, setting, FRAMES, None, None, 8) != base
+
+
+def test_python_entry_point_takes_settings_as_keywords(files, tmp_path):
+    import hybridreduce
+
+    result = hybridreduce.finetune(files["model"], files["data"], tmp_path / "py", schedule="random", keep=0.5,
+                                   steps=1, frames=FRAMES, lora_r=2, progress=False)  # fmt: skip
+    record = json.loads((tmp_path / "py" / "hybridreduce_finetune.json").read_text())
+    assert result["steps"] == 1 and record["schedule"]["method"] == "random" and record["keep"] == 0.5
+    with pytest.raises(hybridreduce.InputError, match="unknown setting"):
+        hybridreduce.finetune(files["model"], files["data"], tmp_path / "py2", lora_rank=2)
 
 
 def test_resume_continues_exactly(files, tmp_path):

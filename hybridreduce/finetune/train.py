@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import torch
@@ -296,8 +296,12 @@ def finetune(
     progress: bool = True,
     device: str | None = None,
     dtype: str = "auto",
+    **settings,
 ) -> dict:
     """Finetune the video VLM in ``model`` on the manifest ``data`` under ``config.schedule``; write into ``out``.
+
+    ``hybridreduce.finetune("ckpt", "train.jsonl", "runs/ft", schedule="progressive", keep=0.25, steps=200)``:
+    the settings are :class:`FinetuneConfig`'s fields, given as keywords or as ``config``.
 
     Every argument, the manifests, the answers' lengths, the schedule against the model's depth and the LoRA
     targets are checked before the model's weights load (:func:`plan`).
@@ -306,7 +310,7 @@ def finetune(
         model: a video VLM checkpoint directory (as ``run`` takes it).
         data, eval_data: JSONL manifests with answers (``eval_data``: the loss on it at every ``eval_steps``).
         out: the output directory (see the module docstring).
-        config: a :class:`FinetuneConfig` (default settings when None).
+        config: a :class:`FinetuneConfig` (default settings when None); ``settings`` override its fields.
         resume: continue the run in ``out`` from its last checkpoint (same settings and data).
         max_minutes: stop (a checkpoint saved) at the first step after this many minutes; resume later.
         progress: the Trainer's progress bar.
@@ -314,7 +318,11 @@ def finetune(
     Returns:
         ``{"out", "steps", "stopped_early", "train_loss", "eval_loss"}``.
     """
-    cfg = (config or FinetuneConfig()).check()
+    known = {f.name for f in fields(FinetuneConfig)}
+    unknown = sorted(set(settings) - known)
+    if unknown:
+        raise InputError(f"finetune(): unknown setting(s) {unknown}; the settings are {', '.join(sorted(known))}")
+    cfg = replace(config or FinetuneConfig(), **settings).check()
     out = Path(out)
     if is_toy(model, data):
         check_sharding()
