@@ -43,6 +43,7 @@ def test_toy_finetune_trains_resumes_and_writes_a_demo_checkpoint(tmp_path, caps
     assert main([*argv, "--resume"]) == 0
     record = json.loads((out / "hybridreduce_finetune.json").read_text())
     assert record["toy"]["method"] == "random" and record["keep"] == 0.25 and record["toy"]["variants"] == ["static"]
+    assert record["schedule"]["static"]["method"] == "random"
     assert record["config"]["lr"] == 0.0002 and record["config"]["lora_r"] == 2  # from the config, and a flag
     steps = [json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines()]
     kept = [r["visual_kept"] for r in steps if "visual_kept" in r]

@@ -13,6 +13,10 @@ evaluation reads — computed by the demo's own forward (:func:`hybridreduce.toy
 and evaluation make the same cuts. Items of the checkpoint's variants are mixed (one variant per example: with
 several variants ``--batch-size`` must be 1; use ``--grad-accum`` for larger steps).
 
+``progressive-calibrated`` is calibrated per variant on the base model (its record lists each variant's schedule);
+the demo calibrates again on the model it evaluates, so a finetuned model is evaluated under its own calibration,
+the method's rule (the record shows whether the layout moved).
+
 Besides the adapter, the run writes ``merged/``: the finetuned weights with the base checkpoint's
 ``train_config.yaml``, a ``train-toy`` checkpoint that ``hybridreduce demo --checkpoint OUT/merged --split val``
 evaluates per question type (choose steps and learning rate on ``val``, report ``test`` once).
@@ -52,7 +56,7 @@ class ToyExamples(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> dict:
         for k, d in enumerate(self.datasets):
             if i < self.offsets[k + 1]:
-                return d.encoded(i - self.offsets[k])
+                return {**d.encoded(i - self.offsets[k]), "variant": d.cfg.variant}
         raise IndexError(i)
 
 
@@ -76,11 +80,11 @@ class ToyReducedLoss(nn.Module):
 
     accepts_loss_kwargs = True
 
-    def __init__(self, toy, model: nn.Module, method, keep: float, schedule) -> None:
+    def __init__(self, toy, model: nn.Module, method, keep: float, schedules: dict) -> None:
         super().__init__()
         from ..adapters import get_adapter
 
-        self.toy, self.model, self.method, self.keep, self.schedule = toy, model, method, keep, schedule
+        self.toy, self.model, self.method, self.keep, self.schedules = toy, model, method, keep, schedules
         self.n_blocks = get_adapter(toy).num_blocks
         self.last: dict = {}
 
@@ -90,7 +94,8 @@ class ToyReducedLoss(nn.Module):
         from ..toy.demo import _forward_logits
 
         start = time.perf_counter()
-        logits, block_visual, _ = _forward_logits(self.toy, batch, self.method, self.keep, self.schedule, self.n_blocks)
+        schedule = self.schedules[batch["variant"][0]]  # a batch holds one variant (ToyCollate)
+        logits, block_visual, _ = _forward_logits(self.toy, batch, self.method, self.keep, schedule, self.n_blocks)
         targets = labels[:, 0].to(logits.device)
         loss_sum = F.cross_entropy(logits.float(), targets, ignore_index=IGNORE, reduction="sum")
         loss = loss_sum / (num_items_in_batch if num_items_in_batch is not None else targets.numel())
@@ -103,14 +108,15 @@ class ToyReducedLoss(nn.Module):
         return self.toy.activation_checkpointing_enable(**kwargs)
 
 
-def toy_schedule(model, spec, method_name: str | None, keep: float | None):
-    """``(method record, keep, in-LM schedule or None)`` of a demo method at ``keep`` (``none``: full tokens)."""
+def toy_schedules(model, spec, method_name: str | None, keep: float | None, variants) -> tuple:
+    """``(method record, keep, {variant: in-LM schedule or None})`` of a demo method at ``keep`` (``none``: full
+    tokens): ``progressive-calibrated`` calibrates on each variant's unlabeled ``val`` prompts, as the demo does."""
     from ..toy.demo import DEMO_METHODS, FULL, calibrate_schedules, demo_method, feasible_schedule
 
     if method_name in (None, "none", "full"):
         if keep is not None:
             raise InputError(f"--keep {keep:g} with --schedule none: there is nothing to cut; drop --keep")
-        return FULL, 1.0, None
+        return FULL, 1.0, dict.fromkeys(variants)
     if method_name not in DEMO_METHODS:
         raise InputError(
             f"--schedule {method_name!r}: with --model toy the schedule is a demo method: {', '.join(DEMO_METHODS)}, "
@@ -118,12 +124,13 @@ def toy_schedule(model, spec, method_name: str | None, keep: float | None):
         )
     keep = 0.25 if keep is None else keep
     record = demo_method(method_name)
+    configs = {c.variant: c for c in spec.configs}
     if record.calibrated:
-        return record, keep, calibrate_schedules(model, spec.configs[0], spec.vocab, [keep])[keep]
+        return record, keep, {v: calibrate_schedules(model, configs[v], spec.vocab, [keep])[keep] for v in variants}
     schedule, note = feasible_schedule(record, keep, model)
     if note:
         print(f"--schedule {method_name}: {note}")
-    return record, keep, schedule
+    return record, keep, dict.fromkeys(variants, schedule)
 
 
 def finetune_toy(model: str, out: Path, cfg, variant: str | None, items: int | None, resume, max_minutes, progress,
@@ -148,18 +155,19 @@ def finetune_toy(model: str, out: Path, cfg, variant: str | None, items: int | N
             f"--batch-size {cfg.batch_size} with {len(chosen)} variants: a toy batch holds one variant's videos; give "
             "--batch-size 1 and --grad-accum N (N examples a step), or one --variant"
         )
-    method, keep, schedule = toy_schedule(toy, spec, cfg.schedule, cfg.keep)
+    method, keep, schedules = toy_schedules(toy, spec, cfg.schedule, cfg.keep, chosen)
     adapted = get_adapter(toy)
     targets = None if cfg.full else resolve_targets(toy, adapted, cfg.target_modules)
     n = items or (cfg.steps * cfg.batch_size * cfg.grad_accum if cfg.steps else DEFAULT_ITEMS)
     per_variant = max(1, -(-n // len(chosen)))
     train_set = ToyExamples(ToyDataset(configs[v], "train", per_variant, vocab=spec.vocab) for v in chosen)
     eval_set = ToyExamples(ToyDataset(configs[v], "val", EVAL_ITEMS, vocab=spec.vocab) for v in chosen)
-    record = {**record_base, "schedule": None if schedule is None else schedule.to_dict(), "keep": keep,
+    resolved = {v: None if s is None else s.to_dict() for v, s in schedules.items()}
+    record = {**record_base, "schedule": resolved, "keep": keep,
               "toy": {"base": str(base), "method": method.name, "variants": chosen, "items_per_variant": per_variant},
               "lora_targets": targets}  # fmt: skip
     trained = trainable(toy, adapted, cfg, targets)
-    module = ToyReducedLoss(toy, trained, method, keep, schedule)
+    module = ToyReducedLoss(toy, trained, method, keep, schedules)
     result = run_trainer(module, train_set, eval_set, ToyCollate(AnswerSheet(spec.vocab)), out, cfg, record, resume,
                          max_minutes, progress, None)  # fmt: skip
     if not result["stopped_early"]:
