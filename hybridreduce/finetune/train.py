@@ -268,11 +268,20 @@ def _record(model_dir, data, eval_data, cfg: FinetuneConfig, schedule, targets) 
 RESUME_KEYS = ("schedule", "evs", "config", "lora_targets")
 
 
+def _rank() -> int:
+    """This process's rank under torchrun / accelerate launch (0 alone)."""
+    import os
+
+    return int(os.environ.get("RANK", "0"))
+
+
 def check_out(out: Path, resume: bool) -> None:
     """``out`` as a new run's folder, or (``resume``) one holding a run to continue; refused otherwise."""
     from .. import validate
 
     validate.writable_dir(out, "out (--out)")
+    if not resume and _rank() != 0:
+        return  # under torchrun rank 0 checks (and then writes the record, which the other ranks would find)
     has_run = (out / RECORD).is_file() or any(out.glob("checkpoint-*"))
     if has_run and not resume:
         raise InputError(
@@ -508,7 +517,8 @@ def run_trainer(module, train_set, eval_set, collate_fn, out: Path, cfg, record,
     from transformers.trainer_utils import get_last_checkpoint
 
     out.mkdir(parents=True, exist_ok=True)
-    (out / RECORD).write_text(json.dumps(record, indent=1) + "\n")
+    if _rank() == 0:
+        (out / RECORD).write_text(json.dumps(record, indent=1) + "\n")
     args = TrainingArguments(
         output_dir=str(out),
         max_steps=cfg.steps if cfg.steps is not None else -1,
