@@ -105,7 +105,11 @@ class ToyReducedLoss(nn.Module):
         return {"loss": loss}
 
     def activation_checkpointing_enable(self, **kwargs):
-        return self.toy.activation_checkpointing_enable(**kwargs)
+        from .train import enable_checkpointing
+
+        return enable_checkpointing(self.toy, **kwargs)
+
+    gradient_checkpointing_enable = activation_checkpointing_enable
 
 
 def toy_schedules(model, spec, method_name: str | None, keep: float | None, variants) -> tuple:

@@ -155,13 +155,17 @@ class ReducedLoss(nn.Module):
         The blocks' pre-hooks (where ``reduce()`` cuts and slices) run outside the checkpointed ``forward``, so the
         recomputation runs each block on the sequence it carried (``tests/test_finetune.py`` holds the gradients
         equal)."""
-        model = self.vlm.model
-        if hasattr(model, "activation_checkpointing_enable"):  # transformers 5.24
-            return model.activation_checkpointing_enable(**kwargs)
-        kwargs["gradient_checkpointing_kwargs"] = kwargs.pop("activation_checkpointing_kwargs", None)
-        return model.gradient_checkpointing_enable(**kwargs)
+        return enable_checkpointing(self.vlm.model, **kwargs)
 
     gradient_checkpointing_enable = activation_checkpointing_enable  # what transformers 5.23's Trainer calls
+
+
+def enable_checkpointing(model: nn.Module, **kwargs):
+    """``model.activation_checkpointing_enable(**kwargs)`` (transformers 5.24), or its 5.23 name."""
+    if hasattr(model, "activation_checkpointing_enable"):
+        return model.activation_checkpointing_enable(**kwargs)
+    kwargs["gradient_checkpointing_kwargs"] = kwargs.pop("activation_checkpointing_kwargs", None)
+    return model.gradient_checkpointing_enable(**kwargs)
 
 
 def make_trainer_class():
