@@ -13,8 +13,8 @@ from . import compat
 from .adapters import get_adapter, supported_model_types
 from .cache import ScoreCache
 from .engine import Reduction, cache_nbytes, reduce
-from .finetune import finetune
 from .errors import HybridReduceError, InputError, ScoreError, UnsupportedModelError
+from .finetune import finetune
 from .schedule import Plan, Schedule
 from .scoring.config import ScorerConfig
 from .taps import capture
