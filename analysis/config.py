@@ -100,6 +100,30 @@ def _prompt(prompt: Any) -> dict[str, int]:
     return {k: _int_at_least(v, f"prompt.{k}", minimum[k]) for k, v in out.items()}
 
 
+#: The ``diagnostics`` section's settings and their defaults (:func:`analysis.sections.diagnostics_section`).
+DIAGNOSTICS_DEFAULTS = {"videos": 32, "questions": 4, "keep": 0.25}
+
+
+def _diagnostics(value: Any) -> dict[str, Any] | None:
+    """None (off), or the settings of the optional ``diagnostics`` section with their defaults filled in."""
+    if value is None or value is False:
+        return None
+    if value is True:
+        value = {}
+    if not isinstance(value, dict) or set(value) - set(DIAGNOSTICS_DEFAULTS):
+        raise InputError(
+            f"analysis diagnostics must be null, true or a mapping with keys {sorted(DIAGNOSTICS_DEFAULTS)} "
+            f"(e.g. {DIAGNOSTICS_DEFAULTS}), got {value!r}"
+        )
+    out = DIAGNOSTICS_DEFAULTS | value
+    check_fraction(out["keep"], "analysis diagnostics.keep")
+    return {
+        "videos": _int_at_least(out["videos"], "diagnostics.videos"),
+        "questions": _int_at_least(out["questions"], "diagnostics.questions", 2),
+        "keep": float(out["keep"]),
+    }
+
+
 #: Setting -> its check (the value in its plain type, or an InputError); ``model`` and ``variant`` are checked apart.
 _SETTING_CHECKS = {
     "name": _text("name"),
@@ -119,6 +143,7 @@ _SETTING_CHECKS = {
     "prompt": _prompt,
     "seed": lambda v: _int_at_least(v, "seed", 0),
     "device": _text("device"),
+    "diagnostics": _diagnostics,
 }
 
 
@@ -179,6 +204,9 @@ class AnalysisConfig:
         prompt: tiny models only: ``{"prefix", "visual", "question"}`` token counts of the random prompts.
         seed: tiny models' weights and prompts (the toy samples are fixed by the checkpoint's data config).
         device: torch device of the forwards.
+        diagnostics: the optional section of :mod:`analysis.diagnostics` (None: off; ``true``: the defaults):
+            ``videos`` videos each asked ``questions`` questions (query specificity, Mamba step correlation) and
+            the oracle keep sets' ``keep`` (share bias of the asked colour; toy models only).
     Derived: ``source`` and ``target`` (see :func:`_parse_model`).
     """
 
@@ -201,6 +229,7 @@ class AnalysisConfig:
     prompt: dict = field(default_factory=lambda: {"prefix": 4, "visual": 64, "question": 8})
     seed: int = 0
     device: str = "cpu"
+    diagnostics: dict | None = None
     source: str = field(init=False)
     target: str = field(init=False)
 

@@ -12,8 +12,12 @@ columns and the ``block`` x axes.
     schedule          visual tokens kept per block under the run's schedule
     overlay_<i>       toy model only: frames of sample i, the kept tokens of a few blocks bright, the rest
                       dimmed, ground-truth relevant tokens outlined
+    share_bias        diagnostics (optional section): kept share vs true share of the labelled class per sample
+    query_specificity diagnostics: per block, Spearman ρ of one video's importance under different questions
+    step_correlation  diagnostics: per Mamba block, Spearman ρ of the importance with the step size Δ
 
-A missing section skips its figure with a :class:`PlotSkipped` warning (one line), never an error. The
+A missing section skips its figure with a :class:`PlotSkipped` warning (one line), never an error; the optional
+``diagnostics`` figures (:data:`OPTIONAL_FIGURES`) are skipped silently. The
 figure files an earlier plot left in the folder are deleted first, so none of them stays beside the new ones.
 A partial run (``"partial": true`` in metrics.json: analyze was interrupted) gets a :class:`PartialRun` warning,
 and every figure a red line above its title with the samples scored of those planned.
@@ -36,7 +40,16 @@ from .rundir import read_metrics
 from .sparsity import ceil_count
 from .stability import topk_mask
 
-__all__ = ["FIGURES", "PartialRun", "PlotSkipped", "plot_run"]
+__all__ = [
+    "FIGURES",
+    "OPTIONAL_FIGURES",
+    "PartialRun",
+    "PlotSkipped",
+    "plot_query_specificity",
+    "plot_run",
+    "plot_share_bias",
+    "plot_step_correlation",
+]
 
 #: kind → (marker, colour, legend label)
 KIND_STYLE: dict[str, tuple[str, str, str]] = {
@@ -370,6 +383,116 @@ def plot_overlays(metrics: dict, out: Path, formats: Sequence[str]) -> list[Path
     return paths
 
 
+# Diagnostics (analysis.diagnostics) -----------------------------------------------------------------
+def _selector_label(name: str) -> str:
+    return {"oracle_labelled_first": "oracle: labelled tokens first", "oracle_random": "oracle: random keep set"}.get(
+        name, f"schedule {name}"
+    )
+
+
+def plot_share_bias(metrics: dict, out: Path, formats: Sequence[str]) -> list[Path]:
+    """Kept share against true share of the labelled class, one point a sample; rows: keep-set selectors, columns:
+    their cuts in order. The diagonal is a fair keep set; points above it over-represent the class."""
+    plt = _pyplot()
+    diag = metrics["diagnostics"]
+    if not diag.get("share_bias"):
+        raise InputError("the diagnostics section has no share bias: it needs labelled tokens (a toy model's)")
+    rows = {name: sorted(per.items(), key=lambda kv: int(kv[0])) for name, per in diag["share_bias"].items() if per}
+    cols = max(len(cuts) for cuts in rows.values())
+    fig, axes = plt.subplots(len(rows), cols, figsize=(3.4 * cols, 3.0 * len(rows)), squeeze=False)
+    for ax in axes.flat:
+        ax.set_axis_off()
+    for r, (name, cuts) in enumerate(rows.items()):
+        for c, (point, rep) in enumerate(cuts):
+            ax = axes[r][c]
+            ax.set_axis_on()
+            pts = [(t, k) for t, k in zip(rep["true_shares"], rep["kept_shares"], strict=True) if t is not None]
+            top = max(max(max(p) for p in pts), 1e-3) * 1.05
+            ax.scatter([t for t, _ in pts], [k for _, k in pts], s=10, alpha=0.5, color="tab:blue", edgecolors="none")
+            ax.plot([0, top], [0, top], color="gray", ls="--", lw=1, label="kept share = true share")
+            ax.set_xlim(0, top)
+            ax.set_ylim(0, top)
+            ratio = "n/a" if rep["ratio"] is None else f"{rep['ratio']:.2f}"
+            where = "" if point == "0" else f", cut before block {point}"
+            ax.set_title(
+                f"{_selector_label(name)}{where}\nkept/true {ratio}, over-represented {rep['over_fraction']:.0%}",
+                fontsize=8,
+            )
+            ax.tick_params(labelsize=7)
+            ax.grid(alpha=0.3)
+        axes[r][0].set_ylabel("share among the kept tokens", fontsize=8)
+    for c in range(cols):
+        axes[-1][c].set_xlabel("true share of the class (|Y|/V)", fontsize=8)
+    axes[0][0].legend(fontsize=7, loc="upper left")
+    fig.suptitle(
+        f"Share bias of the labelled class ({diag['settings'].get('keep')} kept by the oracles; one point a sample)",
+        fontsize=10,
+    )
+    fig.tight_layout()
+    return _save(fig, out / "share_bias", formats, metrics)
+
+
+def _block_bars(metrics: dict, key: str, out: Path, formats: Sequence[str], ylabel: str, title: str) -> list[Path]:
+    """Per-block bars (mean, 95% CI over the section's items), coloured by block kind, a line at 1."""
+    plt = _pyplot()
+    from matplotlib.patches import Patch
+
+    rows = [r for r in metrics["diagnostics"][key] if r["mean"] is not None]
+    if not rows:
+        raise InputError(f"the diagnostics {key} section has no finite value")
+    blocks, kinds = [r["block"] for r in rows], [r["kind"] for r in rows]
+    fig, ax = plt.subplots(figsize=(max(5, 0.42 * len(rows) + 2), 3.6))
+    xs = list(range(len(rows)))
+    ax.bar(
+        xs,
+        [r["mean"] for r in rows],
+        yerr=[1.96 * r["sem"] for r in rows],
+        capsize=2,
+        color=[_style(k)[1] for k in kinds],
+        edgecolor="black",
+        lw=0.5,
+    )
+    ax.axhline(1.0, color="black", ls=":", lw=1)
+    ax.set_xticks(xs, [f"{b}\n{k}" for b, k in zip(blocks, kinds, strict=True)], fontsize=7)
+    ax.set_xlabel("block (index, kind)")
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(min(0.0, min(r["mean"] for r in rows) - 0.05), 1.05)
+    ax.legend(
+        handles=[Patch(color=_style(k)[1], label=_style(k)[2]) for k in dict.fromkeys(kinds)],
+        fontsize=7,
+        loc="lower left",
+    )
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    return _save(fig, out / key, formats, metrics)
+
+
+def plot_query_specificity(metrics: dict, out: Path, formats: Sequence[str]) -> list[Path]:
+    """Per scored block, the Spearman ρ between one video's importance under different questions."""
+    s = metrics["diagnostics"]["settings"]
+    return _block_bars(
+        metrics,
+        "query_specificity",
+        out,
+        formats,
+        "Spearman ρ across questions\n(1 = ignores the question)",
+        f"Query specificity: {s.get('videos')} videos x {s.get('questions')} questions ({s.get('scorer')} scorer)",
+    )
+
+
+def plot_step_correlation(metrics: dict, out: Path, formats: Sequence[str]) -> list[Path]:
+    """Per Mamba block, the Spearman ρ between its importance and its step size Δ (mean over heads)."""
+    return _block_bars(
+        metrics,
+        "step_correlation",
+        out,
+        formats,
+        "Spearman ρ(importance, Δ_j)",
+        f"Mamba score vs step size Δ ({metrics['diagnostics']['settings'].get('scorer')} scorer)",
+    )
+
+
 # Driver ---------------------------------------------------------------------------------------------
 #: figure name → (needed metrics.json sections, function)
 FIGURES: dict[str, tuple[tuple[str, ...], Callable[[dict, Path, Sequence[str]], list[Path]]]] = {
@@ -379,13 +502,18 @@ FIGURES: dict[str, tuple[tuple[str, ...], Callable[[dict, Path, Sequence[str]], 
     "relevance": (("relevance",), plot_relevance),
     "schedule": (("schedule",), plot_schedule),
     "overlays": (("examples", "overlay"), plot_overlays),
+    "share_bias": (("diagnostics",), plot_share_bias),
+    "query_specificity": (("diagnostics",), plot_query_specificity),
+    "step_correlation": (("diagnostics",), plot_step_correlation),
 }
+#: Figures of optional sections (the config's ``diagnostics``): a run without the section skips them silently.
+OPTIONAL_FIGURES = {"share_bias", "query_specificity", "step_correlation"}
 
 
 def _figure_files(folder: Path, formats: Sequence[str]) -> list[Path]:
     """The files :func:`plot_run` writes that are in ``folder`` (each figure's stem, in PNG, PDF or ``formats``)."""
     suffixes = {".png", ".pdf", *(f".{f}" for f in formats)}
-    stems = {"sparsity", "stability", "survival", "relevance", "schedule"}
+    stems = {"sparsity", "stability", "survival", "relevance", "schedule", *OPTIONAL_FIGURES}
     return [
         p
         for p in folder.iterdir()
@@ -425,6 +553,8 @@ def plot_run(
     paths: list[Path] = []
     for name, (sections, fn) in FIGURES.items():
         missing = [s for s in sections if not metrics.get(s)]
+        if missing and name in OPTIONAL_FIGURES:
+            continue
         if missing:
             warnings.warn(f"skipping the {name} plot: metrics.json has no {', '.join(missing)} section", PlotSkipped, 2)
             continue

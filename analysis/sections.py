@@ -5,7 +5,8 @@ Shapes use the dimension letters of :mod:`hybridreduce.glossary`: ``N`` counts t
 
 :func:`concat_caches` joins the caches of consecutive batches (or shards); :func:`analyze_caches` measures them
 (sparsity, stability, relevance: :class:`Analysis`); :func:`schedule_section`, the overlay blocks and
-:func:`examples_section` make the rest. A section that fails becomes an :func:`error_record` in metrics.json's
+:func:`examples_section` make the rest; :func:`diagnostics_section` the optional ``diagnostics`` section (it runs
+forwards of its own). A section that fails becomes an :func:`error_record` in metrics.json's
 ``errors``; the others are still computed.
 """
 
@@ -31,7 +32,9 @@ __all__ = [
     "analyze_caches",
     "check_overlay_blocks",
     "concat_caches",
+    "configured_schedule",
     "default_overlay_blocks",
+    "diagnostics_section",
     "error_record",
     "examples_section",
     "schedule_section",
@@ -110,11 +113,17 @@ def analyze_caches(
     return out
 
 
-def schedule_section(config: AnalysisConfig, num_blocks: int, n_visual: int) -> tuple[dict[str, Any], Plan]:
-    """``(metrics.json schedule section, Plan)`` of the configured schedule on this model."""
+def configured_schedule(config: AnalysisConfig) -> Schedule:
+    """The run's schedule (``config.schedule``) with ``config.keep`` as its keep target where it has one."""
     sched = Schedule.load(config.schedule)
     if config.keep is not None and sched.shape != "explicit" and sched.method != "none":
         sched = replace(sched, keep=config.keep)
+    return sched
+
+
+def schedule_section(config: AnalysisConfig, num_blocks: int, n_visual: int) -> tuple[dict[str, Any], Plan]:
+    """``(metrics.json schedule section, Plan)`` of the configured schedule on this model."""
+    sched = configured_schedule(config)
     plan = sched.resolve(num_blocks)
     section = {
         "name": sched.name or (config.schedule if isinstance(config.schedule, str) else sched.method),
@@ -192,3 +201,59 @@ def examples_section(
             }
         )
     return out
+
+
+def diagnostics_section(model: Any, config: AnalysisConfig, data: Any = None, vocab: Any = None) -> dict[str, Any]:
+    """The optional ``diagnostics`` section of metrics.json (:mod:`analysis.diagnostics`), from forwards of its own.
+
+    Query specificity and Mamba step correlation: ``config.diagnostics["videos"]`` videos each asked
+    ``["questions"]`` questions (toy: the split's first items with follow-up questions; tiny: random prompts whose
+    question tokens are drawn again), scored by the run's first scorer. Share bias (toy only, where tokens carry
+    labels): the asked colour's kept share over the run's samples, under the run's schedule (when it has one) and
+    the two oracle keep sets at ``["keep"]``.
+
+    Args:
+        model: the run's model (:class:`analysis.run.LoadedModel` ``.model``).
+        data, vocab: the toy benchmark config and vocabulary (``ModelFacts.data``/``.vocab``); None for a tiny model.
+
+    Returns:
+        :func:`analysis.diagnostics.diagnostics_dict` of the measurements.
+    """
+    from hybridreduce import get_adapter
+
+    from .diagnostics import Diagnostics, diagnose_toy, diagnostics_dict, prompt_question_sets, score_question_sets
+
+    if config.diagnostics is None:
+        raise InputError("the config has no diagnostics section; add `diagnostics: true` (or its settings)")
+    d = config.diagnostics
+    scorer = config.scorers[0]
+    if data is not None:
+        from hybridreduce.toy import ToyDataset
+
+        dataset = ToyDataset(data, config.split, max(config.samples, d["videos"]), vocab=vocab)
+        schedules = {}
+        if config.schedule is not None:
+            sched = configured_schedule(config)
+            if sched.method != "none":
+                schedules[sched.name or sched.method] = sched
+        out = diagnose_toy(
+            model,
+            dataset,
+            config.samples,
+            d["videos"],
+            d["questions"],
+            schedules,
+            d["keep"],
+            scorer,
+            config.batch_size,
+            config.seed,
+        )
+        return diagnostics_dict(out)
+    out = Diagnostics(list(get_adapter(model).kinds))
+    out.settings = dict(d) | {"scorer": scorer, "seed": config.seed}
+    p = config.prompt
+    batch, groups = prompt_question_sets(
+        int(model.config.vocab_size), p["prefix"], p["visual"], p["question"], d["videos"], d["questions"], config.seed
+    )
+    out.specificity, out.steps = score_question_sets(model, batch, groups, scorer, config.batch_size)
+    return diagnostics_dict(out)

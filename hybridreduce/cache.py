@@ -47,6 +47,32 @@ class ScoreCache(Mapping):
         self.rows: dict[int, torch.Tensor] = {}
         self.scorer = dict(scorer or {})
 
+    # Writing (the scoring taps and the reduction engine) ------------------------------------------
+    def reset(self, visual_positions: torch.Tensor | None) -> None:
+        """Forget every block's record: a new scoring forward over a prompt with these ``(b, V)`` visual positions
+        begins."""
+        self.visual_positions = visual_positions
+        self.scores.clear()
+        self.block_positions.clear()
+        self.parts.clear()
+        self.rows.clear()
+
+    def record(self, block: int, part: str, scores: torch.Tensor) -> None:
+        """Record ``(b, V_block)`` importance of one mixer (``part``: ``"attn"`` | ``"ssm"``) of ``block``."""
+        self.parts.setdefault(block, {})[part] = scores
+
+    def record_unified(self, block: int, scores: torch.Tensor) -> None:
+        """Record the unified ``(b, V_block)`` importance of ``block`` (the mean of its mixers' vectors)."""
+        self.scores[block] = scores
+
+    def record_rows(self, block: int, rows: torch.Tensor) -> None:
+        """Record ``(b, h, Q, S)`` raw attention rows of ``block`` (``record_rows`` scorers)."""
+        self.rows[block] = rows
+
+    def record_positions(self, block: int, positions: torch.Tensor) -> None:
+        """Record ``(b, V_block)`` original positions of the visual tokens ``block`` carried (fewer than ``V``)."""
+        self.block_positions[block] = positions
+
     # Mapping interface -------------------------------------------------------------------------
     def __getitem__(self, layer: int) -> torch.Tensor:
         if layer not in self.scores:

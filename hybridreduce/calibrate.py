@@ -169,21 +169,6 @@ def score_prompts(
     return out
 
 
-def choosers(plan: Plan, blocks: list[int]) -> list[int]:
-    """For each cut of ``plan``, the index into ``blocks`` of the most recent scoring block before it.
-
-    Raises:
-        InputError: a cut with no scoring block before it.
-    """
-    out = []
-    for point in plan.prune_points:
-        before = [i for i, b in enumerate(blocks) if b < point]
-        if not before:
-            raise InputError(f"the cut before block {point} has no scoring block before it (scored: {blocks})")
-        out.append(before[-1])
-    return out
-
-
 def reference_block(blocks: list[int], kinds: list[str]) -> int:
     """Index into ``blocks`` of the reference of ``objective="reference"``: the deepest scored block with attention
     (``'attn'`` or ``'parallel'`` in ``kinds``, the kind of every block of the model), else the deepest scored
@@ -194,38 +179,56 @@ def reference_block(blocks: list[int], kinds: list[str]) -> int:
     return with_attention[-1] if with_attention else len(blocks) - 1
 
 
-def retained_mass(scores: torch.Tensor, blocks: list[int], plan: Plan, reference: int | None = None) -> torch.Tensor:
+def retained_mass(
+    scores: torch.Tensor, blocks: list[int], plan: Plan, reference: int | None = None, ema: float | None = None
+) -> torch.Tensor:
     """``(N,)`` per prompt: the mean over scored blocks of the importance mass on the tokens each carries, or with
     ``reference`` (an index into ``blocks``) that block's full-token importance on the tokens the last block carries.
+
+    Each cut keeps the top ``k`` of the tokens still carried by the scores of the block the engine would use
+    (:meth:`Plan.choosers <hybridreduce.schedule.Plan.choosers>`): the most recent scoring block before it, or with
+    ``ema`` the exponential average of the blocks since the previous cut, each renormalised over the carried
+    tokens as the engine's blocks see them.
 
     Args:
         scores: ``(L, N, V)`` importance of the scored ``blocks`` (each row sums to 1 over ``V``).
         blocks: the ``L`` scored block indices.
         plan: the layout (prune points and the share of the original tokens kept from each).
         reference: see :func:`reference_block`; None for the module docstring's ``J``.
+        ema: the schedule's ``ema`` (the weight of the newest block), or None.
     """
     L, N, V = scores.shape
     carried = torch.ones(N, V, dtype=torch.bool)  # stage 0: every token
     stages = [carried]
-    for chooser, k in zip(choosers(plan, blocks), plan.stage_counts(V), strict=True):
-        ranked = scores[chooser].masked_fill(~carried, -math.inf)  # (N, V): only tokens still carried compete
+    row = {b: i for i, b in enumerate(blocks)}
+    for chooser, k in zip(plan.choosers(blocks, ema is not None), plan.stage_counts(V), strict=True):
+        if len(chooser) == 1:
+            ranking = scores[row[chooser[0]]]
+        else:  # the engine's running average over the blocks since the last cut, on the carried tokens
+            ranking = None
+            for b in chooser:
+                s = scores[row[b]] * carried
+                s = s / s.sum(dim=1, keepdim=True).clamp_min(torch.finfo(s.dtype).tiny)
+                ranking = s if ranking is None else ema * s + (1 - ema) * ranking
+        ranked = ranking.masked_fill(~carried, -math.inf)  # (N, V): only tokens still carried compete
         top = ranked.topk(k, dim=1).indices  # (N, k)
         carried = torch.zeros(N, V, dtype=torch.bool).scatter(1, top, True)
         stages.append(carried)
     if reference is not None:
         return (scores[reference] * carried).sum(dim=1)
-    stage_of = [sum(b >= p for p in plan.prune_points) for b in blocks]
-    mass = torch.stack([(scores[i] * stages[stage_of[i]]).sum(dim=1) for i in range(L)])  # (L, N)
+    mass = torch.stack([(scores[i] * stages[plan.stage_of(b)]).sum(dim=1) for i, b in enumerate(blocks)])  # (L, N)
     return mass.mean(dim=0)
 
 
-def objective(scores: CalibrationScores, plan: Plan, kind: str = "own") -> tuple[float, float]:
+def objective(
+    scores: CalibrationScores, plan: Plan, kind: str = "own", ema: float | None = None
+) -> tuple[float, float]:
     """``(J, standard error)`` of a layout: :func:`retained_mass` averaged over every prompt (``kind``: one of
-    :data:`OBJECTIVES`)."""
+    :data:`OBJECTIVES`; ``ema``: the schedule's, see :func:`retained_mass`)."""
     if kind not in OBJECTIVES:
         raise InputError(f"objective must be one of {OBJECTIVES}, got {kind!r}")
     reference = reference_block(scores.blocks, scores.kinds) if kind == "reference" else None
-    per_prompt = torch.cat([retained_mass(g, scores.blocks, plan, reference) for g in scores.groups])
+    per_prompt = torch.cat([retained_mass(g, scores.blocks, plan, reference, ema) for g in scores.groups])
     N = per_prompt.numel()
     se = float(per_prompt.std() / math.sqrt(N)) if N > 1 else float("nan")
     return float(per_prompt.mean()), se

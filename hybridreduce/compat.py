@@ -138,6 +138,24 @@ def output_cache(output):
     return None
 
 
+def cache_nbytes(cache) -> dict[str, int]:
+    """Bytes held by a transformers cache: ``{"kv": attention keys+values, "state": Mamba conv+SSM states}``.
+
+    Reads the cache's per-layer tensors (``layers[i].keys`` / ``values``, ``conv_states`` / ``recurrent_states``), the
+    layout of the tested releases."""
+    kv = state = 0
+    for layer in getattr(cache, "layers", []):
+        for name in ("keys", "values"):
+            t = getattr(layer, name, None)
+            if isinstance(t, torch.Tensor):
+                kv += t.numel() * t.element_size()
+        for name in ("conv_states", "recurrent_states"):
+            for t in (getattr(layer, name, None) or {}).values():
+                if isinstance(t, torch.Tensor):
+                    state += t.numel() * t.element_size()
+    return {"kv": kv, "state": state}
+
+
 def unclassified_forward_hint(kwargs: dict) -> str:
     """What to say when a decoder forward is neither a prefill, a decode step nor a frozen forward."""
     received = ", ".join(sorted(kwargs)) or "none"

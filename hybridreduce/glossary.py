@@ -11,6 +11,7 @@ Sequences and reduction
     ``T'``  tokens a block carries after the cuts before it: ``T' = T − V + k``
     ``V``   visual tokens of the prompt (after any pre-LLM pruning such as EVS)
     ``k``   visual tokens a cut keeps
+    ``R``   visual tokens a cut removes (dropped, or merged into kept ones: ``R = V − k`` at the first cut)
     ``Q``   query rows: the text tokens whose attention (or hidden attention) scores the visual tokens
     ``S``   keys of an attention row: ``T`` in a prefill, the tokens in the cache in a decode step
     ``q``   new tokens of one decode step
@@ -42,6 +43,7 @@ LETTERS: dict[str, str] = {
     "T'": "tokens a block carries after the cuts before it (T - V + k)",
     "V": "visual tokens of the prompt",
     "k": "visual tokens a cut keeps",
+    "R": "visual tokens a cut removes (dropped or merged)",
     "Q": "query rows",
     "S": "keys of an attention row",
     "q": "new tokens of one decode step",

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import numbers
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from types import MappingProxyType
@@ -47,6 +47,8 @@ PLACEMENTS = ("spread", "pyramid", "none")
 SCORE_SOURCES = ("unified", "attention", "none")
 QUERIES = ("after_visual", "last", "all_text")
 PICKS = ("topk", "random", "uniform")
+COMBINES = ("drop", "merge")
+MERGE_SCOPES = ("all", "frame", "window")
 
 _KEEP = "the fraction of visual tokens kept"
 
@@ -148,6 +150,19 @@ def _ema(value: Any) -> float | None:
     return None if value is None else _fraction(value, "ema", "the weight of the newest block")
 
 
+def _flag(name: str):
+    def check(value: Any) -> bool:
+        if not isinstance(value, bool):
+            raise _error(name, f"must be true or false, got {_shown(value)}")
+        return value
+
+    return check
+
+
+def _merge_window(value: Any) -> int:
+    return validate.integer(value, "schedule merge_window", 0, fix="the frames on each side a token may merge across")
+
+
 def _seed(value: Any) -> int:
     return validate.integer(value, "schedule seed", 0, fix="the seed of the random method's keep sets, e.g. 0")
 
@@ -185,13 +200,44 @@ class Plan:
     prune_points: tuple[int, ...]
     ratios: tuple[float, ...]
 
+    def stage_of(self, block: int) -> int:
+        """The stage ``block`` is in: ``0`` before the first cut, ``s`` from prune point ``s`` (1-based) on."""
+        return sum(block >= p for p in self.prune_points)
+
     def keep_fraction(self, block: int) -> float:
         """Fraction of the original visual tokens that ``block`` carries (before rounding)."""
-        ratio = 1.0
-        for point, r in zip(self.prune_points, self.ratios, strict=True):
-            if block >= point:
-                ratio = r
-        return ratio
+        stage = self.stage_of(block)
+        return 1.0 if stage == 0 else self.ratios[stage - 1]
+
+    def choosers(self, able: Sequence[int], ema: bool = False, what: str = "scoring block") -> list[tuple[int, ...]]:
+        """For each cut, the blocks whose scores choose its keep set, in block order.
+
+        Without ``ema``: the most recent block of ``able`` before the cut. With ``ema`` (``Schedule.ema``): every
+        block of ``able`` since the previous cut, whose scores the engine averages in that order; the most recent
+        one before the cut if none lies since the previous cut.
+
+        Args:
+            able: the blocks that can score (increasing), e.g. a model's attention and Mamba blocks.
+            ema: whether the schedule averages scores between cuts.
+            what: the name of an ``able`` block in the error message.
+
+        Raises:
+            InputError: a cut comes before every block of ``able``.
+        """
+        able = sorted(able)
+        out, previous = [], 0
+        for point in self.prune_points:
+            before = [b for b in able if b < point]
+            if not before:
+                first = f"the first is block {able[0]}" if able else "the model has none"
+                raise InputError(
+                    f"the cut before block {point} has no {what} before it to score the tokens ({first}); "
+                    f"move first_prune after block {able[0] if able else '?'} or use score: unified"
+                )
+            since = tuple(b for b in before if b >= previous)
+            out.append(since if (ema and since) else (before[-1],))
+            previous = point
+        return out
 
     def stage_counts(self, n_visual: int) -> list[int]:
         """Visual tokens kept at each prune point: ``round(ratio · n_visual)``, at least one."""
@@ -203,12 +249,8 @@ class Plan:
 
     def block_counts(self, n_visual: int) -> list[int]:
         """Visual tokens each block carries, for ``n_visual`` visual tokens at the input."""
-        out, count = [], n_visual
-        stages = dict(zip(self.prune_points, self.stage_counts(n_visual), strict=True))
-        for block in range(self.num_blocks):
-            count = stages.get(block, count)
-            out.append(count)
-        return out
+        counts = [n_visual, *self.stage_counts(n_visual)]
+        return [counts[self.stage_of(block)] for block in range(self.num_blocks)]
 
     def average_keep(self, n_visual: int | None = None) -> float:
         """Mean fraction of visual tokens carried per block (exact ratios, or after rounding)."""
@@ -416,6 +458,50 @@ class Selector:
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# Combine: what happens to the tokens a cut removes
+# ---------------------------------------------------------------------------------------------------------------
+
+_COMBINE_CHECKS = {
+    "combine": _one_of(COMBINES, "combine"),
+    "size_aware": _flag("size_aware"),
+    "merge_scope": _one_of(MERGE_SCOPES, "merge_scope"),
+    "merge_window": _merge_window,
+}
+
+
+@dataclass(frozen=True)
+class Combine:
+    """What a cut does with the visual tokens it removes (DESIGN decision 14).
+
+    Attributes:
+        combine: ``"drop"`` (they are gone) or ``"merge"`` (each is added into the most similar kept visual token
+            — cosine of the hidden states entering the cut's block — as a size-weighted mean; the kept token's
+            ``size``, the number of original tokens it stands for, grows by the removed token's).
+        size_aware: with ``merge``, the blocks after the cut see the sizes: attention adds ``log(size_j)`` to the
+            logits of key ``j`` (proportional attention), Mamba multiplies the token's step ``Δ_j`` by
+            ``size_j``. Without merging every size is 1 and this changes nothing.
+        merge_scope: which kept tokens a removed one may merge into: ``"all"``, ``"frame"`` (its own frame) or
+            ``"window"`` (frames within ``merge_window`` of its own). ``frame`` and ``window`` need the frame of
+            every visual token (``reduce(..., visual_frames=...)``, or the model's ``visual_frames`` method); a
+            removed token with no kept token in its scope merges into the most similar one anywhere.
+        merge_window: frames on each side, for ``merge_scope: window``.
+    """
+
+    combine: str = "drop"
+    size_aware: bool = True
+    merge_scope: str = "all"
+    merge_window: int = 1
+
+    def __post_init__(self) -> None:
+        _check_fields(self, _COMBINE_CHECKS)
+
+    @property
+    def merges(self) -> bool:
+        """Whether a cut merges what it removes."""
+        return self.combine == "merge"
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # Methods: registered (layout, selector) pairs
 # ---------------------------------------------------------------------------------------------------------------
 
@@ -423,8 +509,10 @@ class Selector:
 #: :meth:`Schedule.to_dict`. ``placement`` and ``pick`` are not among them: the method fixes those.
 LAYOUT_SETTINGS = ("keep", "budget", "first_prune", "stages", "shape", "ratios")
 SELECTOR_SETTINGS = ("score", "query", "ema", "seed")
-SETTINGS = (*LAYOUT_SETTINGS, *SELECTOR_SETTINGS)
-_SETTING_CHECKS = {**_LAYOUT_CHECKS, **_SELECTOR_CHECKS}
+#: What a cut does with the tokens it removes (:class:`Combine`); no method fixes these.
+COMBINE_SETTINGS = ("combine", "size_aware", "merge_scope", "merge_window")
+SETTINGS = (*LAYOUT_SETTINGS, *SELECTOR_SETTINGS, *COMBINE_SETTINGS)
+_SETTING_CHECKS = {**_LAYOUT_CHECKS, **_SELECTOR_CHECKS, **_COMBINE_CHECKS}
 
 
 @dataclass(frozen=True, eq=False)  # its settings are read-only mappings: compared and hashed by identity
@@ -496,11 +584,12 @@ class MethodSpec:
                     raise
         return checked
 
-    def parts(self, values: Mapping[str, Any]) -> tuple[Layout, Selector]:
-        """The method's layout and selector from its flat :meth:`values`."""
+    def parts(self, values: Mapping[str, Any]) -> tuple[Layout, Selector, Combine]:
+        """The method's layout, selector and combine settings from its flat :meth:`values`."""
         layout = Layout(**{k: values[k] for k in LAYOUT_SETTINGS if k in values}, **_only(self.layout, "placement"))
         selector = Selector(**{k: values[k] for k in SELECTOR_SETTINGS if k in values}, **_only(self.selector, "pick"))
-        return layout, selector
+        combine = Combine(**{k: values[k] for k in COMBINE_SETTINGS if k in values})
+        return layout, selector, combine
 
 
 def _only(mapping: Mapping[str, Any], key: str) -> dict[str, Any]:
@@ -601,6 +690,7 @@ class Schedule:
         method: one of :data:`METHODS`.
         keep, budget, first_prune, stages, shape, ratios: the layout's settings.
         score, query, ema, seed: the selector's settings.
+        combine, size_aware, merge_scope, merge_window: what a cut does with what it removes (:class:`Combine`).
         name: a label for results (not compared).
     """
 
@@ -615,6 +705,10 @@ class Schedule:
     query: str = _BY_METHOD
     ema: float | None = _BY_METHOD
     seed: int = _BY_METHOD
+    combine: str = _BY_METHOD
+    size_aware: bool = _BY_METHOD
+    merge_scope: str = _BY_METHOD
+    merge_window: int = _BY_METHOD
     name: str | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
@@ -633,19 +727,20 @@ class Schedule:
         except InputError as exc:
             exc.field = "name"
             raise
-        layout, selector = spec.parts(values)
+        layout, selector, combine = spec.parts(values)
         if layout.placement != "none" and selector.pick == "topk" and selector.score == "none":
             raise _error(
                 "score",
                 f"'none' leaves the top-k of method {self.method} nothing to rank; choose score: unified or "
                 "attention, or method: random or uniform",
             )
-        for part, names in ((layout, LAYOUT_SETTINGS), (selector, SELECTOR_SETTINGS)):
+        for part, names in ((layout, LAYOUT_SETTINGS), (selector, SELECTOR_SETTINGS), (combine, COMBINE_SETTINGS)):
             for k in names:
                 object.__setattr__(self, k, getattr(part, k))
         object.__setattr__(self, "name", name)
         object.__setattr__(self, "_layout", layout)
         object.__setattr__(self, "_selector", selector)
+        object.__setattr__(self, "_combine", combine)
 
     @property
     def layout(self) -> Layout:
@@ -656,6 +751,11 @@ class Schedule:
     def selector(self) -> Selector:
         """Which visual tokens each cut keeps."""
         return self._selector
+
+    @property
+    def combination(self) -> Combine:
+        """What each cut does with the visual tokens it removes."""
+        return self._combine
 
     @property
     def spec(self) -> MethodSpec:
@@ -679,13 +779,22 @@ class Schedule:
         return cls(method=method, **overrides)
 
     @classmethod
-    def from_parts(cls, method: str, layout: Layout, selector: Selector, name: str | None = None) -> Schedule:
-        """The schedule of ``method`` with this layout and selector (they must agree with its definition)."""
-        if not isinstance(layout, Layout) or not isinstance(selector, Selector):
+    def from_parts(
+        cls, method: str, layout: Layout, selector: Selector, name: str | None = None, combine: Combine | None = None
+    ) -> Schedule:
+        """The schedule of ``method`` with this layout and selector (they must agree with its definition) and
+        ``combine`` (default: drop)."""
+        combine = Combine() if combine is None else combine
+        if not isinstance(layout, Layout) or not isinstance(selector, Selector) or not isinstance(combine, Combine):
             raise InputError(
-                f"from_parts takes a Layout and a Selector, got {type(layout).__name__} and {type(selector).__name__}"
+                "from_parts takes a Layout, a Selector and optionally a Combine, got "
+                f"{type(layout).__name__}, {type(selector).__name__} and {type(combine).__name__}"
             )
-        flat = {k: getattr(layout, k) for k in LAYOUT_SETTINGS} | {k: getattr(selector, k) for k in SELECTOR_SETTINGS}
+        flat = (
+            {k: getattr(layout, k) for k in LAYOUT_SETTINGS}
+            | {k: getattr(selector, k) for k in SELECTOR_SETTINGS}
+            | {k: getattr(combine, k) for k in COMBINE_SETTINGS}
+        )
         schedule = cls.preset(method, **flat, name=name)
         for given, made, key in ((layout, schedule.layout, "placement"), (selector, schedule.selector, "pick")):
             if getattr(given, key) != getattr(made, key):

@@ -24,6 +24,7 @@ from __future__ import annotations
 import sys
 import time
 import warnings
+import weakref
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -38,7 +39,7 @@ from .errors import InputError, ScoreError
 from .prune import true_positions
 from .scoring.attention import attention_importance, attention_rows
 from .scoring.config import ScorerConfig
-from .scoring.mamba import mamba1_importance, mamba1_primitives, mamba2_importance, mamba2_primitives
+from .scoring.mamba import SSM_KINDS
 
 QUERY_MODES = ("after_visual", "last", "all_text")
 
@@ -49,17 +50,34 @@ QUERY_MODES = ("after_visual", "last", "all_text")
 class _AttentionDispatch:
     """Process-wide wrapper on ``ALL_ATTENTION_FUNCTIONS[impl]`` while at least one tap is active.
 
-    Taps register a callback per attention module instance; modules without a callback (other
+    Per attention module instance, a scoring tap registers a *callback* (it reads the call) and the reduction
+    engine's size-aware merging a *mask transform* (it returns a replacement ``attention_mask``, or ``None`` for
+    no change; it runs first, so the callback sees the mask the attention uses). Modules with neither (other
     models, other contexts) pass straight through to the original function.
     """
 
     def __init__(self) -> None:
         self.callbacks: dict[int, Callable] = {}
-        self.owners: dict[str, set[int]] = {}  # impl -> module ids tapped under it
+        self.transforms: dict[int, Callable] = {}
+        self.owners: dict[str, set[tuple[str, int]]] = {}  # impl -> (role, module id) registered under it
         self.saved: dict[str, tuple[bool, Callable | None]] = {}  # impl -> (had local override, value)
 
     def add(self, impl: str, module: nn.Module, callback: Callable) -> None:
-        if id(module) in self.callbacks:
+        """Register a scoring ``callback(module, query, key, attention_mask, kwargs)`` on ``module``."""
+        self._add(impl, module, callback, self.callbacks, "callback")
+
+    def add_mask_transform(self, impl: str, module: nn.Module, transform: Callable) -> None:
+        """Register ``transform(module, query, key, attention_mask) -> mask | None`` on ``module``."""
+        self._add(impl, module, transform, self.transforms, "transform")
+
+    def remove(self, impl: str, module: nn.Module) -> None:
+        self._remove(impl, module, self.callbacks, "callback")
+
+    def remove_mask_transform(self, impl: str, module: nn.Module) -> None:
+        self._remove(impl, module, self.transforms, "transform")
+
+    def _add(self, impl: str, module: nn.Module, fn: Callable, table: dict, role: str) -> None:
+        if id(module) in table:
             raise InputError(
                 f"a capture or reduction is already active on this model ({type(module).__name__} is tapped); "
                 "one context per model at a time: collect everything inside a single context"
@@ -70,15 +88,15 @@ class _AttentionDispatch:
             self.saved[impl] = compat.local_attention_override(impl)
             fns[impl] = self._make_wrapper(original)
             self.owners[impl] = set()
-        self.callbacks[id(module)] = callback
-        self.owners[impl].add(id(module))
+        table[id(module)] = fn
+        self.owners[impl].add((role, id(module)))
 
-    def remove(self, impl: str, module: nn.Module) -> None:
-        self.callbacks.pop(id(module), None)
+    def _remove(self, impl: str, module: nn.Module, table: dict, role: str) -> None:
+        table.pop(id(module), None)
         owners = self.owners.get(impl)
         if owners is None:
             return
-        owners.discard(id(module))
+        owners.discard((role, id(module)))
         if not owners:
             fns = compat.attention_functions()
             had_local, value = self.saved.pop(impl)
@@ -89,9 +107,14 @@ class _AttentionDispatch:
                 del fns[impl]
 
     def _make_wrapper(self, original: Callable | None) -> Callable:
-        callbacks = self.callbacks
+        callbacks, transforms = self.callbacks, self.transforms
 
         def hybridreduce_attention_tap(module, query, key, value, attention_mask, *args, **kwargs):
+            transform = transforms.get(id(module))
+            if transform is not None:
+                changed = transform(module, query, key, attention_mask)
+                if changed is not None:
+                    attention_mask = changed
             callback = callbacks.get(id(module))
             if callback is not None:
                 callback(module, query, key, attention_mask, kwargs)
@@ -101,7 +124,36 @@ class _AttentionDispatch:
         return hybridreduce_attention_tap
 
     def active(self) -> bool:
-        return bool(self.callbacks) or bool(self.saved)
+        return bool(self.callbacks) or bool(self.transforms) or bool(self.saved)
+
+
+# --------------------------------------------------------------------------------------------------
+# One context per model
+# --------------------------------------------------------------------------------------------------
+#: The language model (decoder) of every model a capture or reduction is active on → what holds it.
+_ACTIVE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def claim(adapted: AdaptedModel, what: str) -> None:
+    """Mark ``adapted``'s model as held by ``what`` (``"a capture"`` | ``"a reduction"``), or refuse if a context
+    already holds it: two contexts on one model would tap and cut its blocks twice.
+
+    Raises:
+        InputError: a context is already active on the model.
+    """
+    holder = _ACTIVE.get(adapted.decoder)
+    if holder is not None:
+        raise InputError(
+            f"{holder} is already active on this model, so {what} cannot start inside it: one capture() or reduce() "
+            "per model at a time. A reduction records the scores that chose its cuts (Reduction.scores); to capture "
+            "full-token scores, run capture() outside the reduce() context"
+        )
+    _ACTIVE[adapted.decoder] = what
+
+
+def release(adapted: AdaptedModel) -> None:
+    """Undo :func:`claim` (a no-op when the model is not held)."""
+    _ACTIVE.pop(adapted.decoder, None)
 
 
 def _eager_function(module: nn.Module) -> Callable:
@@ -364,13 +416,13 @@ class ScoringSession:
                 "in float32, or use the other Mamba scorer."
             )
         scores = scores.detach()
-        self.cache.parts.setdefault(spec.index, {})[part] = scores
+        self.cache.record(spec.index, part, scores)
         parts = self.pending.setdefault(spec.index, {})
         parts[part] = scores
         expected = self.expected_parts(spec)
         if all(p in parts for p in expected):
             unified = torch.stack([parts[p] for p in expected]).mean(dim=0) if len(expected) > 1 else scores
-            self.cache.scores[spec.index] = unified
+            self.cache.record_unified(spec.index, unified)
             del self.pending[spec.index]
             if self.on_block_scored is not None:
                 self.on_block_scored(spec.index, unified)
@@ -388,7 +440,7 @@ class ScoringSession:
             with torch.no_grad():
                 rows = attention_rows(query, key, attention_mask, scaling, pos.q_index, kwargs.get("softcap"))
                 if self.scorer.record_rows:
-                    self.cache.rows[spec.index] = rows.detach()
+                    self.cache.record_rows(spec.index, rows.detach())
                 scores = attention_importance(rows, pos.q_valid, pos.v_index, self.scorer)
             self.seconds += time.perf_counter() - start
             self._record(spec, "attn", scores)
@@ -412,12 +464,7 @@ class ScoringSession:
             mask = self.mixer_masks.get(spec.index)
             pos = pos.to(output.device)
             with torch.no_grad():
-                if spec.ssm_type == "mamba1":
-                    prims = mamba1_primitives(spec.ssm, output, mask)
-                    scores = mamba1_importance(prims, pos.q_index, pos.q_valid, pos.v_index, self.scorer)
-                else:
-                    prims = mamba2_primitives(spec.ssm, output, mask, with_x=False)
-                    scores = mamba2_importance(prims, pos.q_index, pos.q_valid, pos.v_index, self.scorer)
+                scores = SSM_KINDS[spec.ssm_type].score(spec.ssm, output, mask, pos, self.scorer)
             self.seconds += time.perf_counter() - start
             self._record(spec, "ssm", scores)
             return None
@@ -473,10 +520,12 @@ def capture(
     cache = ScoreCache(adapted.kinds, None, cfg.to_dict())
     # Validate the static parts of the masks now, so errors surface before any forward runs.
     resolved = resolve_positions(vm, attention_mask, query_mask, query)
-    cache.visual_positions = resolved.v_index.cpu()
+    cache.reset(resolved.v_index.cpu())
     session = ScoringSession(adapted, vm, cache, cfg, query_mask, query, attention_mask)
-    session.install()
+    claim(adapted, "a capture")
     try:
+        session.install()
         yield cache
     finally:
         session.remove()
+        release(adapted)

@@ -23,7 +23,7 @@ from hybridreduce.calibrate import (
 from hybridreduce.cli import main
 from hybridreduce.schedule import Plan
 
-from .conftest import tiny_toy_spec
+from .conftest import prompt, tiny_toy_spec
 
 
 @pytest.fixture(scope="module")
@@ -293,3 +293,39 @@ def test_scores_of_a_failing_calibration_are_saved(run_dir, tmp_path, capsys, mo
     assert "different numbers of visual tokens" in err and "saved in" in err
     saved = CalibrationScores.load(tmp_path / "schedule.scores.partial.pt")
     assert saved.n_prompts == 4 and not out.exists()
+
+
+def test_simulated_ema_cuts_follow_the_engine(tiny_models):
+    """DESIGN decision 16: calibrate simulates the engine's cuts through the same Plan, ``ema`` included. On one
+    prompt, a schedule with ``ema`` keeps in the engine exactly the tokens the simulation carries (the first cut
+    only: later blocks see fewer tokens in the engine, the simulation keeps full-token scores by design)."""
+    from hybridreduce import capture, reduce
+    from hybridreduce.calibrate import retained_mass
+
+    model = tiny_models("nemotron_h")  # blocks: ssm mlp attn moe ssm attn
+    ids, vm = prompt(batch=1)  # 4 text, 24 visual, 8 question tokens
+    sched = Schedule(keep=None, shape="explicit", ratios=(0.5,), stages=(3,), ema=0.3)
+    plan = sched.resolve(6)
+    with capture(model, vm) as cache, torch.no_grad():
+        model(ids)
+    scores = cache.stack()  # (L, 1, V)
+    with reduce(model, sched, visual_mask=vm) as red, torch.no_grad():
+        model(ids)
+    kept = red.kept_positions[3][0].tolist()
+    # The simulation's carried set: run retained_mass with the last block as reference and read which tokens count.
+    ref = cache.layers.index(5)
+    one_hot = torch.eye(24)  # probe each token: its mass survives iff the token is carried
+    carried = []
+    for j in range(24):
+        probe = scores.clone()
+        probe[ref, 0] = one_hot[j]
+        carried.append(bool(retained_mass(probe, cache.layers, plan, reference=ref, ema=0.3)[0] > 0.5))
+    simulated = [int(cache.visual_positions[0, j]) for j in range(24) if carried[j]]
+    assert simulated == kept
+    # Without ema the simulation ranks by block 2 alone, which keeps a different set on this prompt.
+    plain = []
+    for j in range(24):
+        probe = scores.clone()
+        probe[ref, 0] = one_hot[j]
+        plain.append(bool(retained_mass(probe, cache.layers, plan, reference=ref)[0] > 0.5))
+    assert plain != carried

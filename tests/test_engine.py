@@ -376,3 +376,54 @@ def test_the_gradient_check_catches_a_cut_that_stops_the_gradient(monkeypatch):
     monkeypatch.setattr(engine_mod, "gather_seq", lambda t, idx, T: real(t, idx, T).detach())
     worst, scale = _gradient_gap("nemotron_h")
     assert worst > 1e-3 * scale
+
+
+@pytest.mark.parametrize("combine", ["drop", "merge"])
+def test_the_engine_never_reads_the_record(tiny_models, combine):
+    """DESIGN decision 16: the cache owns each stage's selection. Scrambling the user-facing record after the prefill
+    changes neither decoding nor the frozen replay."""
+    model = tiny_models("nemotron_h")
+    ids, vm = prompt(batch=2)
+    am = torch.ones_like(ids)
+    am[0, :2] = 0  # padding: decode steps rebuild the masks over each block's own keys
+    more = torch.cat([am, torch.ones_like(am[:, :1])], dim=1)
+    sched = Schedule(keep=0.4, first_prune=1, stages=3, combine=combine)
+    outputs = []
+    for scramble in (False, True):
+        context = reduce(model, sched, visual_mask=vm)
+        with context as red, torch.no_grad():
+            out = model(ids, attention_mask=am, use_cache=True)
+            if scramble:
+                for stage in red.stages:
+                    stage.index = stage.index.flip(1)
+                    stage.sizes = None
+                red.stages = red.stages[:1]
+            cache = output_cache(out)
+            step = model(ids[:, -1:], attention_mask=more, **{cache_kwarg(model): cache}, use_cache=True).logits
+            with context.frozen():
+                replay = model(torch.cat([ids, ids[:, -1:]], dim=1), attention_mask=more).logits
+        outputs.append((step, replay))
+    assert torch.equal(outputs[0][0], outputs[1][0]) and torch.equal(outputs[0][1], outputs[1][1])
+
+
+def test_nested_contexts_are_refused_at_entry(tiny_models):
+    """Issue 26: a second reduce() or capture() on a model already held refuses in __enter__, whatever blocks the two
+    tap, and the model is free again after the outer context ends."""
+    from hybridreduce import capture
+
+    model = tiny_models("nemotron_h")
+    ids, vm = prompt(batch=1)
+    outer = Schedule(keep=None, shape="explicit", ratios=(0.5,), stages=(1,))
+    inner = Schedule(keep=None, shape="explicit", ratios=(0.5,), stages=(5,))  # taps another block
+    with reduce(model, outer, visual_mask=vm):
+        with pytest.raises(InputError, match="already active on this model"):
+            with reduce(model, inner, visual_mask=vm):
+                pass
+        with pytest.raises(InputError, match="already active on this model"):
+            with capture(model, vm):
+                pass
+    with capture(model, vm) as cache, torch.no_grad():  # free again
+        model(ids)
+    assert cache.layers
+    with reduce(model, inner, visual_mask=vm), torch.no_grad():
+        model(ids)

@@ -11,10 +11,12 @@ import pytest
 
 from hybridreduce import InputError
 from hybridreduce.schedule import (
+    COMBINE_SETTINGS,
     LAYOUT_SETTINGS,
     METHOD_SPECS,
     METHODS,
     SELECTOR_SETTINGS,
+    Combine,
     Layout,
     MethodSpec,
     Plan,
@@ -125,7 +127,9 @@ def test_a_schedule_is_a_layout_and_a_selector():
         # The flat settings are the parts' settings.
         assert {k: getattr(s.layout, k) for k in LAYOUT_SETTINGS} == {k: getattr(s, k) for k in LAYOUT_SETTINGS}
         assert {k: getattr(s.selector, k) for k in SELECTOR_SETTINGS} == {k: getattr(s, k) for k in SELECTOR_SETTINGS}
-        assert set(s.to_dict()) == {"method", "name", *LAYOUT_SETTINGS, *SELECTOR_SETTINGS}
+        assert {k: getattr(s.combination, k) for k in COMBINE_SETTINGS} == {k: getattr(s, k) for k in COMBINE_SETTINGS}
+        assert s.combination == Combine()  # no method merges unless asked
+        assert set(s.to_dict()) == {"method", "name", *LAYOUT_SETTINGS, *SELECTOR_SETTINGS, *COMBINE_SETTINGS}
         for key, value in spec.definition.items():
             assert getattr(s, key) == value, (name, key)
         assert s.resolve(24) == s.layout.resolve(24)
@@ -231,3 +235,31 @@ def test_unknown_names_and_files(tmp_path):
         Schedule.load(str(tmp_path / "x.yaml"))
     with pytest.raises(InputError, match="unknown schedule settings"):
         Schedule.from_dict({"method": "progressive", "keeep": 0.2})
+
+
+def test_combine_settings_are_checked_and_round_trip(tmp_path):
+    """DESIGN decision 14: ``combine: merge`` is a setting of any method, checked like the others."""
+    s = Schedule.preset("random", keep=0.25, combine="merge", size_aware=False, merge_scope="window", merge_window=2)
+    assert s.combination == Combine("merge", False, "window", 2) and s.combination.merges
+    assert Schedule.from_dict(s.to_dict()) == s
+    path = tmp_path / "m.yaml"
+    path.write_text("method: progressive\nkeep: 0.25\ncombine: merge\n")
+    assert Schedule.load(path).combination.merges
+    for bad, field in (({"combine": "average"}, "combine"), ({"size_aware": "yes"}, "size_aware"),
+                       ({"merge_scope": "clip"}, "merge_scope"), ({"merge_window": -1}, "merge_window")):  # fmt: skip
+        with pytest.raises(InputError, match=field) as info:
+            Schedule.preset("progressive", **bad)
+        assert info.value.field == field
+
+
+def test_plan_answers_stage_and_choosers():
+    """DESIGN decision 16: one Plan answers "which stage is block b in" and "which block chooses cut c"."""
+    plan = Plan(12, (3, 7, 10), (0.5, 0.25, 0.125))
+    assert [plan.stage_of(b) for b in range(12)] == [0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 3, 3]
+    assert [plan.keep_fraction(b) for b in (0, 3, 9, 11)] == [1.0, 0.5, 0.25, 0.125]
+    able = [0, 2, 4, 5, 8]
+    assert plan.choosers(able) == [(2,), (5,), (8,)]
+    assert plan.choosers(able, ema=True) == [(0, 2), (4, 5), (8,)]
+    assert Plan(12, (3, 4), (0.5, 0.25)).choosers(able, ema=True) == [(0, 2), (2,)]  # none since: the latest
+    with pytest.raises(InputError, match="no attention block before it"):
+        plan.choosers([5, 8], what="attention block")

@@ -290,8 +290,27 @@ def test_demo_methods_state_their_schedule_and_budget_split(run_dir):
         assert DEMO_METHODS["evs+progressive"].split_budget(keep) == (keep**0.5, keep**0.5)
         assert DEMO_METHODS["evs"].split_budget(keep) == (keep, 1.0)
         assert DEMO_METHODS["fastv"].split_budget(keep) == (1.0, keep)
-    assert [m for m, r in DEMO_METHODS.items() if r.evs] == ["evs", "evs+progressive"]
-    assert [m for m, r in DEMO_METHODS.items() if r.calibrated] == ["progressive-calibrated"]
+    merged = ("+merge", "+merge-nosize")
+    assert [m for m, r in DEMO_METHODS.items() if r.evs] == [
+        "evs",
+        "evs+progressive",
+        *(f"evs+progressive{t}" for t in merged),
+    ]
+    assert [m for m, r in DEMO_METHODS.items() if r.calibrated] == [
+        "progressive-calibrated",
+        *(f"progressive-calibrated{t}" for t in merged),
+    ]
+    for name, record in DEMO_METHODS.items():  # each merging method is its base method with merging settings
+        if "+merge" in name:
+            base = DEMO_METHODS[name.split("+merge")[0]]
+            aware = not name.endswith("-nosize")
+            assert record.settings == {**base.settings, "combine": "merge", "size_aware": aware}
+            assert (record.preset, record.calibrated, record.evs, record.budget_split) == (
+                base.preset,
+                base.calibrated,
+                base.evs,
+                base.budget_split,
+            )
     assert DEMO_METHODS["progressive-exact"].scorer == "exact" and DEMO_METHODS["progressive"].scorer is None
     model, _ = load_toy(run_dir)
     attn = DEMO_METHODS["progressive-attn-only"].schedule(0.25, model, budget="final")

@@ -79,7 +79,7 @@ def test_cli_json(capsys):
     assert [r["check"] for r in rows] == list(INVARIANTS)
     assert all(set(r) == {"arch", "check", "passed", "max_err"} for r in rows)
     assert {inv.fn.__module__ for inv in INVARIANTS.values()} == {scoring.__name__, reduction.__name__}
-    assert list(INVARIANTS)[0] == "roundtrip" and list(INVARIANTS)[-1] == "batch_reduce"
+    assert list(INVARIANTS)[0] == "roundtrip" and list(INVARIANTS)[-1] == "merge_batch_reduce"
 
 
 def test_cli_exit_status_is_one_on_failure(monkeypatch, capsys):

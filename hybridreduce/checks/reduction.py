@@ -26,10 +26,39 @@ N_NEW = 16
 # (the reference runs' original positions) and no mask would be read as packed sequences.
 
 
-def _progressive(model, keep: float = 0.5) -> Schedule:
+#: The schedule settings of the merging checks (DESIGN decision 14).
+MERGE = {"combine": "merge", "size_aware": True}
+
+
+def _progressive(model, keep: float = 0.5, **settings) -> Schedule:
     """Three cuts from block 1 on (two for the three-block models)."""
     n = get_adapter(model).num_blocks
-    return Schedule.preset("progressive", keep=keep, first_prune=1, stages=min(3, n - 1))
+    return Schedule.preset("progressive", keep=keep, first_prune=1, stages=min(3, n - 1), **settings)
+
+
+def merged_rows_reference(carried: torch.Tensor, prev: torch.Tensor, stage, sizes: torch.Tensor) -> torch.Tensor:
+    """The rows a merging cut carries on, by a float64 loop: each kept row the size-weighted mean of itself and the
+    rows :attr:`Stage.merged <hybridreduce.engine.Stage.merged>` says were merged into it.
+
+    Args:
+        carried: ``(b, T_prev, d)`` the stream entering the cut, over the previous stage's tokens ``prev``.
+        prev: ``(b, T_prev)`` original positions of those tokens; ``stage``: the stage the cut starts.
+        sizes: ``(b, T_prev)`` sizes of the previous stage's tokens.
+    """
+    b, _, d = carried.shape
+    out = torch.empty(b, stage.index.shape[1], d, dtype=torch.float64)
+    removed, into = stage.merged
+    for i in range(b):
+        where = {int(p): r for r, p in enumerate(prev[i].tolist())}
+        for t, p in enumerate(stage.index[i].tolist()):
+            r = where[p]
+            total, weight = carried[i, r].double() * float(sizes[i, r]), float(sizes[i, r])
+            for gone, target in zip(removed[i].tolist(), into[i].tolist(), strict=True):
+                if target == p:
+                    total = total + carried[i, where[gone]].double() * float(sizes[i, where[gone]])
+                    weight += float(sizes[i, where[gone]])
+            out[i, t] = total / weight
+    return out.to(carried.dtype)
 
 
 def _batch(model) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[SyntheticPrompt]]:
@@ -47,7 +76,9 @@ def pruned_reference(model, ids, am, stages, grad: bool = False) -> torch.Tensor
 
     Args:
         ids, am: ``(b, T)`` prompt and padding mask.
-        stages: the :class:`~hybridreduce.engine.Stage` list of a prefill (stage 0 = every token).
+        stages: the :class:`~hybridreduce.engine.Stage` list of a prefill (stage 0 = every token); a stage whose
+            cut merged (``Stage.merged``) carries :func:`merged_rows_reference` instead of the gathered rows (the
+            reference of merging without size-aware blocks).
         grad: keep the autograd graph (the reference of training under reduction): the carried hidden
             states link the runs, so a loss on the logits reaches every block that shaped them.
     """
@@ -61,8 +92,12 @@ def pruned_reference(model, ids, am, stages, grad: bool = False) -> torch.Tensor
         handles = []
         if i > 0:
             prev = stages[i - 1].index
-            rel = torch.searchsorted(prev.contiguous(), idx)
-            injected = carried.gather(1, rel[..., None].expand(*rel.shape, carried.shape[-1]))
+            if stage.merged is not None:
+                sizes = stages[i - 1].sizes if stages[i - 1].sizes is not None else torch.ones(prev.shape)
+                injected = merged_rows_reference(carried, prev, stage, sizes)
+            else:
+                rel = torch.searchsorted(prev.contiguous(), idx)
+                injected = carried.gather(1, rel[..., None].expand(*rel.shape, carried.shape[-1]))
 
             def replace(module, args, kwargs, h=injected):
                 if "hidden_states" in kwargs:
@@ -92,24 +127,35 @@ def pruned_reference(model, ids, am, stages, grad: bool = False) -> torch.Tensor
     return out
 
 
-@invariant("reduce_keep1_exact", needs=("model", "prompt"))
-def check_reduce_keep1_exact(arch: str, model, prompt: SyntheticPrompt) -> CheckResult:
-    """A schedule that keeps every token (cuts at every stage, nothing dropped) leaves the logits bit-identical."""
+def _keep1(arch: str, model, prompt: SyntheticPrompt, name: str, **settings) -> CheckResult:
     ids = prompt.input_ids.repeat(2, 1)
     vm = prompt.visual_mask.repeat(2, 1)
     am = torch.ones_like(ids)
     ref = _forward(model, ids, am)
-    sched = _progressive(model, keep=1.0)
+    sched = _progressive(model, keep=1.0, **settings)
     with reduce(model, sched, visual_mask=vm) as red:
         out = _forward(model, ids, am)
     cut = len(red.stages) > 1 and all(s.n_visual == red.stages[0].n_visual for s in red.stages)
     return CheckResult(
         arch,
-        "reduce_keep1_exact",
+        name,
         cut and torch.equal(ref, out),
         float((ref - out).abs().max()),
         f"keep-everything schedule with {len(red.stages) - 1} cuts: logits bit-identical",
     )
+
+
+@invariant("reduce_keep1_exact", needs=("model", "prompt"))
+def check_reduce_keep1_exact(arch: str, model, prompt: SyntheticPrompt) -> CheckResult:
+    """A schedule that keeps every token (cuts at every stage, nothing dropped) leaves the logits bit-identical."""
+    return _keep1(arch, model, prompt, "reduce_keep1_exact")
+
+
+@invariant("merge_keep1_exact", needs=("model", "prompt"))
+def check_merge_keep1_exact(arch: str, model, prompt: SyntheticPrompt) -> CheckResult:
+    """A merging, size-aware schedule that keeps every token (nothing merged, every size 1) leaves the logits
+    bit-identical: the size-aware blocks change nothing while no token stands for more than itself."""
+    return _keep1(arch, model, prompt, "merge_keep1_exact", **MERGE)
 
 
 @invariant("prune_reference", needs=("model",))
@@ -120,21 +166,37 @@ def check_prune_reference(arch: str, model) -> CheckResult:
     Checked for a single cut before every block and for the default progressive schedule, on a left-padded
     batch.
     """
+    return _against_reference(arch, model, "prune_reference")
+
+
+@invariant("merge_reference", needs=("model",))
+def check_merge_reference(arch: str, model) -> CheckResult:
+    """Logits under a merging schedule without size-aware blocks equal :func:`pruned_reference`, which carries the
+    float64 size-weighted means of :func:`merged_rows_reference` (the merges the engine reports in
+    ``Stage.merged``) into each stage.
+
+    Checked for a single cut before every block and for the progressive schedule (whose later cuts merge merged
+    tokens again, with sizes above 1), on a left-padded batch.
+    """
+    return _against_reference(arch, model, "merge_reference", combine="merge", size_aware=False)
+
+
+def _against_reference(arch: str, model, name: str, **settings) -> CheckResult:
     ids, am, vm, _ = _batch(model)
     n = get_adapter(model).num_blocks
-    schedules = [Schedule(keep=None, shape="explicit", ratios=(0.5,), stages=(p,)) for p in range(1, n)]
-    schedules.append(_progressive(model))
+    schedules = [Schedule(keep=None, shape="explicit", ratios=(0.5,), stages=(p,), **settings) for p in range(1, n)]
+    schedules.append(_progressive(model, **settings))
     worst = 0.0
     for sched in schedules:
         with reduce(model, sched, visual_mask=vm) as red:
             got = _forward(model, ids, am)
         ref = pruned_reference(model, ids, am, red.stages)
         if got.shape != ref.shape:
-            return CheckResult(arch, "prune_reference", False, None, f"shape {tuple(got.shape)} vs {tuple(ref.shape)}")
+            return CheckResult(arch, name, False, None, f"shape {tuple(got.shape)} vs {tuple(ref.shape)}")
         worst = max(worst, float((got - ref).abs().max()))
     return CheckResult(
         arch,
-        "prune_reference",
+        name,
         worst <= TARGET.tol("logits"),
         worst,
         f"{len(schedules) - 1} single cuts + progressive, left-padded batch of 2, vs per-stage reference runs",
@@ -146,10 +208,23 @@ def check_generate_reference(arch: str, model) -> CheckResult:
     """Greedy ``generate`` under reduction (KV and Mamba caches, 16 new tokens) equals the no-cache loop under
     the same frozen selection, token by token, and its logits match.
     """
+    return _generate(arch, model, "generate_reference")
+
+
+@invariant("merge_generate_reference", needs=("model",))
+def check_merge_generate_reference(arch: str, model) -> CheckResult:
+    """Greedy ``generate`` under a merging, size-aware schedule equals the no-cache loop under the same frozen
+    selection (merges and sizes replayed), token by token: decode steps give the merged keys the same
+    ``log(size)`` bias the prefill did.
+    """
+    return _generate(arch, model, "merge_generate_reference", **MERGE)
+
+
+def _generate(arch: str, model, name: str, **settings) -> CheckResult:
     from transformers import GenerationConfig
 
     ids, am, vm, _ = _batch(model)
-    sched = _progressive(model)
+    sched = _progressive(model, **settings)
     config = GenerationConfig(max_new_tokens=N_NEW, do_sample=False, pad_token_id=0)
     context = reduce(model, sched, visual_mask=vm)
     with context as red, torch.no_grad():
@@ -182,7 +257,7 @@ def check_generate_reference(arch: str, model) -> CheckResult:
         f"{N_NEW} greedy tokens × batch 2 (left-padded) vs frozen no-cache loop; {mismatched} mismatched, "
         f"{ties} float ties; visual per block {red.block_visual}"
     )
-    return CheckResult(arch, "generate_reference", passed, worst, detail)
+    return CheckResult(arch, name, passed, worst, detail)
 
 
 @invariant("batch_reduce", needs=("model",))
@@ -190,8 +265,20 @@ def check_batch_reduce(arch: str, model) -> CheckResult:
     """A left-padded batch of two prompts under reduction keeps the same tokens and gives the same next-token
     logits as each prompt alone.
     """
+    return _batch_alone(arch, model, "batch_reduce")
+
+
+@invariant("merge_batch_reduce", needs=("model",))
+def check_merge_batch_reduce(arch: str, model) -> CheckResult:
+    """A left-padded batch of two prompts under a merging, size-aware schedule keeps and merges the same tokens
+    and gives the same next-token logits as each prompt alone.
+    """
+    return _batch_alone(arch, model, "merge_batch_reduce", **MERGE)
+
+
+def _batch_alone(arch: str, model, name: str, **settings) -> CheckResult:
     ids, am, vm, prompts = _batch(model)
-    sched = _progressive(model)
+    sched = _progressive(model, **settings)
     with reduce(model, sched, visual_mask=vm) as red:
         batched = _forward(model, ids, am)[:, -1]
     kept_batch = red.kept_positions
@@ -203,9 +290,14 @@ def check_batch_reduce(arch: str, model) -> CheckResult:
         worst = max(worst, float((batched[i] - logits[0]).abs().max()))
         for point, kept in alone.kept_positions.items():
             same_sets &= torch.equal(kept_batch[point][i] - offset, kept[0])
+        for together, own in zip(red.stages[1:], alone.stages[1:], strict=True):
+            if own.merged is not None:  # the same merges: removed tokens and where each went
+                same_sets &= all(
+                    torch.equal(t[i] - offset, o[0]) for t, o in zip(together.merged, own.merged, strict=True)
+                )
     return CheckResult(
         arch,
-        "batch_reduce",
+        name,
         same_sets and worst <= TARGET.tol("logits"),
         worst,
         f"left-padded batch of 2 vs each alone: same kept tokens at {len(kept_batch)} cuts = {same_sets}",

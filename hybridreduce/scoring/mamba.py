@@ -47,12 +47,15 @@ for reconstructing the scan output on short inputs); the importance no longer go
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..merge import scale_steps
 from .config import ScorerConfig, normalise, reduce_heads, reduce_rows
 
 
@@ -491,3 +494,61 @@ def mamba1_importance(
         scale = dtv.amax(dim=-1) if cfg.head_reduce == "max" else dtv.mean(dim=-1)
         return normalise(r * scale)
     return normalise_log(mamba1_log_scores(p, q_index, q_valid, v_index, cfg))
+
+
+# -- the SSM kinds: how each scores, and where its steps are (for size-aware merging) ------------------------------
+def _score_mamba2(mixer: nn.Module, projected: torch.Tensor, mask, pos, cfg: ScorerConfig) -> torch.Tensor:
+    prims = mamba2_primitives(mixer, projected, mask, with_x=False)
+    return mamba2_importance(prims, pos.q_index, pos.q_valid, pos.v_index, cfg)
+
+
+def _score_mamba1(mixer: nn.Module, projected: torch.Tensor, mask, pos, cfg: ScorerConfig) -> torch.Tensor:
+    prims = mamba1_primitives(mixer, projected, mask)
+    return mamba1_importance(prims, pos.q_index, pos.q_valid, pos.v_index, cfg)
+
+
+def _scale_mamba2(mixer: nn.Module, projected: torch.Tensor, sizes: torch.Tensor) -> torch.Tensor:
+    """``in_proj``'s output with the step channels ``[z | xBC | dt (h)]`` of each token scaled by its size."""
+    h = mixer.num_heads
+    mup = getattr(mixer, "mup_vector", None)  # Falcon-H1 multiplies in_proj's output by muP multipliers first
+    raw = scale_steps(projected[..., -h:], sizes, mixer.dt_bias, mixer.time_step_limit,
+                      None if mup is None else mup[..., -h:])  # fmt: skip
+    return torch.cat([projected[..., :-h], raw], dim=-1)
+
+
+@dataclass(frozen=True)
+class SsmKind:
+    """What the toolkit needs of one kind of selective-scan mixer (:attr:`BlockSpec.ssm_type
+    <hybridreduce.adapters.base.BlockSpec.ssm_type>`).
+
+    Attributes:
+        name: the kind (``"mamba2"``, ``"mamba1"``).
+        score: ``(mixer, in_proj output (b, T, ·), padding (b, T) | None, positions, scorer) → (b, V)`` importance.
+        step_module: the submodule whose output holds the raw steps (``in_proj`` for Mamba-2), which the size-aware
+            engine hooks; ``None`` where no module emits them. Mamba-1 (Jamba): transformers multiplies
+            ``dt_proj.weight`` into the low-rank step input itself (``dt_proj`` never runs as a module) and the
+            rank-``r`` input has no preimage for a per-channel scaling, so its steps stay unscaled.
+        scale_steps: ``(mixer, that output, sizes (b, T)) → output`` with each token's ``Δ`` times its size
+            (:func:`hybridreduce.merge.scale_steps`).
+    """
+
+    name: str
+    score: Callable
+    step_module: Callable[[nn.Module], nn.Module] | None = None
+    scale_steps: Callable | None = None
+
+
+def _register_ssm_kinds(*kinds: SsmKind) -> Mapping[str, SsmKind]:
+    table: dict[str, SsmKind] = {}
+    for kind in kinds:
+        if kind.name in table:  # registering a name twice is an error, never a silent replacement
+            raise ValueError(f"SSM kind {kind.name!r} is registered twice")
+        table[kind.name] = kind
+    return MappingProxyType(table)
+
+
+#: ``ssm_type`` → :class:`SsmKind` (read-only).
+SSM_KINDS: Mapping[str, SsmKind] = _register_ssm_kinds(
+    SsmKind("mamba2", _score_mamba2, lambda mixer: mixer.in_proj, _scale_mamba2),
+    SsmKind("mamba1", _score_mamba1),
+)

@@ -20,6 +20,15 @@ full tokens and under each method at each average keep fraction ``k``:
     random                  seeded uniform draws, progressive cuts                          in the LM      LM k
     evs                     temporal change of each patch (pixels), rate 1 − k_evs          before the LM  EVS k
     evs+progressive         EVS, then progressive on the tokens EVS kept                    both           EVS √k, LM √k
+    progressive+merge       as progressive, each removed token merged into its most similar in the LM      LM k
+                            kept one, the later blocks size-aware (DESIGN decision 14)
+    progressive-calibrated+merge     as progressive-calibrated, merging                    in the LM      LM k
+    random+merge            as random, merging                                              in the LM      LM k
+    evs+progressive+merge   as evs+progressive, merging in the LM                           both           EVS √k, LM √k
+    progressive+merge-nosize             as progressive+merge, the blocks not size-aware (the ablation)
+    progressive-calibrated+merge-nosize  as progressive-calibrated+merge, not size-aware
+    random+merge-nosize                  as random+merge, not size-aware
+    evs+progressive+merge-nosize         as evs+progressive+merge, not size-aware
 
 Each method is a :class:`DemoMethod` record (:data:`DEMO_METHODS`): the schedule preset it runs in the language
 model (and its settings), its Mamba scorer, whether EVS runs before the LM, and how it splits the average keep
@@ -53,7 +62,7 @@ import csv
 import json
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -164,6 +173,8 @@ class DemoMethod:
 
 #: Full tokens: the reference every variant's speed-ups divide.
 FULL = DemoMethod("full", budget_split="none")
+#: The schedule settings of the demo's merging methods (``name+merge``).
+MERGE = {"combine": "merge"}
 #: The demo's methods, name → record, in the table's order (iterating gives the names).
 DEMO_METHODS: dict[str, DemoMethod] = {
     m.name: m
@@ -185,6 +196,27 @@ DEMO_METHODS: dict[str, DemoMethod] = {
         DemoMethod("random", preset="random"),
         DemoMethod("evs", evs=True, budget_split="evs"),
         DemoMethod("evs+progressive", preset="progressive", evs=True, budget_split="sqrt"),
+        # Merging (DESIGN decision 14): the same methods, each removed token added into its most similar kept one,
+        # and the blocks after a cut size-aware; "-nosize" merges the hidden states only (the ablation).
+        *(
+            DemoMethod(
+                f"{base.name}+merge{tag}",
+                base.preset,
+                {**base.settings, **MERGE, "size_aware": aware},
+                base.first_cut_after_attention,
+                base.calibrated,
+                base.scorer,
+                base.evs,
+                base.budget_split,
+            )
+            for tag, aware in (("", True), ("-nosize", False))
+            for base in (
+                DemoMethod("progressive", preset="progressive"),
+                DemoMethod("progressive-calibrated", preset="progressive", calibrated=True),
+                DemoMethod("random", preset="random"),
+                DemoMethod("evs+progressive", preset="progressive", evs=True, budget_split="sqrt"),
+            )
+        ),  # fmt: skip
     )
 }
 
@@ -494,7 +526,8 @@ def run_demo(
         mine: list[MethodResult] = []
         for method, keep in runs:
             bar.set_postfix_str(f"{variant} {method} k={keep}")
-            own = calibrated[keep] if demo_method(method).calibrated else None
+            record = demo_method(method)
+            own = replace(calibrated[keep], **record.settings) if record.calibrated else None
             mine.append(
                 evaluate_method(model, batches, method, keep, sheet, progress=bar.update, variant=variant, schedule=own)
             )
