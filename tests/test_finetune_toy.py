@@ -16,7 +16,9 @@ ARMS = sorted((Path(__file__).parents[1] / "configs" / "finetune").glob("toy_*.y
 
 
 def test_the_arms_differ_only_in_schedule_and_keep():
-    assert [p.stem for p in ARMS] == ["toy_ablation", "toy_calibrated", "toy_random"]
+    assert [p.stem for p in ARMS] == [
+        "toy_ablation", "toy_calibrated", "toy_calibrated_merge", "toy_random", "toy_random_merge"
+    ]  # fmt: skip
     raw = {p.stem: dict(read_yaml(p, "finetune config")) for p in ARMS}
     for values in raw.values():
         assert set(values) <= set(CONFIG_FIELDS)
@@ -26,6 +28,9 @@ def test_the_arms_differ_only_in_schedule_and_keep():
     assert (raw["toy_calibrated"]["schedule"], raw["toy_calibrated"]["keep"]) == ("progressive-calibrated", 0.25)
     assert (raw["toy_random"]["schedule"], raw["toy_random"]["keep"]) == ("random", 0.25)
     assert raw["toy_ablation"]["schedule"] == "none" and "keep" not in raw["toy_ablation"]
+    for arm in ("toy_calibrated", "toy_random"):
+        merged = raw[arm + "_merge"]
+        assert merged["schedule"] == raw[arm]["schedule"] + "+merge" and merged["keep"] == 0.25
 
 
 def test_toy_finetune_trains_resumes_and_writes_a_demo_checkpoint(tmp_path, capsys):

@@ -25,6 +25,7 @@ evaluates per question type (choose steps and learning rate on ``val``, report `
 from __future__ import annotations
 
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -129,8 +130,11 @@ def toy_schedules(model, spec, method_name: str | None, keep: float | None, vari
     keep = 0.25 if keep is None else keep
     record = demo_method(method_name)
     configs = {c.variant: c for c in spec.configs}
-    if record.calibrated:
-        return record, keep, {v: calibrate_schedules(model, configs[v], spec.vocab, [keep])[keep] for v in variants}
+    if record.calibrated:  # the calibrated layout with the method's own settings (merging), as the demo runs it
+        return record, keep, {
+            v: replace(calibrate_schedules(model, configs[v], spec.vocab, [keep])[keep], **record.settings)
+            for v in variants
+        }
     schedule, note = feasible_schedule(record, keep, model)
     if note:
         print(f"--schedule {method_name}: {note}")
