@@ -131,10 +131,8 @@ def toy_schedules(model, spec, method_name: str | None, keep: float | None, vari
     record = demo_method(method_name)
     configs = {c.variant: c for c in spec.configs}
     if record.calibrated:  # the calibrated layout with the method's own settings (merging), as the demo runs it
-        return record, keep, {
-            v: replace(calibrate_schedules(model, configs[v], spec.vocab, [keep])[keep], **record.settings)
-            for v in variants
-        }
+        own = {v: calibrate_schedules(model, configs[v], spec.vocab, [keep])[keep] for v in variants}
+        return record, keep, {v: replace(schedule, **record.settings) for v, schedule in own.items()}
     schedule, note = feasible_schedule(record, keep, model)
     if note:
         print(f"--schedule {method_name}: {note}")
