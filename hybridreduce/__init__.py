@@ -5,6 +5,7 @@ Entry points:
     :func:`reduce` — drop visual tokens between blocks under a :class:`Schedule` (a context manager).
     :func:`get_adapter` — how a model's blocks are laid out (kinds, mixers, RoPE).
     :func:`load` — a video VLM checkpoint directory with its tokenizer and prompts (:class:`VLM`).
+    :func:`finetune` — LoRA finetuning under the schedule the model is evaluated with.
     :class:`ScoreCache`, :class:`ScorerConfig`.
 """
 
@@ -13,6 +14,7 @@ from .adapters import get_adapter, supported_model_types
 from .cache import ScoreCache
 from .engine import Reduction, cache_nbytes, reduce
 from .errors import HybridReduceError, InputError, ScoreError, UnsupportedModelError
+from .finetune import finetune
 from .schedule import Plan, Schedule
 from .scoring.config import ScorerConfig
 from .taps import capture
@@ -37,6 +39,7 @@ __all__ = [
     "__version__",
     "cache_nbytes",
     "capture",
+    "finetune",
     "get_adapter",
     "load",
     "reduce",

@@ -600,19 +600,17 @@ def check_model_args(args: argparse.Namespace, device: str | None) -> None:
     if args.evs is not None:
         check_evs(args.evs)
     check_max_new_tokens(args.max_new_tokens)
+    if getattr(args, "adapter", None) is not None:
+        from .finetune.lora import check_adapter_dir
+
+        check_adapter_dir(args.adapter)
 
 
 def load_vlm(args: argparse.Namespace, device: str | None = None):
-    from .vlm import load
+    from .vlm import LoadOptions
 
     _quiet_transformers()
-    return load(
-        args.model,
-        dtype=args.dtype,
-        device_map=args.device_map,
-        device=device if args.device_map is None else None,
-        trust_remote_code=args.trust_remote_code,
-    )
+    return LoadOptions.from_args(args, device).load()
 
 
 def evs_rate(args: argparse.Namespace, vlm) -> float:
@@ -745,6 +743,7 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--device-map", default=None, help="e.g. auto: spread a large model over the GPUs (accelerate)")
     p.add_argument("--trust-remote-code", action="store_true", help="allow the checkpoint's own Python code")
+    p.add_argument("--adapter", metavar="DIR", help="a LoRA adapter (hybridreduce finetune --out) merged into --model")
     p.add_argument("--frames", type=int, help=f"frames sampled uniformly, 1 to 4096 (default {DEFAULT_FRAMES})")
     p.add_argument("--fps", type=float, help="sample at this rate instead of --frames")
     p.add_argument("--max-frames", type=int, help="cap on the frames --fps samples")
@@ -815,6 +814,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--device", default=None, help="cpu, cuda, ... (video VLM)")
     c.add_argument("--device-map", default=None, help=argparse.SUPPRESS)
     c.add_argument("--trust-remote-code", action="store_true", help=argparse.SUPPRESS)
+    c.add_argument("--adapter", metavar="DIR", help="a LoRA adapter (hybridreduce finetune --out) merged into --model")
     c.add_argument("--frames", type=int, default=DEFAULT_FRAMES, help=f"frames per video (default {DEFAULT_FRAMES})")
     c.set_defaults(func=cmd_calibrate)
 
@@ -890,6 +890,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     mergers: list = []
     m.set_defaults(func=cmd_merge, mergers=mergers)
+    from .finetune.cli import register as register_finetune
+
+    register_finetune(sub)
     _register_extensions(sub, mergers)
     return parser
 

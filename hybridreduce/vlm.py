@@ -397,6 +397,7 @@ class VLM:
         adapted: the language model seen through its hybridreduce adapter.
         path: the checkpoint directory.
         processor_source: ``"processor"`` (the checkpoint's own) or ``"fallback"`` (see the module docstring).
+        adapter: the LoRA adapter directory merged into the weights, or None.
     """
 
     model: nn.Module
@@ -405,6 +406,7 @@ class VLM:
     adapted: AdaptedModel = field(repr=False)
     path: Path
     processor_source: str
+    adapter: Path | None = None
 
     @property
     def model_type(self) -> str:
@@ -538,14 +540,59 @@ def _eos_ids(model: nn.Module, tokenizer) -> set[int]:
     return {int(i) for i in (ids if isinstance(ids, (list, tuple)) else [ids])}
 
 
+@dataclass(frozen=True)
+class LoadOptions:
+    """Everything that decides how a checkpoint loads: what the command line's model flags, the lmms-eval models'
+    ``model_args`` and :func:`load`'s arguments say, in one place.
+
+    Attributes:
+        model: the checkpoint directory.
+        dtype: ``"auto"`` (the checkpoint's), a name (``"float32"``, ``"bfloat16"``, ...) or a torch dtype.
+        device: where to put the whole model (default: CPU, or what ``device_map`` chose).
+        device_map: passed to ``from_pretrained`` (``"auto"``: accelerate spreads the model over the GPUs).
+        trust_remote_code: allow the checkpoint's own Python code.
+        adapter: a ``hybridreduce finetune`` output directory whose LoRA adapter is merged into the weights.
+        attn_implementation: transformers' attention implementation (``"sdpa"``, ``"eager"``, ...); None: its
+            default.
+    """
+
+    model: str | Path
+    dtype: str | torch.dtype = "auto"
+    device: str | torch.device | None = None
+    device_map: str | dict | None = None
+    trust_remote_code: bool = False
+    adapter: str | Path | None = None
+    attn_implementation: str | None = None
+
+    @classmethod
+    def from_args(cls, args, device: str | None = None) -> LoadOptions:
+        """The options of a command line's model flags (``--model``, ``--dtype``, ``--device-map``, ...);
+        ``device`` as the command resolved it (it is dropped under a device map)."""
+        return cls(
+            model=args.model, dtype=args.dtype, device_map=args.device_map,
+            device=device if args.device_map is None else None, trust_remote_code=args.trust_remote_code,
+            adapter=getattr(args, "adapter", None), attn_implementation=getattr(args, "attn_implementation", None),
+        )  # fmt: skip
+
+    def load(self) -> VLM:
+        """:func:`load` with these options."""
+        return load(
+            self.model, dtype=self.dtype, device_map=self.device_map, device=self.device,
+            trust_remote_code=self.trust_remote_code, adapter=self.adapter,
+            attn_implementation=self.attn_implementation,
+        )  # fmt: skip
+
+
 def load(
     path: str | Path,
     dtype: str | torch.dtype = "auto",
     device_map: str | dict | None = None,
     device: str | torch.device | None = None,
     trust_remote_code: bool = False,
+    adapter: str | Path | None = None,
+    attn_implementation: str | None = None,
 ) -> VLM:
-    """Load a video VLM checkpoint directory with its tokenizer and processor.
+    """Load a video VLM checkpoint directory with its tokenizer and processor (see :class:`LoadOptions`).
 
     Args:
         path: a local checkpoint directory (``config.json``, weights, tokenizer, processor configs).
@@ -554,10 +601,15 @@ def load(
             accelerate); exclusive with ``device``.
         device: where to put the whole model (default: CPU, or what ``device_map`` chose).
         trust_remote_code: allow the checkpoint's own Python code (off unless asked).
+        adapter: a ``hybridreduce finetune`` output directory (or any peft LoRA adapter of this model): loaded
+            with peft and merged into the weights, so the model runs as fast as the base and the hooks see
+            plain modules.
+        attn_implementation: passed to ``from_pretrained`` when given.
     Returns:
         A :class:`VLM`.
     Raises:
-        InputError: not a directory, no ``config.json``, a bad dtype, or ``device`` with ``device_map``.
+        InputError: not a directory, no ``config.json``, a bad dtype, ``device`` with ``device_map``, or an
+            adapter directory without a LoRA adapter.
         UnsupportedModelError: a ``model_type`` that is not a supported video VLM, or whose language model
             has no adapter.
     """
@@ -578,6 +630,10 @@ def load(
             "For a text-only hybrid language model use hybridreduce.reduce on the model directly"
         )
     torch_dtype = _dtype(dtype)
+    if adapter is not None:
+        from .finetune.lora import check_adapter_dir
+
+        check_adapter_dir(adapter)
     config = AutoConfig.from_pretrained(root, trust_remote_code=trust_remote_code)
     kwargs = {"dtype": torch_dtype, "trust_remote_code": trust_remote_code}
     if device_map is not None:
@@ -586,10 +642,16 @@ def load(
         if find_spec("accelerate") is None:
             raise InputError("device_map needs accelerate: pip install accelerate (or hybridreduce[cuda])")
         kwargs["device_map"] = device_map
+    if attn_implementation is not None:
+        kwargs["attn_implementation"] = attn_implementation
     try:
         model = AutoModelForImageTextToText.from_pretrained(root, **kwargs)
     except ValueError:
         model = AutoModel.from_pretrained(root, **kwargs)
+    if adapter is not None:
+        from .finetune.lora import merge_adapter
+
+        model = merge_adapter(model, adapter)
     if device is not None:
         model = model.to(device)
     model.eval()
@@ -604,6 +666,7 @@ def load(
         adapted=adapted,
         path=root,
         processor_source="processor" if processor is not None else "fallback",
+        adapter=None if adapter is None else Path(adapter),
     )
 
 

@@ -180,8 +180,11 @@ def _find_decoder(text_model: nn.Module) -> tuple[nn.Module, str]:
     )
 
 
-def get_adapter(model: nn.Module) -> AdaptedModel:
+def get_adapter(model: nn.Module, allow_meta: bool = False) -> AdaptedModel:
     """Resolve ``model`` to its family adapter and lay out its blocks.
+
+    ``allow_meta``: accept a model built on the ``meta`` device (no weights), to read its layout before loading
+    (``hybridreduce finetune`` checks its schedule and LoRA targets so); such an adapter cannot score.
 
     Raises:
         UnsupportedModelError: no adapter for the (language) model's ``model_type``; the message
@@ -195,7 +198,7 @@ def get_adapter(model: nn.Module) -> AdaptedModel:
     text_model, wrapper = _find_language_model(model)
     if text_model is None:
         raise _unsupported(model)
-    if any(p.is_meta for p in model.parameters()):
+    if not allow_meta and any(p.is_meta for p in model.parameters()):
         raise InputError(
             "the model has parameters on the meta device (its weights were never loaded). Load it with "
             "from_pretrained(...) or call model.to_empty(device=...) and load a state dict before scoring."

@@ -37,6 +37,8 @@ meet the schedule right after, before any request runs; an unknown one is refuse
 ``device``, ``dtype``, ``device_map``, ``trust_remote_code``   as ``hybridreduce run``; lmms-eval's own
                  ``--device`` arrives here too. Under ``accelerate launch`` ``device=cuda`` becomes
                  ``cuda:LOCAL_RANK``.
+``adapter``      a ``hybridreduce finetune`` output directory: its LoRA adapter is merged into ``pretrained``
+                 (as ``hybridreduce run --adapter``).
 ``max_new_tokens``   the answer length when the task's ``generation_kwargs`` gives none (default 8, as ``run``).
 ``batch_size``   1 only (lmms-eval's ``--batch_size`` arrives here): requests are answered one at a time (their
                  prompts differ in length, and a schedule keeps a different number of tokens in each).
@@ -91,11 +93,11 @@ from PIL import Image
 from tqdm import tqdm
 
 from .. import validate
-from ..cli import DEFAULT_FRAMES, check_model_args, evs_rate, load_vlm
+from ..cli import DEFAULT_FRAMES, _quiet_transformers, check_model_args, evs_rate
 from ..errors import HybridReduceError, InputError, UnsupportedModelError, VideoError
 from ..runner import TIMINGS, answer_config, check_max_new_tokens, check_settings, settings_for, summarize
 from ..video import IMAGE_EXTENSIONS, Video, read_video, sample_indices
-from ..vlm import VIDEO_FAMILIES
+from ..vlm import VIDEO_FAMILIES, LoadOptions
 
 #: The answer length when a task's ``generation_kwargs`` gives no ``max_new_tokens``: ``run``'s default.
 DEFAULT_MAX_NEW_TOKENS = 8
@@ -126,6 +128,7 @@ class HybridReduce(lmms):
         dtype: str = "auto",
         device_map: str | None = None,
         trust_remote_code: bool = False,
+        adapter: str | None = None,
         batch_size: int | str = 1,
         max_batch_size: int | None = None,
         log_path: str | None = None,
@@ -169,7 +172,7 @@ class HybridReduce(lmms):
         self._args = SimpleNamespace(
             model=str(root), dtype=dtype, device_map=device_map, trust_remote_code=trust_remote_code,
             frames=DEFAULT_FRAMES if frames is None and fps is None else frames, fps=fps, max_frames=max_frames,
-            evs=evs, max_new_tokens=max_new_tokens,
+            evs=evs, max_new_tokens=max_new_tokens, adapter=adapter,
         )  # fmt: skip
         check_model_args(self._args, device)
         full = schedule == "none"
@@ -181,7 +184,9 @@ class HybridReduce(lmms):
                 f"checkpoints only; use --model {MODEL_IDS.get(model_type, HybridReduce.model_id)}"
             )
 
-        self.vlm = load_vlm(self._args, device)  # refuses a model_type that is no supported video VLM
+        _quiet_transformers()
+        self.load_options = LoadOptions.from_args(self._args, device)
+        self.vlm = self.load_options.load()  # refuses a model_type that is no supported video VLM
         settings = settings_for(schedule, evs=evs_rate(self._args, self.vlm), full=full, keep=keep)
         self.setting = check_settings(settings, self.vlm.adapted.num_blocks)[-1]  # the one setting of this model
         self.sampling = {"frames": self._args.frames, "fps": fps, "max_frames": max_frames}
@@ -357,7 +362,7 @@ assert set(MODEL_IDS) == set(VIDEO_FAMILIES), "every family hybridreduce.load su
 #: The model arguments :class:`HybridReduce` takes.
 KNOWN_ARGS = (
     "pretrained", "schedule", "keep", "evs", "frames", "fps", "max_frames", "max_new_tokens", "device", "dtype",
-    "device_map", "trust_remote_code", "batch_size", "log_path",
+    "device_map", "trust_remote_code", "adapter", "batch_size", "log_path",
 )  # fmt: skip
 
 
