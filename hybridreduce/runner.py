@@ -273,6 +273,8 @@ def answer_config(
         "schedule": None if setting.schedule is None else setting.schedule.to_dict(),
         "max_new_tokens": max_new_tokens,
     }
+    if getattr(vlm, "adapter", None) is not None:  # recorded only when there is one: earlier lines stay resumable
+        config["adapter"] = str(Path(vlm.adapter).resolve())
     return json.loads(json.dumps(config))  # as read back from a line: lists for tuples
 
 
