@@ -21,10 +21,11 @@ log=$venv/install.log
 installed=$("$venv/bin/python" -c "import transformers; print(transformers.__version__)")
 echo "check_transformers: transformers $installed in $venv"
 
-# The tests that touch transformers' call signatures, registries, EVS and processors (or all of them with --all).
+# The tests that touch transformers' call signatures, registries, EVS and processors, the attention functions merging
+# biases, and the Trainer, gradient checkpointing and peft wrappers finetuning runs under (or all of them with --all).
 tests=(tests/test_compat.py tests/test_capture.py tests/test_engine.py tests/test_scorers.py tests/test_adapters.py
        tests/test_evs.py tests/test_vlm.py tests/test_run.py tests/test_verify.py tests/test_invariants.py
-       tests/test_bench.py)
+       tests/test_bench.py tests/test_merge.py tests/test_finetune.py)
 [ "${2:-}" = "--all" ] && tests=(tests)
 "$venv/bin/python" -m pytest -q -p no:cacheprovider "${tests[@]}" >"$venv/pytest.log" 2>&1; rc_t=$?
 "$venv/bin/hybridreduce" verify --all >"$venv/verify.log" 2>&1; rc_v=$?
