@@ -27,7 +27,10 @@ per model. :func:`calibrate` derives the layout for a given model from a few pro
    Mamba blocks whose decay-free importance is nearly flat score every layout alike under ``J`` (a cut keeping
    a quarter of the tokens keeps about a quarter of their mass whatever it keeps); ``J_ref`` asks whether the
    tokens the question's deepest attention looks at survive every cut, which is what a block that ranks them
-   last before a cut destroys.
+   last before a cut destroys. ``reference`` is the default (:func:`search`, :func:`calibrate`, the command),
+   chosen on val with merging on every embedded checkpoint and variant: its layouts answered 93.8–95.3% at keep
+   0.5 where the own-mass objective's answered 48.4–81.3% (``experiments/merging/objectives.py``;
+   docs/guides/calibrating.md has the table).
 4. **Search** (:func:`search`): exhaustive over ``first_prune ∈ [1, num_blocks − 1]`` (with a scoring block before it),
    ``stages ∈ 1..max_stages`` (spread evenly from the first cut to the end, as the progressive schedule does)
    and ``shape ∈ {geometric, linear}``, the ratios of each solved by the budget; the best ``J`` wins.
@@ -222,7 +225,7 @@ def retained_mass(
 
 
 def objective(
-    scores: CalibrationScores, plan: Plan, kind: str = "own", ema: float | None = None
+    scores: CalibrationScores, plan: Plan, kind: str = "reference", ema: float | None = None
 ) -> tuple[float, float]:
     """``(J, standard error)`` of a layout: :func:`retained_mass` averaged over every prompt (``kind``: one of
     :data:`OBJECTIVES`; ``ema``: the schedule's, see :func:`retained_mass`)."""
@@ -312,7 +315,7 @@ def search(
     keep: float = 0.25,
     budget: str = "average",
     max_stages: int = 4,
-    target: str = "own",
+    target: str = "reference",
     placement: str = "spread",
 ) -> Calibration:
     """Choose the layout of :func:`candidate_schedules` with the largest retained importance mass (``target``: the
@@ -380,7 +383,7 @@ def calibrate(
     budget: str = "average",
     max_stages: int = 4,
     scorer=None,
-    target: str = "own",
+    target: str = "reference",
     placement: str = "spread",
 ) -> Schedule:
     """The progressive schedule whose layout keeps the most importance for ``model`` on ``prompts``.

@@ -798,9 +798,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--size", type=int, default=64, help="calibration prompts (default 64)")
     c.add_argument("--max-stages", type=int, default=4, help="most cuts a candidate layout has (default 4)")
     c.add_argument(
-        "--objective", default="own",
-        help="own (default: every block's own importance kept) or reference (the deepest attention block's, carried "
-        "to the last block)",
+        "--objective", default="reference",
+        help="reference (default: the deepest attention block's importance, carried to the last block) or own (every "
+        "block's own importance kept); docs/guides/calibrating.md says why",
     )  # fmt: skip
     c.add_argument(
         "--placement", default="spread",
