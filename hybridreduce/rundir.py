@@ -419,7 +419,7 @@ def missing_shards(have: Iterable[tuple[int, int]]) -> tuple[list[int], list[int
 def refuse_mixed_split(
     out: Path, shard: tuple[int, int], shards: dict, whole: str | None, again: str, overwrite: bool | None = None
 ) -> None:
-    """The out-dir rule of every sharded command: refuse to write ``shard`` = ``(i, N)`` into ``out`` beside the
+    """The out-dir rule of every sharded command: refuse to write ``shard`` = ``(index, count)`` into ``out`` beside the
     shards of another split (``shards``: every shard found there, by ``(index, count)``), or, for ``N > 1`` and
     unless ``overwrite``, beside a run made without ``--shard`` (``whole``: the file that holds it; None when there
     is none). Either way the same items would be ``again`` (``"answer"``, ``"score"``) a second time. ``overwrite``

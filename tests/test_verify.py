@@ -129,7 +129,7 @@ def test_cli_unsupported_checkpoint(tmp_path, capsys):
 
 def test_demo_runs_on_the_shipped_checkpoint(capsys, tmp_path):
     from hybridreduce.toy.demo import CHECKPOINT
-    from hybridreduce.toy.demo import DEMO_METHODS as METHODS
+    from hybridreduce.toy.demo import DEFAULT_METHODS as METHODS
 
     assert (CHECKPOINT / "model.safetensors").stat().st_size < 10 * 2**20  # the size limit
     assert cli.main(["demo", "--quick", "--size", "8", "--out", str(tmp_path), "--no-progress"]) == 0

@@ -30,7 +30,7 @@ def answer_text(item) -> str:
 
 
 def answer_tokens(items, tokenizer, max_answer_tokens: int, where: str = "data (--data)") -> list[torch.Tensor]:
-    """``(A,)`` long answer tokens of every item, the end-of-sequence token last.
+    """``(n_answer_tokens,)`` long answer tokens of every item, the end-of-sequence token last.
 
     Raises:
         InputError: items without an answer, answers longer than ``max_answer_tokens`` tokens (with the

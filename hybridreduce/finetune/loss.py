@@ -49,7 +49,7 @@ class Example:
     Attributes:
         id: the manifest item's id.
         prompt: the :class:`~hybridreduce.vlm.Prompt` ``run`` answers.
-        answer_ids: ``(A,)`` long, the answer's tokens then the end-of-sequence token.
+        answer_ids: ``(n_answer_tokens,)`` long, the answer's tokens then the end-of-sequence token.
         qtype: the item's question type.
     """
 
