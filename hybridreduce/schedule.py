@@ -39,6 +39,7 @@ from typing import Any
 
 from . import validate
 from .errors import InputError
+from .registry import frozen_registry
 from .yamlio import located, read_yaml_section
 
 SHAPES = ("geometric", "linear", "explicit")
@@ -646,17 +647,8 @@ _TABLE = (
 )
 
 
-def _registry(table: tuple[MethodSpec, ...]) -> Mapping[str, MethodSpec]:
-    registry: dict[str, MethodSpec] = {}
-    for spec in table:
-        if spec.name in registry:  # a name registered twice is an error, never a silent replacement
-            raise ValueError(f"method {spec.name!r} is registered twice")
-        registry[spec.name] = spec
-    return MappingProxyType(registry)
-
-
 #: Method name -> its :class:`MethodSpec` (read-only).
-METHOD_SPECS: Mapping[str, MethodSpec] = _registry(_TABLE)
+METHOD_SPECS: Mapping[str, MethodSpec] = frozen_registry(_TABLE, "method")
 METHODS = tuple(METHOD_SPECS)
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from hybridreduce import InputError
+from hybridreduce.registry import frozen_registry
 from hybridreduce.schedule import (
     COMBINE_SETTINGS,
     LAYOUT_SETTINGS,
@@ -22,7 +23,6 @@ from hybridreduce.schedule import (
     Plan,
     Schedule,
     Selector,
-    _registry,
 )
 
 
@@ -166,8 +166,8 @@ def test_layout_and_selector_are_validated_on_their_own():
 
 def test_the_method_table_refuses_bad_entries():
     spec = METHOD_SPECS["fastv"]
-    with pytest.raises(ValueError, match="registered twice"):
-        _registry((spec, spec))
+    with pytest.raises(ValueError, match="method 'fastv' is registered twice"):
+        frozen_registry((spec, spec), "method")
     with pytest.raises(ValueError, match="not layout settings"):
         MethodSpec("mine", "x", layout={"score": "attention"})
     with pytest.raises(ValueError, match="a preset sets free settings only"):

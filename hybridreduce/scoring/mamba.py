@@ -49,13 +49,13 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from types import MappingProxyType
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..merge import scale_steps
+from ..registry import frozen_registry
 from .config import ScorerConfig, normalise, reduce_heads, reduce_rows
 
 
@@ -538,17 +538,11 @@ class SsmKind:
     scale_steps: Callable | None = None
 
 
-def _register_ssm_kinds(*kinds: SsmKind) -> Mapping[str, SsmKind]:
-    table: dict[str, SsmKind] = {}
-    for kind in kinds:
-        if kind.name in table:  # registering a name twice is an error, never a silent replacement
-            raise ValueError(f"SSM kind {kind.name!r} is registered twice")
-        table[kind.name] = kind
-    return MappingProxyType(table)
-
-
 #: ``ssm_type`` → :class:`SsmKind` (read-only).
-SSM_KINDS: Mapping[str, SsmKind] = _register_ssm_kinds(
-    SsmKind("mamba2", _score_mamba2, lambda mixer: mixer.in_proj, _scale_mamba2),
-    SsmKind("mamba1", _score_mamba1),
+SSM_KINDS: Mapping[str, SsmKind] = frozen_registry(
+    (
+        SsmKind("mamba2", _score_mamba2, lambda mixer: mixer.in_proj, _scale_mamba2),
+        SsmKind("mamba1", _score_mamba1),
+    ),
+    "SSM kind",
 )
