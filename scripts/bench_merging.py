@@ -12,9 +12,10 @@ slow drifts of a shared machine fall on every variant alike):
 - ``merge-nosize``: ``combine: merge``, ``size_aware: false``.
 
 The first cut keeps the same tokens in all three; later cuts can keep others, since a merge changes the rows
-that later blocks score. Each keeps the same number at every cut (the achieved keep of each is printed). The overhead is ``median(merge) / median(drop) - 1``; the target of the merging issue is 5% at 8k
-visual tokens. Speed is measured here, never asserted in tests. Run on an otherwise idle machine; the thread count
-is torch's (set ``OMP_NUM_THREADS``)::
+that later blocks score. Each keeps the same number at every cut (the achieved keep of each is printed). The
+overhead is ``median(merge) / median(drop) - 1``; the target of the merging issue is 5% at 8k visual tokens.
+Speed is measured here, never asserted in tests. Run on an otherwise idle machine; the thread count is
+torch's (set ``OMP_NUM_THREADS``)::
 
     OMP_NUM_THREADS=1 .venv/bin/python scripts/bench_merging.py --visual-tokens 8192 --repeats 5 \\
         --json notebooks/figures/bench_merging.json
