@@ -13,7 +13,7 @@ import argparse
 import json
 import sys
 
-from .errors import HybridReduceError, InputError
+from .errors import HybridReduceError, InputError, Interrupted
 
 
 def _quiet_transformers() -> None:
@@ -927,13 +927,12 @@ def main(argv: list[str] | None = None, parser: argparse.ArgumentParser | None =
     except HybridReduceError as exc:
         print(f"hybridreduce {args.command}: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         # Every file is written under a temporary name and renamed when complete (hybridreduce.rundir), so what a
-        # Ctrl-C leaves is the files finished before it; a command that saves partial work says so itself.
-        print(
-            f"hybridreduce {args.command}: interrupted; files finished before Ctrl-C are kept, none is half-written",
-            file=sys.stderr,
-        )
+        # Ctrl-C leaves is the files finished before it; a command that saves partial work says so (Interrupted).
+        said = str(exc) if isinstance(exc, Interrupted) else ""
+        said = said or "interrupted; files finished before Ctrl-C are kept, none is half-written"
+        print(f"hybridreduce {args.command}: {said}", file=sys.stderr)
         return 130
 
 

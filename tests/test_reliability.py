@@ -352,8 +352,9 @@ def test_ctrl_c_in_train_toy(tmp_path, capsys, monkeypatch, target):
 
 def test_ctrl_c_in_run_and_analyze_at_start_up(tmp_path, capsys, monkeypatch):
     """The README promises one line and exit 130; Ctrl-C while the model loads printed a traceback."""
-    monkeypatch.setattr("hybridreduce.cli._quiet_transformers", _interrupt)
+    # analysis.cli first: importing it binds hybridreduce.cli's function, which undo would then restore patched
     monkeypatch.setattr("analysis.cli._quiet_transformers", _interrupt)
+    monkeypatch.setattr("hybridreduce.cli._quiet_transformers", _interrupt)
     config = tmp_path / "a.yaml"
     config.write_text("analysis:\n  model: {tiny: nemotron_h}\n  samples: 2\n  batch_size: 2\n")
     assert main(["analyze", "--config", str(config), "--out", str(tmp_path / "a"), "--no-progress"]) == 130
@@ -365,6 +366,150 @@ def test_ctrl_c_in_run_and_analyze_at_start_up(tmp_path, capsys, monkeypatch):
     build_tiny_model("nemotron_h").save_pretrained(model)
     assert main(["run", "--model", str(model), "--data", "x.jsonl", "--out", str(tmp_path / "r")]) == 130
     assert "interrupted" in one_line(capsys.readouterr().err)
+
+
+@pytest.fixture(scope="module")
+def run_files(tmp_path_factory):
+    """A tiny saved Omni checkpoint and a 7-item manifest (3 answerable, 4 broken videos): tests/test_run.py's."""
+    from tests.test_run import make_run_files
+
+    return make_run_files(tmp_path_factory.mktemp("run_files"))
+
+
+def _run_argv(run_files, out) -> list[str]:
+    return ["run", "--model", str(run_files["model"]), "--data", str(run_files["manifest"]), "--out", str(out),
+            "--frames", "8", "--no-progress"]  # fmt: skip
+
+
+def _answers(path: Path) -> list[tuple]:
+    """What a predictions file answered (timings left out: they differ between any two runs)."""
+    from hybridreduce.runner import read_predictions
+
+    return sorted((r["index"], r["setting"], r.get("pred"), r.get("error")) for r in read_predictions(path))
+
+
+def _interrupt_on_call(monkeypatch, target: str, call: int) -> None:
+    """Ctrl-C at the ``call``-th call (1-based) of ``target``; the calls before it run as usual."""
+    import importlib
+
+    *path, name = target.split(".")
+    calls = []
+    for k in range(len(path), 0, -1):  # the longest importable prefix, then attributes (a class's method)
+        try:
+            obj = importlib.import_module(".".join(path[:k]))
+        except ImportError:
+            continue
+        for attr in path[k:]:
+            obj = getattr(obj, attr)
+        break
+    real = getattr(obj, name)
+
+    def interrupt(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == call:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(obj, name, interrupt)
+
+
+@pytest.mark.parametrize(
+    "target, call, point",
+    [
+        ("hybridreduce.vlm.load", 1, "loading the model"),
+        ("hybridreduce.vlm.VLM.answer", 3, "answering (the third answer)"),
+        ("hybridreduce.runner.write_summary", 1, "writing the summary"),
+    ],
+)
+def test_ctrl_c_in_run(run_files, tmp_path, capsys, monkeypatch, target, call, point):
+    """Ctrl-C while the model loads, while answering, or while the summary is written: one line, exit 130, every
+    answer made before it kept whole in predictions.jsonl, and a rerun of the same command continues to the
+    result of an uninterrupted run."""
+    assert main(_run_argv(run_files, tmp_path / "whole")) == 0
+    whole = _answers(tmp_path / "whole" / "predictions.jsonl")
+    capsys.readouterr()
+    out = tmp_path / "run"
+    _interrupt_on_call(monkeypatch, target, call)
+    assert main(_run_argv(run_files, out)) == 130, point
+    line = one_line(capsys.readouterr().err)
+    assert line.startswith("hybridreduce run: interrupted"), line
+    kept = _answers(out / "predictions.jsonl")
+    assert set(kept) <= set(whole)  # whole lines only, each as the uninterrupted run made it
+    if point.startswith("answering"):
+        assert len([k for k in kept if k[3] is None]) == 2  # the two answers made before the third
+        assert "rerun the same command to continue" in line and str(out / "predictions.jsonl") in line
+    assert not (out / "summary.json").exists()
+    assert not [p for p in out.rglob("*") if ".tmp-" in p.name] if out.exists() else True
+    monkeypatch.undo()
+    assert main(_run_argv(run_files, out)) == 0
+    assert _answers(out / "predictions.jsonl") == whole and (out / "summary.json").is_file()
+
+
+def test_a_real_sigint_during_run(run_files, tmp_path):
+    """SIGINT (as Ctrl-C sends it) while answering, in a fresh interpreter: exit 130, one line, the answers made."""
+    out = tmp_path / "run"
+    script = (
+        "import os, signal, sys\n"
+        "signal.signal(signal.SIGINT, signal.default_int_handler)\n"  # see tests/test_bad_input.py::test_a_real_sigint
+        "import hybridreduce.vlm as v\n"
+        "real, calls = v.VLM.answer, []\n"
+        "def answer(*args, **kwargs):\n"
+        "    calls.append(1)\n"
+        "    if len(calls) == 3:\n"
+        "        os.kill(os.getpid(), signal.SIGINT)\n"
+        "    return real(*args, **kwargs)\n"
+        "v.VLM.answer = answer\n"
+        "from hybridreduce.cli import main\n"
+        f"sys.exit(main({_run_argv(run_files, out)!r}))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 130, done.stderr[-2000:]
+    assert "rerun the same command to continue" in one_line(done.stderr)
+    assert 2 <= len([k for k in _answers(out / "predictions.jsonl") if k[3] is None]) <= 3
+
+
+@pytest.fixture(scope="module")
+def analysis_config(tmp_path_factory):
+    """A 4-sample analysis of a tiny random Jamba (two batches) and a finished run of it."""
+    root = tmp_path_factory.mktemp("analysis")
+    config = root / "a.yaml"
+    prompt = {"prefix": 2, "visual": 16, "question": 4}
+    settings = {"model": {"tiny": "jamba"}, "samples": 4, "batch_size": 2, "keep": 0.5, "prompt": prompt}
+    config.write_text(yaml.safe_dump({"analysis": settings}))
+    assert main(["analyze", "--config", str(config), "--out", str(root / "run"), "--no-progress"]) == 0
+    return config, root / "run"
+
+
+def _digest(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() if p.is_file() else b"/" for p in sorted(root.rglob("*"))}
+
+
+@pytest.mark.parametrize(
+    "target, call, point",
+    [
+        ("analysis.run.load_model", 1, "loading the model"),
+        ("analysis.rundir.analyze_caches", 1, "measuring"),
+        ("analysis.rundir.write_tables", 1, "writing the tables"),
+        ("hybridreduce.rundir.Path.rename", 2, "moving the new run into place"),
+    ],
+)
+def test_ctrl_c_in_analyze_after_scoring(analysis_config, tmp_path, capsys, monkeypatch, target, call, point):
+    """Ctrl-C once every batch is scored (measuring, writing, installing; while scoring: tests/test_bad_input.py) or
+    before: one line, exit 130, and --out exactly as it was (here a finished run, replaced only when complete)."""
+    import shutil
+
+    config, finished = analysis_config
+    out = tmp_path / "run"
+    shutil.copytree(finished, out)
+    before = _digest(out)
+    _interrupt_on_call(monkeypatch, target, call)
+    argv = ["analyze", "--config", str(config), "--out", str(out), "--no-progress", "--overwrite"]
+    assert main(argv) == 130, point
+    assert "interrupted" in one_line(capsys.readouterr().err)
+    monkeypatch.undo()
+    assert _digest(out) == before, point
+    assert [p.name for p in tmp_path.iterdir()] == ["run"]  # no staging folder, no old run moved aside
 
 
 def test_a_real_sigint_during_train_toy(tmp_path):
