@@ -59,7 +59,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .adapters import get_adapter
+from .adapters import AdaptedModel, get_adapter
 from .errors import InputError
 from .rundir import atomic_path, write_text
 from .schedule import BUDGETS, Plan, Schedule
@@ -310,6 +310,26 @@ def candidate_schedules(
     return out
 
 
+def check_budget(
+    adapted: AdaptedModel, keep: float, budget: str = "average", max_stages: int = 4, placement: str = "spread"
+) -> None:
+    """Refuse a budget no candidate layout (:func:`candidate_schedules`) can meet on this model, from its blocks
+    alone: before any prompt is scored, and for a checkpoint before its weights load (``adapted`` from
+    :func:`hybridreduce.vlm.layout`, which reads config.json).
+
+    Raises:
+        InputError: ``keep`` is too small for the depth and the first scoring block (the fix: a larger keep, or
+            ``budget="final"``).
+    """
+    scoring = [b.index for b in adapted.scoring_blocks]
+    if not candidate_schedules(adapted.num_blocks, scoring, keep, budget, max_stages, placement):
+        raise InputError(
+            f"keep (--keep) {keep:g}: no layout of at most {max_stages} cuts on this {adapted.num_blocks}-block "
+            f"model carries {budget} keep {keep:g} with a scoring block before its first cut; raise --keep, or try "
+            "--budget final"
+        )
+
+
 def search(
     scores: CalibrationScores,
     keep: float = 0.25,
@@ -399,6 +419,7 @@ def calibrate(
         The chosen :class:`~hybridreduce.schedule.Schedule`; :func:`search` on :func:`score_prompts` gives the
         whole :class:`Calibration` (every candidate and the presets' objectives).
     """
+    check_budget(get_adapter(model), keep, budget, max_stages, placement)  # before the first prompt is scored
     return search(score_prompts(model, prompts, scorer=scorer), keep, budget, max_stages, target, placement).schedule
 
 

@@ -546,6 +546,55 @@ def test_a_budget_the_depth_cannot_meet_is_refused_before_scoring(run_dir, tmp_p
     assert "raise --keep" in one_line(capsys.readouterr().err)
 
 
+@pytest.mark.parametrize(
+    "command, flags, message",
+    [
+        ("calibrate", ["--keep", "1e-9", "--size", "4"], "raise --keep"),
+        ("run", ["--schedule", "fastv", "--keep", "0.5", "--no-full"], "keep=0.5"),
+        ("generate", ["--schedule", "fastv", "--keep", "0.5"], "keep=0.5"),
+    ],
+)
+def test_a_schedule_the_checkpoints_depth_cannot_meet_is_refused_before_the_weights_load(
+    run_files, tmp_path, capsys, monkeypatch, command, flags, message
+):
+    """Class 7 on a real (saved) VLM: the depth comes from config.json (hybridreduce.vlm.layout), so an impossible
+    budget costs no weight loading (minutes on a large checkpoint) and no scoring. fastv cuts once, before block 3
+    of this 6-block model: an average keep of 0.5 or less cannot be met."""
+    import hybridreduce.vlm
+
+    monkeypatch.setattr(hybridreduce.vlm, "load", lambda *a, **k: pytest.fail("loaded the weights before refusing"))
+    model, manifest = str(run_files["model"]), str(run_files["manifest"])
+    where = {
+        "calibrate": ["--data", manifest, "--out", str(tmp_path / "s.yaml")],
+        "run": ["--data", manifest, "--out", str(tmp_path / "r")],
+        "generate": ["--video", str(run_files["root"] / "videos" / "a.mp4"), "--question", "what ?", "--frames", "8"],
+    }[command]
+    assert main([command, "--model", model, *where, *flags]) == 2
+    assert message in one_line(capsys.readouterr().err)
+    assert not [p for p in tmp_path.iterdir()]  # and nothing written
+
+
+@pytest.mark.parametrize("flags", [["--keep", "0.01"], ["--sweep", "0.5,0.01"]])
+def test_bench_refuses_a_keep_its_model_cannot_meet_before_building_it(tmp_path, capsys, monkeypatch, flags):
+    """The benchmark model's depth is its pattern's length: a keep the schedule cannot carry on it is refused before
+    the model is built (and, in a sweep, before the earlier keeps are timed)."""
+    import hybridreduce.bench
+
+    monkeypatch.setattr(hybridreduce.bench, "build_bench_model", lambda *a, **k: pytest.fail("built the model"))
+    out = ["--out", str(tmp_path / "b")] if "--sweep" in flags else []
+    assert main(["bench", "--schedule", "fastv", "--visual-tokens", "64", *flags, *out]) == 2
+    assert "0.01" in one_line(capsys.readouterr().err)
+
+
+def test_calibrate_from_python_checks_the_budget_before_scoring(monkeypatch):
+    import hybridreduce.calibrate as calibrate
+    from hybridreduce.tiny import build_tiny_model
+
+    monkeypatch.setattr(calibrate, "score_prompts", lambda *a, **k: pytest.fail("scored before refusing"))
+    with pytest.raises(InputError, match="raise --keep"):
+        calibrate.calibrate(build_tiny_model("nemotron_h"), [], keep=1e-9)
+
+
 @pytest.mark.parametrize("keeps", ["nan", "inf", "0", "1e-9,nan"])
 def test_demo_keeps_are_checked_before_the_model_loads(tmp_path, capsys, monkeypatch, keeps):
     import hybridreduce.toy.demo as demo
