@@ -55,7 +55,7 @@ import torch
 from torch import nn
 
 from . import compat
-from .adapters import AdaptedModel, get_adapter
+from .adapters import AdaptedModel, get_adapter, supported_model_types
 from .errors import InputError, UnsupportedModelError
 from .evs import apply_retention, evs_retention_mask
 from .schedule import Schedule
@@ -690,6 +690,12 @@ def layout(path: str | Path, trust_remote_code: bool = False) -> AdaptedModel:
 
     root, _ = _video_checkpoint(path)
     config = AutoConfig.from_pretrained(root, trust_remote_code=trust_remote_code)
+    text = getattr(config.get_text_config(), "model_type", None)
+    if text not in supported_model_types():  # checked first: another architecture may not even build
+        raise UnsupportedModelError(
+            f"{root}: its language model is {text!r}, which hybridreduce has no adapter for (supported: "
+            f"{', '.join(supported_model_types())}); give a checkpoint around a supported hybrid language model"
+        )
     with torch.device("meta"):
         try:
             model = AutoModelForImageTextToText.from_config(config, trust_remote_code=trust_remote_code)
