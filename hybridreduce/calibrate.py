@@ -470,6 +470,11 @@ def calibration_files(schedule_path: str | Path) -> list[str]:
 PRESET_STYLES = (("black", (0, (6, 2))), ("dimgrey", (0, (1, 1.5))), ("darkgoldenrod", (0, (4, 1.5, 1, 1.5))))
 
 
+#: The candidates' markers by number of cuts (1, 2, ...): layouts with as many cuts share a colour, those with
+#: another number of cuts that carry the same importance would hide them if colour alone told them apart.
+CUT_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "h")
+
+
 def plot_calibration(cal: Calibration, stem: Path) -> list[Path]:
     """The objective of every candidate against its first cut, one line per (stages, shape); the chosen layout
     starred, the presets as horizontal lines."""
@@ -485,8 +490,9 @@ def plot_calibration(cal: Calibration, stem: Path) -> list[Path]:
         line[r["first_prune"]] = max(line.get(r["first_prune"], -math.inf), r["objective"])
     for (stages, shape), best_at in sorted(series.items()):
         pts = sorted(best_at.items())
-        ax.plot(*zip(*pts, strict=True), marker="o", ms=3, ls="-" if shape == "geometric" else "--",
-                color=plt.cm.tab10(stages % 10), label=f"{stages} cut{'s' if stages > 1 else ''}, {shape}")  # fmt: skip
+        ax.plot(*zip(*pts, strict=True), marker=CUT_MARKERS[(stages - 1) % len(CUT_MARKERS)], ms=4,
+                ls="-" if shape == "geometric" else "--", color=plt.cm.tab10(stages % 10),
+                label=f"{stages} cut{'s' if stages > 1 else ''}, {shape}")  # fmt: skip
     best = cal.candidates[0]
     ax.plot(best["first_prune"], best["objective"], marker="*", ms=16, color="black", ls="none",
             label=f"chosen: first cut {best['first_prune']}, {best['stages']} cuts, {best['shape']}")  # fmt: skip
