@@ -472,17 +472,16 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
             score_prompts(model, batches, progress=bar.update, keep=scores)
         except (HybridReduceError, KeyboardInterrupt) as exc:
             bar.close()
+            saved = ""
             if scores.n_prompts:
                 partial = out.with_name(out.stem + ".scores.partial.pt")
                 with folder.file(partial.name) as tmp:
                     scores.save(tmp)
-                print(
-                    f"hybridreduce calibrate: the scores of {scores.n_prompts} prompts are saved in {partial}",
-                    file=sys.stderr,
-                )
-            if isinstance(exc, KeyboardInterrupt):
-                print("hybridreduce calibrate: interrupted; no schedule written", file=sys.stderr)
-                return 130
+                saved = f"the scores of {scores.n_prompts} prompts are saved in {partial}"
+            if isinstance(exc, KeyboardInterrupt):  # one line (main prints it): what was kept
+                raise Interrupted(f"interrupted; no schedule written{'; ' + saved if saved else ''}") from None
+            if saved:
+                print(f"hybridreduce calibrate: {saved}", file=sys.stderr)
             raise
         bar.close()
         cal = search(scores, keep, args.budget, args.max_stages, target=args.objective, placement=args.placement)

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import errno
+import itertools
 import json
 import os
 import re
@@ -339,6 +340,27 @@ def test_ctrl_c_in_calibrate(run_dir, tmp_path, capsys, monkeypatch, target, poi
     if out.exists():  # interrupted while plotting: what was written is complete
         assert "schedule:" in out.read_text() and json.loads((tmp_path / "calibration.json").read_text())
     assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]
+
+
+def test_ctrl_c_while_calibrate_scores_keeps_the_prompts_scored(run_dir, tmp_path, capsys, monkeypatch):
+    """The guide's promise: the scores of the prompts already scored are saved (<schedule>.scores.partial.pt), and
+    one line says so."""
+    from hybridreduce.calibrate import CalibrationScores
+    from hybridreduce.toy import demo
+
+    real = demo.calibration_batches
+
+    def stopped(dataset, batch_size=32):  # two batches of 4, then Ctrl-C
+        yield from itertools.islice(real(dataset, 4), 2)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(demo, "calibration_batches", stopped)
+    out = tmp_path / "s.yaml"
+    argv = ["calibrate", "--model", str(run_dir), "--data", "toy", "--size", "12", "--keep", "0.5", "--out", str(out)]
+    assert main([*argv, "--no-progress"]) == 130
+    line = one_line(capsys.readouterr().err)
+    assert "interrupted" in line and f"the scores of 8 prompts are saved in {tmp_path / 's.scores.partial.pt'}" in line
+    assert CalibrationScores.load(tmp_path / "s.scores.partial.pt").n_prompts == 8 and not out.exists()
 
 
 @pytest.mark.parametrize("target", ["hybridreduce.cli._quiet_transformers", "hybridreduce.toy.train.training_losses"])
