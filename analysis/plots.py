@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from hybridreduce.errors import InputError
+from hybridreduce.rundir import atomic_path
 
 from .rundir import read_metrics
 from .sparsity import ceil_count
@@ -107,7 +108,8 @@ def _save(fig, stem: Path, formats: Sequence[str], metrics: dict) -> list[Path]:
     paths = []
     for fmt in formats:
         path = stem.with_suffix(f".{fmt}")
-        fig.savefig(path, dpi=120 if fmt == "png" else None, bbox_inches="tight")
+        with atomic_path(path) as tmp:  # Ctrl-C or a full disk mid-save: no half figure
+            fig.savefig(tmp, dpi=120 if fmt == "png" else None, bbox_inches="tight")
         paths.append(path)
     _pyplot().close(fig)
     return paths

@@ -214,7 +214,9 @@ def _calibration(tmp_path):
 def _finetune(tmp_path):
     from hybridreduce.finetune.train import plot_curves
 
-    plot_curves([{"step": s, "loss": 1.0, "eval_loss": 1.0, "visual_kept": 0.25} for s in (1, 2, 3)], tmp_path / "c")
+    plot_curves(
+        [{"step": s, "loss": 1.0, "eval_loss": 1.0, "visual_kept": 0.25} for s in (1, 2, 3)], tmp_path / "curves.png"
+    )
 
 
 def _demo_row(method, keep, variant="static"):

@@ -557,6 +557,75 @@ def test_a_real_sigint_during_train_toy(tmp_path):
     assert not [p for p in out.iterdir() if ".tmp-" in p.name or ".stage-" in p.name]
 
 
+HALF = b"\x89PNG\r\n\x1a\n half of a file"
+
+
+def _half_written(root: Path) -> list[Path]:
+    """Files under ``root`` (hidden ones too) that hold what an interrupted write had put down."""
+    return [p for p in root.rglob("*") if p.is_file() and HALF in p.read_bytes()]
+
+
+@pytest.mark.parametrize("command", ["plot", "bench", "demo"])
+def test_ctrl_c_while_a_figure_is_saved_leaves_no_half_figure(
+    command, analysis_config, run_dir, tmp_path, capsys, monkeypatch
+):
+    """Ctrl-C in the middle of saving a figure (half of it is on disk when the interrupt arrives): one line, exit
+    130, and no half-written file in the output folder."""
+    import shutil
+
+    from matplotlib.figure import Figure
+
+    import hybridreduce.bench
+    from tests.test_figures import _bench_result
+
+    out = tmp_path / "out"
+    if command == "plot":
+        shutil.copytree(analysis_config[1], out)
+        argv = ["plot", str(out)]
+    elif command == "bench":  # the timings themselves are not what this is about
+        monkeypatch.setattr(hybridreduce.bench, "build_bench_model", lambda *a, **k: None)
+        monkeypatch.setattr(hybridreduce.bench, "run_bench", lambda cfg, s, keep, *a, **k: _bench_result(keep=keep))
+        argv = ["bench", "--sweep", "0.5,0.25", "--visual-tokens", "64", "--out", str(out)]
+    else:
+        argv = ["demo", "--checkpoint", str(run_dir), "--out", str(out), "--quick", "--size", "4", "--no-progress"]
+
+    def half(self, fname, *args, **kwargs):
+        Path(fname).write_bytes(HALF)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Figure, "savefig", half)
+    assert main(argv) == 130
+    err = "\n".join(x for x in capsys.readouterr().err.splitlines() if not x.startswith(("demo: expect", "[bench]")))
+    assert "interrupted" in one_line(err)
+    assert not _half_written(tmp_path)
+
+
+def test_ctrl_c_while_merge_writes_leaves_each_file_whole_or_absent(tmp_path, capsys, monkeypatch):
+    """`merge` rewrites predictions.jsonl, then summary.json and results.csv: Ctrl-C half-way through a file."""
+    from hybridreduce.runner import TIMINGS
+
+    line = {"setting": "full", "qtype": "all", "answer": "A", "pred": "A", "correct": True, "config": {},
+            "n_visual": 16, "evs_visual": 16, "average_keep": 1.0, **dict.fromkeys(TIMINGS, 0.1)}  # fmt: skip
+    for shard in range(2):
+        row = {"index": shard, "id": f"item-{shard}", **line}
+        (tmp_path / f"predictions.shard-{shard}-of-2.jsonl").write_text(json.dumps(row) + "\n")
+    real = Path.write_bytes
+
+    def half(self, data):
+        if self.name.endswith("summary.json"):
+            real(self, HALF)
+            raise KeyboardInterrupt
+        return real(self, data)
+
+    monkeypatch.setattr(Path, "write_bytes", half)
+    assert main(["merge", str(tmp_path)]) == 130
+    assert "interrupted" in one_line(capsys.readouterr().err)
+    assert not _half_written(tmp_path) and not (tmp_path / "summary.json").exists()
+    assert [json.loads(x)["id"] for x in (tmp_path / "predictions.jsonl").read_text().splitlines()] == [
+        "item-0", "item-1"
+    ]  # fmt: skip
+
+
 # 7. Refusals after expensive work -------------------------------------------------------------------
 def test_a_budget_the_depth_cannot_meet_is_refused_before_scoring(run_dir, tmp_path, capsys, monkeypatch):
     """Class 7's example: calibrate --keep 1e-9 refused only after scoring every prompt."""

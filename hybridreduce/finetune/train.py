@@ -30,6 +30,7 @@ from torch import nn
 
 from ..adapters import get_adapter
 from ..errors import InputError
+from ..rundir import atomic_path
 from ..schedule import Schedule
 from .data import ManifestExamples, answer_tokens, check_videos, collate, file_hash
 from .lora import RECORD, add_lora, resolve_targets
@@ -571,6 +572,7 @@ def plot_curves(history: list[dict], path: Path) -> Path:
     if kept:
         ax.set_title(f"mean share of visual tokens carried per block: {sum(kept) / len(kept):.3f}")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with atomic_path(path) as tmp:  # Ctrl-C or a full disk mid-save: the previous plot or none, never half of one
+        fig.savefig(tmp, dpi=120)
     plt.close(fig)
     return path
