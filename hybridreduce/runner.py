@@ -309,6 +309,8 @@ def run(
     Raises:
         InputError: a bad argument (see :func:`check_sampling`, :func:`check_settings`, :func:`check_out_dir`),
             before anything is written.
+        Interrupted: Ctrl-C (a ``KeyboardInterrupt``); every answer made is a whole line of the predictions file,
+            and the message says how many items are answered (a rerun continues).
     """
     from tqdm.auto import tqdm
 

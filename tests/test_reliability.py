@@ -793,3 +793,17 @@ def test_the_default_demo_estimate_matches_the_guide():
     minutes = expected_seconds(None, 192, KEEPS, DEFAULT_METHODS) / 60
     guide = (ROOT / "docs/guides/reliability.md").read_text()
     assert f"about {minutes:.0f} minutes" in guide
+
+
+def test_every_promise_of_the_guide_names_a_test_that_exists():
+    """docs/guides/reliability.md: each section names the tests that hold its promise, and each of them exists."""
+    guide = (ROOT / "docs/guides/reliability.md").read_text()
+    sections = re.split(r"^## ", guide, flags=re.M)[1:]
+    for section in sections:
+        title = section.splitlines()[0]
+        named = re.findall(r"`((?:tests/\w+\.py::)?test_\w+)`", section)
+        assert named, f"the section {title!r} names no test"
+        for name in named:
+            path, _, test = name.rpartition("::")
+            source = (ROOT / (path or "tests/test_reliability.py")).read_text()
+            assert re.search(rf"^def {test}\(", source, flags=re.M), f"{title!r} names {name}, which does not exist"
