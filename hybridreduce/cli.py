@@ -275,8 +275,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
             "would be ignored; drop them, or give a schedule with a keep target such as progressive"
         )
     cfg = BenchConfig(visual_tokens=8192 if args.visual_tokens is None else args.visual_tokens)
-    for k in () if schedule.method == "none" or schedule.shape == "explicit" else keeps if args.sweep else [keep]:
-        replace(schedule, keep=k).resolve(len(cfg.pattern))  # a keep the model's depth cannot meet: before building
+    if schedule.method != "none" and schedule.shape != "explicit":  # a keep its depth cannot meet: before building
+        for k in keeps if args.sweep else [keep]:
+            replace(schedule, keep=k).resolve(len(cfg.pattern))
     if torch.device(device).type == "cpu":
         _check_bench_memory(replace(cfg, visual_tokens=max(points)) if args.scale else cfg)
     _quiet_transformers()
