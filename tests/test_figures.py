@@ -35,15 +35,6 @@ from matplotlib.patches import Patch  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture
-def figures(monkeypatch):
-    """The figures a plotting function closes, kept open for inspection."""
-    kept, close = [], plt.close
-    monkeypatch.setattr(plt, "close", lambda fig=None: kept.append(fig))
-    yield kept
-    close("all")
-
-
 # The checks -------------------------------------------------------------------------------------------------------
 def _style(handle) -> tuple:
     """How a legend handle looks: colour, marker and line style of a line; colour and hatch of a patch."""

@@ -711,17 +711,6 @@ def _row(method, keep, accuracy, achieved, final=False, variant="static"):
             "note": "average budget infeasible (x); run with final keep" if final else ""}  # fmt: skip
 
 
-@pytest.fixture
-def figures(monkeypatch):
-    """The matplotlib figures a plotting function closes, kept open for inspection."""
-    import matplotlib.pyplot as plt
-
-    kept, close = [], plt.close
-    monkeypatch.setattr(plt, "close", lambda fig=None: kept.append(fig))
-    yield kept
-    close("all")
-
-
 def _marker_styles(ax, names):
     lines = [line for line in ax.get_lines() if line.get_label() in names]
     return {line.get_label(): (line.get_color(), line.get_linestyle(), line.get_marker()) for line in lines}
