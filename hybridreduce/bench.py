@@ -469,6 +469,7 @@ def run_bench(
     sched = Schedule.load(schedule)
     if sched.method != "none" and sched.shape != "explicit":
         sched = replace(sched, keep=keep)
+    sched.resolve(len(cfg.pattern))  # a budget the model's depth cannot meet: refused before the model is built
     model = model if model is not None else build_bench_model(cfg, device=device, dtype=dtype)
     param = next(model.parameters())
     dev = param.device
