@@ -11,11 +11,11 @@ type::
         --ablation experiments/finetune/toy_ablation random=experiments/finetune/toy_random \\
         progressive-calibrated=experiments/finetune/toy_calibrated
 
-Each demo run keeps its own folder (``OUT/<method>/<model>/``, its ``summary.json`` and figures), and the rows
-go to ``OUT/finetune_eval.csv`` and ``OUT/finetune_eval.md``. A model's merged weights are read from
-``DIR/merged`` (``finetune`` writes it); a run that predates it gets them remade from the adapter into
-``OUT/weights/<NAME>``. An ``OUT`` that holds files is refused, as everywhere in the project. Choose on ``val``;
-report ``test`` once.
+Each model is one demo run (``OUT/<model>/``: ``base``, ``ablation`` — both answering under every arm's schedule —
+and each arm's ``NAME``), and the rows go to ``OUT/finetune_eval.csv`` and ``OUT/finetune_eval.md``. A model's
+merged weights are read from ``DIR/merged`` (``finetune`` writes it); a run that predates it gets them remade from
+the adapter into ``OUT/weights/<NAME>``. An ``OUT`` that holds files is refused, as everywhere in the project.
+Choose on ``val``; report ``test`` once.
 """
 
 from __future__ import annotations
@@ -32,7 +32,6 @@ from hybridreduce.errors import InputError
 from hybridreduce.rundir import holds_files, write_text
 
 ROOT = Path(__file__).resolve().parents[2]
-MODELS = ("base", "finetuned", "ablation")
 
 
 def read_record(folder: Path) -> dict:
@@ -93,24 +92,33 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     args.out.mkdir(parents=True)
-    models = {"ablation": weights(args.ablation, "ablation", args.out)}
-    rows = []
+    # One demo run per model: the base and the ablation answer under every arm's schedule in one run (the full-token
+    # row, the slowest, is then computed once per model), each finetuned model under its own.
+    wanted = set(methods.values())  # (method, keep)
+    runs = {"base": (None, sorted(wanted)), "ablation": (weights(args.ablation, "ablation", args.out), sorted(wanted))}
     for name, folder in arms.items():
+        runs[name] = (weights(folder, name, args.out), [methods[name]])
+    found = {}
+    for model, (checkpoint, pairs) in runs.items():
+        run = args.out / model
+        command = [sys.executable, "-m", "hybridreduce", "demo", "--split", args.split, "--size", str(args.size)]
+        command += ["--methods", ",".join(dict.fromkeys(m for m, _ in pairs))]
+        command += ["--keeps", ",".join(dict.fromkeys(f"{k:g}" for _, k in pairs)), "--out", str(run), "--no-progress"]
+        if checkpoint is not None:
+            command += ["--checkpoint", str(checkpoint)]
+        print("$", " ".join(command[1:]), flush=True)
+        subprocess.run(command, check=True, cwd=ROOT)
+        for r in json.loads((run / "summary.json").read_text())["results"]:
+            found[(r["method"], r["keep"], r["variant"], model)] = r
+    rows = []
+    for name in arms:
         method, keep = methods[name]
-        models[name] = weights(folder, name, args.out)
-        for model, checkpoint in (("base", None), ("finetuned", models[name]), ("ablation", models["ablation"])):
-            run = args.out / method / model
-            command = [sys.executable, "-m", "hybridreduce", "demo", "--split", args.split, "--size", str(args.size)]
-            command += ["--methods", method, "--keeps", f"{keep:g}", "--out", str(run), "--no-progress"]
-            if checkpoint is not None:
-                command += ["--checkpoint", str(checkpoint)]
-            print("$", " ".join(command[1:]), flush=True)
-            subprocess.run(command, check=True, cwd=ROOT)
-            summary = json.loads((run / "summary.json").read_text())
-            for r in summary["results"]:
-                if r["method"] == method:
+        for model in ("base", name, "ablation"):
+            for variant in ("static", "clutter"):
+                r = found.get((method, keep, variant, model))
+                if r is not None:
                     rows.append(
-                        {"method": method, "keep": keep, "variant": r["variant"], "model": model, "n": r["n"]}
+                        {"method": method, "keep": keep, "variant": variant, "model": model, "n": r["n"]}
                         | {"accuracy": r["accuracy"]}
                         | {f"type_{t}": a for t, a in r["per_type"].items()}
                     )
