@@ -52,6 +52,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--visual-tokens", type=int, default=8192)
     ap.add_argument("--keep", type=float, default=0.25)
+    ap.add_argument(
+        "--hidden", type=int, default=None, help="model width (default the bench model's 256; heads of 32 channels)"
+    )
     ap.add_argument("--schedule", default="progressive", help="a dropping schedule's name or YAML file")
     ap.add_argument("--repeats", type=int, default=5, help="timed rounds after one warm-up round")
     ap.add_argument("--json", default=None, help="also write the figures to this JSON file")
@@ -60,7 +63,8 @@ def main() -> None:
         ap.error("--repeats must be at least 1")
 
     schedules = variants(args.schedule, args.keep)
-    cfg = BenchConfig(visual_tokens=args.visual_tokens)
+    width = {} if args.hidden is None else {"hidden": args.hidden, "attn_heads": max(1, args.hidden // 32)}
+    cfg = BenchConfig(visual_tokens=args.visual_tokens, **width)
     model = build_bench_model(cfg)
     ids, vm = bench_prompt(cfg)
     print(
@@ -92,6 +96,7 @@ def main() -> None:
         "schedule": args.schedule,
         "repeats": args.repeats,
         "threads": torch.get_num_threads(),
+        "hidden": cfg.hidden,
         "prefill_s": med,
         "prefill_s_all": times,
         "achieved_keep": achieved,
