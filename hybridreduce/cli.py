@@ -14,14 +14,7 @@ import json
 import sys
 
 from .errors import HybridReduceError, InputError
-
-
-def _quiet_transformers() -> None:
-    """Silence transformers' load progress bars and kernel fall-back notices on the console."""
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
+from .vlm import DEFAULT_FRAMES, LoadOptions, quiet_transformers
 
 
 def _format_table(rows: list[dict]) -> str:
@@ -44,7 +37,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     dtype = validate.choice(args.dtype, "dtype (--dtype)", tuple(DTYPES))
     if args.model and (device is not None or dtype != "float32"):
         raise InputError("--device and --dtype apply to the tiny models (--arch, --all); --model runs on cpu, float32")
-    _quiet_transformers()
+    quiet_transformers()
     if args.model:
         results = verify_model(args.model)
     else:
@@ -101,7 +94,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             raise InputError(f"--methods: unknown {unknown}; choose from {', '.join(DEMO_METHODS)}")
     validate.writable_dir(args.out, "out (--out)")
     refuse_to_replace(args.out, OUTPUT_FILES, args.overwrite)
-    _quiet_transformers()
+    quiet_transformers()
     size = args.size if args.size is not None else (96 if args.quick else 1024 if args.full else 192)
     with RunFolder(args.out) as folder:  # held from here: a second demo into --out is refused at once
         seconds = expected_seconds(args.checkpoint, size, keeps, methods)
@@ -277,7 +270,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     cfg = BenchConfig(visual_tokens=8192 if args.visual_tokens is None else args.visual_tokens)
     if torch.device(device).type == "cpu":
         _check_bench_memory(replace(cfg, visual_tokens=max(points)) if args.scale else cfg)
-    _quiet_transformers()
+    quiet_transformers()
 
     def progress(msg: str) -> None:
         if not args.json:
@@ -420,7 +413,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
             "--model toy (or a train-toy directory) takes --data toy, and a video VLM checkpoint takes a JSONL "
             f"manifest: got --model {args.model} --data {args.data}"
         )
-    _quiet_transformers()
+    quiet_transformers()
     if toy:
         from .toy import ToyDataset
         from .toy.demo import calibration_batches, load_toy_spec
@@ -444,7 +437,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
                 f"{len(items)} (at least 4) or give a longer manifest"
             )
         items = items[: args.size]
-        vlm = load_vlm(args, validate.device(args.device))
+        vlm = _load_vlm(args, validate.device(args.device))
         model = vlm.model
 
         def video_batches():
@@ -557,7 +550,7 @@ def cmd_train_toy(args: argparse.Namespace) -> int:
     if args.resume and not (out / "trainer_state.pt").is_file():
         what = "does not exist" if not out.exists() else "holds no trainer_state.pt (it is saved at every evaluation)"
         raise InputError(f"--resume: nothing to resume, {out} {what}; start the run without --resume")
-    _quiet_transformers()
+    quiet_transformers()
     spec = load_spec(config)
     if args.steps is not None:
         spec.train.steps = args.steps
@@ -580,46 +573,22 @@ def cmd_train_toy(args: argparse.Namespace) -> int:
     return 0
 
 
-#: The --dtype values: the checkpoint's own, or a floating type a model runs in.
-DTYPES = ("auto", "float32", "bfloat16", "float16")
-#: Frames sampled when neither --frames nor --fps is given.
-DEFAULT_FRAMES = 32
-
-
-def check_model_args(args: argparse.Namespace, device: str | None) -> None:
+def _check_model_args(args: argparse.Namespace, device: str | None) -> None:
     """Every flag of :func:`_model_args` (``device`` as it will be used), before the model loads."""
-    from . import validate
+    from dataclasses import replace
+
     from .runner import check_evs, check_max_new_tokens, check_sampling
 
-    validate.checkpoint_dir(args.model)
-    validate.choice(args.dtype, "dtype (--dtype)", DTYPES)
-    validate.device(device)
-    if device is not None and args.device_map is not None:
-        raise InputError(f"--device {device} and --device-map {args.device_map}: give one of them, not both")
+    replace(LoadOptions.from_args(args), device=device).check()  # as given: --device with --device-map is refused
     check_sampling(**_frames_kwargs(args))
     if args.evs is not None:
         check_evs(args.evs)
     check_max_new_tokens(args.max_new_tokens)
-    if getattr(args, "adapter", None) is not None:
-        from .finetune.lora import check_adapter_dir
-
-        check_adapter_dir(args.adapter)
 
 
-def load_vlm(args: argparse.Namespace, device: str | None = None):
-    from .vlm import LoadOptions
-
-    _quiet_transformers()
+def _load_vlm(args: argparse.Namespace, device: str | None = None):
+    quiet_transformers()
     return LoadOptions.from_args(args, device).load()
-
-
-def evs_rate(args: argparse.Namespace, vlm) -> float:
-    """``--evs``, or by default the checkpoint's own pre-LLM pruning rate (the model as it ships)."""
-    if args.evs is not None:
-        return args.evs
-    if vlm.builtin_evs:
-        print(f"EVS at the checkpoint's video_pruning_rate {vlm.builtin_evs:g} (--evs 0 turns it off)", file=sys.stderr)
-    return vlm.builtin_evs
 
 
 def _frames_kwargs(args: argparse.Namespace) -> dict:
@@ -659,12 +628,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     if device == "cuda" and "LOCAL_RANK" in os.environ:
         device = f"cuda:{os.environ['LOCAL_RANK']}"
     # Every argument before the model loads (whether its depth can meet --keep is checked by run() after it).
-    check_model_args(args, device)
+    _check_model_args(args, device)
     items = read_manifest(args.data)
     settings_for(args.schedule, evs=args.evs or 0.0, full=not args.no_full, keep=args.keep)
     check_out_dir(args.out, shard)
-    vlm = load_vlm(args, device)
-    settings = settings_for(args.schedule, evs=evs_rate(args, vlm), full=not args.no_full, keep=args.keep)
+    vlm = _load_vlm(args, device)
+    settings = settings_for(args.schedule, evs=vlm.evs_rate(args.evs), full=not args.no_full, keep=args.keep)
     path = run(
         vlm, items, args.out, settings, max_new_tokens=args.max_new_tokens, shard=shard,
         progress=not args.no_progress, retry_errors=not args.no_retry_errors, **_frames_kwargs(args),
@@ -690,16 +659,16 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from .video import read_video
 
     # Every argument, then the video, before the model loads.
-    check_model_args(args, args.device)
+    _check_model_args(args, args.device)
     options = _parse_options(args.option, "--option")  # at most 26: the letters A to Z
     full = args.schedule in (None, "none")
     settings_for(args.schedule, evs=args.evs or 0.0, full=full, keep=args.keep)
     kw = _frames_kwargs(args)
     video = read_video(args.video, num_frames=kw["frames"], fps=kw["fps"], max_frames=kw["max_frames"])
-    vlm = load_vlm(args, args.device)
+    vlm = _load_vlm(args, args.device)
     item = Item(id="cli", video=str(args.video), question=args.question, options=options)
     prompt = vlm.prompt(video, prompt_text(item))
-    settings = settings_for(args.schedule, evs=evs_rate(args, vlm), full=full, keep=args.keep)
+    settings = settings_for(args.schedule, evs=vlm.evs_rate(args.evs), full=full, keep=args.keep)
     check_settings(settings, vlm.adapted.num_blocks)
     for setting in settings:
         ans = vlm.answer(prompt, setting.schedule, evs=setting.evs, max_new_tokens=args.max_new_tokens)

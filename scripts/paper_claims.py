@@ -645,9 +645,9 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
-    from hybridreduce.cli import _quiet_transformers
+    from hybridreduce.vlm import quiet_transformers
 
-    _quiet_transformers()
+    quiet_transformers()
     try:
         result = run(args, argv)
     except HybridReduceError as exc:

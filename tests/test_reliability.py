@@ -303,7 +303,7 @@ def _interrupt(*_a, **_k):
 @pytest.mark.parametrize(
     "target, point",
     [
-        ("hybridreduce.cli._quiet_transformers", "start-up"),
+        ("hybridreduce.cli.quiet_transformers", "start-up"),
         ("hybridreduce.toy.demo.run_demo", "compute"),
         ("hybridreduce.toy.demo.write_outputs", "writing"),
     ],
@@ -323,7 +323,7 @@ def test_ctrl_c_in_demo(run_dir, tmp_path, capsys, monkeypatch, target, point):
 @pytest.mark.parametrize(
     "target, point",
     [
-        ("hybridreduce.cli._quiet_transformers", "start-up"),
+        ("hybridreduce.cli.quiet_transformers", "start-up"),
         ("hybridreduce.calibrate.search", "compute"),
         ("hybridreduce.calibrate.plot_calibration", "writing"),
     ],
@@ -341,7 +341,7 @@ def test_ctrl_c_in_calibrate(run_dir, tmp_path, capsys, monkeypatch, target, poi
     assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]
 
 
-@pytest.mark.parametrize("target", ["hybridreduce.cli._quiet_transformers", "hybridreduce.toy.train.training_losses"])
+@pytest.mark.parametrize("target", ["hybridreduce.cli.quiet_transformers", "hybridreduce.toy.train.training_losses"])
 def test_ctrl_c_in_train_toy(tmp_path, capsys, monkeypatch, target):
     cfg = tmp_path / "toy.yaml"
     cfg.write_text(yaml.safe_dump(tiny_toy_raw(eval_every=3, eval_size=4, test_size=4)))
@@ -352,8 +352,8 @@ def test_ctrl_c_in_train_toy(tmp_path, capsys, monkeypatch, target):
 
 def test_ctrl_c_in_run_and_analyze_at_start_up(tmp_path, capsys, monkeypatch):
     """The README promises one line and exit 130; Ctrl-C while the model loads printed a traceback."""
-    monkeypatch.setattr("hybridreduce.cli._quiet_transformers", _interrupt)
-    monkeypatch.setattr("analysis.cli._quiet_transformers", _interrupt)
+    monkeypatch.setattr("hybridreduce.cli.quiet_transformers", _interrupt)
+    monkeypatch.setattr("analysis.cli.quiet_transformers", _interrupt)
     config = tmp_path / "a.yaml"
     config.write_text("analysis:\n  model: {tiny: nemotron_h}\n  samples: 2\n  batch_size: 2\n")
     assert main(["analyze", "--config", str(config), "--out", str(tmp_path / "a"), "--no-progress"]) == 130
