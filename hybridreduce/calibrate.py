@@ -52,7 +52,7 @@ from __future__ import annotations
 import itertools
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -171,6 +171,24 @@ def score_prompts(
         if progress is not None:
             progress(int(batch["visual_mask"].shape[0]))
     return out
+
+
+def manifest_batches(vlm, items: Iterable, frames: int) -> Iterator[dict]:
+    """The prompts of a manifest's items (answers unused) as :func:`score_prompts` takes them, one video at a time.
+
+    Args:
+        vlm: a loaded :class:`hybridreduce.VLM`.
+        items: :class:`hybridreduce.manifest.Item` records.
+        frames: ``F``, frames sampled uniformly from each video.
+    Yields:
+        The language model's input embeddings, attention mask and ``visual_mask`` ``(1, T)`` of each item.
+    """
+    from .manifest import prompt_text
+    from .video import read_video
+
+    for item in items:
+        prompt = vlm.prompt(read_video(item.video, num_frames=frames), prompt_text(item))
+        yield {**vlm.embed(prompt), "visual_mask": prompt.visual_mask}
 
 
 def reference_block(blocks: list[int], kinds: list[str]) -> int:

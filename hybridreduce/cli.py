@@ -337,8 +337,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         dataset = ToyDataset(configs[variant], args.split, args.size, vocab=spec.vocab)
         batches = calibration_batches(dataset)
     else:
-        from .manifest import prompt_text, read_manifest
-        from .video import read_video
+        from .calibrate import manifest_batches
+        from .manifest import read_manifest
 
         validate.checkpoint_dir(args.model)
         items = read_manifest(args.data)
@@ -350,14 +350,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         items = items[: args.size]
         vlm = _load_vlm(args, validate.device(args.device))
         model = vlm.model
-
-        def video_batches():
-            for item in items:
-                video = read_video(item.video, num_frames=args.frames)
-                prompt = vlm.prompt(video, prompt_text(item))
-                yield {**vlm.embed(prompt), "visual_mask": prompt.visual_mask}
-
-        batches = video_batches()
+        batches = manifest_batches(vlm, items, args.frames)
     # -- one scoring forward per prompt, then the search ----------------------------------------------------
     from tqdm.auto import tqdm
 
