@@ -345,7 +345,7 @@ def _same_run(a: Path, b: Path) -> None:
 
 def no_model_loads(monkeypatch) -> None:
     """Loading or building any model fails the test (a merge reads the shards' files, never the model)."""
-    import hybridreduce.tiny
+    import hybridreduce.tiny_models
     import hybridreduce.toy.demo
     from hybridreduce.toy.model import ToyVLM
 
@@ -354,7 +354,7 @@ def no_model_loads(monkeypatch) -> None:
 
     monkeypatch.setattr(run_module, "load_model", fail)
     monkeypatch.setattr(hybridreduce.toy.demo, "load_toy_spec", fail)
-    monkeypatch.setattr(hybridreduce.tiny, "build_tiny_model", fail)
+    monkeypatch.setattr(hybridreduce.tiny_models, "build_tiny_model", fail)
     monkeypatch.setattr(ToyVLM, "from_pretrained", fail)
 
 

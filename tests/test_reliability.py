@@ -176,7 +176,7 @@ def test_a_branch_from_a_finished_run_is_refused(run_dir, tmp_path, capsys):
 def test_calibrate_refuses_a_manifest_shorter_than_size(tmp_path, capsys):
     """Asking for 64 prompts of an 8-item manifest scored 8 and said nothing."""
     from hybridreduce.manifest import write_manifest
-    from hybridreduce.tiny import build_tiny_model
+    from hybridreduce.tiny_models import build_tiny_model
 
     model = tmp_path / "model"
     build_tiny_model("nemotron_h").save_pretrained(model)
@@ -360,7 +360,7 @@ def test_ctrl_c_in_run_and_analyze_at_start_up(tmp_path, capsys, monkeypatch):
     assert "interrupted" in one_line(capsys.readouterr().err)
     monkeypatch.setattr("hybridreduce.manifest.read_manifest", _interrupt)
     model = tmp_path / "m"
-    from hybridreduce.tiny import build_tiny_model
+    from hybridreduce.tiny_models import build_tiny_model
 
     build_tiny_model("nemotron_h").save_pretrained(model)
     assert main(["run", "--model", str(model), "--data", "x.jsonl", "--out", str(tmp_path / "r")]) == 130

@@ -10,7 +10,7 @@ import torch
 
 from hybridreduce import InputError, UnsupportedModelError, compat, load
 from hybridreduce.compat import retention_mask_reference
-from hybridreduce.tiny import build_tiny_model, save_tiny_vlm
+from hybridreduce.tiny_models import build_tiny_model, save_tiny_vlm
 from hybridreduce.video import Video
 from hybridreduce.vlm import VideoFamily
 

@@ -1,4 +1,7 @@
-"""Tiny random configurations, one per supported architecture.
+"""Tiny random-weight models built from configurations, one per supported architecture.
+
+Not to be confused with :mod:`hybridreduce.toy`, the embedded *trained* toy video VLM and its synthetic benchmark:
+the models here are untrained, built from a config in milliseconds, and only exercise code paths.
 
 Every check in ``hybridreduce verify`` and every test builds its model from these configs, so
 that each adapter is exercised on CPU in seconds and nothing is ever downloaded. The shapes are
