@@ -291,8 +291,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
     from . import validate
     from .calibrate import (
+        CALIBRATION_PLACEMENTS,
         OBJECTIVES,
-        PLACEMENTS,
         CalibrationScores,
         calibration_files,
         candidate_schedules,
@@ -308,7 +308,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     keep = check_keep(args.keep)
     validate.choice(args.budget, "budget (--budget)", BUDGETS)
     validate.choice(args.objective, "objective (--objective)", OBJECTIVES)
-    validate.choice(args.placement, "placement (--placement)", PLACEMENTS)
+    validate.choice(args.placement, "placement (--placement)", CALIBRATION_PLACEMENTS)
     validate.integer(args.size, "size (--size)", 4, fix="the number of calibration prompts, e.g. 64")
     validate.integer(args.max_stages, "max_stages (--max-stages)", 1, 8)
     check_sampling(args.frames, None, None)
