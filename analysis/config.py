@@ -314,7 +314,7 @@ def toy_benchmark(config: AnalysisConfig, spec: Any | None = None) -> tuple[Any,
     """
     path = checkpoint_dir(config)
     if spec is None:
-        from hybridreduce.toy.train import spec_from_dict
+        from hybridreduce.toy.train_config import spec_from_dict
         from hybridreduce.yamlio import read_yaml
 
         file = path / "train_config.yaml"

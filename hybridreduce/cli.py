@@ -427,7 +427,8 @@ def cmd_train_toy(args: argparse.Namespace) -> int:
     from . import validate
     from .rundir import RunFolder
     from .toy.evaluate import accuracy_line
-    from .toy.train import load_spec, train
+    from .toy.train import train
+    from .toy.train_config import load_spec
 
     # Every argument before the config is read or a file is written (train() creates --out).
     config = _training_config(args.config)

@@ -63,7 +63,7 @@ from hybridreduce.toy import ToyDataset
 from hybridreduce.toy.config import SPLITS, VARIANTS
 from hybridreduce.toy.demo import CHECKPOINT, answers_correct, feasible_schedule, load_toy_spec
 from hybridreduce.toy.evaluate import AnswerSheet, accuracy_table
-from hybridreduce.toy.train import load_spec
+from hybridreduce.toy.train_config import load_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = "scripts/paper_claims.py"

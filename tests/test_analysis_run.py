@@ -23,7 +23,8 @@ from hybridreduce.cache import ScoreCache
 from hybridreduce.cli import main
 from hybridreduce.errors import InputError, ScoreError
 from hybridreduce.toy import ToyDataset
-from hybridreduce.toy.train import spec_from_dict, train
+from hybridreduce.toy.train import train
+from hybridreduce.toy.train_config import spec_from_dict
 
 from .conftest import tiny_mixed_raw, tiny_toy_spec
 

@@ -228,7 +228,7 @@ def test_a_yaml_key_stated_twice_is_refused(tmp_path, load, text):
     from analysis.config import AnalysisConfig
     from hybridreduce.schedule import Schedule
     from hybridreduce.scoring.config import ScorerConfig
-    from hybridreduce.toy.train import load_spec
+    from hybridreduce.toy.train_config import load_spec
 
     loaders = {"schedule": Schedule.load, "analysis": AnalysisConfig.from_yaml, "training": load_spec,
                "scorer": ScorerConfig.from_yaml}  # fmt: skip
