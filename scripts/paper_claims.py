@@ -51,7 +51,8 @@ import torch
 
 from analysis.config import AnalysisConfig
 from analysis.relevance import relevance_report, summarise
-from analysis.retention import MIN_TEST, MIN_TRAIN, RetentionReport, retention_probe
+from analysis.retention import MIN_TEST, MIN_TRAIN, retention_probe
+from analysis.retention_report import RetentionReport
 from analysis.run import collect
 from analysis.rundir import load_run
 from analysis.sparsity import ceil_count, layer_sparsity
