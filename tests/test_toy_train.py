@@ -909,3 +909,15 @@ def test_demo_methods_are_checked_before_any_question_on_a_model_whose_attention
     monkeypatch.setattr(demo_module, "load_toy_spec", lambda path: (model, spec_from_dict(raw)))
     with pytest.raises(InputError, match="fastv-k2"):
         demo_module.run_demo("unused", size=4, keeps=(0.5,), methods=("progressive", "fastv-k2"), progress=False)
+
+
+def test_a_diverging_learning_rate_is_one_line_not_a_traceback(tmp_path, capsys):
+    """train-toy with a learning rate that blows the weights up: the non-finite loss is refused as an InputError
+    (exit 2, one line naming train.lr), not a RuntimeError traceback."""
+    import yaml
+
+    cfg = tmp_path / "toy.yaml"
+    cfg.write_text(yaml.safe_dump(tiny_toy_raw(**{**TRAIN, "steps": 4, "lr": 1e30, "warmup": 1, "grad_clip": 0.0})))
+    assert main(["train-toy", "--config", str(cfg), "--out", str(tmp_path / "run"), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "train.lr" in err and "Traceback" not in err

@@ -135,3 +135,17 @@ def test_demo_runs_on_the_shipped_checkpoint(capsys, tmp_path):
     assert cli.main(["demo", "--quick", "--size", "8", "--out", str(tmp_path), "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert all(f"\nstatic   {m} " in out for m in METHODS) and (tmp_path / "summary.json").is_file()
+
+
+def test_an_unknown_tiny_model_is_an_input_error_naming_the_choices(tmp_path):
+    """A Python user's typo in build_tiny_model / build_tiny_vlm is a typed InputError (still a ValueError) that lists
+    the architectures, like every other user mistake."""
+    from hybridreduce.errors import InputError
+    from hybridreduce.tiny_models import build_tiny_model, build_tiny_vlm, save_tiny_vlm
+
+    with pytest.raises(InputError, match="nemotron_h"):
+        build_tiny_model("nemotron")
+    with pytest.raises(InputError, match="nemotron_h_omni"):
+        build_tiny_vlm("omni")
+    with pytest.raises(InputError, match="no field"):
+        save_tiny_vlm(tmp_path / "omni", not_a_field=1)

@@ -218,7 +218,10 @@ def train(
         loss = answer + cfg.content_weight * content + cfg.position_weight * position
         loss = loss + cfg.order_hint_weight * order_hint
         if not torch.isfinite(loss):
-            raise RuntimeError(f"training loss became {loss.item()} at step {step}; lower train.lr (now {cfg.lr})")
+            raise InputError(  # the settings diverge: a user's config to change, not a fault of the code
+                f"training loss became {loss.item()} at step {step}; lower train.lr (now {cfg.lr:g}), or raise "
+                "train.warmup or set train.grad_clip"
+            )
         opt.zero_grad(set_to_none=True)
         loss.backward()
         params = [*model.parameters(), *(p for m in (heads, hint_heads) if m is not None for p in m.parameters())]
