@@ -559,13 +559,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from .manifest import Item, _parse_options, parse_choice, prompt_text
+    from .manifest import Item, parse_choice, parse_options, prompt_text
     from .runner import check_settings, settings_for
     from .video import read_video
 
     # Every argument, then the video, before the model loads.
     _check_model_args(args, args.device)
-    options = _parse_options(args.option, "--option")  # at most 26: the letters A to Z
+    options = parse_options(args.option, "--option")  # at most 26: the letters A to Z
     full = args.schedule in (None, "none")
     settings_for(args.schedule, evs=args.evs or 0.0, full=full, keep=args.keep)
     kw = _frames_kwargs(args)
