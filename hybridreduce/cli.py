@@ -44,7 +44,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         archs = available_archs() if args.all else [args.arch]
         unknown = [a for a in archs if a not in available_archs()]
         if unknown:
-            raise HybridReduceError(f"no tiny model for {unknown}; choose from {', '.join(available_archs())}")
+            raise InputError(f"no tiny model for {unknown}; choose from {', '.join(available_archs())}")
         results = []
         for arch in tqdm(archs, desc="verify", unit="arch", disable=len(archs) == 1, file=sys.stderr):
             results.extend(verify_arch(arch, device, dtype))
@@ -138,11 +138,11 @@ def _parse_keeps(text: str, flag: str = "--sweep") -> list[float]:
     try:
         keeps = [float(x) for x in text.split(",") if x.strip()]
     except ValueError:
-        raise HybridReduceError(
+        raise InputError(
             f"{flag} takes comma-separated keep fractions, e.g. 0.125,0.25,0.5; got {text!r}"
         ) from None
     if not keeps:
-        raise HybridReduceError(f"{flag} needs at least one keep fraction")
+        raise InputError(f"{flag} needs at least one keep fraction")
     keeps = [check_keep(k, name=f"keep {k:g} of {flag}") for k in keeps]
     repeated = sorted({k for k in keeps if keeps.count(k) > 1})
     if repeated:
@@ -200,7 +200,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     # Every argument is checked before the model is built.
     if args.arch != "nemotron_h":
-        raise HybridReduceError(f"the benchmark model is Nemotron-H-shaped; --arch {args.arch!r} is not available")
+        raise InputError(f"the benchmark model is Nemotron-H-shaped; --arch {args.arch!r} is not available")
     if args.visual_tokens is not None:
         validate.integer(args.visual_tokens, "visual_tokens (--visual-tokens)", 16, fix="the default is 8192")
     validate.integer(args.repeats, "repeats (--repeats)", 1, fix="the median of the timed rounds is reported")
@@ -223,7 +223,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.sweep:
         keeps = _parse_keeps(args.sweep)
         if not args.out:
-            raise HybridReduceError("--sweep writes a CSV and a plot: give --out DIR")
+            raise InputError("--sweep writes a CSV and a plot: give --out DIR")
         if args.keep is not None:
             raise InputError(f"--keep {args.keep:g} with --sweep: the sweep's keeps replace it; drop --keep")
         validate.writable_dir(args.out, "out (--out)")
