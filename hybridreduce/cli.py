@@ -138,9 +138,7 @@ def _parse_keeps(text: str, flag: str = "--sweep") -> list[float]:
     try:
         keeps = [float(x) for x in text.split(",") if x.strip()]
     except ValueError:
-        raise InputError(
-            f"{flag} takes comma-separated keep fractions, e.g. 0.125,0.25,0.5; got {text!r}"
-        ) from None
+        raise InputError(f"{flag} takes comma-separated keep fractions, e.g. 0.125,0.25,0.5; got {text!r}") from None
     if not keeps:
         raise InputError(f"{flag} needs at least one keep fraction")
     keeps = [check_keep(k, name=f"keep {k:g} of {flag}") for k in keeps]
