@@ -25,6 +25,7 @@ and every figure a red line above its title with the samples scored of those pla
 
 from __future__ import annotations
 
+import itertools
 import re
 import warnings
 from collections.abc import Callable, Sequence
@@ -35,6 +36,7 @@ import numpy as np
 import torch
 
 from hybridreduce.errors import InputError
+from hybridreduce.rundir import atomic_path
 
 from .rundir import read_metrics
 from .sparsity import ceil_count
@@ -61,7 +63,12 @@ SERIES_STYLE: dict[str, dict[str, Any]] = {
     "attention": {"color": "tab:red", "marker": "o", "ls": "-", "label": "attention"},
     "mamba_exact": {"color": "tab:blue", "marker": "s", "ls": "-", "label": "Mamba, exact hidden attention"},
     "mamba_decay_free": {"color": "tab:green", "marker": "^", "ls": "--", "label": "Mamba, decay-free proxy"},
+    # a block's own score where the cache has no per-mixer parts (e.g. a parallel attention+Mamba block)
+    "unified_exact": {"color": "tab:purple", "marker": "D", "ls": "-.", "label": "block score, exact Mamba"},
+    "unified_decay_free": {"color": "tab:brown", "marker": "v", "ls": ":", "label": "block score, decay-free Mamba"},
 }
+#: Line styles cycled over the k@p curves of one panel: two p whose curves coincide stay apart (greys alone would not).
+LINESTYLES = ("-", "--", ":", "-.")
 MAX_OVERLAY_FRAMES = 8
 
 
@@ -101,7 +108,8 @@ def _save(fig, stem: Path, formats: Sequence[str], metrics: dict) -> list[Path]:
     paths = []
     for fmt in formats:
         path = stem.with_suffix(f".{fmt}")
-        fig.savefig(path, dpi=120 if fmt == "png" else None, bbox_inches="tight")
+        with atomic_path(path) as tmp:  # Ctrl-C or a full disk mid-save: no half figure
+            fig.savefig(tmp, dpi=120 if fmt == "png" else None, bbox_inches="tight")
         paths.append(path)
     _pyplot().close(fig)
     return paths
@@ -133,11 +141,11 @@ def plot_sparsity(metrics: dict, out: Path, formats: Sequence[str]) -> list[Path
         metrics_kp = [m for m in rep["metrics"] if m.startswith("k@")]
         shades = plt.cm.Greys(np.linspace(0.4, 0.9, len(metrics_kp)))
         line_handles = []
-        for shade, m in zip(shades, metrics_kp, strict=True):
+        for shade, ls, m in zip(shades, itertools.cycle(LINESTYLES), metrics_kp, strict=False):
             mean = [b["stats"][m]["mean"] for b in rep["blocks"]]
             std = [b["stats"][m]["std"] for b in rep["blocks"]]
-            ax.errorbar(blocks, mean, yerr=std, color=shade, lw=1.2, capsize=2, zorder=1)
-            line_handles.append(Line2D([], [], color=shade, label=m.replace("k@", "k@p, p = ")))
+            ax.errorbar(blocks, mean, yerr=std, color=shade, ls=ls, lw=1.2, capsize=2, zorder=1)
+            line_handles.append(Line2D([], [], color=shade, ls=ls, label=m.replace("k@", "k@p, p = ")))
             for b, y, kind in zip(blocks, mean, kinds, strict=True):
                 marker, colour, _ = _style(kind)
                 ax.scatter([b], [y], marker=marker, color=colour, s=30, zorder=2, edgecolors="black", linewidths=0.4)
@@ -229,11 +237,11 @@ def plot_relevance(metrics: dict, out: Path, formats: Sequence[str]) -> list[Pat
             ci = [1.96 * e["stats"][metric]["sem"] for e in es]
             ax.errorbar(xs, ys, yerr=ci, capsize=3, ms=5, lw=1.4, **style)
         if metric == "mass":
-            base, label = rel["baseline"]["mass"]["mean"], "uniform importance (|R|/V)"
+            base, label, ls = rel["baseline"]["mass"]["mean"], "uniform importance (|R|/V)", "-."
         else:
-            base, label = rel["baseline"][metric], "random keep set (k/V)"
+            base, label, ls = rel["baseline"][metric], "random keep set (k/V)", ":"
         if base is not None:
-            ax.axhline(base, color="gray", ls=":", lw=1.2, label=label)
+            ax.axhline(base, color="gray", ls=ls, lw=1.2, label=label)
         if metric == "mass":
             title = "importance mass on relevant tokens"
         else:
@@ -244,7 +252,13 @@ def plot_relevance(metrics: dict, out: Path, formats: Sequence[str]) -> list[Pat
         ax.set_ylim(*((0, None) if metric == "mass" else (-0.02, 1.02)))  # mass: own scale, it is often small
         ax.set_ylabel("share (mean, 95% CI over samples)")
         ax.grid(alpha=0.3)
-    axes[0][-1].legend(fontsize=7, loc="best")
+    handles, labels = [], []  # the series once, and each panel's baseline (the recall panels' share one label)
+    for ax in axes[0]:
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            if label not in labels:
+                handles.append(handle)
+                labels.append(label)
+    axes[0][-1].legend(handles, labels, fontsize=7, loc="best")
     fig.suptitle(f"Ground-truth relevant tokens per block ({rel['n_with_relevant']} samples)")
     fig.tight_layout()
     return _save(fig, out / "relevance", formats, metrics)
@@ -410,8 +424,8 @@ def plot_share_bias(metrics: dict, out: Path, formats: Sequence[str]) -> list[Pa
             top = max(max(max(p) for p in pts), 1e-3) * 1.05
             ax.scatter([t for t, _ in pts], [k for _, k in pts], s=10, alpha=0.5, color="tab:blue", edgecolors="none")
             ax.plot([0, top], [0, top], color="gray", ls="--", lw=1, label="kept share = true share")
-            ax.set_xlim(0, top)
-            ax.set_ylim(0, top)
+            ax.set_xlim(-0.03 * top, top)  # a sample at share 0 is drawn inside the axes, not cut by them
+            ax.set_ylim(-0.03 * top, top)
             ratio = "n/a" if rep["ratio"] is None else f"{rep['ratio']:.2f}"
             where = "" if point == "0" else f", cut before block {point}"
             ax.set_title(

@@ -28,6 +28,7 @@ from torch import nn
 from hybridreduce import capture, get_adapter
 from hybridreduce.cache import ScoreCache
 from hybridreduce.errors import InputError, ScoreError
+from hybridreduce.errors import Interrupted as CommandInterrupted
 from hybridreduce.rundir import RunFolder, check_shard, display_path, holds_files, install_dir, staging_dir
 
 from .config import AnalysisConfig, checkpoint_dir, toy_benchmark
@@ -208,7 +209,7 @@ def _run_forwards(
 
 
 # Collecting a run -------------------------------------------------------------------------------
-class Interrupted(KeyboardInterrupt):
+class Interrupted(CommandInterrupted):
     """Ctrl-C stopped :func:`collect`; the message says, in one line, what was saved where.
 
     Attributes:

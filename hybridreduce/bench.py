@@ -26,6 +26,11 @@ The reported figures:
 ``efficiency_timed``       ``speedup / ideal_speedup_timed``: what the reduction's own work (scoring, cuts,
                            slicing, hooks) and smaller, less efficient operations cost.
 ``scoring_overhead_frac``  time inside the scorers / reduced prefill time (on CUDA a lower bound: asynchronous).
+``merging_overhead_frac``  time spent merging at the cuts (``combine: merge``: assigning removed tokens, forming
+                           the size-weighted rows; ``merging_s``) / reduced prefill time; 0 when the schedule
+                           drops. The size-aware work inside the blocks is not in it: compare the reduced prefill
+                           of a merging schedule with its dropping twin for the whole cost
+                           (``scripts/bench_merging.py``).
 ``peak_bytes_full/reduced``  peak memory of the prefill above the level before it (``memory_source``: the CUDA
                            allocator, or the process's resident set on Linux).
 ``scoring_peak_bytes``     the most the scorers of one block allocate (:func:`scoring_peak_bytes`).
@@ -420,6 +425,7 @@ class _Round:
     kv: dict[str, int]
     decode_tok_s: float
     scoring_s: float = 0.0
+    merging_s: float = 0.0
     block_visual: list[int] = field(default_factory=list)
 
 
@@ -455,6 +461,8 @@ class BenchResult:
     efficiency_timed: float
     scoring_s: float
     scoring_overhead_frac: float
+    merging_s: float
+    merging_overhead_frac: float
     hook_s: float
     peak_bytes_full: int | None
     peak_bytes_reduced: int | None
@@ -503,6 +511,7 @@ def run_bench(
     sched = Schedule.load(schedule)
     if sched.method != "none" and sched.shape != "explicit":
         sched = replace(sched, keep=keep)
+    sched.resolve(len(cfg.pattern))  # a budget the model's depth cannot meet: refused before the model is built
     model = model if model is not None else build_bench_model(cfg, device=device, dtype=dtype)
     param = next(model.parameters())
     dev = param.device
@@ -529,9 +538,11 @@ def run_bench(
         with reduce(model, sched, visual_mask=vm) as red:
             out, elapsed, mem, timer = timed_prefill()
             kv = cache_nbytes(compat.output_cache(out))
-            scoring_s, block_visual = red.scoring_seconds, red.block_visual
+            scoring_s, merging_s, block_visual = red.scoring_seconds, red.merging_seconds, red.block_visual
             tok_s = _decode(model, out, ids, decode_steps) if decode_steps else float("nan")
-        return _Round(elapsed, mem.bytes, mem.source, timer.block_s, timer.hook_s, kv, tok_s, scoring_s, block_visual)
+        return _Round(
+            elapsed, mem.bytes, mem.source, timer.block_s, timer.hook_s, kv, tok_s, scoring_s, merging_s, block_visual
+        )
 
     say("warm-up")
     one_round("full")
@@ -545,6 +556,7 @@ def run_bench(
     full_s = statistics.median(x.prefill_s for x in full)
     reduced_s = statistics.median(x.prefill_s for x in red)
     scoring_s = statistics.median(x.scoring_s for x in red)
+    merging_s = statistics.median(x.merging_s for x in red)
     block_visual = red[-1].block_visual
     block_s_full = _median_lists([x.block_s for x in full])
     block_hook_s = _median_lists([x.hook_s for x in red])
@@ -579,6 +591,8 @@ def run_bench(
         efficiency_timed=(full_s / reduced_s) / ideal_timed,
         scoring_s=scoring_s,
         scoring_overhead_frac=scoring_s / reduced_s,
+        merging_s=merging_s,
+        merging_overhead_frac=merging_s / reduced_s,
         hook_s=sum(block_hook_s),
         peak_bytes_full=max(peaks_full) if peaks_full else None,
         peak_bytes_reduced=max(peaks_red) if peaks_red else None,
@@ -705,6 +719,8 @@ SCALE_COLUMNS = (
     "efficiency_timed",
     "scoring_s",
     "scoring_overhead_frac",
+    "merging_s",
+    "merging_overhead_frac",
     "hook_s",
     "peak_bytes_full",
     "peak_bytes_reduced",

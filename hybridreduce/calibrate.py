@@ -59,7 +59,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .adapters import get_adapter
+from .adapters import AdaptedModel, get_adapter
 from .errors import InputError
 from .rundir import atomic_path, write_text
 from .schedule import BUDGETS, Plan, Schedule
@@ -331,6 +331,26 @@ def candidate_schedules(
     return out
 
 
+def check_budget(
+    adapted: AdaptedModel, keep: float, budget: str = "average", max_stages: int = 4, placement: str = "spread"
+) -> None:
+    """Refuse a budget no candidate layout (:func:`candidate_schedules`) can meet on this model, from its blocks
+    alone: before any prompt is scored, and for a checkpoint before its weights load (``adapted`` from
+    :func:`hybridreduce.vlm.layout`, which reads config.json).
+
+    Raises:
+        InputError: ``keep`` is too small for the depth and the first scoring block (the fix: a larger keep, or
+            ``budget="final"``).
+    """
+    scoring = [b.index for b in adapted.scoring_blocks]
+    if not candidate_schedules(adapted.num_blocks, scoring, keep, budget, max_stages, placement):
+        raise InputError(
+            f"keep (--keep) {keep:g}: no layout of at most {max_stages} cuts on this {adapted.num_blocks}-block "
+            f"model carries {budget} keep {keep:g} with a scoring block before its first cut; raise --keep, or try "
+            "--budget final"
+        )
+
+
 def search(
     scores: CalibrationScores,
     keep: float = 0.25,
@@ -420,6 +440,7 @@ def calibrate(
         The chosen :class:`~hybridreduce.schedule.Schedule`; :func:`search` on :func:`score_prompts` gives the
         whole :class:`Calibration` (every candidate and the presets' objectives).
     """
+    check_budget(get_adapter(model), keep, budget, max_stages, placement)  # before the first prompt is scored
     return search(score_prompts(model, prompts, scorer=scorer), keep, budget, max_stages, target, placement).schedule
 
 
@@ -470,6 +491,11 @@ def calibration_files(schedule_path: str | Path) -> list[str]:
 PRESET_STYLES = (("black", (0, (6, 2))), ("dimgrey", (0, (1, 1.5))), ("darkgoldenrod", (0, (4, 1.5, 1, 1.5))))
 
 
+#: The candidates' markers by number of cuts (1, 2, ...): layouts with as many cuts share a colour, those with
+#: another number of cuts that carry the same importance would hide them if colour alone told them apart.
+CUT_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "h")
+
+
 def plot_calibration(cal: Calibration, stem: Path) -> list[Path]:
     """The objective of every candidate against its first cut, one line per (stages, shape); the chosen layout
     starred, the presets as horizontal lines."""
@@ -485,8 +511,9 @@ def plot_calibration(cal: Calibration, stem: Path) -> list[Path]:
         line[r["first_prune"]] = max(line.get(r["first_prune"], -math.inf), r["objective"])
     for (stages, shape), best_at in sorted(series.items()):
         pts = sorted(best_at.items())
-        ax.plot(*zip(*pts, strict=True), marker="o", ms=3, ls="-" if shape == "geometric" else "--",
-                color=plt.cm.tab10(stages % 10), label=f"{stages} cut{'s' if stages > 1 else ''}, {shape}")  # fmt: skip
+        ax.plot(*zip(*pts, strict=True), marker=CUT_MARKERS[(stages - 1) % len(CUT_MARKERS)], ms=4,
+                ls="-" if shape == "geometric" else "--", color=plt.cm.tab10(stages % 10),
+                label=f"{stages} cut{'s' if stages > 1 else ''}, {shape}")  # fmt: skip
     best = cal.candidates[0]
     ax.plot(best["first_prune"], best["objective"], marker="*", ms=16, color="black", ls="none",
             label=f"chosen: first cut {best['first_prune']}, {best['stages']} cuts, {best['shape']}")  # fmt: skip

@@ -13,7 +13,7 @@ import argparse
 import json
 import sys
 
-from .errors import HybridReduceError, InputError
+from .errors import HybridReduceError, InputError, Interrupted
 from .vlm import DEFAULT_FRAMES, LoadOptions, quiet_transformers
 
 
@@ -238,6 +238,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
             "would be ignored; drop them, or give a schedule with a keep target such as progressive"
         )
     cfg = BenchConfig(visual_tokens=8192 if args.visual_tokens is None else args.visual_tokens)
+    if schedule.method != "none" and schedule.shape != "explicit":  # a keep its depth cannot meet: before building
+        for k in keeps if args.sweep else [keep]:
+            replace(schedule, keep=k).resolve(len(cfg.pattern))
     if torch.device(device).type == "cpu":
         check_memory(replace(cfg, visual_tokens=max(points)) if args.scale else cfg)
     quiet_transformers()
@@ -288,12 +291,13 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from . import validate
+    from .adapters import get_adapter
     from .calibrate import (
         CALIBRATION_PLACEMENTS,
         OBJECTIVES,
         CalibrationScores,
         calibration_files,
-        candidate_schedules,
+        check_budget,
         score_prompts,
         search,
         write_calibration,
@@ -328,6 +332,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         from .toy.demo import calibration_batches, load_toy_spec
 
         model, spec = load_toy_spec(None if args.model == "toy" else args.model)
+        check_budget(get_adapter(model), keep, args.budget, args.max_stages, args.placement)  # before any scoring
         configs = {c.variant: c for c in spec.configs}
         variant = args.variant or next(iter(configs))
         if variant not in configs:
@@ -346,6 +351,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
                 f"{len(items)} (at least 4) or give a longer manifest"
             )
         items = items[: args.size]
+        check_budget(_model_layout(args), keep, args.budget, args.max_stages, args.placement)  # before the weights
         vlm = _load_vlm(args, validate.device(args.device))
         model = vlm.model
         batches = manifest_batches(vlm, items, args.frames)
@@ -353,14 +359,6 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     scores = CalibrationScores.empty(model)
-    # Whether the model's depth can meet the budget at all: from its block kinds, before any prompt is scored.
-    scoring = [i for i, kind in enumerate(scores.kinds) if kind not in ("mlp", "moe")]
-    if not candidate_schedules(scores.num_blocks, scoring, keep, args.budget, args.max_stages, args.placement):
-        raise InputError(
-            f"keep (--keep) {keep:g}: no layout of at most {args.max_stages} cuts on this {scores.num_blocks}-block "
-            f"model carries {args.budget} keep {keep:g} with a scoring block before its first cut; raise --keep, or "
-            "try --budget final"
-        )
     # calibration.json and the plots are named for the folder, not the schedule: a second schedule there would
     # replace the first's, whose provenance points at them.
     refuse_to_replace(out.parent, calibration_files(out), args.overwrite, "folder (of --out)")
@@ -370,17 +368,16 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
             score_prompts(model, batches, progress=bar.update, keep=scores)
         except (HybridReduceError, KeyboardInterrupt) as exc:
             bar.close()
+            saved = ""
             if scores.n_prompts:
                 partial = out.with_name(out.stem + ".scores.partial.pt")
                 with folder.file(partial.name) as tmp:
                     scores.save(tmp)
-                print(
-                    f"hybridreduce calibrate: the scores of {scores.n_prompts} prompts are saved in {partial}",
-                    file=sys.stderr,
-                )
-            if isinstance(exc, KeyboardInterrupt):
-                print("hybridreduce calibrate: interrupted; no schedule written", file=sys.stderr)
-                return 130
+                saved = f"the scores of {scores.n_prompts} prompts are saved in {partial}"
+            if isinstance(exc, KeyboardInterrupt):  # one line (main prints it): what was kept
+                raise Interrupted(f"interrupted; no schedule written{'; ' + saved if saved else ''}") from None
+            if saved:
+                print(f"hybridreduce calibrate: {saved}", file=sys.stderr)
             raise
         bar.close()
         cal = search(scores, keep, args.budget, args.max_stages, target=args.objective, placement=args.placement)
@@ -489,6 +486,15 @@ def _check_model_args(args: argparse.Namespace, device: str | None) -> None:
     check_max_new_tokens(args.max_new_tokens)
 
 
+def _model_layout(args: argparse.Namespace):
+    """``--model``'s blocks from its config.json alone (:func:`hybridreduce.vlm.layout`): for the checks that need
+    the model's depth, before :func:`_load_vlm` reads a weight."""
+    from .vlm import layout
+
+    quiet_transformers()
+    return layout(args.model, args.trust_remote_code)
+
+
 def _load_vlm(args: argparse.Namespace, device: str | None = None):
     quiet_transformers()
     return LoadOptions.from_args(args, device).load()
@@ -517,6 +523,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .manifest import read_manifest
     from .runner import (
         check_out_dir,
+        check_settings,
         failure_line,
         on_rank_zero_after_all,
         parse_shard,
@@ -530,11 +537,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     device = args.device
     if device == "cuda" and "LOCAL_RANK" in os.environ:
         device = f"cuda:{os.environ['LOCAL_RANK']}"
-    # Every argument before the model loads (whether its depth can meet --keep is checked by run() after it).
+    # Every argument before the model loads; whether its depth can carry the schedule, from its config.json.
     _check_model_args(args, device)
     items = read_manifest(args.data)
-    settings_for(args.schedule, evs=args.evs or 0.0, full=not args.no_full, keep=args.keep)
+    planned = settings_for(args.schedule, evs=args.evs or 0.0, full=not args.no_full, keep=args.keep)
     check_out_dir(args.out, shard)
+    check_settings(planned, _model_layout(args).num_blocks)
     vlm = _load_vlm(args, device)
     settings = settings_for(args.schedule, evs=vlm.evs_rate(args.evs), full=not args.no_full, keep=args.keep)
     path = run(
@@ -565,14 +573,15 @@ def cmd_generate(args: argparse.Namespace) -> int:
     _check_model_args(args, args.device)
     options = parse_options(args.option, "--option")  # at most 26: the letters A to Z
     full = args.schedule in (None, "none")
-    settings_for(args.schedule, evs=args.evs or 0.0, full=full, keep=args.keep)
+    check_settings(
+        settings_for(args.schedule, evs=args.evs or 0.0, full=full, keep=args.keep), _model_layout(args).num_blocks
+    )
     kw = _frames_kwargs(args)
     video = read_video(args.video, num_frames=kw["frames"], fps=kw["fps"], max_frames=kw["max_frames"])
     vlm = _load_vlm(args, args.device)
     item = Item(id="cli", video=str(args.video), question=args.question, options=options)
     prompt = vlm.prompt(video, prompt_text(item))
     settings = settings_for(args.schedule, evs=vlm.evs_rate(args.evs), full=full, keep=args.keep)
-    check_settings(settings, vlm.adapted.num_blocks)
     for setting in settings:
         ans = vlm.answer(prompt, setting.schedule, evs=setting.evs, max_new_tokens=args.max_new_tokens)
         choice = f" (choice {parse_choice(ans.text, item.letters)})" if item.options else ""
@@ -799,13 +808,12 @@ def main(argv: list[str] | None = None, parser: argparse.ArgumentParser | None =
     except HybridReduceError as exc:
         print(f"hybridreduce {args.command}: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         # Every file is written under a temporary name and renamed when complete (hybridreduce.rundir), so what a
-        # Ctrl-C leaves is the files finished before it; a command that saves partial work says so itself.
-        print(
-            f"hybridreduce {args.command}: interrupted; files finished before Ctrl-C are kept, none is half-written",
-            file=sys.stderr,
-        )
+        # Ctrl-C leaves is the files finished before it; a command that saves partial work says so (Interrupted).
+        said = str(exc) if isinstance(exc, Interrupted) else ""
+        said = said or "interrupted; files finished before Ctrl-C are kept, none is half-written"
+        print(f"hybridreduce {args.command}: {said}", file=sys.stderr)
         return 130
 
 

@@ -39,6 +39,7 @@ Shapes use the letters of :mod:`hybridreduce.glossary`; in a decode step a block
 
 from __future__ import annotations
 
+import time
 import warnings
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -101,6 +102,10 @@ class Reduction:
         visual_mask: ``(b, T)`` bool, the visual tokens of the last prefill's prompt.
         scoring_seconds: wall time spent in the scorers, summed over the prefills (on CUDA the
             kernels run asynchronously, so this is a lower bound unless the caller synchronises).
+        merging_seconds: wall time spent merging at the cuts (``combine: merge``: choosing where each removed token
+            goes and forming the size-weighted rows), summed over the prefills; 0 when dropping. The size-aware
+            work inside the blocks (the attention bias, the Mamba step rewrite) is not in it. A lower bound on
+            CUDA, like ``scoring_seconds``.
         prefills, decode_steps: how many forwards of each kind ran.
     """
 
@@ -112,6 +117,7 @@ class Reduction:
     stages: list[Stage] = field(default_factory=list)
     visual_mask: torch.Tensor | None = field(default=None, repr=False)
     scoring_seconds: float = 0.0
+    merging_seconds: float = 0.0
     prefills: int = 0
     decode_steps: int = 0
 
@@ -167,6 +173,7 @@ class Reduction:
             "block_visual": self.block_visual if self.stages else None,
             "average_keep": self.average_keep if self.stages else None,
             "scoring_seconds": self.scoring_seconds,
+            "merging_seconds": self.merging_seconds,
             "prefills": self.prefills,
             "decode_steps": self.decode_steps,
         }
@@ -741,7 +748,10 @@ class _Engine:
             kept, keep = self._choose(forward, block, stage, h)
             new = kept.index
         if kept.removed is not None:  # tail tokens (a replay's continuation) never merge
+            start = time.perf_counter()
             h, sizes = merge_rows(h, keep, kept.removed, kept.target, forward.sizes)
+            if isinstance(forward, _Prefill):
+                self.result.merging_seconds += time.perf_counter() - start
         else:
             h = gather_seq(h, keep.to(h.device), h.shape[1])
             sizes = None if forward.sizes is None else forward.sizes.gather(1, keep.to(forward.sizes.device))
@@ -779,7 +789,9 @@ class _Engine:
         removed = target = None
         if self.combination.merges:
             c = self.combination
+            start = time.perf_counter()
             removed, target = assign_merges(hidden, forward.visual, keep, forward.frames, c.merge_scope, c.merge_window)
+            self.result.merging_seconds += time.perf_counter() - start
         new = forward.index.gather(1, keep)
         forward.visual = forward.visual.gather(1, keep)
         if forward.frames is not None:

@@ -42,3 +42,11 @@ class CompatibilityError(HybridReduceError, RuntimeError):
 class OutputError(HybridReduceError, OSError):
     """A file could not be written (a full disk, a read-only folder, no permission); the previous file, if any,
     is kept (:mod:`hybridreduce.rundir` writes every file under a temporary name and renames it when complete)."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C stopped a command's work; the message says, in one line, what was kept and where.
+
+    A ``KeyboardInterrupt``, so that no ``except Exception`` swallows it; the command line prints the message
+    instead of its generic line and exits with status 130.
+    """

@@ -344,15 +344,24 @@ def install_dir(staging: Path, target: Path, folder: RunFolder | None = None) ->
     the lock holds on the new directory too).
     """
     target.parent.mkdir(parents=True, exist_ok=True)
+    lock = None
     if folder is not None:
         folder.record(sorted(p.name for p in staging.iterdir() if not p.name.startswith(HIDDEN_PREFIX)), staging)
         if folder.lock_path.parent == target and folder.lock_path.exists():
-            os.replace(folder.lock_path, staging / folder.lock_path.name)
+            lock = staging / folder.lock_path.name
+            os.replace(folder.lock_path, lock)
     old = target.with_name(f".{target.name}.old-{os.getpid()}")
-    if target.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        target.rename(old)
-    staging.rename(target)
+    try:
+        if target.exists():
+            shutil.rmtree(old, ignore_errors=True)
+            target.rename(old)
+        staging.rename(target)
+    except BaseException:  # Ctrl-C (or an OSError) between the two renames: put the old directory back
+        if old.exists() and not target.exists():
+            old.rename(target)
+        if lock is not None and lock.exists():
+            os.replace(lock, folder.lock_path)
+        raise
     shutil.rmtree(old, ignore_errors=True)
     return target
 

@@ -48,7 +48,7 @@ from pathlib import Path
 import numpy as np
 
 from . import validate
-from .errors import HybridReduceError, InputError
+from .errors import HybridReduceError, InputError, Interrupted
 from .rundir import (  # noqa: F401  (check_shard, parse_shard, on_rank_zero_after_all: this module's API too)
     RunFolder,
     check_shard,
@@ -309,6 +309,8 @@ def run(
     Raises:
         InputError: a bad argument (see :func:`check_sampling`, :func:`check_settings`, :func:`check_out_dir`),
             before anything is written.
+        Interrupted: Ctrl-C (a ``KeyboardInterrupt``); every answer made is a whole line of the predictions file,
+            and the message says how many items are answered (a rerun continues).
     """
     from tqdm.auto import tqdm
 
@@ -360,43 +362,58 @@ def run(
         i, count = shard
         mine = [(k, item) for k, item in enumerate(items) if k % count == i]
         todo = [(k, item) for k, item in mine if any((item.id, s.name) not in done for s in settings)]
+
+        def lines_of(k: int, item: Item):
+            """The lines item ``k`` still owes, one per setting, each yielded as soon as it is answered."""
+            base = {"index": k, "id": item.id, "qtype": item.qtype, "answer": item.answer}
+            try:
+                video = read_video(item.video, num_frames=frames, fps=fps, max_frames=max_frames)
+                prompt = vlm.prompt(video, prompt_text(item))
+            except HybridReduceError as exc:
+                video, prompt, failure = None, None, str(exc)
+            for setting in settings:
+                if (item.id, setting.name) in done:
+                    continue
+                row = {**base, "setting": setting.name, "config": configs[setting.name]}
+                if prompt is None:
+                    row["error"] = failure
+                else:
+                    try:
+                        ans = vlm.answer(prompt, setting.schedule, evs=setting.evs, max_new_tokens=max_new_tokens)
+                    except HybridReduceError as exc:
+                        row["error"] = str(exc)
+                    else:
+                        pred = parse_choice(ans.text, item.letters) if item.options else ans.text
+                        row.update(
+                            pred=pred,
+                            correct=None if item.answer is None else pred == item.answer,
+                            text=ans.text,
+                            frames=len(video.frames),
+                            n_visual=ans.n_visual,
+                            evs_visual=ans.evs_visual,
+                            average_keep=round(ans.average_keep, 6),
+                            **{t: round(getattr(ans, t), 6) for t in TIMINGS},
+                        )
+                yield row
+
         bar = tqdm(total=len(mine), initial=len(mine) - len(todo), desc=f"run {i}/{count}" if count > 1 else "run",
                    disable=not progress, dynamic_ncols=True)  # fmt: skip
-        with path.open("a") as f:
-            for k, item in todo:
-                base = {"index": k, "id": item.id, "qtype": item.qtype, "answer": item.answer}
-                try:
-                    video = read_video(item.video, num_frames=frames, fps=fps, max_frames=max_frames)
-                    prompt = vlm.prompt(video, prompt_text(item))
-                except HybridReduceError as exc:
-                    video, prompt, failure = None, None, str(exc)
-                for setting in settings:
-                    if (item.id, setting.name) in done:
-                        continue
-                    row = {**base, "setting": setting.name, "config": configs[setting.name]}
-                    if prompt is None:
-                        row["error"] = failure
-                    else:
-                        try:
-                            ans = vlm.answer(prompt, setting.schedule, evs=setting.evs, max_new_tokens=max_new_tokens)
-                        except HybridReduceError as exc:
-                            row["error"] = str(exc)
-                        else:
-                            pred = parse_choice(ans.text, item.letters) if item.options else ans.text
-                            row.update(
-                                pred=pred,
-                                correct=None if item.answer is None else pred == item.answer,
-                                text=ans.text,
-                                frames=len(video.frames),
-                                n_visual=ans.n_visual,
-                                evs_visual=ans.evs_visual,
-                                average_keep=round(ans.average_keep, 6),
-                                **{t: round(getattr(ans, t), 6) for t in TIMINGS},
-                            )
-                    f.write(json.dumps(row) + "\n")
-                    f.flush()
-                bar.update(1)
-        bar.close()
+        answered = len(mine) - len(todo)  # items whose every setting is answered
+        try:
+            with path.open("a") as f:
+                for k, item in todo:
+                    for row in lines_of(k, item):
+                        f.write(json.dumps(row) + "\n")
+                        f.flush()  # on disk as soon as it is made: Ctrl-C or a kill loses no answer
+                    bar.update(1)
+                    answered += 1
+        except KeyboardInterrupt:  # the lines written are whole (a line cut by a kill is dropped on reading)
+            raise Interrupted(
+                f"interrupted with {answered} of {len(mine)} items answered; every answer made is kept in {path}: "
+                "rerun the same command to continue"
+            ) from None
+        finally:
+            bar.close()
         folder.written.append(path.name)
     return path
 

@@ -56,7 +56,7 @@ import torch
 from torch import nn
 
 from . import compat
-from .adapters import AdaptedModel, get_adapter
+from .adapters import AdaptedModel, get_adapter, supported_model_types
 from .errors import InputError, UnsupportedModelError
 from .evs import apply_retention, evs_retention_mask
 from .schedule import Schedule
@@ -659,20 +659,9 @@ def load(
     """
     from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText, AutoTokenizer
 
-    root = Path(path)
-    if not root.is_dir():
-        raise InputError(f"{root}: not a checkpoint directory (hybridreduce.load reads local directories only)")
-    if not (root / "config.json").is_file():
-        raise InputError(f"{root}: no config.json; point to the directory save_pretrained wrote")
+    root, model_type = _video_checkpoint(path)
     if device is not None and device_map is not None:
         raise InputError("give either device or device_map, not both")
-    raw = _read_json(root / "config.json", "model config")
-    model_type = raw.get("model_type")
-    if model_type not in FAMILIES:
-        raise UnsupportedModelError(
-            f"{root}: model_type {model_type!r} is not a supported video VLM; supported: {', '.join(VIDEO_FAMILIES)}. "
-            "For a text-only hybrid language model use hybridreduce.reduce on the model directly"
-        )
     torch_dtype = _dtype(dtype)
     if adapter is not None:
         from .finetune.lora import check_adapter_dir
@@ -712,6 +701,51 @@ def load(
         processor_source="processor" if processor is not None else "fallback",
         adapter=None if adapter is None else Path(adapter),
     )
+
+
+def _video_checkpoint(path: str | Path) -> tuple[Path, str]:
+    """``path`` as a checkpoint directory whose ``config.json`` names a supported video VLM, and that
+    ``model_type`` (a key of :data:`FAMILIES`)."""
+    root = Path(path)
+    if not root.is_dir():
+        raise InputError(f"{root}: not a checkpoint directory (hybridreduce.load reads local directories only)")
+    if not (root / "config.json").is_file():
+        raise InputError(f"{root}: no config.json; point to the directory save_pretrained wrote")
+    model_type = _read_json(root / "config.json", "model config").get("model_type")
+    if model_type not in FAMILIES:
+        raise UnsupportedModelError(
+            f"{root}: model_type {model_type!r} is not a supported video VLM; supported: {', '.join(VIDEO_FAMILIES)}. "
+            "For a text-only hybrid language model use hybridreduce.reduce on the model directly"
+        )
+    return root, model_type
+
+
+def layout(path: str | Path, trust_remote_code: bool = False) -> AdaptedModel:
+    """The blocks of a checkpoint and their kinds, from its ``config.json`` alone, before :func:`load` reads a weight.
+
+    The architecture is built on the ``meta`` device (no weights, no memory), so a check that needs the model's
+    depth (a schedule or a budget it cannot meet, LoRA targets) runs in a second however large the checkpoint is.
+    ``.model`` is that meta-device model (its module names); it cannot score.
+
+    Raises:
+        InputError, UnsupportedModelError: as :func:`load`, for the directory, its config and its architecture.
+    """
+    from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText
+
+    root, _ = _video_checkpoint(path)
+    config = AutoConfig.from_pretrained(root, trust_remote_code=trust_remote_code)
+    text = getattr(config.get_text_config(), "model_type", None)
+    if text not in supported_model_types():  # checked first: another architecture may not even build
+        raise UnsupportedModelError(
+            f"{root}: its language model is {text!r}, which hybridreduce has no adapter for (supported: "
+            f"{', '.join(supported_model_types())}); give a checkpoint around a supported hybrid language model"
+        )
+    with torch.device("meta"):
+        try:
+            model = AutoModelForImageTextToText.from_config(config, trust_remote_code=trust_remote_code)
+        except ValueError:
+            model = AutoModel.from_config(config, trust_remote_code=trust_remote_code)
+    return get_adapter(model, allow_meta=True)  # UnsupportedModelError: a language model no adapter knows
 
 
 def _try_processor(root: Path, trust_remote_code: bool):

@@ -1,6 +1,7 @@
 """The papers' five claims about reduction in hybrid models, measured on a toy checkpoint (issue 14, item 5).
 
     python scripts/paper_claims.py [--checkpoint DIR] [--variant static clutter] [--size 256] [--split test]
+                                   [--claims a b c d e] [--combine drop|merge]
                                    [--out runs/paper_claims] [--overwrite] [--batch-size 32] [--no-progress]
 
 Run it from the repository root. It measures each claim on ``--size`` questions of ``--split`` of every
@@ -14,6 +15,12 @@ abstract; DESIGN.md, "What the two papers say"):
     (c) decay-free    for Mamba blocks, the decay-free implicit attention selects better than the exact one
     (d) late cuts     hybrids tolerate reduction late in the depth
     (e) retention     a Mamba state has absorbed the tokens a later cut drops: a probe recovers information on them
+
+``--claims`` measures a subset (the analysis pass runs only for (a)–(c), the retention probe only for (e)).
+``--combine merge`` runs the schedules of the accuracy measurements, (c)'s and (d)'s, with merging (DESIGN
+decision 14: every visual token a cut removes is added into its most similar kept token, and the blocks after the
+cut see the sizes); the scores, and so (a), (b) and (c)'s recall, do not depend on it, and (e)'s probe keeps its
+dropping cut (it asks what the state holds of tokens that are gone).
 
 How each is measured, and when it holds, is in :data:`CLAIMS`. The criteria were fixed before anything was
 measured; the script writes them to ``OUT/criteria.json`` before its first forward, and reports the numbers
@@ -43,7 +50,7 @@ import json
 import math
 import shlex
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -168,6 +175,9 @@ CLAIMS = (
     ),
 )
 
+CLAIM_IDS = tuple(c.id for c in CLAIMS)
+NEEDS_ANALYSIS = ("a", "b", "c")  # the claims read from the analysis pass's scores
+
 
 # Arguments ---------------------------------------------------------------------------------------------------------
 class _Parser(argparse.ArgumentParser):
@@ -184,6 +194,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("runs/paper_claims"), help="output directory")
     p.add_argument("--overwrite", action="store_true", help="write into a non-empty --out, replacing its files")
     p.add_argument("--batch-size", type=int, default=32, help="questions per forward (default 32)")
+    p.add_argument(
+        "--claims", nargs="+", choices=CLAIM_IDS, default=list(CLAIM_IDS), help="claims to measure (default all)"
+    )
+    p.add_argument(
+        "--combine",
+        choices=("drop", "merge"),
+        default="drop",
+        help="what the cuts of (c)'s and (d)'s accuracy runs do with the tokens they remove (default drop)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
 
@@ -200,7 +219,7 @@ def check_args(args: argparse.Namespace) -> list[str]:
     Raises:
         InputError: a bad size, batch size, checkpoint, variant or output directory.
     """
-    if args.size < MIN_TRAIN + MIN_TEST:
+    if "e" in args.claims and args.size < MIN_TRAIN + MIN_TEST:
         raise InputError(
             f"--size must be at least {MIN_TRAIN + MIN_TEST} (the retention probe fits on {MIN_TRAIN} questions and "
             f"tests on {MIN_TEST}), got {args.size}"
@@ -215,6 +234,8 @@ def check_args(args: argparse.Namespace) -> list[str]:
             "make one with `hybridreduce train-toy --config configs/toy.yaml --out DIR`"
         )
     known = [c.variant for c in load_spec(ckpt / "train_config.yaml").configs]
+    if len(set(args.claims)) != len(args.claims):
+        raise InputError(f"--claims names a claim twice: {args.claims}; name each once")
     variants = list(dict.fromkeys(args.variant or known))
     unknown = [v for v in variants if v not in known]
     if unknown:
@@ -508,11 +529,15 @@ def claim_retention(report: RetentionReport) -> Measured:
 # Running ----------------------------------------------------------------------------------------------------------
 def measure_variant(
     args: argparse.Namespace, variant: str, ckpt: Path, out: Path, progress: bool
-) -> dict[str, Measured]:
-    """Every claim on one benchmark variant; writes ``out/<variant>/`` (analysis run, accuracy, retention)."""
+) -> tuple[dict[str, Measured], list[str]]:
+    """The claims ``args.claims`` on one benchmark variant; writes ``out/<variant>/`` (analysis run, accuracy,
+    retention: each only where a requested claim needs it). Returns claim id → its measurement, and the model's block
+    kinds."""
     from tqdm.auto import tqdm
 
+    wanted = set(args.claims)
     folder = out / variant
+    folder.mkdir(parents=True, exist_ok=True)
     config = AnalysisConfig(
         name=f"paper_claims_{variant}",
         model={"checkpoint": str(ckpt)},
@@ -526,11 +551,14 @@ def measure_variant(
         schedule="progressive",
         keep=AVERAGE_KEEP,
     )
-    for err in collect(config, folder / "analysis", progress=progress)["errors"]:  # the run still has the rest
-        print(
-            f"paper_claims: warning: analysis {err['stage']} failed: {err['type']}: {err['message']}", file=sys.stderr
-        )
-    _, caches, relevant = load_run(folder / "analysis")
+    caches = relevant = None
+    if wanted & set(NEEDS_ANALYSIS):
+        for err in collect(config, folder / "analysis", progress=progress)["errors"]:  # the run still has the rest
+            print(
+                f"paper_claims: warning: analysis {err['stage']} failed: {err['type']}: {err['message']}",
+                file=sys.stderr,
+            )
+        _, caches, relevant = load_run(folder / "analysis")
 
     model, spec = load_toy_spec(ckpt)
     data = next(c for c in spec.configs if c.variant == variant)
@@ -539,17 +567,27 @@ def measure_variant(
     num_blocks = get_adapter(model).num_blocks
     bs = args.batch_size
     batches = [dataset.batch(range(s, min(s + bs, args.size))) for s in range(0, args.size, bs)]
-    runs: dict[str, tuple[str, float, Schedule | None]] = {"full": ("full", 1.0, None)}
-    for method in ("progressive", "progressive-exact"):
-        runs[method] = (method, AVERAGE_KEEP, feasible_schedule(method, AVERAGE_KEEP, model)[0])
-    for keep in LATE_KEEPS:
-        runs[f"late@{keep:g}"] = ("progressive", keep, late_schedule(keep, num_blocks))
+    runs: dict[str, tuple[str, float, Schedule | None]] = {}
+    if "d" in wanted:
+        runs["full"] = ("full", 1.0, None)
+    if "c" in wanted:
+        for method in ("progressive", "progressive-exact"):
+            schedule = replace(feasible_schedule(method, AVERAGE_KEEP, model)[0], combine=args.combine)
+            runs[method] = (method, AVERAGE_KEEP, schedule)
+    if "d" in wanted:
+        for keep in LATE_KEEPS:
+            runs[f"late@{keep:g}"] = (
+                "progressive",
+                keep,
+                replace(late_schedule(keep, num_blocks), combine=args.combine),
+            )
     correct = {}
     with tqdm(total=len(runs) * args.size, desc=f"accuracy {variant}", unit="q", disable=not progress) as bar:
         for name, (method, keep, schedule) in runs.items():
             correct[name] = answers_correct(model, batches, method, keep, sheet, schedule, progress=bar.update)
     qtypes = [q for b in batches for q in b["qtype"]]
     record = {
+        "combine": args.combine,
         "questions": args.size,
         "qtype": qtypes,
         "runs": {
@@ -563,23 +601,29 @@ def measure_variant(
             for name, (method, keep, s) in runs.items()
         },
     }
-    (folder / "accuracy.json").write_text(json.dumps(record) + "\n")
+    if runs:
+        (folder / "accuracy.json").write_text(json.dumps(record) + "\n")
 
-    n_train, n_test = retention_split(args.size)
-    cut = late_schedule(LATE_KEEPS[0], num_blocks).resolve(num_blocks).prune_points[0]
-    retention = retention_probe(
-        model, dataset, [cut], [RETENTION_KEEP], ["random"], n_train, n_test, batch_size=bs, progress=progress
-    )
-    (folder / "retention.json").write_text(json.dumps(retention.to_dict(), indent=1) + "\n")
+    measured: dict[str, Measured] = {}
+    if "e" in wanted:
+        n_train, n_test = retention_split(args.size)
+        cut = late_schedule(LATE_KEEPS[0], num_blocks).resolve(num_blocks).prune_points[0]
+        retention = retention_probe(
+            model, dataset, [cut], [RETENTION_KEEP], ["random"], n_train, n_test, batch_size=bs, progress=progress
+        )
+        (folder / "retention.json").write_text(json.dumps(retention.to_dict(), indent=1) + "\n")
+        measured["e"] = claim_retention(retention)
 
     schedules = {name: s for name, (_, _, s) in runs.items()}
-    return {
-        "a": claim_sparsity(caches),
-        "b": claim_stability(caches[SCORERS[0]], num_blocks),
-        "c": claim_decay_free(caches, relevant, correct, qtypes),
-        "d": claim_late(correct, qtypes, schedules, num_blocks, dataset.cfg.n_visual),
-        "e": claim_retention(retention),
-    }
+    if "a" in wanted:
+        measured["a"] = claim_sparsity(caches)
+    if "b" in wanted:
+        measured["b"] = claim_stability(caches[SCORERS[0]], num_blocks)
+    if "c" in wanted:
+        measured["c"] = claim_decay_free(caches, relevant, correct, qtypes)
+    if "d" in wanted:
+        measured["d"] = claim_late(correct, qtypes, schedules, num_blocks, dataset.cfg.n_visual)
+    return measured, list(get_adapter(model).kinds)
 
 
 def _sha256(path: Path) -> str:
@@ -597,6 +641,7 @@ def write_markdown(result: dict[str, Any], path: Path) -> None:
         "",
         f"Checkpoint `{result['checkpoint']}` (model.safetensors sha256 `{result['checkpoint_sha256'][:16]}…`), "
         f"{result['size']} `{result['split']}` questions per variant, blocks {result['block_kinds']}. "
+        f"The accuracy runs' cuts {'merge' if result['combine'] == 'merge' else 'drop'} the tokens they remove. "
         "Criteria fixed before measuring (`criteria.json`); ± is one standard error.",
         "",
         "| variant | claim | measurement | criterion | number(s) | verdict | command |",
@@ -615,11 +660,18 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     command = shlex.join(["python", SCRIPT, *argv])
-    criteria = {"command": command, "settings": SETTINGS, "claims": [asdict(c) for c in CLAIMS]}
+    claims = [c for c in CLAIMS if c.id in args.claims]
+    criteria = {
+        "command": command,
+        "settings": SETTINGS,
+        "combine": args.combine,
+        "claims": [asdict(c) for c in claims],
+    }
     (out / "criteria.json").write_text(json.dumps(criteria, indent=1) + "\n")  # before the first forward
 
-    measured = {v: measure_variant(args, v, ckpt, out, not args.no_progress) for v in variants}
-    kinds = json.loads((out / variants[0] / "analysis" / "metrics.json").read_text())["block_kinds"]
+    measured, kinds = {}, []
+    for v in variants:
+        measured[v], kinds = measure_variant(args, v, ckpt, out, not args.no_progress)
     try:
         shown = str(ckpt.resolve().relative_to(ROOT))
     except ValueError:
@@ -634,8 +686,9 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
         "variants": variants,
         "block_kinds": kinds,
         "settings": SETTINGS,
+        "combine": args.combine,
         "claims": [
-            asdict(c) | {"variant": v, "command": command} | asdict(measured[v][c.id]) for v in variants for c in CLAIMS
+            asdict(c) | {"variant": v, "command": command} | asdict(measured[v][c.id]) for v in variants for c in claims
         ],
     }
     (out / "claims.json").write_text(json.dumps(result, indent=1, allow_nan=False) + "\n")

@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from hybridreduce import InputError, cli
+from hybridreduce import InputError, Schedule, cli
 from hybridreduce.bench import (
     BLOCK_COLUMNS,
     NEMOTRON_H_8B_PATTERN,
@@ -198,6 +198,15 @@ def test_run_bench_reports_consistent_figures():
         assert r.peak_bytes_full > 0 and r.peak_bytes_reduced > 0
     assert BenchConfig(**r.config) == cfg
     json.dumps(r.to_dict())
+    assert r.merging_s == r.merging_overhead_frac == 0.0  # progressive drops
+
+
+def test_run_bench_times_the_merging():
+    cfg = BenchConfig(**TINY, pattern="M-*M-*M-", visual_tokens=64)
+    r = run_bench(cfg, Schedule("progressive", combine="merge"), keep=0.25, repeats=1, decode_steps=1)
+    assert abs(r.achieved_keep - 0.25) < 0.02
+    assert r.merging_s > 0 and r.merging_overhead_frac == pytest.approx(r.merging_s / r.reduced_s)
+    assert r.merging_overhead_frac < 1
 
 
 def test_bad_config():

@@ -252,6 +252,10 @@ def test_merging_is_on_the_record(tiny_models):
             assert bool(torch.isin(into[i], stage.index[i]).all()) and not bool(
                 torch.isin(removed[i], stage.index[i]).any()
             )
+    assert red.merging_seconds > 0 and red.summary()["merging_seconds"] == red.merging_seconds
+    with reduce(model, Schedule(keep=0.4, first_prune=1, stages=2), visual_mask=vm) as dropped:
+        model(ids)
+    assert dropped.merging_seconds == 0.0  # dropping merges nothing and times nothing
 
 
 def test_merge_scope_frame_merges_within_the_frame(tiny_models):

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import errno
+import itertools
 import json
 import os
 import re
@@ -341,6 +342,27 @@ def test_ctrl_c_in_calibrate(run_dir, tmp_path, capsys, monkeypatch, target, poi
     assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]
 
 
+def test_ctrl_c_while_calibrate_scores_keeps_the_prompts_scored(run_dir, tmp_path, capsys, monkeypatch):
+    """The guide's promise: the scores of the prompts already scored are saved (<schedule>.scores.partial.pt), and
+    one line says so."""
+    from hybridreduce.calibrate import CalibrationScores
+    from hybridreduce.toy import demo
+
+    real = demo.calibration_batches
+
+    def stopped(dataset, batch_size=32):  # two batches of 4, then Ctrl-C
+        yield from itertools.islice(real(dataset, 4), 2)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(demo, "calibration_batches", stopped)
+    out = tmp_path / "s.yaml"
+    argv = ["calibrate", "--model", str(run_dir), "--data", "toy", "--size", "12", "--keep", "0.5", "--out", str(out)]
+    assert main([*argv, "--no-progress"]) == 130
+    line = one_line(capsys.readouterr().err)
+    assert "interrupted" in line and f"the scores of 8 prompts are saved in {tmp_path / 's.scores.partial.pt'}" in line
+    assert CalibrationScores.load(tmp_path / "s.scores.partial.pt").n_prompts == 8 and not out.exists()
+
+
 @pytest.mark.parametrize("target", ["hybridreduce.cli.quiet_transformers", "hybridreduce.toy.train.training_losses"])
 def test_ctrl_c_in_train_toy(tmp_path, capsys, monkeypatch, target):
     cfg = tmp_path / "toy.yaml"
@@ -352,8 +374,9 @@ def test_ctrl_c_in_train_toy(tmp_path, capsys, monkeypatch, target):
 
 def test_ctrl_c_in_run_and_analyze_at_start_up(tmp_path, capsys, monkeypatch):
     """The README promises one line and exit 130; Ctrl-C while the model loads printed a traceback."""
-    monkeypatch.setattr("hybridreduce.cli.quiet_transformers", _interrupt)
+    # both command lines bind hybridreduce.vlm.quiet_transformers at import: each is patched where it is called
     monkeypatch.setattr("analysis.cli.quiet_transformers", _interrupt)
+    monkeypatch.setattr("hybridreduce.cli.quiet_transformers", _interrupt)
     config = tmp_path / "a.yaml"
     config.write_text("analysis:\n  model: {tiny: nemotron_h}\n  samples: 2\n  batch_size: 2\n")
     assert main(["analyze", "--config", str(config), "--out", str(tmp_path / "a"), "--no-progress"]) == 130
@@ -365,6 +388,150 @@ def test_ctrl_c_in_run_and_analyze_at_start_up(tmp_path, capsys, monkeypatch):
     build_tiny_model("nemotron_h").save_pretrained(model)
     assert main(["run", "--model", str(model), "--data", "x.jsonl", "--out", str(tmp_path / "r")]) == 130
     assert "interrupted" in one_line(capsys.readouterr().err)
+
+
+@pytest.fixture(scope="module")
+def run_files(tmp_path_factory):
+    """A tiny saved Omni checkpoint and a 7-item manifest (3 answerable, 4 broken videos): tests/test_run.py's."""
+    from tests.test_run import make_run_files
+
+    return make_run_files(tmp_path_factory.mktemp("run_files"))
+
+
+def _run_argv(run_files, out) -> list[str]:
+    return ["run", "--model", str(run_files["model"]), "--data", str(run_files["manifest"]), "--out", str(out),
+            "--frames", "8", "--no-progress"]  # fmt: skip
+
+
+def _answers(path: Path) -> list[tuple]:
+    """What a predictions file answered (timings left out: they differ between any two runs)."""
+    from hybridreduce.runner import read_predictions
+
+    return sorted((r["index"], r["setting"], r.get("pred"), r.get("error")) for r in read_predictions(path))
+
+
+def _interrupt_on_call(monkeypatch, target: str, call: int) -> None:
+    """Ctrl-C at the ``call``-th call (1-based) of ``target``; the calls before it run as usual."""
+    import importlib
+
+    *path, name = target.split(".")
+    calls = []
+    for k in range(len(path), 0, -1):  # the longest importable prefix, then attributes (a class's method)
+        try:
+            obj = importlib.import_module(".".join(path[:k]))
+        except ImportError:
+            continue
+        for attr in path[k:]:
+            obj = getattr(obj, attr)
+        break
+    real = getattr(obj, name)
+
+    def interrupt(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == call:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(obj, name, interrupt)
+
+
+@pytest.mark.parametrize(
+    "target, call, point",
+    [
+        ("hybridreduce.vlm.load", 1, "loading the model"),
+        ("hybridreduce.vlm.VLM.answer", 3, "answering (the third answer)"),
+        ("hybridreduce.runner.write_summary", 1, "writing the summary"),
+    ],
+)
+def test_ctrl_c_in_run(run_files, tmp_path, capsys, monkeypatch, target, call, point):
+    """Ctrl-C while the model loads, while answering, or while the summary is written: one line, exit 130, every
+    answer made before it kept whole in predictions.jsonl, and a rerun of the same command continues to the
+    result of an uninterrupted run."""
+    assert main(_run_argv(run_files, tmp_path / "whole")) == 0
+    whole = _answers(tmp_path / "whole" / "predictions.jsonl")
+    capsys.readouterr()
+    out = tmp_path / "run"
+    _interrupt_on_call(monkeypatch, target, call)
+    assert main(_run_argv(run_files, out)) == 130, point
+    line = one_line(capsys.readouterr().err)
+    assert line.startswith("hybridreduce run: interrupted"), line
+    kept = _answers(out / "predictions.jsonl")
+    assert set(kept) <= set(whole)  # whole lines only, each as the uninterrupted run made it
+    if point.startswith("answering"):
+        assert len([k for k in kept if k[3] is None]) == 2  # the two answers made before the third
+        assert "rerun the same command to continue" in line and str(out / "predictions.jsonl") in line
+    assert not (out / "summary.json").exists()
+    assert not [p for p in out.rglob("*") if ".tmp-" in p.name] if out.exists() else True
+    monkeypatch.undo()
+    assert main(_run_argv(run_files, out)) == 0
+    assert _answers(out / "predictions.jsonl") == whole and (out / "summary.json").is_file()
+
+
+def test_a_real_sigint_during_run(run_files, tmp_path):
+    """SIGINT (as Ctrl-C sends it) while answering, in a fresh interpreter: exit 130, one line, the answers made."""
+    out = tmp_path / "run"
+    script = (
+        "import os, signal, sys\n"
+        "signal.signal(signal.SIGINT, signal.default_int_handler)\n"  # see tests/test_bad_input.py::test_a_real_sigint
+        "import hybridreduce.vlm as v\n"
+        "real, calls = v.VLM.answer, []\n"
+        "def answer(*args, **kwargs):\n"
+        "    calls.append(1)\n"
+        "    if len(calls) == 3:\n"
+        "        os.kill(os.getpid(), signal.SIGINT)\n"
+        "    return real(*args, **kwargs)\n"
+        "v.VLM.answer = answer\n"
+        "from hybridreduce.cli import main\n"
+        f"sys.exit(main({_run_argv(run_files, out)!r}))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 130, done.stderr[-2000:]
+    assert "rerun the same command to continue" in one_line(done.stderr)
+    assert 2 <= len([k for k in _answers(out / "predictions.jsonl") if k[3] is None]) <= 3
+
+
+@pytest.fixture(scope="module")
+def analysis_config(tmp_path_factory):
+    """A 4-sample analysis of a tiny random Jamba (two batches) and a finished run of it."""
+    root = tmp_path_factory.mktemp("analysis")
+    config = root / "a.yaml"
+    prompt = {"prefix": 2, "visual": 16, "question": 4}
+    settings = {"model": {"tiny": "jamba"}, "samples": 4, "batch_size": 2, "keep": 0.5, "prompt": prompt}
+    config.write_text(yaml.safe_dump({"analysis": settings}))
+    assert main(["analyze", "--config", str(config), "--out", str(root / "run"), "--no-progress"]) == 0
+    return config, root / "run"
+
+
+def _digest(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() if p.is_file() else b"/" for p in sorted(root.rglob("*"))}
+
+
+@pytest.mark.parametrize(
+    "target, call, point",
+    [
+        ("analysis.run.load_model", 1, "loading the model"),
+        ("analysis.rundir.analyze_caches", 1, "measuring"),
+        ("analysis.rundir.write_tables", 1, "writing the tables"),
+        ("hybridreduce.rundir.Path.rename", 2, "moving the new run into place"),
+    ],
+)
+def test_ctrl_c_in_analyze_after_scoring(analysis_config, tmp_path, capsys, monkeypatch, target, call, point):
+    """Ctrl-C once every batch is scored (measuring, writing, installing; while scoring: tests/test_bad_input.py) or
+    before: one line, exit 130, and --out exactly as it was (here a finished run, replaced only when complete)."""
+    import shutil
+
+    config, finished = analysis_config
+    out = tmp_path / "run"
+    shutil.copytree(finished, out)
+    before = _digest(out)
+    _interrupt_on_call(monkeypatch, target, call)
+    argv = ["analyze", "--config", str(config), "--out", str(out), "--no-progress", "--overwrite"]
+    assert main(argv) == 130, point
+    assert "interrupted" in one_line(capsys.readouterr().err)
+    monkeypatch.undo()
+    assert _digest(out) == before, point
+    assert [p.name for p in tmp_path.iterdir()] == ["run"]  # no staging folder, no old run moved aside
 
 
 def test_a_real_sigint_during_train_toy(tmp_path):
@@ -390,6 +557,75 @@ def test_a_real_sigint_during_train_toy(tmp_path):
     assert not [p for p in out.iterdir() if ".tmp-" in p.name or ".stage-" in p.name]
 
 
+HALF = b"\x89PNG\r\n\x1a\n half of a file"
+
+
+def _half_written(root: Path) -> list[Path]:
+    """Files under ``root`` (hidden ones too) that hold what an interrupted write had put down."""
+    return [p for p in root.rglob("*") if p.is_file() and HALF in p.read_bytes()]
+
+
+@pytest.mark.parametrize("command", ["plot", "bench", "demo"])
+def test_ctrl_c_while_a_figure_is_saved_leaves_no_half_figure(
+    command, analysis_config, run_dir, tmp_path, capsys, monkeypatch
+):
+    """Ctrl-C in the middle of saving a figure (half of it is on disk when the interrupt arrives): one line, exit
+    130, and no half-written file in the output folder."""
+    import shutil
+
+    from matplotlib.figure import Figure
+
+    import hybridreduce.bench
+    from tests.test_figures import _bench_result
+
+    out = tmp_path / "out"
+    if command == "plot":
+        shutil.copytree(analysis_config[1], out)
+        argv = ["plot", str(out)]
+    elif command == "bench":  # the timings themselves are not what this is about
+        monkeypatch.setattr(hybridreduce.bench, "build_bench_model", lambda *a, **k: None)
+        monkeypatch.setattr(hybridreduce.bench, "run_bench", lambda cfg, s, keep, *a, **k: _bench_result(keep=keep))
+        argv = ["bench", "--sweep", "0.5,0.25", "--visual-tokens", "64", "--out", str(out)]
+    else:
+        argv = ["demo", "--checkpoint", str(run_dir), "--out", str(out), "--quick", "--size", "4", "--no-progress"]
+
+    def half(self, fname, *args, **kwargs):
+        Path(fname).write_bytes(HALF)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Figure, "savefig", half)
+    assert main(argv) == 130
+    err = "\n".join(x for x in capsys.readouterr().err.splitlines() if not x.startswith(("demo: expect", "[bench]")))
+    assert "interrupted" in one_line(err)
+    assert not _half_written(tmp_path)
+
+
+def test_ctrl_c_while_merge_writes_leaves_each_file_whole_or_absent(tmp_path, capsys, monkeypatch):
+    """`merge` rewrites predictions.jsonl, then summary.json and results.csv: Ctrl-C half-way through a file."""
+    from hybridreduce.runner import TIMINGS
+
+    line = {"setting": "full", "qtype": "all", "answer": "A", "pred": "A", "correct": True, "config": {},
+            "n_visual": 16, "evs_visual": 16, "average_keep": 1.0, **dict.fromkeys(TIMINGS, 0.1)}  # fmt: skip
+    for shard in range(2):
+        row = {"index": shard, "id": f"item-{shard}", **line}
+        (tmp_path / f"predictions.shard-{shard}-of-2.jsonl").write_text(json.dumps(row) + "\n")
+    real = Path.write_bytes
+
+    def half(self, data):
+        if self.name.endswith("summary.json"):
+            real(self, HALF)
+            raise KeyboardInterrupt
+        return real(self, data)
+
+    monkeypatch.setattr(Path, "write_bytes", half)
+    assert main(["merge", str(tmp_path)]) == 130
+    assert "interrupted" in one_line(capsys.readouterr().err)
+    assert not _half_written(tmp_path) and not (tmp_path / "summary.json").exists()
+    assert [json.loads(x)["id"] for x in (tmp_path / "predictions.jsonl").read_text().splitlines()] == [
+        "item-0", "item-1"
+    ]  # fmt: skip
+
+
 # 7. Refusals after expensive work -------------------------------------------------------------------
 def test_a_budget_the_depth_cannot_meet_is_refused_before_scoring(run_dir, tmp_path, capsys, monkeypatch):
     """Class 7's example: calibrate --keep 1e-9 refused only after scoring every prompt."""
@@ -399,6 +635,55 @@ def test_a_budget_the_depth_cannot_meet_is_refused_before_scoring(run_dir, tmp_p
     argv = ["calibrate", "--model", str(run_dir), "--data", "toy", "--keep", "1e-9", "--out", str(tmp_path / "s.yaml")]
     assert main(argv) == 2
     assert "raise --keep" in one_line(capsys.readouterr().err)
+
+
+@pytest.mark.parametrize(
+    "command, flags, message",
+    [
+        ("calibrate", ["--keep", "1e-9", "--size", "4"], "raise --keep"),
+        ("run", ["--schedule", "fastv", "--keep", "0.5", "--no-full"], "keep=0.5"),
+        ("generate", ["--schedule", "fastv", "--keep", "0.5"], "keep=0.5"),
+    ],
+)
+def test_a_schedule_the_checkpoints_depth_cannot_meet_is_refused_before_the_weights_load(
+    run_files, tmp_path, capsys, monkeypatch, command, flags, message
+):
+    """Class 7 on a real (saved) VLM: the depth comes from config.json (hybridreduce.vlm.layout), so an impossible
+    budget costs no weight loading (minutes on a large checkpoint) and no scoring. fastv cuts once, before block 3
+    of this 6-block model: an average keep of 0.5 or less cannot be met."""
+    import hybridreduce.vlm
+
+    monkeypatch.setattr(hybridreduce.vlm, "load", lambda *a, **k: pytest.fail("loaded the weights before refusing"))
+    model, manifest = str(run_files["model"]), str(run_files["manifest"])
+    where = {
+        "calibrate": ["--data", manifest, "--out", str(tmp_path / "s.yaml")],
+        "run": ["--data", manifest, "--out", str(tmp_path / "r")],
+        "generate": ["--video", str(run_files["root"] / "videos" / "a.mp4"), "--question", "what ?", "--frames", "8"],
+    }[command]
+    assert main([command, "--model", model, *where, *flags]) == 2
+    assert message in one_line(capsys.readouterr().err)
+    assert not [p for p in tmp_path.iterdir()]  # and nothing written
+
+
+@pytest.mark.parametrize("flags", [["--keep", "0.01"], ["--sweep", "0.5,0.01"]])
+def test_bench_refuses_a_keep_its_model_cannot_meet_before_building_it(tmp_path, capsys, monkeypatch, flags):
+    """The benchmark model's depth is its pattern's length: a keep the schedule cannot carry on it is refused before
+    the model is built (and, in a sweep, before the earlier keeps are timed)."""
+    import hybridreduce.bench
+
+    monkeypatch.setattr(hybridreduce.bench, "build_bench_model", lambda *a, **k: pytest.fail("built the model"))
+    out = ["--out", str(tmp_path / "b")] if "--sweep" in flags else []
+    assert main(["bench", "--schedule", "fastv", "--visual-tokens", "64", *flags, *out]) == 2
+    assert "0.01" in one_line(capsys.readouterr().err)
+
+
+def test_calibrate_from_python_checks_the_budget_before_scoring(monkeypatch):
+    import hybridreduce.calibrate as calibrate
+    from hybridreduce.tiny_models import build_tiny_model
+
+    monkeypatch.setattr(calibrate, "score_prompts", lambda *a, **k: pytest.fail("scored before refusing"))
+    with pytest.raises(InputError, match="raise --keep"):
+        calibrate.calibrate(build_tiny_model("nemotron_h"), [], keep=1e-9)
 
 
 @pytest.mark.parametrize("keeps", ["nan", "inf", "0", "1e-9,nan"])
@@ -424,17 +709,6 @@ def _row(method, keep, accuracy, achieved, final=False, variant="static"):
             "seconds": 1.0, "visual_tokens": 10.0, "achieved_keep": achieved, "relevant_kept": accuracy,
             "block_visual": [48.0, 24.0, 12.0], "n": 8,
             "note": "average budget infeasible (x); run with final keep" if final else ""}  # fmt: skip
-
-
-@pytest.fixture
-def figures(monkeypatch):
-    """The matplotlib figures a plotting function closes, kept open for inspection."""
-    import matplotlib.pyplot as plt
-
-    kept, close = [], plt.close
-    monkeypatch.setattr(plt, "close", lambda fig=None: kept.append(fig))
-    yield kept
-    close("all")
 
 
 def _marker_styles(ax, names):
@@ -508,3 +782,17 @@ def test_the_default_demo_estimate_matches_the_guide():
     minutes = expected_seconds(None, 192, KEEPS, DEFAULT_METHODS) / 60
     guide = (ROOT / "docs/guides/reliability.md").read_text()
     assert f"about {minutes:.0f} minutes" in guide
+
+
+def test_every_promise_of_the_guide_names_a_test_that_exists():
+    """docs/guides/reliability.md: each section names the tests that hold its promise, and each of them exists."""
+    guide = (ROOT / "docs/guides/reliability.md").read_text()
+    sections = re.split(r"^## ", guide, flags=re.M)[1:]
+    for section in sections:
+        title = section.splitlines()[0]
+        named = re.findall(r"`((?:tests/\w+\.py::)?test_\w+)`", section)
+        assert named, f"the section {title!r} names no test"
+        for name in named:
+            path, _, test = name.rpartition("::")
+            source = (ROOT / (path or "tests/test_reliability.py")).read_text()
+            assert re.search(rf"^def {test}\(", source, flags=re.M), f"{title!r} names {name}, which does not exist"

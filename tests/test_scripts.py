@@ -121,12 +121,34 @@ def test_paper_claims_on_a_tiny_checkpoint(toy_run, tmp_path):
     assert set(accuracy["runs"]) == {"full", "progressive", "progressive-exact", "late@0.25", "late@0.125"}
     assert all(len(r["correct"]) == 16 for r in accuracy["runs"].values())
     assert (out / "static" / "analysis" / "metrics.json").is_file() and (out / "static" / "retention.json").is_file()
+    assert result["combine"] == accuracy["combine"] == "drop"
+
+
+def test_paper_claims_measures_the_claims_asked_for_with_merging(toy_run, tmp_path, monkeypatch):
+    def forbidden(*args, **kwargs):
+        raise AssertionError("(d) needs neither the analysis pass nor the retention probe")
+
+    monkeypatch.setattr(paper_claims, "collect", forbidden)
+    monkeypatch.setattr(paper_claims, "retention_probe", forbidden)
+    out = tmp_path / "claims"
+    argv = ["--checkpoint", str(toy_run), "--size", "8", "--batch-size", "8", "--out", str(out), "--no-progress"]
+    assert paper_claims.main([*argv, "--claims", "d", "--combine", "merge"]) == 0
+    result = json.loads((out / "claims.json").read_text())
+    assert [(r["variant"], r["id"]) for r in result["claims"]] == [("static", "d")] and result["combine"] == "merge"
+    assert json.loads((out / "criteria.json").read_text())["combine"] == "merge"
+    accuracy = json.loads((out / "static" / "accuracy.json").read_text())
+    assert set(accuracy["runs"]) == {"full", "late@0.25", "late@0.125"}
+    assert [accuracy["runs"][f"late@{k}"]["schedule"]["combine"] for k in ("0.25", "0.125")] == ["merge", "merge"]
+    assert "cuts merge the tokens" in (out / "claims.md").read_text()
 
 
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
         (["--size", "8"], "--size must be at least 12"),
+        (["--claims", "d", "d"], "names a claim twice"),
+        (["--claims", "f"], "invalid choice"),
+        (["--combine", "mix"], "invalid choice"),
         (["--size", "many"], "invalid int value"),
         (["--batch-size", "0"], "--batch-size must be at least 1"),
         (["--split", "dev"], "invalid choice"),

@@ -30,6 +30,7 @@ from torch import nn
 
 from ..adapters import get_adapter
 from ..errors import InputError
+from ..rundir import atomic_path
 from ..schedule import Schedule
 from .data import ManifestExamples, answer_tokens, check_videos, collate, file_hash
 from .lora import RECORD, add_lora, resolve_targets
@@ -416,13 +417,14 @@ def check_sharding(env=None) -> None:
 def plan(model, data, cfg: FinetuneConfig, eval_data=None) -> dict:
     """Everything checkable before the weights load: manifests, answers, schedule, LoRA targets.
 
-    The model is built on the ``meta`` device from its config (no weights, no memory) to read its depth and module
-    names through the hybridreduce adapter.
+    The model is built on the ``meta`` device from its config (:func:`hybridreduce.vlm.layout`: no weights, no
+    memory) to read its depth and module names through the hybridreduce adapter.
     """
     from transformers import AutoTokenizer
 
     from .. import validate
     from ..manifest import read_manifest
+    from ..vlm import layout
 
     check_sharding()
     validate.checkpoint_dir(model)
@@ -437,44 +439,15 @@ def plan(model, data, cfg: FinetuneConfig, eval_data=None) -> dict:
         None if eval_items is None else answer_tokens(eval_items, tokenizer, cfg.max_answer_tokens, "--eval-data")
     )
     schedule = cfg.schedule_object()
-    meta = _meta_model(model)
-    adapted = get_adapter(meta, allow_meta=True)  # UnsupportedModelError: a language model no adapter knows
+    adapted = layout(model)  # from config.json, on the meta device: UnsupportedModelError where no adapter fits
     if schedule is not None:
         try:
             schedule.resolve(adapted.num_blocks)
         except InputError as exc:
             raise InputError(f"--schedule {cfg.schedule} on this {adapted.num_blocks}-block model: {exc}") from None
-    targets = None if cfg.full else resolve_targets(meta, adapted, cfg.target_modules)
+    targets = None if cfg.full else resolve_targets(adapted.model, adapted, cfg.target_modules)
     return {"items": items, "answers": answers, "eval_items": eval_items, "eval_answers": eval_answers,
             "schedule": schedule, "targets": targets}  # fmt: skip
-
-
-def _meta_model(model):
-    """The checkpoint's architecture on the meta device (no weights)."""
-    from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText
-
-    from ..adapters import supported_model_types
-    from ..errors import UnsupportedModelError
-    from ..vlm import FAMILIES, VIDEO_FAMILIES, _read_json
-
-    model_type = _read_json(Path(model) / "config.json", "model config").get("model_type")
-    if model_type not in FAMILIES:
-        raise UnsupportedModelError(
-            f"{model}: model_type {model_type!r} is not a supported video VLM; supported: {', '.join(VIDEO_FAMILIES)}"
-        )
-    config = AutoConfig.from_pretrained(model)
-    text = config.get_text_config()
-    if getattr(text, "model_type", None) not in supported_model_types():
-        raise UnsupportedModelError(
-            f"{model}: its language model is {getattr(text, 'model_type', None)!r}, which hybridreduce has no adapter "
-            f"for (supported: {', '.join(supported_model_types())}), so neither the schedule nor LoRA's default "
-            "targets can be placed; finetune a checkpoint around a supported hybrid language model"
-        )
-    with torch.device("meta"):
-        try:
-            return AutoModelForImageTextToText.from_config(config)
-        except ValueError:
-            return AutoModel.from_config(config)
 
 
 def _train(model_dir, out: Path, cfg, setup, record, resume, max_minutes, progress, device, dtype) -> dict:
@@ -599,6 +572,7 @@ def plot_curves(history: list[dict], path: Path) -> Path:
     if kept:
         ax.set_title(f"mean share of visual tokens carried per block: {sum(kept) / len(kept):.3f}")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with atomic_path(path) as tmp:  # Ctrl-C or a full disk mid-save: the previous plot or none, never half of one
+        fig.savefig(tmp, dpi=120)
     plt.close(fig)
     return path
