@@ -22,7 +22,7 @@ import argparse
 import sys
 import warnings
 
-from hybridreduce.cli import _quiet_transformers
+from hybridreduce.vlm import quiet_transformers
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
@@ -44,7 +44,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         config = replace(config, samples=args.samples)
     shard = parse_shard(args.shard)
     check_out_dir(args.out, shard, overwrite=args.overwrite)
-    _quiet_transformers()
+    quiet_transformers()
     try:
         if shard[1] > 1:
             collect(config, args.out, progress=not args.no_progress, shard=shard, overwrite=args.overwrite)

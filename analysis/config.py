@@ -159,7 +159,7 @@ def _setting(name: str) -> Iterator[None]:
 
 def _parse_model(value: Any) -> tuple[str, str]:
     """``(source, target)``: ``("toy", "")``, ``("checkpoint", DIR)`` or ``("tiny", ARCH)``."""
-    from hybridreduce.tiny import TINY_CONFIGS
+    from hybridreduce.tiny_models import TINY_CONFIGS
 
     usage = "model must be `toy`, `{checkpoint: DIR}` (a train-toy output directory) or `{tiny: ARCH}`"
     if value == "toy":
@@ -184,7 +184,7 @@ class AnalysisConfig:
         name: run name (default: the YAML file's stem).
         model: ``"toy"`` (the shipped checkpoint), ``{"checkpoint": DIR}`` (a train-toy output directory,
             relative to the working directory) or ``{"tiny": ARCH}`` (a tiny random model of
-            :mod:`hybridreduce.tiny`, scored on random prompts; no ground truth).
+            :mod:`hybridreduce.tiny_models`, scored on random prompts; no ground truth).
         samples: number of samples (toy: the first ``samples`` items of ``split``; tiny: random prompts).
         batch_size: samples per forward.
         split: toy dataset split (``train``, ``val`` or ``test``).
@@ -314,7 +314,7 @@ def toy_benchmark(config: AnalysisConfig, spec: Any | None = None) -> tuple[Any,
     """
     path = checkpoint_dir(config)
     if spec is None:
-        from hybridreduce.toy.train import spec_from_dict
+        from hybridreduce.toy.train_config import spec_from_dict
         from hybridreduce.yamlio import read_yaml
 
         file = path / "train_config.yaml"

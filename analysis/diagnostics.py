@@ -443,10 +443,10 @@ def score_question_sets(
 def prompt_question_sets(
     vocab: int, prefix: int, visual: int, question: int, n_videos: int, n_questions: int, seed: int = 0
 ) -> tuple[dict, torch.Tensor]:
-    """Question sets of random prompts (:func:`hybridreduce.tiny.make_prompt`): each prompt's prefix and visual
+    """Question sets of random prompts (:func:`hybridreduce.tiny_models.make_prompt`): each prompt's prefix and visual
     tokens kept, its ``question`` tokens drawn again ``n_questions`` times. Returns ``(batch, groups)`` like
     :func:`question_sets`."""
-    from hybridreduce.tiny import make_prompt
+    from hybridreduce.tiny_models import make_prompt
 
     g = torch.Generator().manual_seed(seed)
     rows = []

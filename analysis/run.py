@@ -70,7 +70,7 @@ def load_model(config: AnalysisConfig) -> LoadedModel:
     if config.device.startswith("cuda") and not torch.cuda.is_available():
         raise InputError(f"analysis device {config.device!r} is not available here (no CUDA); use device: cpu")
     if config.source == "tiny":
-        from hybridreduce.tiny import build_tiny_model
+        from hybridreduce.tiny_models import build_tiny_model
 
         model = build_tiny_model(config.target, seed=config.seed)
         info: dict[str, Any] = {"source": "tiny", "arch": config.target, "prompt": dict(config.prompt)}
@@ -110,7 +110,7 @@ def iter_batches(config: AnalysisConfig, loaded: LoadedModel, samples: range | N
             batch["index"] = torch.arange(start, min(start + bs, samples.stop))
             yield batch
         return
-    from hybridreduce.tiny import make_prompt
+    from hybridreduce.tiny_models import make_prompt
 
     vocab = int(loaded.model.config.vocab_size)
     p = config.prompt

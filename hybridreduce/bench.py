@@ -132,6 +132,48 @@ def nemotron_h_8b(visual_tokens: int = 16384, **overrides) -> BenchConfig:
     return BenchConfig(**{**shape, **overrides})
 
 
+#: Peak memory of the default bench model per prompt token, above a fixed part: measured as the process's peak RSS
+#: above the built model, 485 MiB at 4,096 visual tokens and 1,422 MiB at 16,384 (78 KiB a token; CPU, float32,
+#: transformers 5.24), rounded up.
+BENCH_BYTES_PER_TOKEN = 80 * 2**10
+#: The model, torch and its libraries, with room to spare.
+BENCH_FIXED_BYTES = 2**30
+#: The dtypes the bench model is built in (``bench --dtype``).
+BENCH_DTYPES = ("float32", "bfloat16", "float16")
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to a new allocation (Linux ``MemAvailable``); None where unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def check_memory(cfg: BenchConfig) -> None:
+    """Refuse a CPU prompt whose estimated peak memory (``BENCH_*_BYTES``) exceeds the memory available now.
+
+    Raises:
+        InputError: the estimate, what is available and the largest ``--visual-tokens`` that fits.
+    """
+    available = available_memory()
+    tokens = cfg.visual_tokens + cfg.text_tokens
+    need = BENCH_FIXED_BYTES + BENCH_BYTES_PER_TOKEN * tokens
+    if available is None or need <= available:
+        return
+    fit = (available - BENCH_FIXED_BYTES) // BENCH_BYTES_PER_TOKEN - cfg.text_tokens
+    gib = 2**30
+    fix = f"use at most --visual-tokens {fit}" if fit >= 16 else "free some memory first"
+    raise InputError(
+        f"visual_tokens (--visual-tokens) {cfg.visual_tokens} needs about {need / gib:,.1f} GiB of memory "
+        f"({BENCH_BYTES_PER_TOKEN // 2**10} KiB a token, measured), but {available / gib:.1f} GiB is available; {fix}"
+    )
+
+
 def build_bench_model(cfg: BenchConfig, seed: int = 0, device=None, dtype: torch.dtype = torch.float32):
     """A random Nemotron-H-pattern causal LM, built directly on ``device`` (default cpu) in ``dtype``, eval mode."""
     from transformers import AutoModelForCausalLM, NemotronHConfig
@@ -852,3 +894,67 @@ def write_sweep(results: list[BenchResult], out_dir) -> list:
         paths.append(path)
     plt.close(fig)
     return paths
+
+
+# --- console reports (what ``hybridreduce bench`` prints) -------------------------------------------------------
+
+
+def _mib(n: int | None) -> str:
+    return "-" if n is None else f"{n / 2**20:,.1f} MiB"
+
+
+def format_result(r: BenchResult) -> str:
+    """The report of one :func:`run_bench`: model, prompt, prefill, speed-ups, scoring, cache, memory, decode."""
+    mib = 1 / 2**20
+    return "\n".join(
+        [
+            f"model      Nemotron-H pattern, {r.blocks} blocks, {r.params_m:.1f} M parameters; {r.device} {r.dtype}, "
+            f"{r.attn_implementation}, {r.threads} threads",
+            f"prompt     {r.visual_tokens} visual + {r.text_tokens} text tokens, schedule {r.schedule}, "
+            f"keep {r.keep:g} (achieved {r.achieved_keep:.4f})",
+            f"prefill    full {r.full_s:.3f} s, reduced {r.reduced_s:.3f} s (median of {r.repeats})",
+            f"speedup    {r.speedup:.2f}x   ideal (FLOP model, Mamba {r.mamba_path} path) {r.ideal_speedup:.2f}x   "
+            f"efficiency {r.efficiency:.2f}",
+            f"           ideal with measured block weights {r.ideal_speedup_timed:.2f}x   "
+            f"efficiency {r.efficiency_timed:.2f}",
+            f"scoring    {r.scoring_s * 1000:.1f} ms = {100 * r.scoring_overhead_frac:.1f}% of the reduced prefill",
+            f"KV cache   full {r.kv_bytes_full * mib:.2f} MiB, reduced {r.kv_bytes_reduced * mib:.2f} MiB "
+            f"(Mamba states {r.state_bytes * mib:.2f} MiB in both)",
+            f"memory     peak {_mib(r.peak_bytes_full)} full, {_mib(r.peak_bytes_reduced)} reduced prefill "
+            f"({r.memory_source or 'not measurable here'}); scorers {_mib(r.scoring_peak_bytes)} at most per block",
+            f"decode     full {r.decode_tok_s_full:.1f} tok/s, reduced {r.decode_tok_s_reduced:.1f} tok/s",
+        ]
+    )
+
+
+def format_sweep(results: list[BenchResult]) -> str:
+    """One line per keep of a sweep: measured and ideal speed-up, efficiency, scoring share."""
+    return "\n".join(
+        f"keep {r.keep:<6g} speedup {r.speedup:5.2f}x  ideal {r.ideal_speedup:5.2f}x  efficiency {r.efficiency:4.2f}  "
+        f"scoring {100 * r.scoring_overhead_frac:4.1f}%"
+        for r in results
+    )
+
+
+def format_scale(results: list[BenchResult]) -> str:
+    """The table of :func:`run_scale`: the setup (from the first point), a header, one line per visual-token count."""
+    r, mib = results[0], 1 / 2**20
+    lines = [
+        f"Nemotron-H pattern, {r.blocks} blocks, width {r.hidden}, {r.schedule} keep {r.keep:g}; {r.device} {r.dtype}, "
+        f"{r.attn_implementation}, Mamba {r.mamba_path} path, {r.threads} threads; median of {r.repeats}",
+        f"{'visual':>7} {'full s':>8} {'reduced s':>9} {'speedup':>7} {'ideal':>6} {'eff':>5} {'ideal_t':>7} "
+        f"{'eff_t':>5} {'scoring':>7} {'peak MiB full/red':>17} {'scorer MiB':>10} {'decode tok/s full/red':>21}",
+    ]
+    for r in results:
+        peak = (
+            f"{r.peak_bytes_full * mib:8.0f}/{r.peak_bytes_reduced * mib:<8.0f}"
+            if r.peak_bytes_full is not None and r.peak_bytes_reduced is not None
+            else f"{'-':>17}"
+        )
+        lines.append(
+            f"{r.visual_tokens:>7} {r.full_s:8.3f} {r.reduced_s:9.3f} {r.speedup:6.2f}x {r.ideal_speedup:5.2f}x "
+            f"{r.efficiency:5.2f} {r.ideal_speedup_timed:6.2f}x {r.efficiency_timed:5.2f} "
+            f"{100 * r.scoring_overhead_frac:6.1f}% {peak} {r.scoring_peak_bytes * mib:10.1f} "
+            f"{r.decode_tok_s_full:10.1f}/{r.decode_tok_s_reduced:<10.1f}"
+        )
+    return "\n".join(lines)

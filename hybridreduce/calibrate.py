@@ -52,7 +52,7 @@ from __future__ import annotations
 import itertools
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -65,11 +65,13 @@ from .rundir import atomic_path, write_text
 from .schedule import BUDGETS, Plan, Schedule
 from .taps import capture
 
-SHAPES = ("geometric", "linear")
+#: The schedule shapes (:data:`hybridreduce.schedule.SHAPES`) a search tries: explicit ratios are what it chooses.
+CALIBRATION_SHAPES = ("geometric", "linear")
 #: What a layout is scored by: every scored block's own retained mass, or the deepest attention block's at the end.
 OBJECTIVES = ("own", "reference")
-#: Where a layout's cuts may go: spread evenly after the first (as presets do), or any increasing list.
-PLACEMENTS = ("spread", "free")
+#: Where a search may put a layout's cuts: spread evenly after the first (as presets do), or any increasing list
+#: (not a schedule's ``placement``, :data:`hybridreduce.schedule.PLACEMENTS`).
+CALIBRATION_PLACEMENTS = ("spread", "free")
 #: Most cuts of a ``free`` layout: the candidates grow as ``C(depth, stages)``.
 MAX_FREE_STAGES = 3
 #: Fewest prompts a calibration accepts: the objective is a mean over prompts, and a handful gives a noisy choice.
@@ -173,6 +175,24 @@ def score_prompts(
     return out
 
 
+def manifest_batches(vlm, items: Iterable, frames: int) -> Iterator[dict]:
+    """The prompts of a manifest's items (answers unused) as :func:`score_prompts` takes them, one video at a time.
+
+    Args:
+        vlm: a loaded :class:`hybridreduce.VLM`.
+        items: :class:`hybridreduce.manifest.Item` records.
+        frames: ``F``, frames sampled uniformly from each video.
+    Yields:
+        The language model's input embeddings, attention mask and ``visual_mask`` ``(1, T)`` of each item.
+    """
+    from .manifest import prompt_text
+    from .video import read_video
+
+    for item in items:
+        prompt = vlm.prompt(read_video(item.video, num_frames=frames), prompt_text(item))
+        yield {**vlm.embed(prompt), "visual_mask": prompt.visual_mask}
+
+
 def reference_block(blocks: list[int], kinds: list[str]) -> int:
     """Index into ``blocks`` of the reference of ``objective="reference"``: the deepest scored block with attention
     (``'attn'`` or ``'parallel'`` in ``kinds``, the kind of every block of the model), else the deepest scored
@@ -225,13 +245,13 @@ def retained_mass(
 
 
 def objective(
-    scores: CalibrationScores, plan: Plan, kind: str = "reference", ema: float | None = None
+    scores: CalibrationScores, plan: Plan, target: str = "reference", ema: float | None = None
 ) -> tuple[float, float]:
-    """``(J, standard error)`` of a layout: :func:`retained_mass` averaged over every prompt (``kind``: one of
-    :data:`OBJECTIVES`; ``ema``: the schedule's, see :func:`retained_mass`)."""
-    if kind not in OBJECTIVES:
-        raise InputError(f"objective must be one of {OBJECTIVES}, got {kind!r}")
-    reference = reference_block(scores.blocks, scores.kinds) if kind == "reference" else None
+    """``(J, standard error)`` of a layout: :func:`retained_mass` averaged over every prompt (``target``: one of
+    :data:`OBJECTIVES`, as :func:`search` takes it; ``ema``: the schedule's, see :func:`retained_mass`)."""
+    if target not in OBJECTIVES:
+        raise InputError(f"objective must be one of {OBJECTIVES}, got {target!r}")
+    reference = reference_block(scores.blocks, scores.kinds) if target == "reference" else None
     per_prompt = torch.cat([retained_mass(g, scores.blocks, plan, reference, ema) for g in scores.groups])
     N = per_prompt.numel()
     se = float(per_prompt.std() / math.sqrt(N)) if N > 1 else float("nan")
@@ -252,7 +272,7 @@ class Calibration:
         keep, budget, n_prompts, n_visual, blocks, num_blocks, model_type, seconds: provenance.
         target: the objective, one of :data:`OBJECTIVES`; reference: the block ``"reference"`` measures (None for
             ``"own"``).
-        placement: the candidate cuts, one of :data:`PLACEMENTS`.
+        placement: the candidate cuts, one of :data:`CALIBRATION_PLACEMENTS`.
     """
 
     schedule: Schedule
@@ -289,8 +309,8 @@ def candidate_schedules(
     """Every progressive layout the search tries whose budget can be met (see the module docstring): spread cuts,
     or with ``placement="free"`` every increasing list of at most ``min(max_stages, MAX_FREE_STAGES)`` prune
     points after the first scoring block."""
-    if placement not in PLACEMENTS:
-        raise InputError(f"placement must be one of {PLACEMENTS}, got {placement!r}")
+    if placement not in CALIBRATION_PLACEMENTS:
+        raise InputError(f"placement must be one of {CALIBRATION_PLACEMENTS}, got {placement!r}")
     points = range(min(blocks) + 1 if blocks else num_blocks, num_blocks)  # cuts with a scoring block before them
     if placement == "free":
         layouts = [(cuts[0], cuts) for n in range(1, min(max_stages, MAX_FREE_STAGES) + 1)
@@ -300,7 +320,8 @@ def candidate_schedules(
     out = []
     for first, stages in layouts:
         n_cuts = stages if isinstance(stages, int) else len(stages)
-        for shape in SHAPES[:1] if n_cuts == 1 else SHAPES:  # one cut: both shapes give the same ratio
+        # one cut: both shapes give the same ratio
+        for shape in CALIBRATION_SHAPES[:1] if n_cuts == 1 else CALIBRATION_SHAPES:
             sched = Schedule(keep=keep, budget=budget, first_prune=first, stages=stages, shape=shape)
             try:
                 sched.resolve(num_blocks)
@@ -339,7 +360,7 @@ def search(
     placement: str = "spread",
 ) -> Calibration:
     """Choose the layout of :func:`candidate_schedules` with the largest retained importance mass (``target``: the
-    :func:`objective`, one of :data:`OBJECTIVES`; ``placement``: one of :data:`PLACEMENTS`).
+    :func:`objective`, one of :data:`OBJECTIVES`; ``placement``: one of :data:`CALIBRATION_PLACEMENTS`).
 
     Raises:
         InputError: fewer than :data:`MIN_PROMPTS` prompts, no scoring block, a bad keep or budget, or a budget

@@ -14,14 +14,7 @@ import json
 import sys
 
 from .errors import HybridReduceError, InputError, Interrupted
-
-
-def _quiet_transformers() -> None:
-    """Silence transformers' load progress bars and kernel fall-back notices on the console."""
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
+from .vlm import DEFAULT_FRAMES, LoadOptions, quiet_transformers
 
 
 def _format_table(rows: list[dict]) -> str:
@@ -44,14 +37,14 @@ def cmd_verify(args: argparse.Namespace) -> int:
     dtype = validate.choice(args.dtype, "dtype (--dtype)", tuple(DTYPES))
     if args.model and (device is not None or dtype != "float32"):
         raise InputError("--device and --dtype apply to the tiny models (--arch, --all); --model runs on cpu, float32")
-    _quiet_transformers()
+    quiet_transformers()
     if args.model:
         results = verify_model(args.model)
     else:
         archs = available_archs() if args.all else [args.arch]
         unknown = [a for a in archs if a not in available_archs()]
         if unknown:
-            raise HybridReduceError(f"no tiny model for {unknown}; choose from {', '.join(available_archs())}")
+            raise InputError(f"no tiny model for {unknown}; choose from {', '.join(available_archs())}")
         results = []
         for arch in tqdm(archs, desc="verify", unit="arch", disable=len(archs) == 1, file=sys.stderr):
             results.extend(verify_arch(arch, device, dtype))
@@ -101,7 +94,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             raise InputError(f"--methods: unknown {unknown}; choose from {', '.join(DEMO_METHODS)}")
     validate.writable_dir(args.out, "out (--out)")
     refuse_to_replace(args.out, OUTPUT_FILES, args.overwrite)
-    _quiet_transformers()
+    quiet_transformers()
     size = args.size if args.size is not None else (96 if args.quick else 1024 if args.full else 192)
     with RunFolder(args.out) as folder:  # held from here: a second demo into --out is refused at once
         seconds = expected_seconds(args.checkpoint, size, keeps, methods)
@@ -145,52 +138,14 @@ def _parse_keeps(text: str, flag: str = "--sweep") -> list[float]:
     try:
         keeps = [float(x) for x in text.split(",") if x.strip()]
     except ValueError:
-        raise HybridReduceError(
-            f"{flag} takes comma-separated keep fractions, e.g. 0.125,0.25,0.5; got {text!r}"
-        ) from None
+        raise InputError(f"{flag} takes comma-separated keep fractions, e.g. 0.125,0.25,0.5; got {text!r}") from None
     if not keeps:
-        raise HybridReduceError(f"{flag} needs at least one keep fraction")
+        raise InputError(f"{flag} needs at least one keep fraction")
     keeps = [check_keep(k, name=f"keep {k:g} of {flag}") for k in keeps]
     repeated = sorted({k for k in keeps if keeps.count(k) > 1})
     if repeated:
         raise InputError(f"{flag} lists {', '.join(f'{k:g}' for k in repeated)} more than once; give each keep once")
     return keeps
-
-
-#: Peak memory of the default bench model per prompt token, above a fixed part: measured as the process's peak RSS
-#: above the built model, 485 MiB at 4,096 visual tokens and 1,422 MiB at 16,384 (78 KiB a token; CPU, float32,
-#: transformers 5.24), rounded up.
-BENCH_BYTES_PER_TOKEN = 80 * 2**10
-#: The model, torch and its libraries, with room to spare.
-BENCH_FIXED_BYTES = 2**30
-
-
-def _available_memory() -> int | None:
-    """Bytes of memory available to a new allocation (Linux ``MemAvailable``); None where unknown."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        return None
-    return None
-
-
-def _check_bench_memory(cfg) -> None:
-    """Refuse a prompt whose estimated peak memory (``BENCH_*_BYTES``) exceeds the memory available now."""
-    available = _available_memory()
-    tokens = cfg.visual_tokens + cfg.text_tokens
-    need = BENCH_FIXED_BYTES + BENCH_BYTES_PER_TOKEN * tokens
-    if available is None or need <= available:
-        return
-    fit = (available - BENCH_FIXED_BYTES) // BENCH_BYTES_PER_TOKEN - cfg.text_tokens
-    gib = 2**30
-    fix = f"use at most --visual-tokens {fit}" if fit >= 16 else "free some memory first"
-    raise InputError(
-        f"visual_tokens (--visual-tokens) {cfg.visual_tokens} needs about {need / gib:,.1f} GiB of memory "
-        f"({BENCH_BYTES_PER_TOKEN // 2**10} KiB a token, measured), but {available / gib:.1f} GiB is available; {fix}"
-    )
 
 
 def _parse_scale(text: str) -> list[int]:
@@ -218,24 +173,32 @@ def _parse_scale(text: str) -> list[int]:
     return sorted(points)
 
 
-#: The dtypes ``bench --dtype`` builds the model in.
-BENCH_DTYPES = ("float32", "bfloat16", "float16")
-
-
 def cmd_bench(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     import torch
 
     from . import validate
-    from .bench import BenchConfig, build_bench_model, run_bench, run_scale, write_scale, write_sweep
+    from .bench import (
+        BENCH_DTYPES,
+        BenchConfig,
+        build_bench_model,
+        check_memory,
+        format_result,
+        format_scale,
+        format_sweep,
+        run_bench,
+        run_scale,
+        write_scale,
+        write_sweep,
+    )
     from .rundir import RunFolder
     from .runner import check_keep
     from .schedule import Schedule
 
     # Every argument is checked before the model is built.
     if args.arch != "nemotron_h":
-        raise HybridReduceError(f"the benchmark model is Nemotron-H-shaped; --arch {args.arch!r} is not available")
+        raise InputError(f"the benchmark model is Nemotron-H-shaped; --arch {args.arch!r} is not available")
     if args.visual_tokens is not None:
         validate.integer(args.visual_tokens, "visual_tokens (--visual-tokens)", 16, fix="the default is 8192")
     validate.integer(args.repeats, "repeats (--repeats)", 1, fix="the median of the timed rounds is reported")
@@ -258,7 +221,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.sweep:
         keeps = _parse_keeps(args.sweep)
         if not args.out:
-            raise HybridReduceError("--sweep writes a CSV and a plot: give --out DIR")
+            raise InputError("--sweep writes a CSV and a plot: give --out DIR")
         if args.keep is not None:
             raise InputError(f"--keep {args.keep:g} with --sweep: the sweep's keeps replace it; drop --keep")
         validate.writable_dir(args.out, "out (--out)")
@@ -279,8 +242,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         for k in keeps if args.sweep else [keep]:
             replace(schedule, keep=k).resolve(len(cfg.pattern))
     if torch.device(device).type == "cpu":
-        _check_bench_memory(replace(cfg, visual_tokens=max(points)) if args.scale else cfg)
-    _quiet_transformers()
+        check_memory(replace(cfg, visual_tokens=max(points)) if args.scale else cfg)
+    quiet_transformers()
 
     def progress(msg: str) -> None:
         if not args.json:
@@ -295,9 +258,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps([r.to_dict() for r in results]))
         else:
-            print(_scale_header(results[0]))
-            for r in results:
-                print(_scale_line(r))
+            print(format_scale(results))
             print("wrote " + ", ".join(str(p) for p in paths))
         return 0
     if args.sweep:
@@ -311,8 +272,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps([r.to_dict() for r in results]))
         else:
-            for r in results:
-                print(_bench_line(r))
+            print(format_sweep(results))
             print("wrote " + ", ".join(str(p) for p in paths))
         return 0
     result = run_bench(
@@ -321,66 +281,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result.to_dict()))
     else:
-        print(_bench_report(result))
+        print(format_result(result))
     return 0
-
-
-def _scale_header(r) -> str:
-    return (
-        f"Nemotron-H pattern, {r.blocks} blocks, width {r.hidden}, {r.schedule} keep {r.keep:g}; {r.device} {r.dtype}, "
-        f"{r.attn_implementation}, Mamba {r.mamba_path} path, {r.threads} threads; median of {r.repeats}\n"
-        f"{'visual':>7} {'full s':>8} {'reduced s':>9} {'speedup':>7} {'ideal':>6} {'eff':>5} {'ideal_t':>7} "
-        f"{'eff_t':>5} {'scoring':>7} {'peak MiB full/red':>17} {'scorer MiB':>10} {'decode tok/s full/red':>21}"
-    )
-
-
-def _scale_line(r) -> str:
-    mib = 1 / 2**20
-    peak = (
-        f"{r.peak_bytes_full * mib:8.0f}/{r.peak_bytes_reduced * mib:<8.0f}"
-        if r.peak_bytes_full is not None and r.peak_bytes_reduced is not None
-        else f"{'-':>17}"
-    )
-    return (
-        f"{r.visual_tokens:>7} {r.full_s:8.3f} {r.reduced_s:9.3f} {r.speedup:6.2f}x {r.ideal_speedup:5.2f}x "
-        f"{r.efficiency:5.2f} {r.ideal_speedup_timed:6.2f}x {r.efficiency_timed:5.2f} "
-        f"{100 * r.scoring_overhead_frac:6.1f}% {peak} {r.scoring_peak_bytes * mib:10.1f} "
-        f"{r.decode_tok_s_full:10.1f}/{r.decode_tok_s_reduced:<10.1f}"
-    )
-
-
-def _bench_line(r) -> str:
-    return (
-        f"keep {r.keep:<6g} speedup {r.speedup:5.2f}x  ideal {r.ideal_speedup:5.2f}x  efficiency {r.efficiency:4.2f}  "
-        f"scoring {100 * r.scoring_overhead_frac:4.1f}%"
-    )
-
-
-def _mib(n: int | None) -> str:
-    return "-" if n is None else f"{n / 2**20:,.1f} MiB"
-
-
-def _bench_report(r) -> str:
-    mib = 1 / 2**20
-    return "\n".join(
-        [
-            f"model      Nemotron-H pattern, {r.blocks} blocks, {r.params_m:.1f} M parameters; {r.device} {r.dtype}, "
-            f"{r.attn_implementation}, {r.threads} threads",
-            f"prompt     {r.visual_tokens} visual + {r.text_tokens} text tokens, schedule {r.schedule}, "
-            f"keep {r.keep:g} (achieved {r.achieved_keep:.4f})",
-            f"prefill    full {r.full_s:.3f} s, reduced {r.reduced_s:.3f} s (median of {r.repeats})",
-            f"speedup    {r.speedup:.2f}x   ideal (FLOP model, Mamba {r.mamba_path} path) {r.ideal_speedup:.2f}x   "
-            f"efficiency {r.efficiency:.2f}",
-            f"           ideal with measured block weights {r.ideal_speedup_timed:.2f}x   "
-            f"efficiency {r.efficiency_timed:.2f}",
-            f"scoring    {r.scoring_s * 1000:.1f} ms = {100 * r.scoring_overhead_frac:.1f}% of the reduced prefill",
-            f"KV cache   full {r.kv_bytes_full * mib:.2f} MiB, reduced {r.kv_bytes_reduced * mib:.2f} MiB "
-            f"(Mamba states {r.state_bytes * mib:.2f} MiB in both)",
-            f"memory     peak {_mib(r.peak_bytes_full)} full, {_mib(r.peak_bytes_reduced)} reduced prefill "
-            f"({r.memory_source or 'not measurable here'}); scorers {_mib(r.scoring_peak_bytes)} at most per block",
-            f"decode     full {r.decode_tok_s_full:.1f} tok/s, reduced {r.decode_tok_s_reduced:.1f} tok/s",
-        ]
-    )
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
@@ -391,8 +293,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from . import validate
     from .adapters import get_adapter
     from .calibrate import (
+        CALIBRATION_PLACEMENTS,
         OBJECTIVES,
-        PLACEMENTS,
         CalibrationScores,
         calibration_files,
         check_budget,
@@ -408,7 +310,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     keep = check_keep(args.keep)
     validate.choice(args.budget, "budget (--budget)", BUDGETS)
     validate.choice(args.objective, "objective (--objective)", OBJECTIVES)
-    validate.choice(args.placement, "placement (--placement)", PLACEMENTS)
+    validate.choice(args.placement, "placement (--placement)", CALIBRATION_PLACEMENTS)
     validate.integer(args.size, "size (--size)", 4, fix="the number of calibration prompts, e.g. 64")
     validate.integer(args.max_stages, "max_stages (--max-stages)", 1, 8)
     check_sampling(args.frames, None, None)
@@ -424,7 +326,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
             "--model toy (or a train-toy directory) takes --data toy, and a video VLM checkpoint takes a JSONL "
             f"manifest: got --model {args.model} --data {args.data}"
         )
-    _quiet_transformers()
+    quiet_transformers()
     if toy:
         from .toy import ToyDataset
         from .toy.demo import calibration_batches, load_toy_spec
@@ -438,8 +340,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         dataset = ToyDataset(configs[variant], args.split, args.size, vocab=spec.vocab)
         batches = calibration_batches(dataset)
     else:
-        from .manifest import prompt_text, read_manifest
-        from .video import read_video
+        from .calibrate import manifest_batches
+        from .manifest import read_manifest
 
         validate.checkpoint_dir(args.model)
         items = read_manifest(args.data)
@@ -449,17 +351,10 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
                 f"{len(items)} (at least 4) or give a longer manifest"
             )
         items = items[: args.size]
-        check_budget(model_layout(args), keep, args.budget, args.max_stages, args.placement)  # before the weights
-        vlm = load_vlm(args, validate.device(args.device))
+        check_budget(_model_layout(args), keep, args.budget, args.max_stages, args.placement)  # before the weights
+        vlm = _load_vlm(args, validate.device(args.device))
         model = vlm.model
-
-        def video_batches():
-            for item in items:
-                video = read_video(item.video, num_frames=args.frames)
-                prompt = vlm.prompt(video, prompt_text(item))
-                yield {**vlm.embed(prompt), "visual_mask": prompt.visual_mask}
-
-        batches = video_batches()
+        batches = manifest_batches(vlm, items, args.frames)
     # -- one scoring forward per prompt, then the search ----------------------------------------------------
     from tqdm.auto import tqdm
 
@@ -527,7 +422,8 @@ def cmd_train_toy(args: argparse.Namespace) -> int:
     from . import validate
     from .rundir import RunFolder
     from .toy.evaluate import accuracy_line
-    from .toy.train import load_spec, train
+    from .toy.train import train
+    from .toy.train_config import load_spec
 
     # Every argument before the config is read or a file is written (train() creates --out).
     config = _training_config(args.config)
@@ -554,7 +450,7 @@ def cmd_train_toy(args: argparse.Namespace) -> int:
     if args.resume and not (out / "trainer_state.pt").is_file():
         what = "does not exist" if not out.exists() else "holds no trainer_state.pt (it is saved at every evaluation)"
         raise InputError(f"--resume: nothing to resume, {out} {what}; start the run without --resume")
-    _quiet_transformers()
+    quiet_transformers()
     spec = load_spec(config)
     if args.steps is not None:
         spec.train.steps = args.steps
@@ -577,55 +473,31 @@ def cmd_train_toy(args: argparse.Namespace) -> int:
     return 0
 
 
-#: The --dtype values: the checkpoint's own, or a floating type a model runs in.
-DTYPES = ("auto", "float32", "bfloat16", "float16")
-#: Frames sampled when neither --frames nor --fps is given.
-DEFAULT_FRAMES = 32
-
-
-def check_model_args(args: argparse.Namespace, device: str | None) -> None:
+def _check_model_args(args: argparse.Namespace, device: str | None) -> None:
     """Every flag of :func:`_model_args` (``device`` as it will be used), before the model loads."""
-    from . import validate
+    from dataclasses import replace
+
     from .runner import check_evs, check_max_new_tokens, check_sampling
 
-    validate.checkpoint_dir(args.model)
-    validate.choice(args.dtype, "dtype (--dtype)", DTYPES)
-    validate.device(device)
-    if device is not None and args.device_map is not None:
-        raise InputError(f"--device {device} and --device-map {args.device_map}: give one of them, not both")
+    replace(LoadOptions.from_args(args), device=device).check()  # as given: --device with --device-map is refused
     check_sampling(**_frames_kwargs(args))
     if args.evs is not None:
         check_evs(args.evs)
     check_max_new_tokens(args.max_new_tokens)
-    if getattr(args, "adapter", None) is not None:
-        from .finetune.lora import check_adapter_dir
-
-        check_adapter_dir(args.adapter)
 
 
-def model_layout(args: argparse.Namespace):
+def _model_layout(args: argparse.Namespace):
     """``--model``'s blocks from its config.json alone (:func:`hybridreduce.vlm.layout`): for the checks that need
-    the model's depth, before :func:`load_vlm` reads a weight."""
+    the model's depth, before :func:`_load_vlm` reads a weight."""
     from .vlm import layout
 
-    _quiet_transformers()
+    quiet_transformers()
     return layout(args.model, args.trust_remote_code)
 
 
-def load_vlm(args: argparse.Namespace, device: str | None = None):
-    from .vlm import LoadOptions
-
-    _quiet_transformers()
+def _load_vlm(args: argparse.Namespace, device: str | None = None):
+    quiet_transformers()
     return LoadOptions.from_args(args, device).load()
-
-
-def evs_rate(args: argparse.Namespace, vlm) -> float:
-    """``--evs``, or by default the checkpoint's own pre-LLM pruning rate (the model as it ships)."""
-    if args.evs is not None:
-        return args.evs
-    if vlm.builtin_evs:
-        print(f"EVS at the checkpoint's video_pruning_rate {vlm.builtin_evs:g} (--evs 0 turns it off)", file=sys.stderr)
-    return vlm.builtin_evs
 
 
 def _frames_kwargs(args: argparse.Namespace) -> dict:
@@ -666,13 +538,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     if device == "cuda" and "LOCAL_RANK" in os.environ:
         device = f"cuda:{os.environ['LOCAL_RANK']}"
     # Every argument before the model loads; whether its depth can carry the schedule, from its config.json.
-    check_model_args(args, device)
+    _check_model_args(args, device)
     items = read_manifest(args.data)
     planned = settings_for(args.schedule, evs=args.evs or 0.0, full=not args.no_full, keep=args.keep)
     check_out_dir(args.out, shard)
-    check_settings(planned, model_layout(args).num_blocks)
-    vlm = load_vlm(args, device)
-    settings = settings_for(args.schedule, evs=evs_rate(args, vlm), full=not args.no_full, keep=args.keep)
+    check_settings(planned, _model_layout(args).num_blocks)
+    vlm = _load_vlm(args, device)
+    settings = settings_for(args.schedule, evs=vlm.evs_rate(args.evs), full=not args.no_full, keep=args.keep)
     path = run(
         vlm, items, args.out, settings, max_new_tokens=args.max_new_tokens, shard=shard,
         progress=not args.no_progress, retry_errors=not args.no_retry_errors, **_frames_kwargs(args),
@@ -693,23 +565,23 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from .manifest import Item, _parse_options, parse_choice, prompt_text
+    from .manifest import Item, parse_choice, parse_options, prompt_text
     from .runner import check_settings, settings_for
     from .video import read_video
 
     # Every argument, then the video, before the model loads.
-    check_model_args(args, args.device)
-    options = _parse_options(args.option, "--option")  # at most 26: the letters A to Z
+    _check_model_args(args, args.device)
+    options = parse_options(args.option, "--option")  # at most 26: the letters A to Z
     full = args.schedule in (None, "none")
     check_settings(
-        settings_for(args.schedule, evs=args.evs or 0.0, full=full, keep=args.keep), model_layout(args).num_blocks
+        settings_for(args.schedule, evs=args.evs or 0.0, full=full, keep=args.keep), _model_layout(args).num_blocks
     )
     kw = _frames_kwargs(args)
     video = read_video(args.video, num_frames=kw["frames"], fps=kw["fps"], max_frames=kw["max_frames"])
-    vlm = load_vlm(args, args.device)
+    vlm = _load_vlm(args, args.device)
     item = Item(id="cli", video=str(args.video), question=args.question, options=options)
     prompt = vlm.prompt(video, prompt_text(item))
-    settings = settings_for(args.schedule, evs=evs_rate(args, vlm), full=full, keep=args.keep)
+    settings = settings_for(args.schedule, evs=vlm.evs_rate(args.evs), full=full, keep=args.keep)
     for setting in settings:
         ans = vlm.answer(prompt, setting.schedule, evs=setting.evs, max_new_tokens=args.max_new_tokens)
         choice = f" (choice {parse_choice(ans.text, item.letters)})" if item.options else ""

@@ -503,11 +503,12 @@ class _Engine:
                 ATTENTION_DISPATCH.add_mask_transform(impl, spec.attn, self._key_bias_mask)
                 self.transformed.append(spec.attn)
             if spec.ssm is not None:
-                kind = SSM_KINDS[spec.ssm_type]
-                if kind.step_module is None:
+                ssm_kind = SSM_KINDS[spec.ssm_type]
+                if ssm_kind.step_module is None:
                     unscaled.append(spec.index)
                     continue
-                self.handles.append(kind.step_module(spec.ssm).register_forward_hook(self._step_hook(spec.ssm, kind)))
+                hook = self._step_hook(spec.ssm, ssm_kind)
+                self.handles.append(ssm_kind.step_module(spec.ssm).register_forward_hook(hook))
         if unscaled:
             warnings.warn(
                 f"size-aware merging cannot scale the steps of the {self.adapted.model_type} Mamba blocks "
@@ -860,14 +861,14 @@ class _Engine:
             )
         return bias
 
-    def _step_hook(self, mixer: nn.Module, kind):
+    def _step_hook(self, mixer: nn.Module, ssm_kind):
         """Forward hook on the module that emits a Mamba mixer's raw steps: each token's ``Δ`` times its size."""
 
         def hook(module, args, output):
             forward = self.forward
             if forward is None or forward.bias is None:  # decode steps: the new tokens have size 1
                 return None
-            return kind.scale_steps(mixer, output, forward.sizes)
+            return ssm_kind.scale_steps(mixer, output, forward.sizes)
 
         return hook
 

@@ -140,7 +140,7 @@ def _parse_line(line: str, base: Path, where: str) -> Item:
         raise InputError(f"{where}: 'question' must be a string, got {question!r}")
     if not question.strip():
         raise InputError(f"{where}: 'question' is empty; write the question (or drop the item)")
-    options = _parse_options(raw.pop("options", None), where)
+    options = parse_options(raw.pop("options", None), where)
     if len(options) == 1:  # a one-option item is always answered right: it would inflate the accuracy
         raise InputError(
             f"{where}: one option ({options[0]!r}) is no choice; give at least two options, or none for an "
@@ -168,7 +168,10 @@ def _strip_letter(text: str, letter: str) -> str:
     return text[prefix.end() :] if prefix and letter in prefix.groups() else text
 
 
-def _parse_options(value: object, where: str) -> tuple[str, ...]:
+def parse_options(value: object, where: str) -> tuple[str, ...]:
+    """The multiple-choice options of a manifest line or of ``generate --option``, in letter order A, B, ...: a list
+    of strings or a mapping ``{"A": ..., "B": ...}``, at most 26, none empty or repeated (``where`` names the source
+    in every error). A leading ``"A. "``, ``"A) "`` or ``"(A) "`` that repeats the option's own letter is dropped."""
     if value is None:
         return ()
     if not isinstance(value, (list, dict)):

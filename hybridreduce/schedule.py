@@ -830,23 +830,23 @@ class Schedule:
         return replace(schedule, name=schedule.name or Path(path).stem)
 
     @classmethod
-    def load(cls, spec: Schedule | str | Path | dict) -> Schedule:
+    def load(cls, source: Schedule | str | Path | dict) -> Schedule:
         """A schedule from an instance, a dict, a YAML path, or a method name (its :meth:`preset`)."""
-        if isinstance(spec, Schedule):
-            return spec
-        if isinstance(spec, dict):
-            return cls.from_dict(spec)
-        if not isinstance(spec, (str, Path)):
+        if isinstance(source, Schedule):
+            return source
+        if isinstance(source, dict):
+            return cls.from_dict(source)
+        if not isinstance(source, (str, Path)):
             raise InputError(
                 f"schedule must be a Schedule, a method name ({', '.join(METHODS)}; none keeps every token), a "
-                f"mapping of settings or a YAML file, got {_shown(spec)}"
+                f"mapping of settings or a YAML file, got {_shown(source)}"
             )
-        path = Path(spec)
+        path = Path(source)
         if path.suffix in (".yaml", ".yml"):
             return cls.from_yaml(path)
-        if str(spec) in METHODS:
-            return replace(cls.preset(str(spec)), name=str(spec))
-        raise InputError(f"unknown schedule {str(spec)!r}: give a YAML file or one of {list(METHODS)}")
+        if str(source) in METHODS:
+            return replace(cls.preset(str(source)), name=str(source))
+        raise InputError(f"unknown schedule {str(source)!r}: give a YAML file or one of {list(METHODS)}")
 
     def to_dict(self) -> dict[str, Any]:
         """The flat settings, as YAML writes them (``Schedule.from_dict(s.to_dict()) == s``)."""

@@ -18,7 +18,7 @@ from . import validate
 from .adapters import AdaptedModel, get_adapter
 from .checks import DTYPES, INVARIANTS, CheckResult, Subject, load_language_model, on
 from .errors import HybridReduceError, InputError
-from .tiny import TINY_CONFIGS
+from .tiny_models import TINY_CONFIGS
 
 __all__ = ["DTYPES", "CheckResult", "available_archs", "on", "run_checks", "verify_arch", "verify_model"]
 

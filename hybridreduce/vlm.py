@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -62,6 +63,18 @@ from .schedule import Schedule
 
 #: Video-VLM ``model_type`` values :func:`load` handles.
 VIDEO_FAMILIES = ("nemotron_h_omni", "llava_next_video", "llava_onevision")
+#: The dtypes a checkpoint loads in (``--dtype``, ``dtype=``): the checkpoint's own, or a floating type.
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+#: Frames sampled uniformly from a video when neither a frame count nor a rate is given.
+DEFAULT_FRAMES = 32
+
+
+def quiet_transformers() -> None:
+    """Silence transformers' load progress bars and kernel fall-back notices on the console."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
 
 
 @dataclass
@@ -417,6 +430,16 @@ class VLM:
         """The checkpoint's own pre-LLM pruning rate (``video_pruning_rate``), 0 when it has none."""
         return float(getattr(self.model.config, "video_pruning_rate", 0.0) or 0.0)
 
+    def evs_rate(self, given: float | None) -> float:
+        """``given``, or by default the checkpoint's own pre-LLM pruning rate (the model as it ships; one line on
+        stderr says so when that rate is not 0)."""
+        if given is not None:
+            return given
+        if self.builtin_evs:
+            rate = self.builtin_evs
+            print(f"EVS at the checkpoint's video_pruning_rate {rate:g} (--evs 0 turns it off)", file=sys.stderr)
+        return self.builtin_evs
+
     def prompt(self, video, question: str) -> Prompt:
         return self.family.prompt(video, question)
 
@@ -573,6 +596,27 @@ class LoadOptions:
             device=device if args.device_map is None else None, trust_remote_code=args.trust_remote_code,
             adapter=getattr(args, "adapter", None), attn_implementation=getattr(args, "attn_implementation", None),
         )  # fmt: skip
+
+    def check(self) -> LoadOptions:
+        """Every option, before the model loads: the checkpoint directory, the dtype, the device (one this machine
+        has, and not together with a device map) and the adapter directory.
+
+        Raises:
+            InputError: the first bad option, named by its command-line flag, with the fix.
+        """
+        from . import validate
+
+        validate.checkpoint_dir(self.model)
+        if not isinstance(self.dtype, torch.dtype):
+            validate.choice(self.dtype, "dtype (--dtype)", DTYPES)
+        validate.device(None if self.device is None else str(self.device))
+        if self.device is not None and self.device_map is not None:
+            raise InputError(f"--device {self.device} and --device-map {self.device_map}: give one of them, not both")
+        if self.adapter is not None:
+            from .finetune.lora import check_adapter_dir
+
+            check_adapter_dir(self.adapter)
+        return self
 
     def load(self) -> VLM:
         """:func:`load` with these options."""

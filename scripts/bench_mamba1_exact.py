@@ -1,6 +1,6 @@
 """Time Jamba's exact Mamba-1 scorer against the forward of the block it scores.
 
-Builds the tiny random Jamba (``hybridreduce.tiny``; ``--hidden`` widens it), runs one prefill of
+Builds the tiny random Jamba (``hybridreduce.tiny_models``; ``--hidden`` widens it), runs one prefill of
 ``--tokens`` tokens — ``--prefix`` text tokens, then visual tokens, then ``--queries`` query tokens
 (``query="after_visual"``) — and reports, for the first Mamba block:
 
@@ -28,7 +28,7 @@ import torch
 from hybridreduce import ScorerConfig, get_adapter
 from hybridreduce.scoring.mamba import mamba1_importance, mamba1_primitives
 from hybridreduce.taps import resolve_positions
-from hybridreduce.tiny import build_tiny_model
+from hybridreduce.tiny_models import build_tiny_model
 
 
 def main() -> None:

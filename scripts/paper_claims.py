@@ -58,7 +58,8 @@ import torch
 
 from analysis.config import AnalysisConfig
 from analysis.relevance import relevance_report, summarise
-from analysis.retention import MIN_TEST, MIN_TRAIN, RetentionReport, retention_probe
+from analysis.retention import MIN_TEST, MIN_TRAIN, retention_probe
+from analysis.retention_report import RetentionReport
 from analysis.run import collect
 from analysis.rundir import load_run
 from analysis.sparsity import ceil_count, layer_sparsity
@@ -70,7 +71,7 @@ from hybridreduce.toy import ToyDataset
 from hybridreduce.toy.config import SPLITS, VARIANTS
 from hybridreduce.toy.demo import CHECKPOINT, answers_correct, feasible_schedule, load_toy_spec
 from hybridreduce.toy.evaluate import AnswerSheet, accuracy_table
-from hybridreduce.toy.train import load_spec
+from hybridreduce.toy.train_config import load_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = "scripts/paper_claims.py"
@@ -698,9 +699,9 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
-    from hybridreduce.cli import _quiet_transformers
+    from hybridreduce.vlm import quiet_transformers
 
-    _quiet_transformers()
+    quiet_transformers()
     try:
         result = run(args, argv)
     except HybridReduceError as exc:

@@ -7,8 +7,8 @@ import copy
 import pytest
 import torch
 
-from hybridreduce.tiny import TINY_CONFIGS, build_tiny_model
-from hybridreduce.toy.train import ToySpec, spec_from_dict
+from hybridreduce.tiny_models import TINY_CONFIGS, build_tiny_model
+from hybridreduce.toy.train_config import ToySpec, spec_from_dict
 
 ARCHS = list(TINY_CONFIGS)
 

@@ -8,7 +8,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 import hybridreduce
 from hybridreduce import InputError, UnsupportedModelError, get_adapter
-from hybridreduce.tiny import build_tiny_vlm
+from hybridreduce.tiny_models import build_tiny_vlm
 
 EXPECTED = {
     "nemotron_h": (["ssm", "mlp", "attn", "moe", "ssm", "attn"], [False] * 6, "mamba2"),
@@ -78,7 +78,7 @@ def test_not_a_module():
 
 
 def test_meta_device_model_is_rejected():
-    from hybridreduce.tiny import tiny_config
+    from hybridreduce.tiny_models import tiny_config
 
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(tiny_config("llama"))

@@ -29,7 +29,7 @@ from hybridreduce import Schedule, capture, get_adapter, reduce
 from hybridreduce.cache import ScoreCache
 from hybridreduce.errors import InputError
 from hybridreduce.toy import ToyDataset
-from hybridreduce.toy.train import build_model
+from hybridreduce.toy.train_config import build_model
 
 from .conftest import prompt, tiny_toy_spec
 

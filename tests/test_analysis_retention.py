@@ -10,20 +10,9 @@ from dataclasses import replace
 import pytest
 import torch
 
-from analysis.retention import (
-    CONDITIONS,
-    FEATURES,
-    GROUPS,
-    TARGETS,
-    bootstrap_stderr,
-    dropped_targets,
-    fit_ridge,
-    multilabel_probe,
-    r2_score,
-    regression_probe,
-    retention_probe,
-    roc_auc,
-)
+from analysis.probes import bootstrap_stderr, fit_ridge, multilabel_probe, r2_score, regression_probe, roc_auc
+from analysis.retention import dropped_targets, retention_probe
+from analysis.retention_report import CONDITIONS, FEATURES, GROUPS, TARGETS
 from hybridreduce import InputError
 from hybridreduce.toy import ToyDataset
 from hybridreduce.toy.demo import load_toy

@@ -23,7 +23,8 @@ from hybridreduce.cache import ScoreCache
 from hybridreduce.cli import main
 from hybridreduce.errors import InputError, ScoreError
 from hybridreduce.toy import ToyDataset
-from hybridreduce.toy.train import spec_from_dict, train
+from hybridreduce.toy.train import train
+from hybridreduce.toy.train_config import spec_from_dict
 
 from .conftest import tiny_mixed_raw, tiny_toy_spec
 
@@ -345,7 +346,7 @@ def _same_run(a: Path, b: Path) -> None:
 
 def no_model_loads(monkeypatch) -> None:
     """Loading or building any model fails the test (a merge reads the shards' files, never the model)."""
-    import hybridreduce.tiny
+    import hybridreduce.tiny_models
     import hybridreduce.toy.demo
     from hybridreduce.toy.model import ToyVLM
 
@@ -354,7 +355,7 @@ def no_model_loads(monkeypatch) -> None:
 
     monkeypatch.setattr(run_module, "load_model", fail)
     monkeypatch.setattr(hybridreduce.toy.demo, "load_toy_spec", fail)
-    monkeypatch.setattr(hybridreduce.tiny, "build_tiny_model", fail)
+    monkeypatch.setattr(hybridreduce.tiny_models, "build_tiny_model", fail)
     monkeypatch.setattr(ToyVLM, "from_pretrained", fail)
 
 

@@ -29,7 +29,7 @@ from analysis.run import Interrupted, collect
 from analysis.rundir import read_metrics
 from hybridreduce import InputError, Schedule, reduce, validate
 from hybridreduce.cli import main
-from hybridreduce.tiny import build_tiny_model
+from hybridreduce.tiny_models import build_tiny_model
 from hybridreduce.toy.train import train
 
 from .conftest import tiny_toy_raw, tiny_toy_spec

@@ -10,7 +10,7 @@ import torch
 import hybridreduce
 from hybridreduce import InputError, ScoreCache, ScoreError, capture
 from hybridreduce.taps import ATTENTION_DISPATCH, resolve_positions
-from hybridreduce.tiny import build_tiny_vlm
+from hybridreduce.tiny_models import build_tiny_vlm
 
 from .conftest import ARCHS, prompt
 
@@ -41,7 +41,7 @@ def test_scores_are_distributions_over_visual_tokens(arch, tiny_models):
 
 
 def test_eager_and_sdpa_give_the_same_scores():
-    from hybridreduce.tiny import build_tiny_model
+    from hybridreduce.tiny_models import build_tiny_model
 
     ids, vm = prompt()
     caches = []
@@ -222,7 +222,7 @@ def test_no_visual_tokens_warns_and_returns_an_empty_cache(tiny_models):
 
 
 def test_non_finite_scores_raise_a_named_error(tiny_models):
-    from hybridreduce.tiny import build_tiny_model
+    from hybridreduce.tiny_models import build_tiny_model
 
     model = build_tiny_model("nemotron_h")
     with torch.no_grad():

@@ -3,7 +3,7 @@ of the project's Markdown points at a file that is not there.
 
 A page's blocks run in order in one namespace (a later block may use what an earlier one built), in a temporary
 working directory, so an example that writes a file writes it there. Examples use tiny random models
-(:mod:`hybridreduce.tiny`) or the shipped toy checkpoint, so the whole file runs in well under a minute. A block
+(:mod:`hybridreduce.tiny_models`) or the shipped toy checkpoint, so the whole file runs in well under a minute. A block
 that is not meant to run is not a ```python block: write it as ```bash, ```yaml or ```text.
 
 Links: ``mkdocs build --strict`` (in ``.ci/run``) checks every link between the pages of ``docs/``; the Markdown

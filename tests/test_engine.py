@@ -334,7 +334,7 @@ def test_evs_then_progressive(tiny_models):
 # --------------------------------------------------------------------------------------------------
 def _gradient_gap(arch: str) -> tuple[float, float]:
     """``(max |grad − reference grad|, max |reference grad|)`` of a cross-entropy on the reduced logits."""
-    from hybridreduce.tiny import build_tiny_model, left_pad, make_prompt
+    from hybridreduce.tiny_models import build_tiny_model, left_pad, make_prompt
 
     model = build_tiny_model(arch, seed=0).train()
     vocab = model.config.vocab_size

@@ -129,7 +129,7 @@ def _yaml_loaders() -> dict:
     """Config kind → (loader, a valid config to mutate, the class it loads to)."""
     from analysis.config import AnalysisConfig
     from hybridreduce.schedule import Schedule
-    from hybridreduce.toy.train import ToySpec, load_spec
+    from hybridreduce.toy.train_config import ToySpec, load_spec
 
     def valid(path: str) -> dict:
         return yaml.safe_load((ROOT / path).read_text())
@@ -184,7 +184,7 @@ def test_manifests(content):
 @pytest.fixture(scope="module")
 def toy_checkpoint(tmp_path_factory):
     """A tiny train-toy run (config.json, model.safetensors, train_config.yaml) to corrupt."""
-    from hybridreduce.toy.train import build_model, spec_from_dict
+    from hybridreduce.toy.train_config import build_model, spec_from_dict
 
     spec = spec_from_dict(copy.deepcopy(TINY_TOY))
     out = tmp_path_factory.mktemp("toy_run")
@@ -226,7 +226,7 @@ def test_checkpoint_folders(toy_checkpoint, data):
         loaded = loads_or_refuses(lambda _: load_toy_spec(run), path, content)
         if loaded is not None:
             from hybridreduce.toy.model import ToyVLM
-            from hybridreduce.toy.train import ToySpec
+            from hybridreduce.toy.train_config import ToySpec
 
             assert isinstance(loaded[0], ToyVLM) and isinstance(loaded[1], ToySpec)
 

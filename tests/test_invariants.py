@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 
 from hybridreduce.checks import INVARIANTS, Subject
-from hybridreduce.tiny import TINY_CONFIGS
+from hybridreduce.tiny_models import TINY_CONFIGS
 
 ARCHS = list(TINY_CONFIGS)
 

@@ -31,7 +31,7 @@ from hybridreduce import InputError, UnsupportedModelError  # noqa: E402
 from hybridreduce.integrations import lmms_eval as hr  # noqa: E402
 from hybridreduce.manifest import read_manifest, write_manifest  # noqa: E402
 from hybridreduce.runner import read_predictions, run, settings_for  # noqa: E402
-from hybridreduce.tiny import build_tiny_model, save_tiny_vlm  # noqa: E402
+from hybridreduce.tiny_models import build_tiny_model, save_tiny_vlm  # noqa: E402
 from hybridreduce.video import read_video, write_video  # noqa: E402
 
 FIXTURES = Path(__file__).parent / "fixtures" / "lmms_eval"

@@ -177,7 +177,7 @@ def test_a_branch_from_a_finished_run_is_refused(run_dir, tmp_path, capsys):
 def test_calibrate_refuses_a_manifest_shorter_than_size(tmp_path, capsys):
     """Asking for 64 prompts of an 8-item manifest scored 8 and said nothing."""
     from hybridreduce.manifest import write_manifest
-    from hybridreduce.tiny import build_tiny_model
+    from hybridreduce.tiny_models import build_tiny_model
 
     model = tmp_path / "model"
     build_tiny_model("nemotron_h").save_pretrained(model)
@@ -229,7 +229,7 @@ def test_a_yaml_key_stated_twice_is_refused(tmp_path, load, text):
     from analysis.config import AnalysisConfig
     from hybridreduce.schedule import Schedule
     from hybridreduce.scoring.config import ScorerConfig
-    from hybridreduce.toy.train import load_spec
+    from hybridreduce.toy.train_config import load_spec
 
     loaders = {"schedule": Schedule.load, "analysis": AnalysisConfig.from_yaml, "training": load_spec,
                "scorer": ScorerConfig.from_yaml}  # fmt: skip
@@ -304,7 +304,7 @@ def _interrupt(*_a, **_k):
 @pytest.mark.parametrize(
     "target, point",
     [
-        ("hybridreduce.cli._quiet_transformers", "start-up"),
+        ("hybridreduce.cli.quiet_transformers", "start-up"),
         ("hybridreduce.toy.demo.run_demo", "compute"),
         ("hybridreduce.toy.demo.write_outputs", "writing"),
     ],
@@ -324,7 +324,7 @@ def test_ctrl_c_in_demo(run_dir, tmp_path, capsys, monkeypatch, target, point):
 @pytest.mark.parametrize(
     "target, point",
     [
-        ("hybridreduce.cli._quiet_transformers", "start-up"),
+        ("hybridreduce.cli.quiet_transformers", "start-up"),
         ("hybridreduce.calibrate.search", "compute"),
         ("hybridreduce.calibrate.plot_calibration", "writing"),
     ],
@@ -363,7 +363,7 @@ def test_ctrl_c_while_calibrate_scores_keeps_the_prompts_scored(run_dir, tmp_pat
     assert CalibrationScores.load(tmp_path / "s.scores.partial.pt").n_prompts == 8 and not out.exists()
 
 
-@pytest.mark.parametrize("target", ["hybridreduce.cli._quiet_transformers", "hybridreduce.toy.train.training_losses"])
+@pytest.mark.parametrize("target", ["hybridreduce.cli.quiet_transformers", "hybridreduce.toy.train.training_losses"])
 def test_ctrl_c_in_train_toy(tmp_path, capsys, monkeypatch, target):
     cfg = tmp_path / "toy.yaml"
     cfg.write_text(yaml.safe_dump(tiny_toy_raw(eval_every=3, eval_size=4, test_size=4)))
@@ -374,16 +374,16 @@ def test_ctrl_c_in_train_toy(tmp_path, capsys, monkeypatch, target):
 
 def test_ctrl_c_in_run_and_analyze_at_start_up(tmp_path, capsys, monkeypatch):
     """The README promises one line and exit 130; Ctrl-C while the model loads printed a traceback."""
-    # analysis.cli first: importing it binds hybridreduce.cli's function, which undo would then restore patched
-    monkeypatch.setattr("analysis.cli._quiet_transformers", _interrupt)
-    monkeypatch.setattr("hybridreduce.cli._quiet_transformers", _interrupt)
+    # both command lines bind hybridreduce.vlm.quiet_transformers at import: each is patched where it is called
+    monkeypatch.setattr("analysis.cli.quiet_transformers", _interrupt)
+    monkeypatch.setattr("hybridreduce.cli.quiet_transformers", _interrupt)
     config = tmp_path / "a.yaml"
     config.write_text("analysis:\n  model: {tiny: nemotron_h}\n  samples: 2\n  batch_size: 2\n")
     assert main(["analyze", "--config", str(config), "--out", str(tmp_path / "a"), "--no-progress"]) == 130
     assert "interrupted" in one_line(capsys.readouterr().err)
     monkeypatch.setattr("hybridreduce.manifest.read_manifest", _interrupt)
     model = tmp_path / "m"
-    from hybridreduce.tiny import build_tiny_model
+    from hybridreduce.tiny_models import build_tiny_model
 
     build_tiny_model("nemotron_h").save_pretrained(model)
     assert main(["run", "--model", str(model), "--data", "x.jsonl", "--out", str(tmp_path / "r")]) == 130
@@ -679,7 +679,7 @@ def test_bench_refuses_a_keep_its_model_cannot_meet_before_building_it(tmp_path,
 
 def test_calibrate_from_python_checks_the_budget_before_scoring(monkeypatch):
     import hybridreduce.calibrate as calibrate
-    from hybridreduce.tiny import build_tiny_model
+    from hybridreduce.tiny_models import build_tiny_model
 
     monkeypatch.setattr(calibrate, "score_prompts", lambda *a, **k: pytest.fail("scored before refusing"))
     with pytest.raises(InputError, match="raise --keep"):

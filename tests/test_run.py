@@ -15,7 +15,7 @@ from hybridreduce import InputError
 from hybridreduce.cli import main
 from hybridreduce.manifest import read_manifest, write_manifest
 from hybridreduce.runner import TIMINGS, merge, parse_shard, read_predictions, run, settings_for
-from hybridreduce.tiny import save_tiny_vlm
+from hybridreduce.tiny_models import save_tiny_vlm
 from hybridreduce.video import write_video
 from hybridreduce.vlm import load
 

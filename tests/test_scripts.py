@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from hybridreduce.errors import InputError
-from hybridreduce.toy.train import spec_from_dict, train
+from hybridreduce.toy.train import train
+from hybridreduce.toy.train_config import spec_from_dict
 
 from .conftest import tiny_mixed_raw, tiny_toy_spec
 

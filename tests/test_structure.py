@@ -103,3 +103,45 @@ def test_one_command_line_lists_every_subcommand():
 
     (script,) = [e for e in entry_points(group="console_scripts") if e.name == "hybridreduce"]
     assert script.value == "hybridreduce.cli:main"
+
+
+#: The command-line modules: they parse, call and print; what they call lives in the library under public names.
+COMMAND_LINES = ("hybridreduce.cli", "hybridreduce.finetune.cli", "analysis.cli")
+#: What other modules may import from a command line: the program itself and its extension hook.
+COMMAND_LINE_API = {"main", "build_parser", "SUBCOMMANDS_GROUP", "register"}
+
+
+def _private_crossings(name: str, source: str) -> list[str]:
+    """``module: name`` of every import (at any depth) in ``source`` that crosses a command line's boundary: a
+    command line importing a private name, or another module importing from a command line anything but its API."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if not isinstance(node, ast.ImportFrom) or node.module == "__future__":
+            continue
+        base = name.split(".")[: len(name.split(".")) - node.level] if node.level else []
+        module = ".".join(base + ([node.module] if node.module else []))
+        for alias in node.names:
+            private = alias.name.startswith("_") and alias.name != "__version__"
+            if (name in COMMAND_LINES and private) or (
+                module in COMMAND_LINES and module != name and alias.name not in COMMAND_LINE_API
+            ):
+                found.append(f"{name} imports {module}.{alias.name}")
+    return found
+
+
+def test_the_command_lines_only_parse_call_and_print():
+    """Issue 27: bench formatting, calibration batches and model loading once lived in cli.py and were imported
+    privately by lmms-eval, finetune and analysis; now nothing crosses a command line's boundary but its API."""
+    crossings = [c for name, path in _modules().items() for c in _private_crossings(name, path.read_text())]
+    assert not crossings, crossings
+
+
+def test_the_command_line_check_can_fail():
+    lmms = "from ..cli import DEFAULT_FRAMES, main\n"
+    assert _private_crossings("hybridreduce.integrations.lmms_eval", lmms) == [
+        "hybridreduce.integrations.lmms_eval imports hybridreduce.cli.DEFAULT_FRAMES"
+    ]
+    assert _private_crossings("hybridreduce.cli", "from .manifest import _parse_options\n") == [
+        "hybridreduce.cli imports hybridreduce.manifest._parse_options"
+    ]
+    assert _private_crossings("hybridreduce.cli", "from .vlm import quiet_transformers\n") == []

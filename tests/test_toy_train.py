@@ -25,16 +25,11 @@ from hybridreduce.toy.demo import (
     write_outputs,
 )
 from hybridreduce.toy.evaluate import AnswerSheet, accuracy_line, accuracy_table, answer_logits, evaluate
+from hybridreduce.toy.losses import PositionHeads, training_batch, training_losses
 from hybridreduce.toy.model import ToyVLM
 from hybridreduce.toy.questions import FIRST_WORDS, ORDER_WORDS, follow_up_questions, quadrant, time_bin
-from hybridreduce.toy.train import (
-    PositionHeads,
-    build_model,
-    spec_from_dict,
-    train,
-    training_batch,
-    training_losses,
-)
+from hybridreduce.toy.train import train
+from hybridreduce.toy.train_config import build_model, spec_from_dict
 
 from .conftest import tiny_mixed_raw, tiny_toy_raw, tiny_toy_spec
 
@@ -456,7 +451,8 @@ def test_curriculum_trains_on_shorter_videos_first(tmp_path, monkeypatch):
 
 
 def test_a_curriculum_stage_can_train_on_some_variants_and_question_types():
-    from hybridreduce.toy.train import VariantMix, _stages
+    from hybridreduce.toy.losses import VariantMix
+    from hybridreduce.toy.train import _stages
 
     raw = tiny_mixed_raw(**TRAIN, steps=4)
     raw["train"]["curriculum"] = [
@@ -482,7 +478,7 @@ def test_warm_start_loads_the_previous_run_and_trains_on_new_items(tmp_path, run
     spec = _spec(steps=1, eval_every=1, init_from=str(run_dir), data_offset=40)
     spec.train.eval_size = spec.train.test_size = 4
     first = {}
-    real_batch, real_warm = train_module.training_batch, train_module._warm_start
+    real_batch, real_warm = train_module.training_batch, train_module.warm_start
 
     def spy_batch(dataset, indices, follow_ups, rng):
         first.setdefault("indices", [int(i) for i in indices])
@@ -494,7 +490,7 @@ def test_warm_start_loads_the_previous_run_and_trains_on_new_items(tmp_path, run
         first["heads"] = {k: v.clone() for k, v in heads.state_dict().items()}
 
     monkeypatch.setattr(train_module, "training_batch", spy_batch)
-    monkeypatch.setattr(train_module, "_warm_start", spy_warm)
+    monkeypatch.setattr(train_module, "warm_start", spy_warm)
     train(spec, tmp_path / "warm", progress=False)
     previous = ToyVLM.from_pretrained(run_dir).state_dict()
     assert all(torch.equal(first["model"][k], previous[k]) for k in previous)  # before the first step
@@ -520,13 +516,13 @@ def test_a_warm_restart_may_grow_the_vocabulary(run_dir, tmp_path):
     """Same blocks, more words (a static run continued on static + clutter, whose ``first`` questions add words):
     every parameter of the source is copied, old rows of the vocabulary-sized tables included, and the new rows
     keep their fresh values; a smaller vocabulary is refused."""
-    from hybridreduce.toy.train import _warm_start
+    from hybridreduce.toy.checkpointing import warm_start
 
     source = ToyVLM.from_pretrained(run_dir).state_dict()
     spec = spec_from_dict(tiny_mixed_raw(**TRAIN, init_from=str(run_dir)))
     model = build_model(spec)
     fresh = {k: v.clone() for k, v in model.state_dict().items()}
-    _warm_start(model, PositionHeads(model.config), str(run_dir))
+    warm_start(model, PositionHeads(model.config), str(run_dir))
     grown = model.state_dict()
     assert set(grown) == set(source)
     resized = [k for k in source if source[k].shape != grown[k].shape]
@@ -540,13 +536,13 @@ def test_a_warm_restart_may_grow_the_vocabulary(run_dir, tmp_path):
     with pytest.raises(InputError, match=r"vocabulary \(\d+ words there, \d+ here\)"):
         mixed = tmp_path / "mixed"
         model.save_pretrained(mixed)
-        _warm_start(build_model(_spec()), None, str(mixed))
+        warm_start(build_model(_spec()), None, str(mixed))
 
 
 def test_depth_upscaling_starts_with_the_source_models_function(run_dir):
     """New blocks start as the identity, so the grown model's logits equal the source's on the source's words;
     a mixed static + clutter spec grows the vocabulary, whose new rows leave the old ones untouched."""
-    from hybridreduce.toy.train import _warm_start
+    from hybridreduce.toy.checkpointing import warm_start
 
     source = ToyVLM.from_pretrained(run_dir).eval()
     kinds = source.config.text_config.layers_block_type
@@ -562,7 +558,7 @@ def test_depth_upscaling_starts_with_the_source_models_function(run_dir):
     spec = spec_from_dict(raw)
     grown = build_model(spec)
     heads = PositionHeads(grown.config)
-    _warm_start(grown, heads, str(run_dir), layers)
+    warm_start(grown, heads, str(run_dir), layers)
     grown.eval()
     assert len(grown_kinds) > len(kinds) and grown.config.text_config.vocab_size > source.config.text_config.vocab_size
     batch = ToyDataset(source_cfg := spec.configs[0], "val", 3, vocab=spec.vocab).batch(range(3))
@@ -575,11 +571,11 @@ def test_depth_upscaling_starts_with_the_source_models_function(run_dir):
     assert torch.allclose(a, b, atol=1e-5)
 
     with pytest.raises(InputError, match="init_layers has"):
-        _warm_start(grown, heads, str(run_dir), layers[:-1])
+        warm_start(grown, heads, str(run_dir), layers[:-1])
     bad = list(layers)
     bad[1] = 2  # an MLP block from an attention block
     with pytest.raises(InputError, match=r"init_layers\[1\]"):
-        _warm_start(grown, heads, str(run_dir), bad)
+        warm_start(grown, heads, str(run_dir), bad)
 
 
 def test_a_mixed_run_trains_on_both_variants_and_reports_each(tmp_path):
@@ -606,7 +602,8 @@ def test_a_mixed_run_trains_on_both_variants_and_reports_each(tmp_path):
 
 def test_random_training_schedules_always_resolve():
     """Every drawn in-LM schedule is feasible on the depth it was drawn for, with its average keep in range."""
-    from hybridreduce.toy.train import TrainConfig, random_training_schedule
+    from hybridreduce.toy.losses import random_training_schedule
+    from hybridreduce.toy.train_config import TrainConfig
 
     cfg = TrainConfig(reduce_prob=1.0, reduce_keep=[0.1, 0.6])
     rng = np.random.default_rng(0)
@@ -625,7 +622,7 @@ def test_training_under_in_lm_reduction(spec):
     """A batch under in-LM reduction: the query rows are the questions (not the answers), every answer is still
     supervised, and the content and position losses cover only the visual tokens the last block carried."""
     from hybridreduce import Schedule
-    from hybridreduce.toy.train import _question_mask
+    from hybridreduce.toy.losses import _question_mask
 
     model = build_model(spec)
     ds = ToyDataset(spec.data, "train", 4)
@@ -690,7 +687,7 @@ def test_shipped_training_configs_load(name):
     for the question types ``clutter`` asks from stage 3 on (``first`` for ``order``), on the data."""
     from pathlib import Path
 
-    from hybridreduce.toy.train import load_spec
+    from hybridreduce.toy.train_config import load_spec
 
     root = Path(__file__).resolve().parents[1] / "configs"
     assert sorted(p.stem for p in root.glob("toy*.yaml")) == sorted(TRAINING_CONFIGS)  # none left untested
@@ -715,7 +712,7 @@ def test_the_arms_of_a_stage_differ_only_in_in_lm_reduction(arms):
     weights: each pair's configs may differ in reduce_prob only."""
     from pathlib import Path
 
-    from hybridreduce.toy.train import load_spec
+    from hybridreduce.toy.train_config import load_spec
 
     root = Path(__file__).resolve().parents[1] / "configs"
     control, reduced = (load_spec(root / f"{n}.yaml").to_dict() for n in arms)
@@ -729,8 +726,9 @@ def test_the_shipped_checkpoint_carries_every_stage_record():
     the one before."""
     from pathlib import Path
 
+    from hybridreduce.toy.checkpointing import as_saved_by
     from hybridreduce.toy.demo import CHECKPOINT
-    from hybridreduce.toy.train import _as_saved_by, load_spec
+    from hybridreduce.toy.train_config import load_spec
 
     root = Path(__file__).resolve().parents[1]
     stages = {"stage1_": "toy24", "stage2_": "toy24_control", "stage3_": "toy24_stage3", "": "toy24_stage4",
@@ -741,7 +739,7 @@ def test_the_shipped_checkpoint_carries_every_stage_record():
         if saved["train"]["init_from"] == "hybridreduce/toy/checkpoint":
             saved["train"]["init_from"] = "hybridreduce/toy/checkpoint12"
         current = yaml.safe_load(yaml.safe_dump(load_spec(root / "configs" / f"{config}.yaml").to_dict()))
-        assert saved == _as_saved_by(saved, current), config  # settings added since, at their defaults, aside
+        assert saved == as_saved_by(saved, current), config  # settings added since, at their defaults, aside
         log = [json.loads(line) for line in (CHECKPOINT / f"{prefix}train_log.jsonl").read_text().splitlines()]
         assert log[0]["event"] == "start" and (log[-1]["event"], log[-1]["split"]) == ("eval", "test"), config
         assert max(e["step"] for e in log if e["event"] == "train") == saved["train"]["steps"], config
@@ -765,7 +763,7 @@ def _clutter_spec(**train):
 def test_order_hints_are_the_named_shapes_first_frames():
     """Every order question's hint is (first frame of the shape named first, of the shape named second), so its
     answer is "yes" exactly when the first is smaller; every other question's hint is IGNORE."""
-    from hybridreduce.toy.train import IGNORE, VariantMix
+    from hybridreduce.toy.losses import IGNORE, VariantMix
 
     spec = _clutter_spec()
     mix = VariantMix([ToyDataset(c, "train", 16, vocab=spec.vocab) for c in spec.configs])
@@ -783,7 +781,7 @@ def test_order_hints_are_the_named_shapes_first_frames():
 
 @pytest.mark.parametrize("at", ["answer", "words"])
 def test_order_hint_loss_matches_a_float64_reference(at):
-    from hybridreduce.toy.train import IGNORE, OrderHintHeads
+    from hybridreduce.toy.losses import IGNORE, OrderHintHeads
 
     spec = _clutter_spec()
     model = build_model(spec)
@@ -810,7 +808,7 @@ def test_order_hint_loss_matches_a_float64_reference(at):
 def test_order_hint_words_are_the_colour_words_of_each_order_question():
     """At the offsets the "words" hint reads, every order question's prompt holds the colour words whose shapes'
     first frames are its hints (the two words name the shapes in that order)."""
-    from hybridreduce.toy.train import OrderHintHeads, VariantMix
+    from hybridreduce.toy.losses import OrderHintHeads, VariantMix
 
     spec = _clutter_spec()
     mix = VariantMix([ToyDataset(c, "train", 16, vocab=spec.vocab) for c in spec.configs])
@@ -856,7 +854,7 @@ def test_the_order_pilot_configs_load(name):
     """The recorded pilots of experiments/order_question parse into specs whose data and model are stage 1's."""
     from pathlib import Path
 
-    from hybridreduce.toy.train import load_spec
+    from hybridreduce.toy.train_config import load_spec
 
     root = Path(__file__).resolve().parents[1]
     spec = load_spec(root / "experiments" / "order_question" / f"{name}.yaml")
@@ -873,7 +871,7 @@ def test_the_first_question_run_configs_load(name):
     """The recorded runs of experiments/first_question parse into specs of stage 1's model whose clutter asks first."""
     from pathlib import Path
 
-    from hybridreduce.toy.train import load_spec
+    from hybridreduce.toy.train_config import load_spec
 
     root = Path(__file__).resolve().parents[1]
     folder = root / "experiments" / "first_question"
@@ -911,3 +909,15 @@ def test_demo_methods_are_checked_before_any_question_on_a_model_whose_attention
     monkeypatch.setattr(demo_module, "load_toy_spec", lambda path: (model, spec_from_dict(raw)))
     with pytest.raises(InputError, match="fastv-k2"):
         demo_module.run_demo("unused", size=4, keeps=(0.5,), methods=("progressive", "fastv-k2"), progress=False)
+
+
+def test_a_diverging_learning_rate_is_one_line_not_a_traceback(tmp_path, capsys):
+    """train-toy with a learning rate that blows the weights up: the non-finite loss is refused as an InputError
+    (exit 2, one line naming train.lr), not a RuntimeError traceback."""
+    import yaml
+
+    cfg = tmp_path / "toy.yaml"
+    cfg.write_text(yaml.safe_dump(tiny_toy_raw(**{**TRAIN, "steps": 4, "lr": 1e30, "warmup": 1, "grad_clip": 0.0})))
+    assert main(["train-toy", "--config", str(cfg), "--out", str(tmp_path / "run"), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "train.lr" in err and "Traceback" not in err

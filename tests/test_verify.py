@@ -12,7 +12,7 @@ import pytest
 
 from hybridreduce import cli
 from hybridreduce.checks import INVARIANTS, CheckResult, Subject, invariant, reduction, scoring
-from hybridreduce.tiny import make_prompt
+from hybridreduce.tiny_models import make_prompt
 
 
 def test_registry_refuses_a_bad_registration(monkeypatch):
@@ -61,7 +61,7 @@ def test_attention_check_catches_wrong_rows(monkeypatch, tiny_models):
 
     real = taps.attention_rows
     monkeypatch.setattr(taps, "attention_rows", lambda q, k, m, s, i, c=None: real(q, k, m, s * 3.0, i, c))
-    from hybridreduce.tiny import build_tiny_model
+    from hybridreduce.tiny_models import build_tiny_model
 
     model = build_tiny_model("llama")
     model.model.layers[0].self_attn.q_proj.weight.data *= 20  # make attention far from uniform
@@ -92,7 +92,7 @@ def test_cli_exit_status_is_one_on_failure(monkeypatch, capsys):
 
 
 def test_cli_model_directory(tmp_path, capsys):
-    from hybridreduce.tiny import build_tiny_model
+    from hybridreduce.tiny_models import build_tiny_model
 
     build_tiny_model("jamba").save_pretrained(tmp_path / "ckpt")
     assert cli.main(["verify", "--model", str(tmp_path / "ckpt"), "--json"]) == 0
@@ -103,7 +103,7 @@ def test_cli_model_directory(tmp_path, capsys):
 
 def test_cli_vlm_checkpoint_directory(tmp_path, capsys):
     """A NemotronH-Omni checkpoint: the checks run on its language model."""
-    from hybridreduce.tiny import build_tiny_vlm
+    from hybridreduce.tiny_models import build_tiny_vlm
 
     build_tiny_vlm("nemotron_h_omni", "nemotron_h").save_pretrained(tmp_path / "omni")
     assert cli.main(["verify", "--model", str(tmp_path / "omni"), "--json"]) == 0
@@ -135,3 +135,17 @@ def test_demo_runs_on_the_shipped_checkpoint(capsys, tmp_path):
     assert cli.main(["demo", "--quick", "--size", "8", "--out", str(tmp_path), "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert all(f"\nstatic   {m} " in out for m in METHODS) and (tmp_path / "summary.json").is_file()
+
+
+def test_an_unknown_tiny_model_is_an_input_error_naming_the_choices(tmp_path):
+    """A Python user's typo in build_tiny_model / build_tiny_vlm is a typed InputError (still a ValueError) that lists
+    the architectures, like every other user mistake."""
+    from hybridreduce.errors import InputError
+    from hybridreduce.tiny_models import build_tiny_model, build_tiny_vlm, save_tiny_vlm
+
+    with pytest.raises(InputError, match="nemotron_h"):
+        build_tiny_model("nemotron")
+    with pytest.raises(InputError, match="nemotron_h_omni"):
+        build_tiny_vlm("omni")
+    with pytest.raises(InputError, match="no field"):
+        save_tiny_vlm(tmp_path / "omni", not_a_field=1)

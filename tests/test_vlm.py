@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from importlib.util import find_spec
 
 import numpy as np
@@ -10,7 +11,7 @@ import torch
 
 from hybridreduce import InputError, UnsupportedModelError, compat, load
 from hybridreduce.compat import retention_mask_reference
-from hybridreduce.tiny import build_tiny_model, save_tiny_vlm
+from hybridreduce.tiny_models import build_tiny_model, save_tiny_vlm
 from hybridreduce.video import Video
 from hybridreduce.vlm import VideoFamily
 
@@ -293,6 +294,25 @@ def test_load_errors(tmp_path, checkpoints):
         load(checkpoints["nemotron_h_omni"], dtype="float33")
     with pytest.raises(InputError, match="either device or device_map"):
         load(checkpoints["nemotron_h_omni"], device="cpu", device_map="auto")
+
+
+def test_load_options_check_every_option_before_loading(tmp_path, checkpoints):
+    """LoadOptions.check (what run, generate and the lmms-eval models check before a model loads): each bad option
+    is one InputError naming its flag; the good ones pass without loading weights."""
+    from hybridreduce.vlm import LoadOptions
+
+    good = LoadOptions(model=checkpoints["nemotron_h_omni"], dtype="bfloat16", device="cpu")
+    assert good.check() is good
+    assert LoadOptions(model=checkpoints["nemotron_h_omni"], dtype=torch.float16).check()
+    bad = {
+        "model (--model)": LoadOptions(model=tmp_path / "nothing"),
+        "dtype (--dtype)": LoadOptions(model=checkpoints["nemotron_h_omni"], dtype="float33"),
+        "--device-map auto": LoadOptions(model=checkpoints["nemotron_h_omni"], device="cpu", device_map="auto"),
+        "adapter": LoadOptions(model=checkpoints["nemotron_h_omni"], adapter=tmp_path / "no_adapter"),
+    }
+    for fragment, options in bad.items():
+        with pytest.raises(InputError, match=re.escape(fragment)):
+            options.check()
 
 
 def test_load_dtype(checkpoints):

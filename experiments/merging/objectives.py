@@ -21,7 +21,7 @@ import math
 from dataclasses import replace
 from pathlib import Path
 
-from hybridreduce.calibrate import OBJECTIVES, score_prompts, search
+from hybridreduce.calibrate import CALIBRATION_PLACEMENTS, OBJECTIVES, score_prompts, search
 from hybridreduce.toy import ToyDataset
 from hybridreduce.toy.demo import (
     CALIBRATION_PROMPTS,
@@ -33,7 +33,6 @@ from hybridreduce.toy.demo import (
 )
 from hybridreduce.toy.evaluate import AnswerSheet
 
-PLACEMENTS = ("spread", "free")
 FIELDS = ("checkpoint", "variant", "objective", "placement", "keep", "combine", "prune_points", "accuracy", "count",
           "full_accuracy", "relevant_kept", "n")  # fmt: skip
 
@@ -59,7 +58,7 @@ def main() -> None:
             prompts = ToyDataset(data, "val", CALIBRATION_PROMPTS, vocab=spec.vocab)
             scores = score_prompts(model, calibration_batches(prompts))
             for objective in OBJECTIVES:
-                for placement in PLACEMENTS:
+                for placement in CALIBRATION_PLACEMENTS:
                     for keep in keeps:
                         chosen = search(scores, keep, target=objective, placement=placement).schedule
                         for combine in combines:

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from ..adapters import get_adapter
-from ..tiny import build_tiny_model, make_prompt
+from ..tiny_models import build_tiny_model, make_prompt
 
 # float32 tolerances; errors are printed so that a drift shows before it fails.
 ATOL_SCORES = 2e-5  # importance vectors and attention probabilities (values in [0, 1])

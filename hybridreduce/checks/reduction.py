@@ -15,7 +15,7 @@ import torch
 from ..adapters import get_adapter
 from ..engine import reduce
 from ..schedule import Schedule
-from ..tiny import SyntheticPrompt, left_pad, make_prompt
+from ..tiny_models import SyntheticPrompt, left_pad, make_prompt
 from .common import TARGET, CheckResult, _forward, _vocab, invariant
 
 # Tolerances: TARGET.tol("logits") and TARGET.tol("tie"), by the dtype the checks run in (in float32

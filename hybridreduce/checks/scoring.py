@@ -32,7 +32,7 @@ from ..scoring.reference import (
     mamba2_scan_ref,
 )
 from ..taps import ATTENTION_DISPATCH, capture
-from ..tiny import SyntheticPrompt, left_pad, make_prompt, reference_rows, two_sample_batch
+from ..tiny_models import SyntheticPrompt, left_pad, make_prompt, reference_rows, two_sample_batch
 from .common import ATOL_SCORES, RTOL_SCAN, TARGET, CheckResult, _forward, _vocab, invariant
 
 

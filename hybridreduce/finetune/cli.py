@@ -89,14 +89,14 @@ def config_from_args(args: argparse.Namespace) -> FinetuneConfig:
 
 def cmd_finetune(args: argparse.Namespace) -> int:
     from .. import validate
-    from ..cli import DTYPES, _quiet_transformers
+    from ..vlm import DTYPES, quiet_transformers
 
     if args.max_minutes is not None:
         validate.number(args.max_minutes, "max_minutes (--max-minutes)", 0, fix="leave it out to train to the end")
     validate.choice(args.dtype, "dtype (--dtype)", DTYPES)
     validate.device(args.device)
     cfg = config_from_args(args)
-    _quiet_transformers()
+    quiet_transformers()
     result = finetune(
         args.model, args.data, args.out, cfg, eval_data=args.eval_data, resume=args.resume,
         max_minutes=args.max_minutes, progress=not args.no_progress, device=args.device, dtype=args.dtype,

@@ -93,11 +93,19 @@ from PIL import Image
 from tqdm import tqdm
 
 from .. import validate
-from ..cli import DEFAULT_FRAMES, _quiet_transformers, check_model_args, evs_rate
 from ..errors import HybridReduceError, InputError, UnsupportedModelError, VideoError
-from ..runner import TIMINGS, answer_config, check_max_new_tokens, check_settings, settings_for, summarize
+from ..runner import (
+    TIMINGS,
+    answer_config,
+    check_evs,
+    check_max_new_tokens,
+    check_sampling,
+    check_settings,
+    settings_for,
+    summarize,
+)
 from ..video import IMAGE_EXTENSIONS, Video, read_video, sample_indices
-from ..vlm import VIDEO_FAMILIES, LoadOptions
+from ..vlm import DEFAULT_FRAMES, VIDEO_FAMILIES, LoadOptions, quiet_transformers
 
 #: The answer length when a task's ``generation_kwargs`` gives no ``max_new_tokens``: ``run``'s default.
 DEFAULT_MAX_NEW_TOKENS = 8
@@ -169,12 +177,15 @@ class HybridReduce(lmms):
             device = f"cuda:{os.environ['LOCAL_RANK']}"
         root = validate.checkpoint_dir(pretrained, "pretrained")
         # What `hybridreduce run` checks before its model loads, by the same code.
-        self._args = SimpleNamespace(
-            model=str(root), dtype=dtype, device_map=device_map, trust_remote_code=trust_remote_code,
-            frames=DEFAULT_FRAMES if frames is None and fps is None else frames, fps=fps, max_frames=max_frames,
-            evs=evs, max_new_tokens=max_new_tokens, adapter=adapter,
-        )  # fmt: skip
-        check_model_args(self._args, device)
+        self.load_options = LoadOptions(
+            model=str(root), dtype=dtype, device=device, device_map=device_map, trust_remote_code=trust_remote_code,
+            adapter=adapter,
+        ).check()  # fmt: skip
+        frames = DEFAULT_FRAMES if frames is None and fps is None else frames
+        check_sampling(frames, fps, max_frames)
+        if evs is not None:
+            check_evs(evs)
+        check_max_new_tokens(max_new_tokens)
         full = schedule == "none"
         settings_for(schedule, evs=evs or 0.0, full=full, keep=keep)  # the schedule and keep, before loading
         model_type = _model_type(root)
@@ -184,12 +195,11 @@ class HybridReduce(lmms):
                 f"checkpoints only; use --model {MODEL_IDS.get(model_type, HybridReduce.model_id)}"
             )
 
-        _quiet_transformers()
-        self.load_options = LoadOptions.from_args(self._args, device)
+        quiet_transformers()
         self.vlm = self.load_options.load()  # refuses a model_type that is no supported video VLM
-        settings = settings_for(schedule, evs=evs_rate(self._args, self.vlm), full=full, keep=keep)
+        settings = settings_for(schedule, evs=self.vlm.evs_rate(evs), full=full, keep=keep)
         self.setting = check_settings(settings, self.vlm.adapted.num_blocks)[-1]  # the one setting of this model
-        self.sampling = {"frames": self._args.frames, "fps": fps, "max_frames": max_frames}
+        self.sampling = {"frames": frames, "fps": fps, "max_frames": max_frames}
         self.max_new_tokens = max_new_tokens
         self.pretrained = str(pretrained)
         self._log_path = log_path

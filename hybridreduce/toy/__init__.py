@@ -9,7 +9,10 @@ Modules, by job::
     encoding    Vocab, encode_sample, collate, patchify: the model inputs
     evaluate    multiple-choice scoring (AnswerSheet), EVS inputs, accuracy tables, evaluate()
     model       ToyVLM: patch encoder + projector + a stock NemotronHForCausalLM
-    train       train-toy: the run spec, training batches and losses, the training loop
+    train_config  the training config (configs/toy.yaml): TrainConfig, ToySpec, load_spec, build_model
+    losses      one training step: batches, auxiliary heads, losses, the in-LM reduction a batch draws
+    train       train-toy: the training loop
+    checkpointing  saving a run's state, branching from it, warm restarts and depth up-scaling
     demo        the demo: every reduction method (DEMO_METHODS) on the shipped checkpoint
     stats       the benchmark's own statistics (relevant tokens, what EVS keeps of them)
 

@@ -56,7 +56,8 @@ PALETTE: dict[str, tuple[int, int, int]] = {
     "white": (245, 245, 245),
     "orange": (250, 140, 20),
 }
-SHAPES = ("square", "disc")
+#: The shapes an object is drawn as (a nuisance variable; schedule shapes are :data:`hybridreduce.schedule.SHAPES`).
+OBJECT_SHAPES = ("square", "disc")
 #: The splits and their seed component: item ``index`` of a split draws from ``(seed, SPLITS[split], 0, index)``.
 SPLITS = {"train": 0, "val": 1, "test": 2}
 
@@ -125,7 +126,7 @@ class ToyConfig:
             ``first`` are opt-in, so the default benchmark stays as it was).
         colours: the colour names used, a subset of :data:`PALETTE` (at least 4, and at least
             ``n_events[1]`` since colours are distinct within a video).
-        shapes: the shapes drawn, a subset of :data:`SHAPES` (a nuisance variable, never asked).
+        shapes: the shapes drawn, a subset of :data:`OBJECT_SHAPES` (a nuisance variable, never asked).
         time_bins: number of equal time bins a ``when`` answer is quantised into (``≥ 4``); frame ``t``
             is in bin ``t * time_bins // frames``.
         where_answer: ``"cell"`` (answer one of ``H·W`` cell words) or ``"quadrant"`` (one of 4).
@@ -163,7 +164,7 @@ class ToyConfig:
     move_prob: float = 0.3
     qtypes: tuple[str, ...] = QTYPES
     colours: tuple[str, ...] = tuple(PALETTE)
-    shapes: tuple[str, ...] = SHAPES
+    shapes: tuple[str, ...] = OBJECT_SHAPES
     time_bins: int = 4
     where_answer: str = "cell"
     count_range: tuple[int, int] = (1, 4)
@@ -216,7 +217,7 @@ class ToyConfig:
         self.distractors = _int_range(self.distractors, "distractors", 0)
         self.question_len = _int(self.question_len, "question_len", 0)
         self.colours = _names(self.colours, "colours", tuple(PALETTE))
-        self.shapes = _names(self.shapes, "shapes", SHAPES)
+        self.shapes = _names(self.shapes, "shapes", OBJECT_SHAPES)
         self.move_prob = _probability(self.move_prob, "move_prob")
         self.distractor_motion = _probability(self.distractor_motion, "distractor_motion")
         if self.where_answer not in WHERE_ANSWERS:

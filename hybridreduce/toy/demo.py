@@ -78,7 +78,7 @@ from .dataset import ToyDataset
 from .evaluate import AnswerSheet, accuracy_table, evs_inputs
 from .model import ToyVLM
 from .questions import chance_level
-from .train import ToySpec, spec_from_dict
+from .train_config import ToySpec, spec_from_dict
 
 #: The embedded checkpoint: the 24-block model trained on ``static`` and ``clutter`` (``configs/toy24*.yaml``, four
 #: stages; its README has the commands, its folder the configs, logs and evaluations of every stage).

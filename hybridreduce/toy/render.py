@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import InputError
-from .config import PALETTE, SHAPES, ToyConfig
+from .config import OBJECT_SHAPES, PALETTE, ToyConfig
 
 #: The brightest background grey (before noise): 40 below the palette's weakest bright channel (220), so a
 #: high-contrast texture never looks like a shape.
@@ -112,7 +112,7 @@ def shape_mask(shape: str, patch: int) -> np.ndarray:
             yy, xx = np.mgrid[0:P, 0:P] + 0.5 - P / 2
             mask = yy**2 + xx**2 <= (P / 2 - 0.25) ** 2
         else:
-            raise InputError(f"unknown shape {shape!r}; choose from {SHAPES}")
+            raise InputError(f"unknown shape {shape!r}; choose from {OBJECT_SHAPES}")
         mask.setflags(write=False)
         _MASKS[key] = mask
     return _MASKS[key]

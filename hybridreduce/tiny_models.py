@@ -1,4 +1,7 @@
-"""Tiny random configurations, one per supported architecture.
+"""Tiny random-weight models built from configurations, one per supported architecture.
+
+Not to be confused with :mod:`hybridreduce.toy`, the embedded *trained* toy video VLM and its synthetic benchmark:
+the models here are untrained, built from a config in milliseconds, and only exercise code paths.
 
 Every check in ``hybridreduce verify`` and every test builds its model from these configs, so
 that each adapter is exercised on CPU in seconds and nothing is ever downloaded. The shapes are
@@ -15,6 +18,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+
+from .errors import InputError
 
 VOCAB = 96
 HIDDEN = 32
@@ -184,7 +189,7 @@ def tiny_config(arch: str, **overrides: Any):
     from transformers import AutoConfig
 
     if arch not in TINY_CONFIGS:
-        raise ValueError(f"No tiny config for {arch!r}; available: {', '.join(sorted(TINY_CONFIGS))}.")
+        raise InputError(f"no tiny config for {arch!r}; choose from {', '.join(sorted(TINY_CONFIGS))}")
     kwargs = TINY_CONFIGS[arch]() | overrides
     model_type = kwargs.pop("model_type")
     return AutoConfig.for_model(model_type, **kwargs)
@@ -236,7 +241,7 @@ def build_tiny_vlm(wrapper: str = "nemotron_h_omni", text_arch: str = "nemotron_
         vision = dict(model_type="siglip_vision_model", **tower)
         config = AutoConfig.for_model(wrapper, text_config=text, vision_config=vision, **ids)
     else:
-        raise ValueError(f"No tiny VLM {wrapper!r}; available: {', '.join(TINY_VLMS)}.")
+        raise InputError(f"no tiny VLM {wrapper!r}; choose from {', '.join(TINY_VLMS)}")
     torch.manual_seed(seed)
     try:
         model = AutoModelForImageTextToText.from_config(config, dtype=torch.float32)
@@ -288,7 +293,7 @@ def save_tiny_vlm(path, wrapper: str = "nemotron_h_omni", text_arch: str = "nemo
     model = build_tiny_vlm(wrapper, text_arch, seed)
     for key, value in config.items():
         if not hasattr(model.config, key):
-            raise ValueError(f"{wrapper} config has no field {key!r}")
+            raise InputError(f"{wrapper} config has no field {key!r}; give fields of {type(model.config).__name__}")
         setattr(model.config, key, value)
         if hasattr(model, key):
             setattr(model, key, value)
