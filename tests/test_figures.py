@@ -166,7 +166,8 @@ def _bench_result(**overrides):
         blocks=8, hidden=64, params_m=1.0, device="cpu", dtype="float32", attn_implementation="sdpa",
         mamba_path="torch", threads=2, repeats=1, full_s=1.0, reduced_s=1.0, speedup=1.0, ideal_speedup=1.0,
         efficiency=1.0, ideal_speedup_timed=1.0, efficiency_timed=1.0, scoring_s=1.0, scoring_overhead_frac=0.1,
-        hook_s=0.0, peak_bytes_full=2**20, peak_bytes_reduced=2**20, memory_source="test", scoring_peak_bytes=2**20,
+        merging_s=0.0, merging_overhead_frac=0.0, hook_s=0.0, peak_bytes_full=2**20, peak_bytes_reduced=2**20,
+        memory_source="test", scoring_peak_bytes=2**20,
         kv_bytes_full=1, kv_bytes_reduced=1, state_bytes=1, decode_tok_s_full=1.0, decode_tok_s_reduced=1.0,
         block_visual=[1024] * 8, block_s_full=[0.1] * 8, block_s_reduced=[0.1] * 8, block_hook_s=[0.0] * 8, config={},
     )  # fmt: skip
