@@ -63,3 +63,32 @@ def test_toy_and_manifest_do_not_mix(tmp_path, capsys):
     code = main(["finetune", "--model", "toy", "--data", "toy", "--out", str(tmp_path / "o"), "--schedule", "fancy"])
     assert code == 2 and "demo method" in capsys.readouterr().err
     pytest.importorskip("peft")
+
+
+def test_ctrl_c_in_finetune_keeps_the_last_checkpoint_and_resumes(tmp_path, capsys, monkeypatch):
+    """Ctrl-C while training: one line, exit 130, the checkpoint saved before it whole, and --resume finishes."""
+    from transformers import Trainer
+
+    out = tmp_path / "toy"
+    arm = next(p for p in ARMS if p.stem == "toy_random")
+    argv = ["finetune", "--model", "toy", "--data", "toy", "--out", str(out), "--config", str(arm), "--variant",
+            "static", "--steps", "3", "--toy-items", "3", "--grad-accum", "1", "--lora-r", "2", "--save-steps", "1",
+            "--eval-steps", "100", "--logging-steps", "1", "--no-progress"]  # fmt: skip
+    step = Trainer.training_step
+    calls = []
+
+    def interrupted_at_the_second_step(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "training_step", interrupted_at_the_second_step)
+    assert main(argv) == 130
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "interrupted" in err and "Traceback" not in err, err
+    assert (out / "checkpoint-1" / "adapter_model.safetensors").is_file() and not (out / "checkpoint-2").exists()
+    monkeypatch.setattr(Trainer, "training_step", step)
+    assert main([*argv, "--resume"]) == 0
+    steps = [json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in steps if "loss" in r][-2:] == [2, 3] and (out / "merged").is_dir()
