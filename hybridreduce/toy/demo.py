@@ -623,6 +623,10 @@ OUTPUT_FILES = ("summary.json", "results.csv", "accuracy_vs_keep.png", "accuracy
 SECONDS_FULL, REDUCED_FIXED = 0.042, 0.15
 #: Loading the model, the warm-up forward and progressive-calibrated's scoring of its val prompts, per variant.
 SECONDS_START = 15.0
+#: A merging method's time per question relative to a dropping one's at the same keep (the all-pairs similarity of a
+#: merge is a large share of this small model's forward). Fitted to the idle timing of the default demo with the
+#: four merging methods added (2026-12-07): 6 min 8 s, where the constants above alone say 5 min 18 s.
+MERGE_COST = 1.65
 
 
 def expected_seconds(checkpoint: str | Path | None, size: int, keeps, methods) -> float:
@@ -634,7 +638,8 @@ def expected_seconds(checkpoint: str | Path | None, size: int, keeps, methods) -
         variants = max(1, len((raw.get("data") or {}).get("variants") or {}))
     except (InputError, AttributeError, TypeError):
         variants = 1
-    per_question = SECONDS_FULL * (1 + len(methods) * sum(REDUCED_FIXED + (1 - REDUCED_FIXED) * k for k in keeps))
+    weight = sum(MERGE_COST if "+merge" in m else 1.0 for m in methods)
+    per_question = SECONDS_FULL * (1 + weight * sum(REDUCED_FIXED + (1 - REDUCED_FIXED) * k for k in keeps))
     return variants * (SECONDS_START + size * per_question)
 
 
