@@ -638,7 +638,7 @@ def expected_seconds(checkpoint: str | Path | None, size: int, keeps, methods) -
         variants = max(1, len((raw.get("data") or {}).get("variants") or {}))
     except (InputError, AttributeError, TypeError):
         variants = 1
-    weight = sum(MERGE_COST if "+merge" in m else 1.0 for m in methods)
+    weight = sum(MERGE_COST if demo_method(m).settings.get("combine") == "merge" else 1.0 for m in methods)
     per_question = SECONDS_FULL * (1 + weight * sum(REDUCED_FIXED + (1 - REDUCED_FIXED) * k for k in keeps))
     return variants * (SECONDS_START + size * per_question)
 
