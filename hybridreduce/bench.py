@@ -386,7 +386,8 @@ class BlockTimer:
         self.hook_s = [sum(seconds(s, r) for s, r, _ in calls) for calls in self.marks]
 
 
-def _prefill(model, ids):
+def prefill(model, ids):
+    """The timed forward: the prompt ``ids`` ``(b, T)`` into a cache, the last row's logits only, no autograd."""
     with torch.no_grad():
         return model(ids, use_cache=True, logits_to_keep=1)
 
@@ -524,7 +525,7 @@ def run_bench(
         with PeakMemory(dev) as mem, BlockTimer(blocks, dev) as timer:
             _sync(dev)
             start = time.perf_counter()
-            out = _prefill(model, ids)
+            out = prefill(model, ids)
             _sync(dev)
             elapsed = time.perf_counter() - start
         return out, elapsed, mem, timer

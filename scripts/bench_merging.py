@@ -32,7 +32,7 @@ from dataclasses import replace
 import torch
 
 from hybridreduce import Schedule, reduce
-from hybridreduce.bench import BenchConfig, _prefill, bench_prompt, build_bench_model
+from hybridreduce.bench import BenchConfig, bench_prompt, build_bench_model, prefill
 from hybridreduce.rundir import write_text
 
 VARIANTS = ("drop", "merge", "merge-nosize")
@@ -80,7 +80,7 @@ def main() -> None:
         for name in order:
             with reduce(model, schedules[name], visual_mask=vm) as red:
                 start = time.perf_counter()
-                _prefill(model, ids)
+                prefill(model, ids)
                 elapsed = time.perf_counter() - start
             if r:
                 times[name].append(elapsed)
