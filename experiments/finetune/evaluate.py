@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -36,10 +35,13 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def read_record(folder: Path) -> dict:
     """The ``hybridreduce_finetune.json`` of a finetune output."""
-    path = folder / "hybridreduce_finetune.json"
-    if not path.is_file():
-        raise InputError(f"{folder} is not a `hybridreduce finetune` output (no hybridreduce_finetune.json)")
-    return json.loads(path.read_text())
+    from hybridreduce.finetune.lora import RECORD
+    from hybridreduce.finetune.lora import read_record as read
+
+    record = read(folder)
+    if record is None:
+        raise InputError(f"{folder} is not a `hybridreduce finetune` output (no {RECORD})")
+    return record
 
 
 def weights(folder: Path, name: str, out: Path) -> Path:
@@ -47,13 +49,11 @@ def weights(folder: Path, name: str, out: Path) -> Path:
     if (folder / "merged" / "model.safetensors").is_file():
         return folder / "merged"
     from hybridreduce.finetune.lora import merge_adapter
+    from hybridreduce.finetune.toy import save_demo_checkpoint
     from hybridreduce.toy.demo import CHECKPOINT, load_toy_spec
 
-    target = out / "weights" / name
     model, _ = load_toy_spec()
-    merge_adapter(model, folder).save_pretrained(target)
-    shutil.copy2(CHECKPOINT / "train_config.yaml", target / "train_config.yaml")
-    return target
+    return save_demo_checkpoint(merge_adapter(model, folder), CHECKPOINT, out / "weights" / name)
 
 
 def method_of(record: dict) -> tuple[str, float]:

@@ -177,7 +177,13 @@ def finetune_toy(model: str, out: Path, cfg, variant: str | None, items: int | N
     result = run_trainer(module, train_set, eval_set, ToyCollate(AnswerSheet(spec.vocab)), out, cfg, record, resume,
                          max_minutes, progress, None)  # fmt: skip
     if not result["stopped_early"]:
-        merged = trained.merge_and_unload() if not cfg.full else toy
-        merged.save_pretrained(out / "merged")
-        shutil.copy2(base / "train_config.yaml", out / "merged" / "train_config.yaml")
+        save_demo_checkpoint(trained.merge_and_unload() if not cfg.full else toy, base, out / "merged")
     return result
+
+
+def save_demo_checkpoint(model: nn.Module, base: Path, target: Path) -> Path:
+    """``model``'s weights as a ``train-toy`` checkpoint in ``target``, which ``hybridreduce demo --checkpoint``
+    loads: the weights, and the ``train_config.yaml`` of the checkpoint ``base`` it was finetuned from."""
+    model.save_pretrained(target)
+    shutil.copy2(Path(base) / "train_config.yaml", Path(target) / "train_config.yaml")
+    return Path(target)
